@@ -1,0 +1,44 @@
+# gradeline: `make run` starts the local stack, `make test` runs every test.
+# Both install what is missing first (see deploy/install/).
+SHELL := /bin/bash
+MODULES := bus ingest annotator inference analytics deploy
+CACHE := $(CURDIR)/.cache
+
+export CGO_ENABLED := 1
+export GOFLAGS := -tags=ferretdb_no_postgresql
+export ONNXRUNTIME_LIB ?= $(CACHE)/onnxruntime/libonnxruntime.so.1
+export GRADELINE_CHDB_LAUNCHER ?= $(CACHE)/chdb/gradeline-chdb
+export GRADELINE_DATASETS_DIR ?= $(CACHE)/datasets
+
+TEST_FLAGS ?= -count=1 -timeout=25m
+PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
+
+.PHONY: install run test bench vet fmt build clean-cache
+
+## install: fetch ONNX Runtime, the ClickHouse engine and the datasets into .cache (idempotent)
+install:
+	@bash deploy/install/all.sh "$(CACHE)"
+
+## run: the whole pipeline in one process with embedded NATS, FerretDB and ClickHouse
+run: install
+	go run ./deploy/cmd/gradeline-local
+
+## test: every test of every module against the real embedded servers
+test: install
+	go vet $(PKGS)
+	go test $(TEST_FLAGS) $(PKGS)
+
+## bench: benchmarks against the real local stack, each with its baseline
+bench: install
+	go test -run='^$$' -bench=. -benchtime=1x -timeout=60m ./deploy/bench/...
+
+build:
+	mkdir -p bin
+	for m in ingest annotator inference analytics; do go build -o bin/$$m ./$$m/cmd/$$m || exit 1; done
+	go build -o bin/gradeline-local ./deploy/cmd/gradeline-local
+
+fmt:
+	gofmt -w $(MODULES)
+
+clean-cache:
+	rm -rf $(CACHE)

@@ -1,0 +1,277 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Delivery is one decoded message handed to a Handler.
+type Delivery struct {
+	// Event is the decoded, validated event.
+	Event Event
+	// Subject the message was published on.
+	Subject string
+	// NumDelivered counts deliveries of this message, starting at 1.
+	NumDelivered uint64
+	// Ctx carries the request id and trace context of the publisher.
+	Ctx context.Context
+
+	msg     jetstream.Msg
+	outcome outcome
+	reason  string
+}
+
+type outcome int
+
+const (
+	outcomeAck outcome = iota
+	outcomeRetry
+	outcomeReject
+)
+
+// Reject sends the message to the dead-letter stream with the reason and
+// terminates it: it can never succeed (bad image, bad reference).
+func (d *Delivery) Reject(reason string) { d.outcome, d.reason = outcomeReject, reason }
+
+// Retry naks the message with backoff because of a failure specific to it.
+// After ConsumeOptions.MaxDeliveries such failures it is dead-lettered.
+func (d *Delivery) Retry(err error) { d.outcome, d.reason = outcomeRetry, err.Error() }
+
+// Handler processes a batch. Returning an error means the batch could not
+// be handled at all (a dependency is down): every message is naked with
+// backoff and no delivery limit applies, so nothing is lost during an
+// outage. Returning nil acks every message not marked with Reject or Retry.
+type Handler func(ctx context.Context, batch []*Delivery) error
+
+// ConsumeOptions tune a consume loop.
+type ConsumeOptions struct {
+	// MaxBatch is the largest batch handed to the handler (default 256).
+	MaxBatch int
+	// MaxQueueDelay is how long a batch may wait for more messages after
+	// its first one arrived, like Triton's max_queue_delay (default 20ms).
+	MaxQueueDelay time.Duration
+	// MaxDeliveries of a message marked Retry before it is dead-lettered
+	// (default 8).
+	MaxDeliveries uint64
+	// Backoff returns the nak delay for the n-th delivery (default
+	// exponential from 250ms, capped at 30s).
+	Backoff func(n uint64) time.Duration
+	// DrainTimeout bounds the handling of the last batch at shutdown.
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+func (o *ConsumeOptions) defaults() {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 256
+	}
+	if o.MaxQueueDelay <= 0 {
+		o.MaxQueueDelay = 20 * time.Millisecond
+	}
+	if o.MaxDeliveries == 0 {
+		o.MaxDeliveries = 8
+	}
+	if o.Backoff == nil {
+		o.Backoff = Backoff
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Backoff is the default nak delay: 250ms doubled per delivery, at most 30s.
+func Backoff(n uint64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if n > 8 {
+		return 30 * time.Second
+	}
+	d := 250 * time.Millisecond << (n - 1)
+	return min(d, 30*time.Second)
+}
+
+// Consume runs the durable pull consumer spec until ctx is cancelled,
+// handing batches to h. On cancellation the batch in hand is finished
+// (bounded by DrainTimeout) and prefetched messages are naked so another
+// replica takes them at once.
+func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt ConsumeOptions, h Handler) error {
+	opt.defaults()
+	log := opt.Logger.With("consumer", spec.Durable)
+	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config())
+	if err != nil {
+		return fmt.Errorf("bus: consumer %s: %w", spec.Durable, err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * opt.MaxBatch))
+	if err != nil {
+		return fmt.Errorf("bus: consume %s: %w", spec.Durable, err)
+	}
+	c := &consumer{js: js, spec: spec, opt: opt, log: log, h: h}
+	defer func() {
+		iter.Drain()
+		// Hand back what was prefetched but not handled.
+		for {
+			m, err := iter.Next(jetstream.NextMaxWait(50 * time.Millisecond))
+			if err != nil {
+				break
+			}
+			_ = m.Nak()
+		}
+	}()
+	for {
+		batch, err := c.collect(ctx, iter)
+		if len(batch) > 0 {
+			// The batch in hand is finished even when ctx is cancelled.
+			hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opt.DrainTimeout)
+			c.handle(hctx, batch)
+			cancel()
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type consumer struct {
+	js   jetstream.JetStream
+	spec ConsumerSpec
+	opt  ConsumeOptions
+	log  *slog.Logger
+	h    Handler
+}
+
+// collect blocks for the first message, then gathers more until the batch
+// is full or MaxQueueDelay has passed since the first arrived.
+func (c *consumer) collect(ctx context.Context, iter jetstream.MessagesContext) ([]jetstream.Msg, error) {
+	var batch []jetstream.Msg
+	for len(batch) == 0 {
+		m, err := iter.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil, fmt.Errorf("bus: consume %s: %w", c.spec.Durable, err)
+			}
+			c.log.Warn("consumer next", "err", err)
+			continue
+		}
+		batch = append(batch, m)
+	}
+	deadline := time.Now().Add(c.opt.MaxQueueDelay)
+	for len(batch) < c.opt.MaxBatch {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		m, err := iter.Next(jetstream.NextMaxWait(wait))
+		if err != nil {
+			break
+		}
+		batch = append(batch, m)
+	}
+	return batch, nil
+}
+
+// handle decodes the batch, dead-letters poison, runs the handler and
+// settles every message.
+func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
+	batch := make([]*Delivery, 0, len(msgs))
+	for _, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			c.log.Error("message without metadata", "subject", m.Subject(), "err", err)
+			_ = m.Term()
+			continue
+		}
+		ev, err := Decode(m.Data())
+		if err != nil {
+			c.deadLetter(ctx, m, md, err.Error())
+			continue
+		}
+		batch = append(batch, &Delivery{
+			Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered,
+			Ctx: contextFrom(ctx, m.Headers()), msg: m,
+		})
+	}
+	if len(batch) == 0 {
+		return
+	}
+	if err := c.h(ctx, batch); err != nil {
+		c.log.Warn("batch failed; will retry", "size", len(batch), "delivery", batch[0].NumDelivered, "err", err)
+		for _, d := range batch {
+			_ = d.msg.NakWithDelay(c.opt.Backoff(d.NumDelivered))
+		}
+		return
+	}
+	for _, d := range batch {
+		switch d.outcome {
+		case outcomeAck:
+			// A lost ack only causes a redelivery, which the idempotent
+			// effect absorbs, so the ack is not confirmed (one round trip less).
+			if err := d.msg.Ack(); err != nil {
+				c.log.Warn("ack failed", "id", d.Event.EventMeta().ID, "err", err)
+			}
+		case outcomeReject:
+			md, _ := d.msg.Metadata()
+			c.deadLetter(ctx, d.msg, md, d.reason)
+		case outcomeRetry:
+			if d.NumDelivered >= c.opt.MaxDeliveries {
+				md, _ := d.msg.Metadata()
+				c.deadLetter(ctx, d.msg, md, fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, d.reason))
+				continue
+			}
+			_ = d.msg.NakWithDelay(c.opt.Backoff(d.NumDelivered))
+		}
+	}
+}
+
+// deadLetter stores the message and reason on the dead-letter stream, then
+// terminates it. If the dead-letter publish fails the message is naked, so
+// it is never dropped without a record.
+func (c *consumer) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, reason string) {
+	dl := &DeadLetter{
+		Meta:     NewMeta(TypeDeadLetter),
+		Stream:   c.spec.Stream,
+		Consumer: c.spec.Durable,
+		Subject:  m.Subject(),
+		Reason:   reason,
+		Data:     m.Data(),
+		Headers:  flatten(m.Headers()),
+	}
+	if md != nil {
+		dl.Sequence, dl.Deliveries = md.Sequence.Stream, md.NumDelivered
+		// A stable id makes the dead-letter publish idempotent too.
+		dl.ID = fmt.Sprintf("%s-%s-%d", c.spec.Stream, c.spec.Durable, md.Sequence.Stream)
+	}
+	if _, err := Publish(ctx, c.js, dl); err != nil {
+		c.log.Error("dead-letter publish failed; will retry", "subject", m.Subject(), "err", err)
+		_ = m.NakWithDelay(c.opt.Backoff(dl.Deliveries))
+		return
+	}
+	c.log.Warn("message dead-lettered", "subject", m.Subject(), "seq", dl.Sequence, "reason", reason)
+	_ = m.Term()
+}
+
+func flatten(h nats.Header) map[string]string {
+	if len(h) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(h))
+	for k := range h {
+		out[k] = h.Get(k)
+	}
+	return out
+}

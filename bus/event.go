@@ -1,0 +1,119 @@
+package bus
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Meta is the header every event carries. ID is a UUIDv7, so ids sort by
+// creation time and double as the JetStream deduplication key.
+type Meta struct {
+	ID            string    `json:"id"`
+	Type          string    `json:"type"`
+	SchemaVersion int       `json:"schema_version"`
+	Time          time.Time `json:"time"`
+}
+
+// EventMeta returns the header; it makes every struct embedding Meta an Event.
+func (m *Meta) EventMeta() *Meta { return m }
+
+// Event is implemented by every event type in this package.
+type Event interface {
+	EventMeta() *Meta
+	// Validate reports whether the payload is acceptable to consumers.
+	Validate() error
+}
+
+// ErrPoison marks a message that can never be handled: it is undecodable,
+// of an unknown type or schema version, or fails validation.
+var ErrPoison = errors.New("poison message")
+
+// eventInfo is one row of the event table.
+type eventInfo struct {
+	typ     string
+	version int
+	subject string
+	goType  reflect.Type
+}
+
+// events is the single table of event types: type name, current schema
+// version, subject, and Go type. Everything else (Publish, Decode, the
+// AsyncAPI check) is derived from it.
+var events = map[string]eventInfo{}
+
+func register(typ string, version int, subject string, sample Event) {
+	events[typ] = eventInfo{typ: typ, version: version, subject: subject, goType: reflect.TypeOf(sample).Elem()}
+}
+
+// NewMeta returns a header for a new event of type typ with a fresh UUIDv7,
+// the type's current schema version and the current time.
+func NewMeta(typ string) Meta {
+	info, ok := events[typ]
+	if !ok {
+		panic("bus: unknown event type " + typ)
+	}
+	return Meta{ID: NewID(), Type: typ, SchemaVersion: info.version, Time: time.Now().UTC()}
+}
+
+// NewID returns a new UUIDv7 string.
+func NewID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		// NewV7 fails only when the system random source fails.
+		panic(fmt.Errorf("bus: uuid: %w", err))
+	}
+	return id.String()
+}
+
+// SubjectOf returns the subject an event of type typ is published on.
+func SubjectOf(typ string) (string, error) {
+	info, ok := events[typ]
+	if !ok {
+		return "", fmt.Errorf("bus: unknown event type %q", typ)
+	}
+	return info.subject, nil
+}
+
+// EventTypes lists the registered event type names, sorted.
+func EventTypes() []string {
+	out := make([]string, 0, len(events))
+	for t := range events {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Decode parses a message body into its typed event and validates it.
+// Every failure wraps ErrPoison: a message that fails here will fail the
+// same way on every redelivery.
+func Decode(data []byte) (Event, error) {
+	var m Meta
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%w: undecodable JSON: %v", ErrPoison, err)
+	}
+	info, ok := events[m.Type]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown event type %q", ErrPoison, m.Type)
+	}
+	if m.SchemaVersion != info.version {
+		return nil, fmt.Errorf("%w: unsupported schema version %d of %s (want %d)", ErrPoison, m.SchemaVersion, m.Type, info.version)
+	}
+	if m.ID == "" {
+		return nil, fmt.Errorf("%w: event without id", ErrPoison)
+	}
+	ev := reflect.New(info.goType).Interface().(Event)
+	if err := json.Unmarshal(data, ev); err != nil {
+		return nil, fmt.Errorf("%w: %s payload: %v", ErrPoison, m.Type, err)
+	}
+	if err := ev.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: invalid %s: %v", ErrPoison, m.Type, err)
+	}
+	return ev, nil
+}

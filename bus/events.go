@@ -1,0 +1,253 @@
+package bus
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Event type names. The subject of each is fixed in the init below.
+const (
+	TypeAnnotationCreated = "annotation.created"
+	TypeImageSubmitted    = "image.submitted"
+	TypeGradeCompleted    = "grade.completed"
+	TypeGradeFailed       = "grade.failed"
+	TypeImageCatalogued   = "image.catalogued"
+	TypeImageTagsSet      = "image.tags_set"
+	TypeImageDeleted      = "image.deleted"
+	TypeIrisMeasured      = "iris.measured"
+	TypeDeadLetter        = "deadletter"
+)
+
+func init() {
+	register(TypeAnnotationCreated, 1, SubjectAnnotationCreated, &AnnotationCreated{})
+	register(TypeImageSubmitted, 1, SubjectImageSubmitted, &ImageSubmitted{})
+	register(TypeGradeCompleted, 1, SubjectGradeCompleted, &GradeCompleted{})
+	register(TypeGradeFailed, 1, SubjectGradeFailed, &GradeFailed{})
+	register(TypeImageCatalogued, 1, SubjectImageCatalogued, &ImageCatalogued{})
+	register(TypeImageTagsSet, 1, SubjectImageTagsSet, &ImageTagsSet{})
+	register(TypeImageDeleted, 1, SubjectImageDeleted, &ImageDeleted{})
+	register(TypeIrisMeasured, 1, SubjectIrisMeasured, &IrisMeasured{})
+	register(TypeDeadLetter, 1, SubjectDeadLetterPrefix+"*", &DeadLetter{})
+}
+
+// MaxAnnotationBytes bounds the annotation object of one event.
+const MaxAnnotationBytes = 64 << 10
+
+// AnnotationCreated: a user submitted an annotation. The event id is the
+// annotation id.
+type AnnotationCreated struct {
+	Meta
+	ImageID    string          `json:"image_id,omitempty"`
+	Author     string          `json:"author"`
+	Annotation json.RawMessage `json:"annotation"`
+}
+
+func (e *AnnotationCreated) Validate() error {
+	if e.Author == "" {
+		return errors.New("author is required")
+	}
+	if len(e.Annotation) == 0 || e.Annotation[0] != '{' {
+		return errors.New("annotation must be a JSON object")
+	}
+	if len(e.Annotation) > MaxAnnotationBytes {
+		return fmt.Errorf("annotation exceeds %d bytes", MaxAnnotationBytes)
+	}
+	return nil
+}
+
+// ImageRef locates image bytes in the object store (claim check): events
+// carry the object name and digest, never the bytes.
+type ImageRef struct {
+	Object      string `json:"object"`
+	SHA256      string `json:"sha256"`
+	ContentType string `json:"content_type"`
+	Size        int64  `json:"size"`
+}
+
+func (r ImageRef) validate() error {
+	if r.Object == "" || len(r.SHA256) != 64 {
+		return errors.New("image object and sha256 are required")
+	}
+	return nil
+}
+
+// ImageSubmitted: an image was submitted for grading with a model. The
+// event id is the grade id the client polls.
+type ImageSubmitted struct {
+	Meta
+	ImageID string   `json:"image_id"`
+	Owner   string   `json:"owner"`
+	Model   string   `json:"model"`
+	Image   ImageRef `json:"image"`
+}
+
+func (e *ImageSubmitted) Validate() error {
+	if e.ImageID == "" || e.Model == "" || e.Owner == "" {
+		return errors.New("image_id, owner and model are required")
+	}
+	return e.Image.validate()
+}
+
+// GradeCompleted: the inference service graded an image. GradeID is the id
+// of the ImageSubmitted event it answers.
+type GradeCompleted struct {
+	Meta
+	GradeID      string             `json:"grade_id"`
+	ImageID      string             `json:"image_id"`
+	Owner        string             `json:"owner"`
+	Model        string             `json:"model"`
+	ModelVersion string             `json:"model_version"`
+	Label        string             `json:"label"`
+	Score        float64            `json:"score"`
+	Scores       map[string]float64 `json:"scores"`
+	InferenceMS  float64            `json:"inference_ms"`
+	BatchSize    int                `json:"batch_size"`
+}
+
+func (e *GradeCompleted) Validate() error {
+	if e.GradeID == "" || e.Model == "" || e.Label == "" {
+		return errors.New("grade_id, model and label are required")
+	}
+	if _, ok := e.Scores[e.Label]; !ok {
+		return errors.New("label has no score")
+	}
+	return nil
+}
+
+// GradeFailed: an image could not be graded (undecodable image, unknown
+// model). It is final: such requests are not retried.
+type GradeFailed struct {
+	Meta
+	GradeID string `json:"grade_id"`
+	ImageID string `json:"image_id"`
+	Owner   string `json:"owner"`
+	Model   string `json:"model"`
+	Reason  string `json:"reason"`
+}
+
+func (e *GradeFailed) Validate() error {
+	if e.GradeID == "" || e.Reason == "" {
+		return errors.New("grade_id and reason are required")
+	}
+	return nil
+}
+
+// ImageCatalogued: a user added an image to the catalogue.
+type ImageCatalogued struct {
+	Meta
+	ImageID  string   `json:"image_id"`
+	Owner    string   `json:"owner"`
+	Filename string   `json:"filename,omitempty"`
+	Width    int      `json:"width"`
+	Height   int      `json:"height"`
+	Tags     []string `json:"tags"`
+	Image    ImageRef `json:"image"`
+}
+
+func (e *ImageCatalogued) Validate() error {
+	if e.ImageID == "" || e.Owner == "" {
+		return errors.New("image_id and owner are required")
+	}
+	return e.Image.validate()
+}
+
+// ImageTagsSet: the owner replaced the tags of an image.
+type ImageTagsSet struct {
+	Meta
+	ImageID string   `json:"image_id"`
+	Owner   string   `json:"owner"`
+	Tags    []string `json:"tags"`
+}
+
+func (e *ImageTagsSet) Validate() error {
+	if e.ImageID == "" || e.Owner == "" {
+		return errors.New("image_id and owner are required")
+	}
+	return nil
+}
+
+// ImageDeleted: the owner removed an image from the catalogue.
+type ImageDeleted struct {
+	Meta
+	ImageID string `json:"image_id"`
+	Owner   string `json:"owner"`
+}
+
+func (e *ImageDeleted) Validate() error {
+	if e.ImageID == "" || e.Owner == "" {
+		return errors.New("image_id and owner are required")
+	}
+	return nil
+}
+
+// IrisRow is one iris flower measurement in centimetres.
+type IrisRow struct {
+	SepalLength float64 `json:"sepal_length"`
+	SepalWidth  float64 `json:"sepal_width"`
+	PetalLength float64 `json:"petal_length"`
+	PetalWidth  float64 `json:"petal_width"`
+	Species     string  `json:"species"`
+}
+
+// IrisSpecies are the species the dataset knows.
+var IrisSpecies = []string{"setosa", "versicolor", "virginica"}
+
+// Validate checks that measurements are finite, non-negative and the species known.
+func (r IrisRow) Validate() error {
+	for _, v := range []float64{r.SepalLength, r.SepalWidth, r.PetalLength, r.PetalWidth} {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > 1000 {
+			return fmt.Errorf("measurement %v out of range [0, 1000]", v)
+		}
+	}
+	for _, s := range IrisSpecies {
+		if r.Species == s {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown species %q", r.Species)
+}
+
+// MaxIrisRows bounds the rows of one IrisMeasured event.
+const MaxIrisRows = 10000
+
+// IrisMeasured carries a batch of measurements. A row's identity is
+// (event id, index), which makes a redelivered batch idempotent.
+type IrisMeasured struct {
+	Meta
+	Source string    `json:"source,omitempty"`
+	Rows   []IrisRow `json:"rows"`
+}
+
+func (e *IrisMeasured) Validate() error {
+	if len(e.Rows) == 0 || len(e.Rows) > MaxIrisRows {
+		return fmt.Errorf("rows must hold 1..%d measurements", MaxIrisRows)
+	}
+	for i, r := range e.Rows {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("rows[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// DeadLetter records a message a consumer gave up on, with the reason.
+type DeadLetter struct {
+	Meta
+	Stream     string            `json:"stream"`
+	Consumer   string            `json:"consumer"`
+	Subject    string            `json:"subject"`
+	Sequence   uint64            `json:"sequence"`
+	Deliveries uint64            `json:"deliveries"`
+	Reason     string            `json:"reason"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Data       []byte            `json:"data"`
+}
+
+func (e *DeadLetter) Validate() error {
+	if e.Reason == "" {
+		return errors.New("reason is required")
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Header names that travel with events and requests.
+const (
+	HeaderRequestID   = "X-Request-Id"
+	HeaderTraceparent = "traceparent"
+)
+
+type ctxKey int
+
+const (
+	keyRequestID ctxKey = iota
+	keyTraceparent
+)
+
+// WithRequestID returns a context carrying the request id, which Publish
+// copies into the message headers and Consume restores for handlers.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	if id == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, keyRequestID, id)
+}
+
+// RequestID returns the request id carried by ctx, or "".
+func RequestID(ctx context.Context) string {
+	s, _ := ctx.Value(keyRequestID).(string)
+	return s
+}
+
+// WithTraceparent returns a context carrying a W3C traceparent header value.
+func WithTraceparent(ctx context.Context, tp string) context.Context {
+	if tp == "" {
+		return ctx
+	}
+	return context.WithValue(ctx, keyTraceparent, tp)
+}
+
+// Traceparent returns the W3C traceparent carried by ctx, or "".
+func Traceparent(ctx context.Context) string {
+	s, _ := ctx.Value(keyTraceparent).(string)
+	return s
+}
+
+// headersFrom copies the tracing values of ctx into h.
+func headersFrom(ctx context.Context, h nats.Header) {
+	if id := RequestID(ctx); id != "" {
+		h.Set(HeaderRequestID, id)
+	}
+	if tp := Traceparent(ctx); tp != "" {
+		h.Set(HeaderTraceparent, tp)
+	}
+}
+
+// contextFrom restores the tracing values of h into ctx.
+func contextFrom(ctx context.Context, h nats.Header) context.Context {
+	ctx = WithRequestID(ctx, h.Get(HeaderRequestID))
+	return WithTraceparent(ctx, h.Get(HeaderTraceparent))
+}
+
+// Connect dials NATS with reconnects that never give up, names the client,
+// and logs connection changes.
+func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus: connect %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("bus: jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Publish stores ev on its subject and returns once the stream acknowledged
+// it. The event id is the Nats-Msg-Id, so retrying a publish whose ack was
+// lost stores the event once. The deadline of ctx bounds the wait.
+func Publish(ctx context.Context, js jetstream.JetStream, ev Event) (*jetstream.PubAck, error) {
+	m := ev.EventMeta()
+	subject, err := SubjectOf(m.Type)
+	if err != nil {
+		return nil, err
+	}
+	if m.Type == TypeDeadLetter {
+		subject = SubjectDeadLetterPrefix + ev.(*DeadLetter).Consumer
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("bus: encode %s: %w", m.Type, err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+	headersFrom(ctx, msg.Header)
+	ack, err := js.PublishMsg(ctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("bus: publish %s %s: %w", m.Type, m.ID, err)
+	}
+	return ack, nil
+}

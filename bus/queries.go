@@ -1,0 +1,245 @@
+package bus
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"sort"
+	"time"
+)
+
+// Request and reply types of the query services. The edge (ingest) sends
+// them with Request; annotator, inference and analytics answer with Handle.
+
+// Pagination bounds shared by every list query.
+const (
+	DefaultPerPage = 50
+	MaxPerPage     = 1000
+)
+
+// Annotations (answered by annotator).
+
+type AnnotationsQuery struct {
+	ImageID string `json:"image_id,omitempty"`
+	Author  string `json:"author,omitempty"`
+	Page    int    `json:"page"`
+	PerPage int    `json:"per_page"`
+}
+
+type AnnotationGetQuery struct {
+	ID string `json:"id"`
+}
+
+type Annotation struct {
+	ID         string          `json:"id"`
+	ImageID    string          `json:"image_id,omitempty"`
+	Author     string          `json:"author"`
+	Annotation json.RawMessage `json:"annotation"`
+	CreatedAt  time.Time       `json:"created_at"`
+}
+
+// Image catalogue (answered by annotator). Every query is scoped to its
+// owner: another user's image is not found.
+
+type ImagesQuery struct {
+	Owner   string   `json:"owner"`
+	Tags    []string `json:"tags,omitempty"` // all must match
+	Page    int      `json:"page"`
+	PerPage int      `json:"per_page"`
+}
+
+type ImageGetQuery struct {
+	Owner string `json:"owner"`
+	ID    string `json:"id"`
+}
+
+type Image struct {
+	ID          string    `json:"img_id"`
+	Owner       string    `json:"owner"`
+	Filename    string    `json:"filename,omitempty"`
+	ContentType string    `json:"content_type"`
+	SHA256      string    `json:"sha256"`
+	Object      string    `json:"-"`
+	Size        int64     `json:"size"`
+	Width       int       `json:"width"`
+	Height      int       `json:"height"`
+	Tags        []string  `json:"tags"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// Grades (answered by annotator from the grade history).
+
+type GradeGetQuery struct {
+	ID    string `json:"id"`
+	Owner string `json:"owner,omitempty"` // empty: any owner
+}
+
+// Grade statuses.
+const (
+	GradeStatusPending   = "pending"
+	GradeStatusCompleted = "completed"
+	GradeStatusFailed    = "failed"
+)
+
+type Grade struct {
+	ID           string             `json:"id"`
+	Status       string             `json:"status"`
+	ImageID      string             `json:"image_id"`
+	Owner        string             `json:"owner"`
+	Model        string             `json:"model"`
+	ModelVersion string             `json:"model_version,omitempty"`
+	Label        string             `json:"label,omitempty"`
+	Score        float64            `json:"score,omitempty"`
+	Scores       map[string]float64 `json:"scores,omitempty"`
+	InferenceMS  float64            `json:"inference_ms,omitempty"`
+	BatchSize    int                `json:"batch_size,omitempty"`
+	Reason       string             `json:"reason,omitempty"`
+	SubmittedAt  time.Time          `json:"submitted_at,omitzero"`
+	CompletedAt  time.Time          `json:"completed_at,omitzero"`
+}
+
+// Models (answered by inference).
+
+type ModelsQuery struct{}
+
+type ModelInput struct {
+	Name     string `json:"name"`
+	Layout   string `json:"layout"`
+	Width    int    `json:"width"`
+	Height   int    `json:"height"`
+	Channels int    `json:"channels"`
+}
+
+type ModelInfo struct {
+	Name     string     `json:"name"`
+	Version  string     `json:"version"`
+	Task     string     `json:"task"`
+	Labels   []string   `json:"labels"`
+	Input    ModelInput `json:"input"`
+	MaxBatch int        `json:"max_batch"`
+	Accuracy float64    `json:"accuracy,omitempty"`
+}
+
+// Iris (answered by analytics).
+
+// IrisColumns are the measurement columns a filter or sort may name.
+var IrisColumns = []string{"sepal_length", "sepal_width", "petal_length", "petal_width"}
+
+// IrisFilter selects rows: species in Species (all when empty) and, for
+// every named column, Lower[c] <= value <= Upper[c] (both inclusive).
+type IrisFilter struct {
+	Species []string           `json:"species,omitempty"`
+	Lower   map[string]float64 `json:"lower,omitempty"`
+	Upper   map[string]float64 `json:"upper,omitempty"`
+}
+
+type IrisRangeQuery struct {
+	IrisFilter
+	Page    int    `json:"page"`
+	PerPage int    `json:"per_page"`
+	Sort    string `json:"sort,omitempty"` // a column; ties broken by row id
+}
+
+// IrisStatsFuncs are the aggregate functions of IrisStatsQuery.
+var IrisStatsFuncs = []string{"mean", "min", "max", "median", "stddev", "count", "quantile"}
+
+type IrisStatsQuery struct {
+	IrisFilter
+	Func string  `json:"func"`
+	Q    float64 `json:"q,omitempty"` // for quantile, in [0, 1]
+}
+
+// IrisStat is one species' aggregate: Values maps each column to the
+// function's result.
+type IrisStat struct {
+	Label  string             `json:"label"`
+	Values map[string]float64 `json:"values"`
+	Count  uint64             `json:"count"`
+}
+
+// Validate checks a filter and answers 422 naming every offending field.
+func (f IrisFilter) Validate() error {
+	var details []string
+	for _, s := range f.Species {
+		if !slices.Contains(IrisSpecies, s) {
+			details = append(details, fmt.Sprintf("species: unknown species %q (known: %v)", s, IrisSpecies))
+		}
+	}
+	for _, bound := range []struct {
+		name string
+		m    map[string]float64
+	}{{"lower", f.Lower}, {"upper", f.Upper}} {
+		keys := make([]string, 0, len(bound.m))
+		for c := range bound.m {
+			keys = append(keys, c)
+		}
+		sort.Strings(keys)
+		for _, c := range keys {
+			if !slices.Contains(IrisColumns, c) {
+				details = append(details, fmt.Sprintf("%s.%s: unknown column (known: %v)", bound.name, c, IrisColumns))
+			} else if v := bound.m[c]; math.IsNaN(v) || math.IsInf(v, 0) {
+				details = append(details, fmt.Sprintf("%s.%s: must be a finite number", bound.name, c))
+			}
+		}
+	}
+	for c, lo := range f.Lower {
+		if hi, ok := f.Upper[c]; ok && lo > hi {
+			details = append(details, fmt.Sprintf("lower.%s: %v is greater than upper.%s %v", c, lo, c, hi))
+		}
+	}
+	if len(details) > 0 {
+		sort.Strings(details)
+		return &Error{Code: http.StatusUnprocessableEntity, Message: "invalid iris filter", Details: details}
+	}
+	return nil
+}
+
+// ValidatePage checks page >= 1 and 1 <= perPage <= MaxPerPage, after
+// defaults (0 means page 1 / DefaultPerPage) were applied by the caller.
+func ValidatePage(page, perPage int) error {
+	var details []string
+	if page < 1 {
+		details = append(details, "page: must be at least 1")
+	}
+	if perPage < 1 || perPage > MaxPerPage {
+		details = append(details, fmt.Sprintf("per_page: must be between 1 and %d", MaxPerPage))
+	}
+	if len(details) > 0 {
+		return &Error{Code: http.StatusUnprocessableEntity, Message: "invalid pagination", Details: details}
+	}
+	return nil
+}
+
+// Statistics (answered by analytics).
+
+type GradeStatsQuery struct {
+	Model  string        `json:"model,omitempty"`
+	From   time.Time     `json:"from"`
+	To     time.Time     `json:"to"`
+	Bucket time.Duration `json:"bucket"`
+}
+
+type GradeStatsRow struct {
+	Bucket         time.Time `json:"bucket"`
+	Model          string    `json:"model"`
+	Label          string    `json:"label"`
+	Count          uint64    `json:"count"`
+	MeanScore      float64   `json:"mean_score"`
+	P50InferenceMS float64   `json:"p50_inference_ms"`
+	P99InferenceMS float64   `json:"p99_inference_ms"`
+}
+
+type AnnotationStatsQuery struct {
+	From   time.Time     `json:"from"`
+	To     time.Time     `json:"to"`
+	Bucket time.Duration `json:"bucket"`
+}
+
+type AnnotationStatsRow struct {
+	Bucket time.Time `json:"bucket"`
+	Author string    `json:"author"`
+	Count  uint64    `json:"count"`
+}

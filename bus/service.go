@@ -1,0 +1,142 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Error is the error a query service answers with. Code is an HTTP status,
+// so the edge can pass it to the client unchanged.
+type Error struct {
+	Code    int      `json:"code"`
+	Message string   `json:"message"`
+	Details []string `json:"details,omitempty"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%d: %s", e.Code, e.Message) }
+
+// Errorf returns an *Error with the given status.
+func Errorf(code int, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrUnavailable is returned by Request when no service instance answered.
+var ErrUnavailable = errors.New("bus: service unavailable")
+
+// Page is the reply of every paginated query.
+type Page[T any] struct {
+	Data    []T   `json:"data"`
+	Total   int64 `json:"total"`
+	Page    int   `json:"page"`
+	PerPage int   `json:"per_page"`
+}
+
+// Endpoint binds a typed handler to a service subject.
+type Endpoint struct {
+	Name    string
+	Subject string
+	Handler micro.Handler
+}
+
+// Handle adapts a typed function to a micro handler: it decodes the JSON
+// request, runs f in its own goroutine (so one slow query does not hold up
+// the subscription), and encodes the reply or the *Error. Any other error
+// is answered as 500 with a generic message and logged.
+func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(context.Context, Req) (Resp, error)) micro.Handler {
+	return micro.HandlerFunc(func(r micro.Request) {
+		go func() {
+			var req Req
+			if err := json.Unmarshal(r.Data(), &req); err != nil {
+				respondError(r, &Error{Code: http.StatusBadRequest, Message: "malformed request", Details: []string{err.Error()}})
+				return
+			}
+			ctx, cancel := context.WithTimeout(contextFrom(context.Background(), nats.Header(r.Headers())), timeout)
+			defer cancel()
+			resp, err := f(ctx, req)
+			if err != nil {
+				var be *Error
+				if !errors.As(err, &be) {
+					log.Error("query failed", "subject", r.Subject(), "err", err, "request_id", RequestID(ctx))
+					be = &Error{Code: http.StatusInternalServerError, Message: "query failed"}
+					if errors.Is(err, context.DeadlineExceeded) {
+						be = &Error{Code: http.StatusServiceUnavailable, Message: "query timed out"}
+					}
+				}
+				respondError(r, be)
+				return
+			}
+			if err := r.RespondJSON(resp); err != nil {
+				log.Warn("respond failed", "subject", r.Subject(), "err", err)
+			}
+		}()
+	})
+}
+
+func respondError(r micro.Request, e *Error) {
+	data, _ := json.Marshal(e)
+	_ = r.Error(strconv.Itoa(e.Code), e.Message, data)
+}
+
+// AddService registers a queue-group service with its endpoints. Every
+// replica of a service joins the same queue group, so each request is
+// answered once.
+func AddService(nc *nats.Conn, name, version, description string, eps ...Endpoint) (micro.Service, error) {
+	svc, err := micro.AddService(nc, micro.Config{Name: name, Version: version, Description: description})
+	if err != nil {
+		return nil, fmt.Errorf("bus: service %s: %w", name, err)
+	}
+	for _, ep := range eps {
+		if err := svc.AddEndpoint(ep.Name, ep.Handler, micro.WithEndpointSubject(ep.Subject)); err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("bus: service %s endpoint %s: %w", name, ep.Name, err)
+		}
+	}
+	return svc, nil
+}
+
+// Request sends req to a query service and decodes the reply into Resp. A
+// service error is returned as *Error; no responder or a timeout as
+// ErrUnavailable (wrapped).
+func Request[Resp any](ctx context.Context, nc *nats.Conn, subject string, req any) (Resp, error) {
+	var resp Resp
+	data, err := json.Marshal(req)
+	if err != nil {
+		return resp, fmt.Errorf("bus: encode request: %w", err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	headersFrom(ctx, msg.Header)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			return resp, fmt.Errorf("%w: %s: %v", ErrUnavailable, subject, err)
+		}
+		return resp, fmt.Errorf("bus: request %s: %w", subject, err)
+	}
+	if code := reply.Header.Get(micro.ErrorCodeHeader); code != "" {
+		be := &Error{}
+		if json.Unmarshal(reply.Data, be) != nil || be.Code == 0 {
+			n, _ := strconv.Atoi(code)
+			be = &Error{Code: n, Message: reply.Header.Get(micro.ErrorHeader)}
+		}
+		return resp, be
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return resp, fmt.Errorf("bus: decode reply of %s: %w", subject, err)
+	}
+	return resp, nil
+}

@@ -1,0 +1,205 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Subjects of events. Streams capture them; any NATS client may subscribe.
+const (
+	SubjectAnnotationCreated = "gradeline.annotations.created"
+	SubjectImageSubmitted    = "gradeline.images.submitted"
+	SubjectGradeCompleted    = "gradeline.grades.completed"
+	SubjectGradeFailed       = "gradeline.grades.failed"
+	SubjectImageCatalogued   = "gradeline.catalog.images.catalogued"
+	SubjectImageTagsSet      = "gradeline.catalog.images.tags_set"
+	SubjectImageDeleted      = "gradeline.catalog.images.deleted"
+	SubjectIrisMeasured      = "gradeline.iris.measurements"
+	// SubjectDeadLetterPrefix is followed by the durable name of the
+	// consumer that gave up on the message.
+	SubjectDeadLetterPrefix = "gradeline.deadletter."
+)
+
+// Subjects of request-reply query services (nats.go/micro, queue groups).
+const (
+	SvcAnnotationsList  = "gradeline.svc.annotations.list"
+	SvcAnnotationsGet   = "gradeline.svc.annotations.get"
+	SvcImagesList       = "gradeline.svc.images.list"
+	SvcImagesGet        = "gradeline.svc.images.get"
+	SvcGradesGet        = "gradeline.svc.grades.get"
+	SvcModelsList       = "gradeline.svc.models.list"
+	SvcIrisRange        = "gradeline.svc.iris.range"
+	SvcIrisStats        = "gradeline.svc.iris.stats"
+	SvcStatsGrades      = "gradeline.svc.stats.grades"
+	SvcStatsAnnotations = "gradeline.svc.stats.annotations"
+)
+
+// Stream names.
+const (
+	StreamAnnotations = "ANNOTATIONS"
+	StreamImages      = "IMAGES"
+	StreamGrades      = "GRADES"
+	StreamCatalog     = "CATALOG"
+	StreamIris        = "IRIS"
+	StreamDeadLetter  = "DEADLETTER"
+)
+
+// ImageBucket is the object store bucket that holds image bytes.
+const ImageBucket = "gradeline-images"
+
+// DuplicateWindow is how long a stream remembers message ids: a publish
+// retried within it is stored once.
+const DuplicateWindow = 2 * time.Minute
+
+// StreamSpec is one row of the stream table.
+type StreamSpec struct {
+	Name        string
+	Description string
+	Subjects    []string
+	MaxAge      time.Duration
+	MaxBytes    int64
+}
+
+// Streams is the table of streams. Limits retention keeps history for
+// replay; the age and size bounds keep a disk from filling.
+var Streams = []StreamSpec{
+	{StreamAnnotations, "annotations created by users", []string{"gradeline.annotations.>"}, 365 * 24 * time.Hour, 10 << 30},
+	{StreamImages, "images submitted for grading", []string{"gradeline.images.>"}, 30 * 24 * time.Hour, 1 << 30},
+	{StreamGrades, "grades completed or failed", []string{"gradeline.grades.>"}, 365 * 24 * time.Hour, 10 << 30},
+	{StreamCatalog, "image catalogue changes", []string{"gradeline.catalog.>"}, 365 * 24 * time.Hour, 1 << 30},
+	{StreamIris, "iris measurement batches", []string{"gradeline.iris.>"}, 30 * 24 * time.Hour, 20 << 30},
+	{StreamDeadLetter, "messages consumers gave up on, with the reason", []string{SubjectDeadLetterPrefix + ">"}, 90 * 24 * time.Hour, 1 << 30},
+}
+
+// ConsumerSpec is one row of the durable consumer table.
+type ConsumerSpec struct {
+	Stream         string
+	Durable        string
+	Description    string
+	FilterSubjects []string
+	// AckWait bounds how long a delivered message may stay unacknowledged
+	// before the server redelivers it.
+	AckWait time.Duration
+	// MaxAckPending bounds the messages in flight across all replicas.
+	MaxAckPending int
+}
+
+// Durable consumers, one per service and stream.
+var (
+	ConsumerInference = ConsumerSpec{StreamImages, "inference", "grades submitted images",
+		[]string{SubjectImageSubmitted}, 60 * time.Second, 1024}
+	ConsumerAnnotator = ConsumerSpec{StreamAnnotations, "annotator", "stores annotations in MongoDB",
+		[]string{SubjectAnnotationCreated}, 30 * time.Second, 4096}
+	ConsumerAnnotatorCatalog = ConsumerSpec{StreamCatalog, "annotator-catalog", "stores the image catalogue in MongoDB",
+		[]string{"gradeline.catalog.>"}, 30 * time.Second, 4096}
+	ConsumerAnnotatorSubmissions = ConsumerSpec{StreamImages, "annotator-submissions", "records pending grades in MongoDB",
+		[]string{SubjectImageSubmitted}, 30 * time.Second, 4096}
+	ConsumerAnnotatorGrades = ConsumerSpec{StreamGrades, "annotator-grades", "stores grade history in MongoDB",
+		[]string{"gradeline.grades.>"}, 30 * time.Second, 4096}
+	ConsumerAnalyticsIris = ConsumerSpec{StreamIris, "analytics-iris", "loads iris measurements into ClickHouse",
+		[]string{SubjectIrisMeasured}, 60 * time.Second, 256}
+	ConsumerAnalyticsGrades = ConsumerSpec{StreamGrades, "analytics-grades", "loads grades into ClickHouse",
+		[]string{"gradeline.grades.>"}, 60 * time.Second, 8192}
+	ConsumerAnalyticsAnnotations = ConsumerSpec{StreamAnnotations, "analytics-annotations", "loads annotation counts into ClickHouse",
+		[]string{SubjectAnnotationCreated}, 60 * time.Second, 8192}
+)
+
+// Consumers is the table of durable consumers.
+var Consumers = []ConsumerSpec{
+	ConsumerInference, ConsumerAnnotator, ConsumerAnnotatorCatalog, ConsumerAnnotatorSubmissions,
+	ConsumerAnnotatorGrades, ConsumerAnalyticsIris, ConsumerAnalyticsGrades, ConsumerAnalyticsAnnotations,
+}
+
+// Config returns the JetStream configuration of the consumer. MaxDeliver is
+// unlimited on the server: Consume applies the delivery limit itself, so a
+// message past it is dead-lettered with a reason instead of silently parked.
+func (c ConsumerSpec) Config() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:        c.Durable,
+		Description:    c.Description,
+		FilterSubjects: c.FilterSubjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.AckWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  c.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+}
+
+// TopologyOptions tune EnsureTopology for the deployment.
+type TopologyOptions struct {
+	// Replicas of every stream and the object store: 1 for a single
+	// server, 3 for a production cluster.
+	Replicas int
+	// MaxBytesScale multiplies the size bound of every stream (0 = 1).
+	// Tests shrink it; large deployments grow it.
+	MaxBytesScale float64
+}
+
+// EnsureTopology creates or updates every stream, durable consumer and the
+// image bucket. It is idempotent: a second run, or a second replica
+// starting at the same time, changes nothing.
+func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOptions) error {
+	if opt.Replicas <= 0 {
+		opt.Replicas = 1
+	}
+	if opt.MaxBytesScale <= 0 {
+		opt.MaxBytesScale = 1
+	}
+	for _, s := range Streams {
+		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        s.Name,
+			Description: s.Description,
+			Subjects:    s.Subjects,
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      s.MaxAge,
+			MaxBytes:    int64(float64(s.MaxBytes) * opt.MaxBytesScale),
+			Duplicates:  DuplicateWindow,
+			Replicas:    opt.Replicas,
+		})
+		if err != nil {
+			return fmt.Errorf("bus: stream %s: %w", s.Name, err)
+		}
+	}
+	for _, c := range Consumers {
+		if _, err := js.CreateOrUpdateConsumer(ctx, c.Stream, c.Config()); err != nil {
+			return fmt.Errorf("bus: consumer %s/%s: %w", c.Stream, c.Durable, err)
+		}
+	}
+	if _, err := ImageStore(ctx, js, opt.Replicas); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ImageStore returns the object store bucket for image bytes, creating it
+// when missing.
+func ImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.ObjectStore, error) {
+	os, err := js.ObjectStore(ctx, ImageBucket)
+	if err == nil {
+		return os, nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
+	}
+	if replicas <= 0 {
+		replicas = 1
+	}
+	os, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      ImageBucket,
+		Description: "image bytes referenced by events (claim check)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+		MaxBytes:    20 << 30,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
+	}
+	return os, nil
+}
