@@ -1,0 +1,217 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/gradeline/gradeline/bus"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// gradeDoc is one grade; _id is the ImageSubmitted event id. The pending
+// record (from image.submitted) and the result (from the GRADES stream)
+// may arrive in either order: the pending insert never touches the status
+// of an existing grade, and a result fills in the fields it carries.
+// Scores are a list, not a map, because labels are free text and MongoDB
+// keys may not contain '.' or start with '$'.
+type gradeDoc struct {
+	ID           string       `bson:"_id"`
+	Status       string       `bson:"status"`
+	ImageID      string       `bson:"image_id,omitempty"`
+	Owner        string       `bson:"owner,omitempty"`
+	Model        string       `bson:"model,omitempty"`
+	ModelVersion string       `bson:"model_version,omitempty"`
+	Label        string       `bson:"label,omitempty"`
+	Score        float64      `bson:"score,omitempty"`
+	Scores       []labelScore `bson:"scores,omitempty"`
+	InferenceMS  float64      `bson:"inference_ms,omitempty"`
+	BatchSize    int          `bson:"batch_size,omitempty"`
+	Reason       string       `bson:"reason,omitempty"`
+	SubmittedAt  time.Time    `bson:"submitted_at,omitempty"`
+	CompletedAt  time.Time    `bson:"completed_at,omitempty"`
+}
+
+type labelScore struct {
+	Label string  `bson:"label"`
+	Score float64 `bson:"score"`
+}
+
+func (d gradeDoc) toBus() bus.Grade {
+	g := bus.Grade{
+		ID: d.ID, Status: d.Status, ImageID: d.ImageID, Owner: d.Owner, Model: d.Model,
+		ModelVersion: d.ModelVersion, Label: d.Label, Score: d.Score, InferenceMS: d.InferenceMS,
+		BatchSize: d.BatchSize, Reason: d.Reason,
+	}
+	if !d.SubmittedAt.IsZero() {
+		g.SubmittedAt = d.SubmittedAt.UTC()
+	}
+	if !d.CompletedAt.IsZero() {
+		g.CompletedAt = d.CompletedAt.UTC()
+	}
+	if len(d.Scores) > 0 {
+		g.Scores = make(map[string]float64, len(d.Scores))
+		for _, ls := range d.Scores {
+			g.Scores[ls.Label] = ls.Score
+		}
+	}
+	return g
+}
+
+// setIf appends field=value to d when value is not empty: a result fills
+// in only what it carries.
+func setIf(d bson.D, key, value string) bson.D {
+	if value != "" {
+		d = append(d, bson.E{Key: key, Value: value})
+	}
+	return d
+}
+
+// InsertPending records submitted images as pending grades. An existing
+// grade keeps its status; it only gains the submission's fields. Results
+// are as for InsertAnnotations.
+func (s *Store) InsertPending(ctx context.Context, evs []*bus.ImageSubmitted) ([]error, error) {
+	docs := make([]any, len(evs))
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		docs[i] = gradeDoc{
+			ID: e.ID, Status: bus.GradeStatusPending, ImageID: e.ImageID, Owner: e.Owner,
+			Model: e.Model, SubmittedAt: e.Time.UTC(),
+		}
+		ids[i] = e.ID
+	}
+	dup, item, err := s.insertMany(ctx, s.grades, ids, docs)
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range evs {
+		if !dup[i] {
+			continue
+		}
+		start := time.Now()
+		_, err := s.grades.UpdateOne(ctx, bson.D{{Key: "_id", Value: e.ID}}, bson.D{{Key: "$set", Value: bson.D{
+			{Key: "image_id", Value: e.ImageID}, {Key: "owner", Value: e.Owner},
+			{Key: "model", Value: e.Model}, {Key: "submitted_at", Value: e.Time.UTC()},
+		}}})
+		s.m.observe(CollGrades, "update_one", start)
+		if err != nil {
+			ie, batch := itemOrBatch(CollGrades, e.ID, err)
+			if batch != nil {
+				return nil, batch
+			}
+			item[i] = ie
+		}
+	}
+	return item, nil
+}
+
+// ApplyResults stores grade.completed and grade.failed events. A completed
+// grade is final: a failure reported later does not replace it. Results
+// are as for InsertAnnotations.
+func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, error) {
+	out := make([]error, len(evs))
+	var (
+		models []mongo.WriteModel
+		idx    []int
+	)
+	for i, ev := range evs {
+		switch e := ev.(type) {
+		case *bus.GradeCompleted:
+			set := bson.D{{Key: "status", Value: bus.GradeStatusCompleted}}
+			set = setIf(set, "image_id", e.ImageID)
+			set = setIf(set, "owner", e.Owner)
+			set = setIf(set, "model", e.Model)
+			set = setIf(set, "model_version", e.ModelVersion)
+			set = append(set,
+				bson.E{Key: "label", Value: e.Label}, bson.E{Key: "score", Value: e.Score},
+				bson.E{Key: "scores", Value: scoreList(e.Scores)},
+				bson.E{Key: "inference_ms", Value: e.InferenceMS}, bson.E{Key: "batch_size", Value: e.BatchSize},
+				bson.E{Key: "completed_at", Value: e.Time.UTC()})
+			models = append(models, mongo.NewUpdateOneModel().
+				SetFilter(bson.D{{Key: "_id", Value: e.GradeID}}).
+				SetUpdate(bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}}).
+				SetUpsert(true))
+			idx = append(idx, i)
+		case *bus.GradeFailed:
+			// Handled below, one by one: failures are rare.
+		default:
+			out[i] = fmt.Errorf("store: unexpected grade event %T", ev)
+		}
+	}
+	if len(models) > 0 {
+		if err := s.EnsureIndexes(ctx); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		res, err := s.grades.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
+		s.m.observe(CollGrades, "bulk_upsert", start)
+		if err != nil {
+			var bwe mongo.BulkWriteException
+			if !asBulk(err, &bwe) {
+				return nil, fmt.Errorf("store: grades: %w", err)
+			}
+			for _, we := range bwe.WriteErrors {
+				if we.Index < 0 || we.Index >= len(idx) {
+					return nil, fmt.Errorf("store: grades: write error for unknown index %d: %w", we.Index, err)
+				}
+				out[idx[we.Index]] = &ItemError{Collection: CollGrades, ID: evs[idx[we.Index]].EventMeta().ID, Err: we.WriteError}
+			}
+		}
+		if res != nil {
+			s.m.add(CollGrades, int(res.ModifiedCount+res.UpsertedCount), 0)
+		}
+	}
+	for i, ev := range evs {
+		e, ok := ev.(*bus.GradeFailed)
+		if !ok {
+			continue
+		}
+		set := bson.D{{Key: "status", Value: bus.GradeStatusFailed}, {Key: "reason", Value: e.Reason}}
+		set = setIf(set, "image_id", e.ImageID)
+		set = setIf(set, "owner", e.Owner)
+		set = setIf(set, "model", e.Model)
+		set = append(set, bson.E{Key: "completed_at", Value: e.Time.UTC()})
+		insert := append(bson.D{{Key: "_id", Value: e.GradeID}}, set...)
+		_, err := s.updateNewer(ctx, s.grades, e.GradeID,
+			bson.D{{Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}},
+			bson.D{{Key: "$set", Value: set}}, insert)
+		if err != nil {
+			item, batch := itemOrBatch(CollGrades, e.GradeID, err)
+			if batch != nil {
+				return nil, batch
+			}
+			out[i] = item
+		}
+	}
+	return out, nil
+}
+
+// asBulk reports whether err is a bulk write exception that holds only
+// per-document write errors.
+func asBulk(err error, bwe *mongo.BulkWriteException) bool {
+	return errors.As(err, bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0
+}
+
+func scoreList(m map[string]float64) []labelScore {
+	out := make([]labelScore, 0, len(m))
+	for l, v := range m {
+		out = append(out, labelScore{Label: l, Score: v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
+	return out
+}
+
+// GetGrade returns the grade with id; false when unknown or, with a
+// non-empty owner, owned by someone else.
+func (s *Store) GetGrade(ctx context.Context, id, owner string) (bus.Grade, bool, error) {
+	filter := bson.D{{Key: "_id", Value: id}}
+	if owner != "" {
+		filter = append(filter, bson.E{Key: "owner", Value: owner})
+	}
+	d, ok, err := findOne[gradeDoc](ctx, s.grades, filter)
+	return d.toBus(), ok, err
+}

@@ -1,0 +1,224 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/gradeline/gradeline/bus"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// imageDoc is one catalogue entry; _id is the image id. Events about an
+// image may arrive in any order (redelivery after a nak reorders them), so
+// every field is written so that the final state does not depend on it:
+//   - Deleted is a tombstone: nothing sets it back to false, so a replayed
+//     image.catalogued after image.deleted does not resurrect the image.
+//   - Tags change only when the event setting them (TagsEvent, a
+//     time-ordered UUIDv7) is newer than the one that set them last.
+//   - Catalogued is false for a placeholder made by a tags or delete event
+//     that overtook image.catalogued; such entries are not listed.
+type imageDoc struct {
+	ID          string    `bson:"_id"`
+	Owner       string    `bson:"owner"`
+	Filename    string    `bson:"filename"`
+	ContentType string    `bson:"content_type"`
+	SHA256      string    `bson:"sha256"`
+	Object      string    `bson:"object"`
+	Size        int64     `bson:"size"`
+	Width       int       `bson:"width"`
+	Height      int       `bson:"height"`
+	Tags        []string  `bson:"tags"`
+	TagsEvent   string    `bson:"tags_event"`
+	Catalogued  bool      `bson:"catalogued"`
+	Deleted     bool      `bson:"deleted"`
+	CreatedAt   time.Time `bson:"created_at"`
+	UpdatedAt   time.Time `bson:"updated_at"`
+}
+
+func (d imageDoc) toBus() bus.Image {
+	tags := d.Tags
+	if tags == nil {
+		tags = []string{}
+	}
+	return bus.Image{
+		ID: d.ID, Owner: d.Owner, Filename: d.Filename, ContentType: d.ContentType,
+		SHA256: d.SHA256, Object: d.Object, Size: d.Size, Width: d.Width, Height: d.Height,
+		Tags: tags, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+	}
+}
+
+func nonNil(tags []string) []string {
+	if tags == nil {
+		return []string{}
+	}
+	return tags
+}
+
+// ApplyCatalog applies catalogue events. Result i is nil when event i is
+// applied (now or before), an *ItemError when the server refused it; err
+// reports a failure of the whole batch. The result does not depend on the
+// order of the events.
+func (s *Store) ApplyCatalog(ctx context.Context, evs []bus.Event) ([]error, error) {
+	out := make([]error, len(evs))
+	var (
+		cat    []*bus.ImageCatalogued
+		catIdx []int
+	)
+	for i, ev := range evs {
+		if c, ok := ev.(*bus.ImageCatalogued); ok {
+			cat, catIdx = append(cat, c), append(catIdx, i)
+		}
+	}
+	if err := s.catalogue(ctx, cat, catIdx, out); err != nil {
+		return nil, err
+	}
+	for i, ev := range evs {
+		var err error
+		switch e := ev.(type) {
+		case *bus.ImageCatalogued:
+			continue
+		case *bus.ImageTagsSet:
+			err = s.setTags(ctx, e.ID, e.ImageID, e.Owner, e.Tags, e.Time)
+		case *bus.ImageDeleted:
+			err = s.deleteImage(ctx, e)
+		default:
+			out[i] = fmt.Errorf("store: unexpected catalogue event %T", ev)
+			continue
+		}
+		if err != nil {
+			item, batch := itemOrBatch(CollImages, ev.EventMeta().ID, err)
+			if batch != nil {
+				return nil, batch
+			}
+			out[i] = item
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) catalogue(ctx context.Context, evs []*bus.ImageCatalogued, idx []int, out []error) error {
+	docs := make([]any, len(evs))
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		docs[i] = imageDoc{
+			ID: e.ImageID, Owner: e.Owner, Filename: e.Filename, ContentType: e.Image.ContentType,
+			SHA256: e.Image.SHA256, Object: e.Image.Object, Size: e.Image.Size, Width: e.Width, Height: e.Height,
+			Tags: nonNil(e.Tags), TagsEvent: e.ID, Catalogued: true,
+			CreatedAt: e.Time.UTC(), UpdatedAt: e.Time.UTC(),
+		}
+		ids[i] = e.ImageID
+	}
+	dup, item, err := s.insertMany(ctx, s.images, ids, docs)
+	if err != nil {
+		return err
+	}
+	for i, e := range evs {
+		out[idx[i]] = item[i]
+		if !dup[i] {
+			continue
+		}
+		// The image exists: a replay of this event, or a placeholder made by
+		// a tags or delete event that came first. Fill in the metadata
+		// (never the tombstone), then the tags if this event is newer.
+		start := time.Now()
+		_, err := s.images.UpdateOne(ctx, bson.D{{Key: "_id", Value: e.ImageID}}, bson.D{
+			{Key: "$set", Value: bson.D{
+				{Key: "owner", Value: e.Owner}, {Key: "filename", Value: e.Filename},
+				{Key: "content_type", Value: e.Image.ContentType}, {Key: "sha256", Value: e.Image.SHA256},
+				{Key: "object", Value: e.Image.Object}, {Key: "size", Value: e.Image.Size},
+				{Key: "width", Value: e.Width}, {Key: "height", Value: e.Height},
+				{Key: "created_at", Value: e.Time.UTC()}, {Key: "catalogued", Value: true},
+			}},
+			{Key: "$max", Value: bson.D{{Key: "updated_at", Value: e.Time.UTC()}}},
+		})
+		s.m.observe(CollImages, "update_one", start)
+		if err == nil {
+			err = s.setTags(ctx, e.ID, e.ImageID, e.Owner, e.Tags, e.Time)
+		}
+		if err != nil {
+			item, batch := itemOrBatch(CollImages, e.ImageID, err)
+			if batch != nil {
+				return batch
+			}
+			out[idx[i]] = item
+		}
+	}
+	return nil
+}
+
+// setTags replaces the tags when eventID is newer than the event that set
+// them last, creating a placeholder when the image is not catalogued yet.
+func (s *Store) setTags(ctx context.Context, eventID, imageID, owner string, tags []string, at time.Time) error {
+	tags = nonNil(tags)
+	_, err := s.updateNewer(ctx, s.images, imageID,
+		bson.D{{Key: "tags_event", Value: bson.D{{Key: "$lt", Value: eventID}}}},
+		bson.D{
+			{Key: "$set", Value: bson.D{{Key: "tags", Value: tags}, {Key: "tags_event", Value: eventID}}},
+			{Key: "$max", Value: bson.D{{Key: "updated_at", Value: at.UTC()}}},
+		},
+		bson.D{
+			{Key: "_id", Value: imageID}, {Key: "owner", Value: owner}, {Key: "tags", Value: tags},
+			{Key: "tags_event", Value: eventID}, {Key: "catalogued", Value: false}, {Key: "deleted", Value: false},
+			{Key: "updated_at", Value: at.UTC()},
+		})
+	return err
+}
+
+func (s *Store) deleteImage(ctx context.Context, e *bus.ImageDeleted) error {
+	start := time.Now()
+	res, err := s.images.UpdateOne(ctx, bson.D{{Key: "_id", Value: e.ImageID}}, bson.D{
+		{Key: "$set", Value: bson.D{{Key: "deleted", Value: true}}},
+		{Key: "$max", Value: bson.D{{Key: "updated_at", Value: e.Time.UTC()}}},
+		{Key: "$setOnInsert", Value: bson.D{
+			{Key: "owner", Value: e.Owner}, {Key: "tags", Value: []string{}},
+			{Key: "tags_event", Value: ""}, {Key: "catalogued", Value: false},
+		}},
+	}, options.UpdateOne().SetUpsert(true))
+	s.m.observe(CollImages, "upsert_one", start)
+	if err != nil {
+		return err
+	}
+	s.m.add(CollImages, int(res.ModifiedCount+res.UpsertedCount), 0)
+	return nil
+}
+
+// ImageFilter selects an owner's live catalogued images carrying every tag.
+type ImageFilter struct {
+	Owner string
+	Tags  []string
+}
+
+func liveImages(owner string) bson.D {
+	return bson.D{
+		{Key: "owner", Value: owner},
+		{Key: "catalogued", Value: true},
+		{Key: "deleted", Value: false},
+	}
+}
+
+// ListImages returns one page of the owner's images, newest first.
+func (s *Store) ListImages(ctx context.Context, f ImageFilter, p Page) ([]bus.Image, int64, error) {
+	filter := liveImages(f.Owner)
+	if len(f.Tags) > 0 {
+		filter = append(filter, bson.E{Key: "tags", Value: bson.D{{Key: "$all", Value: f.Tags}}})
+	}
+	docs, total, err := findPage[imageDoc](ctx, s.images, filter, p)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]bus.Image, len(docs))
+	for i, d := range docs {
+		out[i] = d.toBus()
+	}
+	return out, total, nil
+}
+
+// GetImage returns the owner's live image; false for an unknown, deleted
+// or other owner's image.
+func (s *Store) GetImage(ctx context.Context, owner, id string) (bus.Image, bool, error) {
+	filter := append(bson.D{{Key: "_id", Value: id}}, liveImages(owner)...)
+	d, ok, err := findOne[imageDoc](ctx, s.images, filter)
+	return d.toBus(), ok, err
+}

@@ -1,0 +1,236 @@
+// Package store persists annotations, the image catalogue and the grade
+// history in MongoDB, using only what FerretDB supports too: inserts keyed
+// by event id, equality filters, $set/$max/$setOnInsert/$unset updates,
+// find with sort/skip/limit, and counts.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// Collection names.
+const (
+	CollAnnotations = "annotations"
+	CollImages      = "images"
+	CollGrades      = "grades"
+)
+
+// Store writes and reads the annotator's collections.
+type Store struct {
+	db          *mongo.Database
+	annotations *mongo.Collection
+	images      *mongo.Collection
+	grades      *mongo.Collection
+	m           *Metrics
+
+	mu      sync.Mutex
+	indexed bool
+}
+
+// New returns a Store on db. Indexes are created on first use, so the
+// service can start while MongoDB is still unreachable.
+func New(db *mongo.Database, m *Metrics) *Store {
+	return &Store{
+		db:          db,
+		annotations: db.Collection(CollAnnotations),
+		images:      db.Collection(CollImages),
+		grades:      db.Collection(CollGrades),
+		m:           m,
+	}
+}
+
+// ItemError is a write the server refused for one document (not a
+// duplicate): a problem of that message, not of the database.
+type ItemError struct {
+	Collection string
+	ID         string
+	Err        error
+}
+
+func (e *ItemError) Error() string {
+	return fmt.Sprintf("store %s %s: %v", e.Collection, e.ID, e.Err)
+}
+
+func (e *ItemError) Unwrap() error { return e.Err }
+
+// EnsureIndexes creates the secondary indexes once; until it succeeds
+// every write calls it again.
+func (s *Store) EnsureIndexes(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.indexed {
+		return nil
+	}
+	specs := []struct {
+		c    *mongo.Collection
+		keys []string
+	}{
+		{s.annotations, []string{"image_id", "author"}},
+		{s.images, []string{"owner"}},
+		{s.grades, []string{"image_id"}},
+	}
+	for _, sp := range specs {
+		models := make([]mongo.IndexModel, 0, len(sp.keys))
+		for _, k := range sp.keys {
+			models = append(models, mongo.IndexModel{Keys: bson.D{{Key: k, Value: 1}}})
+		}
+		if _, err := sp.c.Indexes().CreateMany(ctx, models); err != nil {
+			return fmt.Errorf("store: indexes of %s: %w", sp.c.Name(), err)
+		}
+	}
+	s.indexed = true
+	return nil
+}
+
+// Ping checks that MongoDB answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.db.Client().Ping(ctx, nil)
+}
+
+// insertMany inserts docs unordered. A duplicate _id counts as already
+// stored. It returns per-document errors (aligned with docs) for other
+// write errors the server reported, and an error when the batch as a whole
+// failed (unreachable server, write concern): then nothing can be assumed.
+func (s *Store) insertMany(ctx context.Context, coll *mongo.Collection, ids []string, docs []any) (dup []bool, item []error, err error) {
+	dup = make([]bool, len(docs))
+	item = make([]error, len(docs))
+	if len(docs) == 0 {
+		return dup, item, nil
+	}
+	if err := s.EnsureIndexes(ctx); err != nil {
+		return nil, nil, err
+	}
+	start := time.Now()
+	_, err = coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	s.m.observe(coll.Name(), "insert_many", start)
+	if err != nil {
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
+			return nil, nil, fmt.Errorf("store: insert into %s: %w", coll.Name(), err)
+		}
+		for _, we := range bwe.WriteErrors {
+			if we.Index < 0 || we.Index >= len(docs) {
+				return nil, nil, fmt.Errorf("store: insert into %s: write error for unknown index %d: %w", coll.Name(), we.Index, err)
+			}
+			if isDuplicate(we.WriteError) {
+				dup[we.Index] = true
+			} else {
+				item[we.Index] = &ItemError{Collection: coll.Name(), ID: ids[we.Index], Err: we.WriteError}
+			}
+		}
+	}
+	written, dups := 0, 0
+	for i := range docs {
+		switch {
+		case dup[i]:
+			dups++
+		case item[i] == nil:
+			written++
+		}
+	}
+	s.m.add(coll.Name(), written, dups)
+	return dup, item, nil
+}
+
+func isDuplicate(we mongo.WriteError) bool {
+	return mongo.IsDuplicateKeyError(mongo.WriteException{WriteErrors: mongo.WriteErrors{we}})
+}
+
+// itemOrBatch sorts a single-document write error: a write error the
+// server reported belongs to that document; anything else (network,
+// timeout, server selection) is a batch failure.
+func itemOrBatch(coll, id string, err error) (item, batch error) {
+	var we mongo.WriteException
+	if errors.As(err, &we) && we.WriteConcernError == nil && len(we.WriteErrors) > 0 {
+		return &ItemError{Collection: coll, ID: id, Err: err}, nil
+	}
+	var bwe mongo.BulkWriteException
+	if errors.As(err, &bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0 {
+		return &ItemError{Collection: coll, ID: id, Err: err}, nil
+	}
+	return nil, fmt.Errorf("store: %s %s: %w", coll, id, err)
+}
+
+// updateNewer applies update to document id when cond holds, and creates
+// the document from insert when it does not exist yet. Upsert cannot do
+// it: with a condition that fails on an existing document, an upsert
+// tries to insert a second document with the same _id. A concurrent insert
+// between the steps is handled by trying the conditional update once more.
+// It reports whether the update or insert was applied.
+func (s *Store) updateNewer(ctx context.Context, coll *mongo.Collection, id string, cond, update bson.D, insert bson.D) (bool, error) {
+	filter := append(bson.D{{Key: "_id", Value: id}}, cond...)
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		res, err := coll.UpdateOne(ctx, filter, update)
+		s.m.observe(coll.Name(), "update_one", start)
+		if err != nil {
+			return false, err
+		}
+		if res.MatchedCount > 0 {
+			s.m.add(coll.Name(), 1, 0)
+			return true, nil
+		}
+		if attempt > 0 {
+			// The document exists and the condition is false: it already
+			// holds newer state.
+			return false, nil
+		}
+		start = time.Now()
+		_, err = coll.InsertOne(ctx, insert)
+		s.m.observe(coll.Name(), "insert_one", start)
+		if err == nil {
+			s.m.add(coll.Name(), 1, 0)
+			return true, nil
+		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return false, err
+		}
+	}
+}
+
+// Page bounds a list query; Skip is (page-1)*per_page.
+type Page struct {
+	Skip, Limit int64
+}
+
+func findPage[T any](ctx context.Context, coll *mongo.Collection, filter bson.D, p Page) ([]T, int64, error) {
+	total, err := coll.CountDocuments(ctx, filter)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: count %s: %w", coll.Name(), err)
+	}
+	out := []T{}
+	if p.Skip >= total {
+		return out, total, nil
+	}
+	// _id breaks ties of created_at, so pages never overlap.
+	cur, err := coll.Find(ctx, filter, options.Find().
+		SetSort(bson.D{{Key: "created_at", Value: -1}, {Key: "_id", Value: -1}}).
+		SetSkip(p.Skip).SetLimit(p.Limit))
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: find %s: %w", coll.Name(), err)
+	}
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, 0, fmt.Errorf("store: read %s: %w", coll.Name(), err)
+	}
+	return out, total, nil
+}
+
+func findOne[T any](ctx context.Context, coll *mongo.Collection, filter bson.D) (T, bool, error) {
+	var out T
+	err := coll.FindOne(ctx, filter).Decode(&out)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return out, false, nil
+	}
+	if err != nil {
+		return out, false, fmt.Errorf("store: find %s: %w", coll.Name(), err)
+	}
+	return out, true, nil
+}
