@@ -1,0 +1,153 @@
+// Package schema holds the versioned ClickHouse schema of analytics and
+// applies it. Migrations run at start, in order, each recorded in the
+// schema_migrations table; every statement is idempotent (IF NOT EXISTS), so
+// replicas starting together, or a migration interrupted half-way, apply
+// cleanly the next time.
+//
+// Only features that clickhouse-server has too are used: the engine served
+// by localch in tests and the official server in production run the same
+// statements.
+//
+// Idempotent inserts: the event tables are ReplacingMergeTree keyed by the
+// row identity, with a non-replicated deduplication window. Writers pass
+// insert_deduplication_token (the event id for iris batches), so a
+// redelivered event is dropped at insert time; rows that slipped past the
+// window (a redelivery after more than DedupWindow inserts) are collapsed
+// by background merges, and queries that must be exact at once use FINAL.
+package schema
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Table names.
+const (
+	TableMigrations  = "schema_migrations"
+	TableIris        = "iris_measurements"
+	TableGrades      = "grades"
+	TableAnnotations = "annotations"
+)
+
+// DedupWindow is how many recent inserts each table remembers the tokens of.
+const DedupWindow = 10000
+
+// Migration is one versioned step.
+type Migration struct {
+	Version    uint32
+	Name       string
+	Statements []string
+}
+
+// Migrations is the ordered history of the schema. Append only: a released
+// migration never changes.
+var Migrations = []Migration{
+	{1, "event tables", []string{
+		// One row per measurement; (event_id, row_idx) is its identity. The
+		// sorting key starts with species (three values) for compression and
+		// species filters; range queries scan the measurement columns.
+		`CREATE TABLE IF NOT EXISTS ` + TableIris + ` (
+			event_id     String,
+			row_idx      UInt32,
+			species      LowCardinality(String),
+			sepal_length Float64,
+			sepal_width  Float64,
+			petal_length Float64,
+			petal_width  Float64,
+			source       LowCardinality(String),
+			measured_at  DateTime64(3, 'UTC')
+		) ENGINE = ReplacingMergeTree
+		ORDER BY (species, event_id, row_idx)
+		SETTINGS non_replicated_deduplication_window = ` + fmt.Sprint(DedupWindow),
+		// One row per grade.completed or grade.failed event, keyed by the
+		// event id; time is the event's time, so the key is fixed per event.
+		`CREATE TABLE IF NOT EXISTS ` + TableGrades + ` (
+			event_id      String,
+			time          DateTime64(3, 'UTC'),
+			status        LowCardinality(String),
+			grade_id      String,
+			image_id      String,
+			owner         String,
+			model         LowCardinality(String),
+			model_version LowCardinality(String),
+			label         LowCardinality(String),
+			score         Float64,
+			inference_ms  Float64,
+			batch_size    UInt32,
+			reason        String
+		) ENGINE = ReplacingMergeTree
+		PARTITION BY toYYYYMM(time)
+		ORDER BY (time, event_id)
+		SETTINGS non_replicated_deduplication_window = ` + fmt.Sprint(DedupWindow),
+		// One row per annotation.created event (the annotation itself lives
+		// in MongoDB; analytics counts).
+		`CREATE TABLE IF NOT EXISTS ` + TableAnnotations + ` (
+			event_id String,
+			time     DateTime64(3, 'UTC'),
+			author   String,
+			image_id String
+		) ENGINE = ReplacingMergeTree
+		PARTITION BY toYYYYMM(time)
+		ORDER BY (time, event_id)
+		SETTINGS non_replicated_deduplication_window = ` + fmt.Sprint(DedupWindow),
+	}},
+}
+
+// Migrate applies every migration not yet recorded and returns the versions
+// it applied.
+func Migrate(ctx context.Context, conn driver.Conn, log *slog.Logger) ([]uint32, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+TableMigrations+` (
+			version    UInt32,
+			name       String,
+			applied_at DateTime64(3, 'UTC')
+		) ENGINE = ReplacingMergeTree ORDER BY version`); err != nil {
+		return nil, fmt.Errorf("schema: create %s: %w", TableMigrations, err)
+	}
+	done, err := Applied(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var applied []uint32
+	for _, m := range Migrations {
+		if done[m.Version] {
+			continue
+		}
+		for i, stmt := range m.Statements {
+			if err := conn.Exec(ctx, stmt); err != nil {
+				return applied, fmt.Errorf("schema: migration %d (%s) statement %d: %w", m.Version, m.Name, i+1, err)
+			}
+		}
+		if err := conn.Exec(ctx, `INSERT INTO `+TableMigrations+` (version, name, applied_at) VALUES (?, ?, ?)`,
+			m.Version, m.Name, time.Now().UTC()); err != nil {
+			return applied, fmt.Errorf("schema: record migration %d: %w", m.Version, err)
+		}
+		log.Info("schema migration applied", "version", m.Version, "name", m.Name)
+		applied = append(applied, m.Version)
+	}
+	return applied, nil
+}
+
+// Applied returns the recorded migration versions.
+func Applied(ctx context.Context, conn driver.Conn) (map[uint32]bool, error) {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT version FROM `+TableMigrations)
+	if err != nil {
+		return nil, fmt.Errorf("schema: read %s: %w", TableMigrations, err)
+	}
+	defer rows.Close()
+	done := map[uint32]bool{}
+	for rows.Next() {
+		var v uint32
+		if err := rows.Scan(&v); err != nil {
+			return nil, fmt.Errorf("schema: read %s: %w", TableMigrations, err)
+		}
+		done[v] = true
+	}
+	return done, rows.Err()
+}
