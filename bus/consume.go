@@ -102,8 +102,8 @@ func Backoff(n uint64) time.Duration {
 
 // Consume runs the durable pull consumer spec until ctx is cancelled,
 // handing batches to h. On cancellation the batch in hand is finished
-// (bounded by DrainTimeout) and prefetched messages are naked so another
-// replica takes them at once.
+// (bounded by DrainTimeout) and acked; the rest stays on the server for
+// another replica.
 func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt ConsumeOptions, h Handler) error {
 	opt.defaults()
 	log := opt.Logger.With("consumer", spec.Durable)
@@ -111,24 +111,9 @@ func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt
 	if err != nil {
 		return fmt.Errorf("bus: consumer %s: %w", spec.Durable, err)
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * opt.MaxBatch))
-	if err != nil {
-		return fmt.Errorf("bus: consume %s: %w", spec.Durable, err)
-	}
-	c := &consumer{js: js, spec: spec, opt: opt, log: log, h: h}
-	defer func() {
-		iter.Drain()
-		// Hand back what was prefetched but not handled.
-		for {
-			m, err := iter.Next(jetstream.NextMaxWait(50 * time.Millisecond))
-			if err != nil {
-				break
-			}
-			_ = m.Nak()
-		}
-	}()
+	c := &consumer{js: js, cons: cons, spec: spec, opt: opt, log: log, h: h}
 	for {
-		batch, err := c.collect(ctx, iter)
+		batch, err := c.collect(ctx)
 		if len(batch) > 0 {
 			// The batch in hand is finished even when ctx is cancelled.
 			hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opt.DrainTimeout)
@@ -146,6 +131,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt
 
 type consumer struct {
 	js   jetstream.JetStream
+	cons jetstream.Consumer
 	spec ConsumerSpec
 	opt  ConsumeOptions
 	log  *slog.Logger
@@ -153,36 +139,44 @@ type consumer struct {
 }
 
 // collect blocks for the first message, then gathers more until the batch
-// is full or MaxQueueDelay has passed since the first arrived.
-func (c *consumer) collect(ctx context.Context, iter jetstream.MessagesContext) ([]jetstream.Msg, error) {
-	var batch []jetstream.Msg
-	for len(batch) == 0 {
-		m, err := iter.Next(jetstream.NextContext(ctx))
+// is full or MaxQueueDelay has passed. Nothing is prefetched beyond the
+// batch, so at shutdown no message sits unhandled in a client buffer.
+func (c *consumer) collect(ctx context.Context) ([]jetstream.Msg, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		first, err := c.cons.Next(jetstream.FetchContext(wctx))
+		cancel()
 		if err != nil {
-			if ctx.Err() != nil {
+			switch {
+			case ctx.Err() != nil:
 				return nil, ctx.Err()
-			}
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+				continue // idle
+			case errors.Is(err, nats.ErrConnectionClosed):
 				return nil, fmt.Errorf("bus: consume %s: %w", c.spec.Durable, err)
 			}
-			c.log.Warn("consumer next", "err", err)
+			c.log.Warn("fetch failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
 			continue
 		}
-		batch = append(batch, m)
-	}
-	deadline := time.Now().Add(c.opt.MaxQueueDelay)
-	for len(batch) < c.opt.MaxBatch {
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			break
+		batch := []jetstream.Msg{first}
+		if c.opt.MaxBatch > 1 {
+			res, err := c.cons.Fetch(c.opt.MaxBatch-1, jetstream.FetchMaxWait(c.opt.MaxQueueDelay))
+			if err == nil {
+				for m := range res.Messages() {
+					batch = append(batch, m)
+				}
+			}
 		}
-		m, err := iter.Next(jetstream.NextMaxWait(wait))
-		if err != nil {
-			break
-		}
-		batch = append(batch, m)
+		return batch, nil
 	}
-	return batch, nil
 }
 
 // handle decodes the batch, dead-letters poison, runs the handler and

@@ -52,6 +52,9 @@ type Endpoint struct {
 // the subscription), and encodes the reply or the *Error. Any other error
 // is answered as 500 with a generic message and logged.
 func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(context.Context, Req) (Resp, error)) micro.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
 	return micro.HandlerFunc(func(r micro.Request) {
 		go func() {
 			var req Req

@@ -1,0 +1,510 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// startNATS runs an embedded server with the topology applied.
+func startNATS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, js, err := Connect(context.Background(), ns.ClientURL(), "bus-test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if err := EnsureTopology(context.Background(), js, TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+func newAnnotation(author string) *AnnotationCreated {
+	return &AnnotationCreated{Meta: NewMeta(TypeAnnotationCreated), Author: author, Annotation: json.RawMessage(`{"label":"cat"}`)}
+}
+
+func TestDecodeRejectsPoison(t *testing.T) {
+	good := newAnnotation("ada")
+	goodJSON, _ := json.Marshal(good)
+	tests := []struct {
+		name, data, wantErr string
+	}{
+		{"not json", `{"id":`, "undecodable"},
+		{"unknown type", `{"id":"1","type":"nope","schema_version":1}`, "unknown event type"},
+		{"future version", `{"id":"1","type":"annotation.created","schema_version":2}`, "unsupported schema version"},
+		{"no id", `{"type":"annotation.created","schema_version":1,"author":"a","annotation":{}}`, "without id"},
+		{"wrong field type", `{"id":"1","type":"annotation.created","schema_version":1,"author":7}`, "payload"},
+		{"annotation not object", `{"id":"1","type":"annotation.created","schema_version":1,"author":"a","annotation":[1]}`, "JSON object"},
+		{"iris bad species", `{"id":"1","type":"iris.measured","schema_version":1,"rows":[{"species":"rose"}]}`, "unknown species"},
+		{"iris no rows", `{"id":"1","type":"iris.measured","schema_version":1,"rows":[]}`, "rows must hold"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode([]byte(tt.data))
+			if !errors.Is(err, ErrPoison) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Decode(%s) = %v, want ErrPoison containing %q", tt.data, err, tt.wantErr)
+			}
+		})
+	}
+	ev, err := Decode(goodJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ev.(*AnnotationCreated); got.ID != good.ID || got.Author != "ada" {
+		t.Fatalf("round trip: %+v", got)
+	}
+}
+
+func TestEnsureTopologyIsIdempotent(t *testing.T) {
+	_, js := startNATS(t)
+	ctx := context.Background()
+	before := map[string]jetstream.StreamConfig{}
+	for _, s := range Streams {
+		st, err := js.Stream(ctx, s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[s.Name] = st.CachedInfo().Config
+	}
+	// A second start, and two replicas starting at once, change nothing.
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- EnsureTopology(ctx, js, TopologyOptions{MaxBytesScale: 0.01})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range Streams {
+		st, err := js.Stream(ctx, s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.CachedInfo().Config; got.MaxBytes != before[s.Name].MaxBytes || got.Duplicates != DuplicateWindow || len(got.Subjects) != len(s.Subjects) {
+			t.Fatalf("stream %s changed: %+v", s.Name, got)
+		}
+	}
+	for _, c := range Consumers {
+		if _, err := js.Consumer(ctx, c.Stream, c.Durable); err != nil {
+			t.Fatalf("consumer %s: %v", c.Durable, err)
+		}
+	}
+}
+
+func TestPublishDeduplicatesByEventID(t *testing.T) {
+	_, js := startNATS(t)
+	ctx := context.Background()
+	ev := newAnnotation("ada")
+	first, err := Publish(ctx, js, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Publish(ctx, js, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Duplicate || !second.Duplicate || first.Sequence != second.Sequence {
+		t.Fatalf("acks %+v %+v: want the retry reported as duplicate of the first", first, second)
+	}
+	st, _ := js.Stream(ctx, StreamAnnotations)
+	info, _ := st.Info(ctx)
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages, want 1", info.State.Msgs)
+	}
+}
+
+func TestPublishHonoursDeadline(t *testing.T) {
+	ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	nc, js, err := Connect(context.Background(), ns.ClientURL(), "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// No stream captures the subject: nothing can acknowledge.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := Publish(ctx, js, newAnnotation("ada")); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("publish without a stream succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("publish ignored its context deadline")
+	}
+}
+
+func TestPublishCarriesRequestContext(t *testing.T) {
+	_, js := startNATS(t)
+	ctx := WithTraceparent(WithRequestID(context.Background(), "req-42"), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	ev := newAnnotation("ada")
+	if _, err := Publish(ctx, js, ev); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan context.Context, 1)
+	cctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Consume(cctx, js, ConsumerAnnotator, ConsumeOptions{}, func(_ context.Context, b []*Delivery) error {
+		got <- b[0].Ctx
+		return nil
+	})
+	select {
+	case c := <-got:
+		if RequestID(c) != "req-42" || !strings.HasPrefix(Traceparent(c), "00-0af7") {
+			t.Fatalf("request id %q traceparent %q", RequestID(c), Traceparent(c))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery")
+	}
+}
+
+// collector records what a consume loop saw.
+type collector struct {
+	mu      sync.Mutex
+	batches []int
+	ids     map[string]int
+}
+
+func (c *collector) seen() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range c.ids {
+		out[k] = v
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pending(t *testing.T, js jetstream.JetStream, spec ConsumerSpec) (uint64, int) {
+	t.Helper()
+	c, err := js.Consumer(context.Background(), spec.Stream, spec.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.NumPending, info.NumAckPending
+}
+
+func TestConsumeBatchesAcksAndRetries(t *testing.T) {
+	_, js := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 200
+	for i := range n {
+		if _, err := Publish(ctx, js, newAnnotation(fmt.Sprint("u", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := &collector{ids: map[string]int{}}
+	var failOnce sync.Once
+	done := make(chan error, 1)
+	go func() {
+		done <- Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{MaxBatch: 50, MaxQueueDelay: 50 * time.Millisecond,
+			Backoff: func(uint64) time.Duration { return 10 * time.Millisecond }},
+			func(_ context.Context, b []*Delivery) error {
+				var err error
+				failOnce.Do(func() { err = errors.New("dependency down") })
+				if err != nil {
+					return err // the whole first batch comes back
+				}
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				c.batches = append(c.batches, len(b))
+				for _, d := range b {
+					c.ids[d.Event.EventMeta().ID]++
+				}
+				return nil
+			})
+	}()
+	waitFor(t, "all messages handled", func() bool { return len(c.seen()) == n })
+	waitFor(t, "all acked", func() bool { p, ack := pending(t, js, ConsumerAnnotator); return p == 0 && ack == 0 })
+	for id, k := range c.seen() {
+		if k != 1 {
+			t.Fatalf("event %s handled %d times after success", id, k)
+		}
+	}
+	c.mu.Lock()
+	maxBatch := 0
+	for _, b := range c.batches {
+		maxBatch = max(maxBatch, b)
+		if b > 50 {
+			t.Fatalf("batch of %d exceeds MaxBatch 50", b)
+		}
+	}
+	c.mu.Unlock()
+	if maxBatch < 2 {
+		t.Fatalf("batches %v: a backlog must be handled in batches", c.batches)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Consume after cancel: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Consume did not return after cancel")
+	}
+}
+
+func deadLetters(t *testing.T, js jetstream.JetStream) []DeadLetter {
+	t.Helper()
+	st, err := js.Stream(context.Background(), StreamDeadLetter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []DeadLetter
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(context.Background(), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dl DeadLetter
+		if err := json.Unmarshal(m.Data, &dl); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, dl)
+	}
+	return out
+}
+
+func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
+	nc, js := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Poison published raw, as a buggy or foreign publisher would.
+	_ = nc.Publish(SubjectAnnotationCreated, []byte(`{not json`))
+	_ = nc.Publish(SubjectAnnotationCreated, []byte(`{"id":"x1","type":"annotation.created","schema_version":9}`))
+	rejected, retried, good := newAnnotation("reject-me"), newAnnotation("retry-me"), newAnnotation("fine")
+	for _, ev := range []Event{rejected, retried, good} {
+		if _, err := Publish(ctx, js, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	handled := map[string]int{}
+	go Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{MaxDeliveries: 3, Backoff: func(uint64) time.Duration { return 5 * time.Millisecond }},
+		func(_ context.Context, b []*Delivery) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, d := range b {
+				a := d.Event.(*AnnotationCreated)
+				handled[a.Author]++
+				switch a.Author {
+				case "reject-me":
+					d.Reject("image does not exist")
+				case "retry-me":
+					d.Retry(errors.New("still failing"))
+				}
+			}
+			return nil
+		})
+	waitFor(t, "four dead letters", func() bool { return len(deadLetters(t, js)) == 4 })
+	waitFor(t, "consumer drained", func() bool { p, ack := pending(t, js, ConsumerAnnotator); return p == 0 && ack == 0 })
+	reasons := map[string]bool{}
+	for _, dl := range deadLetters(t, js) {
+		if dl.Consumer != ConsumerAnnotator.Durable || dl.Stream != StreamAnnotations || dl.Sequence == 0 || len(dl.Data) == 0 {
+			t.Fatalf("incomplete dead letter %+v", dl)
+		}
+		switch {
+		case strings.Contains(dl.Reason, "undecodable"):
+			reasons["json"] = true
+		case strings.Contains(dl.Reason, "schema version"):
+			reasons["version"] = true
+		case dl.Reason == "image does not exist":
+			reasons["reject"] = true
+		case strings.Contains(dl.Reason, "gave up after 3 deliveries"):
+			reasons["retry"] = true
+		default:
+			t.Fatalf("unexpected reason %q", dl.Reason)
+		}
+	}
+	if len(reasons) != 4 {
+		t.Fatalf("reasons %v", reasons)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if handled["fine"] != 1 || handled["retry-me"] != 3 || handled["reject-me"] != 1 {
+		t.Fatalf("handled %v", handled)
+	}
+}
+
+func TestConsumeShutdownFinishesBatchInHand(t *testing.T) {
+	_, js := startNATS(t)
+	for range 20 {
+		if _, err := Publish(context.Background(), js, newAnnotation("u")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() {
+		done <- Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{MaxBatch: 5, MaxQueueDelay: time.Millisecond},
+			func(_ context.Context, b []*Delivery) error {
+				once.Do(func() { close(entered) })
+				<-release
+				return nil
+			})
+	}()
+	<-entered
+	cancel() // shutdown while a batch is in hand
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The batch in hand was acked and nothing else is held by the stopped
+	// replica, so the rest is available at once, long before AckWait (30s).
+	if p, ack := pending(t, js, ConsumerAnnotator); ack != 0 || p != 15 {
+		t.Fatalf("after shutdown: pending %d, ack-pending %d; want 15, 0", p, ack)
+	}
+	// A replica taking over gets exactly the 15 messages not yet handled.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	var mu sync.Mutex
+	got := 0
+	go Consume(ctx2, js, ConsumerAnnotator, ConsumeOptions{}, func(_ context.Context, b []*Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got += len(b)
+		return nil
+	})
+	waitFor(t, "takeover", func() bool { mu.Lock(); defer mu.Unlock(); return got >= 15 })
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if got != 15 {
+		t.Fatalf("takeover handled %d messages, want 15", got)
+	}
+}
+
+func TestRequestReply(t *testing.T) {
+	nc, _ := startNATS(t)
+	type echo struct {
+		Word string `json:"word"`
+	}
+	svc, err := AddService(nc, "test", "1.0.0", "echo", Endpoint{
+		Name: "echo", Subject: "test.echo",
+		Handler: Handle(nil, time.Second, func(ctx context.Context, r echo) (echo, error) {
+			switch r.Word {
+			case "missing":
+				return echo{}, Errorf(http.StatusNotFound, "no such word")
+			case "bad":
+				return echo{}, &Error{Code: http.StatusUnprocessableEntity, Message: "invalid", Details: []string{"word: bad"}}
+			case "boom":
+				return echo{}, errors.New("database exploded: secret detail")
+			}
+			return echo{Word: r.Word + RequestID(ctx)}, nil
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	ctx := WithRequestID(context.Background(), "-r1")
+	got, err := Request[echo](ctx, nc, "test.echo", echo{"hi"})
+	if err != nil || got.Word != "hi-r1" {
+		t.Fatalf("echo = %+v, %v", got, err)
+	}
+	for word, code := range map[string]int{"missing": 404, "bad": 422, "boom": 500} {
+		_, err := Request[echo](ctx, nc, "test.echo", echo{word})
+		var be *Error
+		if !errors.As(err, &be) || be.Code != code {
+			t.Fatalf("%s: err %v, want *Error %d", word, err, code)
+		}
+		if word == "bad" && (len(be.Details) != 1 || be.Details[0] != "word: bad") {
+			t.Fatalf("details lost: %+v", be)
+		}
+		if strings.Contains(be.Message, "secret") {
+			t.Fatalf("internal error leaked: %q", be.Message)
+		}
+	}
+	if _, err := Request[echo](ctx, nc, "test.nobody", echo{"x"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("no responders: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestIrisFilterValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		f       IrisFilter
+		details []string
+	}{
+		{"empty ok", IrisFilter{}, nil},
+		{"full ok", IrisFilter{Species: []string{"setosa"}, Lower: map[string]float64{"sepal_length": 1}, Upper: map[string]float64{"sepal_length": 1}}, nil},
+		{"unknown species", IrisFilter{Species: []string{"rose"}}, []string{"species:"}},
+		{"injection in species", IrisFilter{Species: []string{"setosa' OR 1=1 --"}}, []string{"species:"}},
+		{"unknown column", IrisFilter{Lower: map[string]float64{"height; DROP TABLE iris": 1}}, []string{"lower.height; DROP TABLE iris:"}},
+		{"lower above upper", IrisFilter{Lower: map[string]float64{"petal_width": 2}, Upper: map[string]float64{"petal_width": 1}}, []string{"lower.petal_width:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.f.Validate()
+			if tt.details == nil {
+				if err != nil {
+					t.Fatalf("unexpected %v", err)
+				}
+				return
+			}
+			var be *Error
+			if !errors.As(err, &be) || be.Code != http.StatusUnprocessableEntity || len(be.Details) != len(tt.details) {
+				t.Fatalf("err %v", err)
+			}
+			for i, d := range tt.details {
+				if !strings.HasPrefix(be.Details[i], d) {
+					t.Fatalf("detail %q, want prefix %q", be.Details[i], d)
+				}
+			}
+		})
+	}
+	if err := ValidatePage(0, 1001); err == nil || len(err.(*Error).Details) != 2 {
+		t.Fatalf("ValidatePage(0, 1001) = %v", err)
+	}
+}
