@@ -1,0 +1,460 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/gradeline/gradeline/annotator/localmongo"
+	"github.com/gradeline/gradeline/bus"
+)
+
+var client *mongo.Client
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "store-test-")
+	if err != nil {
+		panic(err)
+	}
+	srv, err := localmongo.Start(context.Background(), localmongo.Options{Dir: dir})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "embedded FerretDB:", err)
+		os.Exit(1)
+	}
+	client, err = mongo.Connect(options.Client().ApplyURI(srv.URI()))
+	if err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	_ = client.Disconnect(context.Background())
+	_ = srv.Close()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func newStore(t *testing.T) (*Store, *Metrics) {
+	t.Helper()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	return New(client.Database(db), m), m
+}
+
+func annotation(author, image, body string) *bus.AnnotationCreated {
+	return &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: author, ImageID: image, Annotation: json.RawMessage(body)}
+}
+
+func check(t *testing.T) func([]error, error) {
+	return func(res []error, err error) {
+		t.Helper()
+		noErrors(t, res, err)
+	}
+}
+
+func noErrors(t *testing.T, res []error, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range res {
+		if e != nil {
+			t.Fatalf("result %d: %v", i, e)
+		}
+	}
+}
+
+func TestAnnotationBodies(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	cases := []struct {
+		name, body string
+		asDoc      bool // stored as a BSON document (else as JSON text)
+	}{
+		{"flat", `{"label":"cat","score":0.93,"n":3,"ok":true,"none":null}`, true},
+		{"nested", `{"box":{"x":1,"y":2,"w":30.5,"h":4},"tags":["a","b"],"pts":[{"x":1},{"x":2}]}`, true},
+		{"big int64", `{"n":9223372036854775807,"m":-9223372036854775808}`, true},
+		{"unicode", `{"名前":"猫","emoji":"😺","esc":"a\"b\\c\n"}`, true},
+		{"empty", `{}`, true},
+		{"nested arrays", `{"polygon":[[0,0],[1,0],[1,1]]}`, false},
+		{"dollar key", `{"$where":"x","a":1}`, false},
+		{"dotted key", `{"a.b":1}`, false},
+		{"duplicate key", `{"a":1,"a":2}`, false},
+		{"int beyond int64", `{"n":123456789012345678901234567890}`, false},
+		{"float overflow", `{"f":1e400}`, false},
+		{"deep", strings.Repeat(`{"a":`, 70) + "1" + strings.Repeat("}", 70), false},
+		{"nul in key", `{"a\u0000b":1}`, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, ok := jsonToDoc([]byte(tc.body))
+			if ok != tc.asDoc {
+				t.Fatalf("jsonToDoc ok=%v, want %v", ok, tc.asDoc)
+			}
+			ev := annotation("alice", "img-1", tc.body)
+			res, err := s.InsertAnnotations(ctx, []*bus.AnnotationCreated{ev})
+			noErrors(t, res, err)
+			got, found, err := s.GetAnnotation(ctx, ev.ID)
+			if err != nil || !found {
+				t.Fatalf("get: found=%v err=%v", found, err)
+			}
+			if !tc.asDoc {
+				if string(got.Annotation) != tc.body {
+					t.Fatalf("text fallback changed the body: %s", got.Annotation)
+				}
+			} else {
+				var want, have any
+				if err := json.Unmarshal([]byte(tc.body), &want); err != nil {
+					t.Fatal(err)
+				}
+				if err := json.Unmarshal(got.Annotation, &have); err != nil {
+					t.Fatalf("stored annotation is not JSON: %s", got.Annotation)
+				}
+				if !reflect.DeepEqual(want, have) {
+					t.Fatalf("round trip: got %s, want %s", got.Annotation, tc.body)
+				}
+			}
+			if got.Author != "alice" || got.ImageID != "img-1" || !got.CreatedAt.Equal(ev.Time.Truncate(time.Millisecond)) {
+				t.Fatalf("fields: %+v (event time %v)", got, ev.Time)
+			}
+		})
+	}
+}
+
+func TestInsertAnnotationsIdempotent(t *testing.T) {
+	s, m := newStore(t)
+	ctx := context.Background()
+	a, b, c := annotation("u", "", `{"i":1}`), annotation("u", "", `{"i":2}`), annotation("u", "", `{"i":3}`)
+	// b twice in one batch, then a redelivered batch.
+	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{a, b, b}))
+	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{a, b, c}))
+	_, total, err := s.ListAnnotations(ctx, AnnotationFilter{}, Page{Limit: 10})
+	if err != nil || total != 3 {
+		t.Fatalf("total %d, %v; want 3", total, err)
+	}
+	if w, d := testutil.ToFloat64(m.written.WithLabelValues(CollAnnotations)), testutil.ToFloat64(m.duplicates.WithLabelValues(CollAnnotations)); w != 3 || d != 3 {
+		t.Fatalf("metrics written=%v duplicates=%v, want 3 and 3", w, d)
+	}
+	if n := testutil.CollectAndCount(m.writeSeconds); n == 0 {
+		t.Fatal("no write latency observed")
+	}
+}
+
+func TestUnreachableIsBatchError(t *testing.T) {
+	mc, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1/").SetServerSelectionTimeout(300 * time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mc.Disconnect(context.Background())
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	s := New(mc.Database("x"), m)
+	ctx := context.Background()
+	res, err := s.InsertAnnotations(ctx, []*bus.AnnotationCreated{annotation("u", "", `{}`)})
+	if err == nil || res != nil {
+		t.Fatalf("want a batch error, got res=%v err=%v", res, err)
+	}
+	if _, err := s.ApplyCatalog(ctx, []bus.Event{tagsSet("i", "o", "a")}); err == nil {
+		t.Fatal("catalogue: want a batch error")
+	}
+	if _, err := s.ApplyResults(ctx, []bus.Event{failed("g", "boom")}); err == nil {
+		t.Fatal("grades: want a batch error")
+	}
+	if _, err := s.InsertPending(ctx, []*bus.ImageSubmitted{submitted("g", "i", "o")}); err == nil {
+		t.Fatal("pending: want a batch error")
+	}
+}
+
+func TestPaginationStable(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	// Many annotations share created_at: the _id tie-break keeps pages apart.
+	var evs []*bus.AnnotationCreated
+	at := time.Now().UTC()
+	for i := range 57 {
+		ev := annotation(fmt.Sprintf("u%d", i%3), "img", `{}`)
+		ev.Time = at.Add(time.Duration(i/10) * time.Second)
+		evs = append(evs, ev)
+	}
+	check(t)(s.InsertAnnotations(ctx, evs))
+	seen := map[string]bool{}
+	var prev time.Time
+	for p := int64(0); ; p++ {
+		data, total, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img"}, Page{Skip: p * 8, Limit: 8})
+		if err != nil || total != 57 {
+			t.Fatalf("page %d: total %d err %v", p, total, err)
+		}
+		if len(data) == 0 {
+			break
+		}
+		for _, a := range data {
+			if seen[a.ID] {
+				t.Fatalf("annotation %s on two pages", a.ID)
+			}
+			if !prev.IsZero() && a.CreatedAt.After(prev) {
+				t.Fatalf("not newest first: %v after %v", a.CreatedAt, prev)
+			}
+			seen[a.ID], prev = true, a.CreatedAt
+		}
+	}
+	if len(seen) != 57 {
+		t.Fatalf("walked %d annotations, want 57", len(seen))
+	}
+	_, total, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img", Author: "u1"}, Page{Limit: 100})
+	if err != nil || total != 19 {
+		t.Fatalf("author filter: total %d err %v; want 19", total, err)
+	}
+}
+
+func catalogued(img, owner string, tags ...string) *bus.ImageCatalogued {
+	return &bus.ImageCatalogued{
+		Meta: bus.NewMeta(bus.TypeImageCatalogued), ImageID: img, Owner: owner, Filename: img + ".png",
+		Width: 4, Height: 3, Tags: tags,
+		Image: bus.ImageRef{Object: "obj-" + img, SHA256: strings.Repeat("a", 64), ContentType: "image/png", Size: 42},
+	}
+}
+
+func tagsSet(img, owner string, tags ...string) *bus.ImageTagsSet {
+	return &bus.ImageTagsSet{Meta: bus.NewMeta(bus.TypeImageTagsSet), ImageID: img, Owner: owner, Tags: tags}
+}
+
+func deleted(img, owner string) *bus.ImageDeleted {
+	return &bus.ImageDeleted{Meta: bus.NewMeta(bus.TypeImageDeleted), ImageID: img, Owner: owner}
+}
+
+func permutations(n int) [][]int {
+	if n == 1 {
+		return [][]int{{0}}
+	}
+	var out [][]int
+	for _, p := range permutations(n - 1) {
+		for i := 0; i <= len(p); i++ {
+			q := append(append(append([]int{}, p[:i]...), n-1), p[i:]...)
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+func TestCatalogOrderIndependent(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for pi, perm := range permutations(3) {
+		for _, oneBatch := range []bool{false, true} {
+			img := fmt.Sprintf("img-%d-%v", pi, oneBatch)
+			// Created in time order: catalogued, then two tag changes.
+			evs := []bus.Event{catalogued(img, "alice", "orig"), tagsSet(img, "alice", "first"), tagsSet(img, "alice", "second", "x")}
+			order := make([]bus.Event, len(perm))
+			for i, j := range perm {
+				order[i] = evs[j]
+			}
+			if oneBatch {
+				check(t)(s.ApplyCatalog(ctx, order))
+			} else {
+				for _, ev := range order {
+					check(t)(s.ApplyCatalog(ctx, []bus.Event{ev}))
+				}
+			}
+			// A replay of everything changes nothing.
+			check(t)(s.ApplyCatalog(ctx, evs))
+			got, ok, err := s.GetImage(ctx, "alice", img)
+			if err != nil || !ok {
+				t.Fatalf("order %v: get: ok=%v err=%v", perm, ok, err)
+			}
+			if !reflect.DeepEqual(got.Tags, []string{"second", "x"}) || got.Filename != img+".png" || got.Size != 42 ||
+				got.ContentType != "image/png" || got.Object != "obj-"+img || got.Width != 4 {
+				t.Fatalf("order %v (one batch %v): got %+v", perm, oneBatch, got)
+			}
+			if want := evs[2].EventMeta().Time.Truncate(time.Millisecond); !got.UpdatedAt.Equal(want) {
+				t.Fatalf("order %v: updated_at %v, want %v", perm, got.UpdatedAt, want)
+			}
+		}
+	}
+}
+
+func TestCatalogTombstone(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	cases := map[string]func(c *bus.ImageCatalogued, tg *bus.ImageTagsSet, d *bus.ImageDeleted) [][]bus.Event{
+		"deleted then catalogued replayed": func(c *bus.ImageCatalogued, tg *bus.ImageTagsSet, d *bus.ImageDeleted) [][]bus.Event {
+			return [][]bus.Event{{c}, {tg}, {d}, {c}, {tg}}
+		},
+		"deleted first": func(c *bus.ImageCatalogued, tg *bus.ImageTagsSet, d *bus.ImageDeleted) [][]bus.Event {
+			return [][]bus.Event{{d}, {tg}, {c}}
+		},
+		"one batch": func(c *bus.ImageCatalogued, tg *bus.ImageTagsSet, d *bus.ImageDeleted) [][]bus.Event {
+			return [][]bus.Event{{d, c, tg, c}}
+		},
+	}
+	for name, steps := range cases {
+		t.Run(name, func(t *testing.T) {
+			img := "img-" + strings.ReplaceAll(name, " ", "-")
+			for _, batch := range steps(catalogued(img, "bob", "t"), tagsSet(img, "bob", "t", "u"), deleted(img, "bob")) {
+				check(t)(s.ApplyCatalog(ctx, batch))
+			}
+			if _, ok, err := s.GetImage(ctx, "bob", img); err != nil || ok {
+				t.Fatalf("deleted image visible: ok=%v err=%v", ok, err)
+			}
+			data, _, err := s.ListImages(ctx, ImageFilter{Owner: "bob", Tags: []string{"t"}}, Page{Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, im := range data {
+				if im.ID == img {
+					t.Fatal("deleted image listed")
+				}
+			}
+		})
+	}
+}
+
+func TestListImages(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	var evs []bus.Event
+	for i := range 12 {
+		tags := []string{"all"}
+		if i%2 == 0 {
+			tags = append(tags, "even")
+		}
+		if i%3 == 0 {
+			tags = append(tags, "three")
+		}
+		evs = append(evs, catalogued(fmt.Sprintf("i%02d", i), "carol", tags...))
+	}
+	evs = append(evs, catalogued("other", "dave", "all", "even"), tagsSet("ghost", "carol", "all"))
+	check(t)(s.ApplyCatalog(ctx, evs))
+	cases := []struct {
+		tags []string
+		want int64
+	}{
+		{nil, 12}, {[]string{"all"}, 12}, {[]string{"even"}, 6}, {[]string{"even", "three"}, 2},
+		{[]string{"three", "even", "all"}, 2}, {[]string{"missing"}, 0}, {[]string{"even", "missing"}, 0},
+	}
+	for _, tc := range cases {
+		data, total, err := s.ListImages(ctx, ImageFilter{Owner: "carol", Tags: tc.tags}, Page{Limit: 100})
+		if err != nil || total != tc.want || int64(len(data)) != tc.want {
+			t.Fatalf("tags %v: total %d len %d err %v; want %d", tc.tags, total, len(data), err, tc.want)
+		}
+		for _, im := range data {
+			if im.Owner != "carol" {
+				t.Fatalf("tags %v: listed %s of %s", tc.tags, im.ID, im.Owner)
+			}
+		}
+	}
+	if _, ok, _ := s.GetImage(ctx, "carol", "other"); ok {
+		t.Fatal("another owner's image found")
+	}
+	if _, ok, _ := s.GetImage(ctx, "carol", "ghost"); ok {
+		t.Fatal("uncatalogued placeholder found")
+	}
+}
+
+func submitted(id, img, owner string) *bus.ImageSubmitted {
+	m := bus.NewMeta(bus.TypeImageSubmitted)
+	m.ID = id
+	return &bus.ImageSubmitted{Meta: m, ImageID: img, Owner: owner, Model: "fashion",
+		Image: bus.ImageRef{Object: "o", SHA256: strings.Repeat("b", 64), ContentType: "image/png", Size: 1}}
+}
+
+func completed(id string) *bus.GradeCompleted {
+	return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: id, ImageID: "img", Owner: "erin",
+		Model: "fashion", ModelVersion: "1", Label: "bag", Score: 0.9,
+		Scores: map[string]float64{"bag": 0.9, "coat": 0.1, "a.b": 0}, InferenceMS: 1.5, BatchSize: 4}
+}
+
+func failed(id, reason string) *bus.GradeFailed {
+	return &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: id, Reason: reason, Model: "fashion"}
+}
+
+func TestGradesOrderIndependent(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	type step func(id string) error
+	pend := func(id string) error {
+		res, err := s.InsertPending(ctx, []*bus.ImageSubmitted{submitted(id, "img", "erin")})
+		return firstErr(res, err)
+	}
+	done := func(id string) error { return firstErr(s.ApplyResults(ctx, []bus.Event{completed(id)})) }
+	fail := func(id string) error { return firstErr(s.ApplyResults(ctx, []bus.Event{failed(id, "bad image")})) }
+	cases := []struct {
+		name   string
+		steps  []step
+		status string
+	}{
+		{"pending only", []step{pend, pend}, bus.GradeStatusPending},
+		{"pending then completed", []step{pend, done}, bus.GradeStatusCompleted},
+		{"completed then pending", []step{done, pend, done, pend}, bus.GradeStatusCompleted},
+		{"failed then pending", []step{fail, pend}, bus.GradeStatusFailed},
+		{"pending failed completed", []step{pend, fail, done}, bus.GradeStatusCompleted},
+		{"completed then failed", []step{pend, done, fail}, bus.GradeStatusCompleted},
+		{"failed without pending, replayed", []step{fail, fail}, bus.GradeStatusFailed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := bus.NewID()
+			for _, st := range tc.steps {
+				if err := st(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g, ok, err := s.GetGrade(ctx, id, "")
+			if err != nil || !ok {
+				t.Fatalf("get: ok=%v err=%v", ok, err)
+			}
+			if g.Status != tc.status {
+				t.Fatalf("status %q, want %q", g.Status, tc.status)
+			}
+			hasPending := false
+			for _, st := range tc.steps {
+				hasPending = hasPending || reflect.ValueOf(st).Pointer() == reflect.ValueOf(pend).Pointer()
+			}
+			if hasPending && (g.Owner != "erin" || g.ImageID != "img" || g.SubmittedAt.IsZero()) {
+				t.Fatalf("submission fields missing: %+v", g)
+			}
+			switch tc.status {
+			case bus.GradeStatusCompleted:
+				if g.Label != "bag" || g.Scores["coat"] != 0.1 || len(g.Scores) != 3 || g.ModelVersion != "1" ||
+					g.Reason != "" || g.CompletedAt.IsZero() || g.BatchSize != 4 {
+					t.Fatalf("completed grade: %+v", g)
+				}
+			case bus.GradeStatusFailed:
+				if g.Reason != "bad image" || g.Label != "" {
+					t.Fatalf("failed grade: %+v", g)
+				}
+			case bus.GradeStatusPending:
+				if g.Label != "" || !g.CompletedAt.IsZero() {
+					t.Fatalf("pending grade: %+v", g)
+				}
+			}
+			if _, ok, _ := s.GetGrade(ctx, id, "mallory"); ok {
+				t.Fatal("grade visible to another owner")
+			}
+		})
+	}
+	if _, ok, err := s.GetGrade(ctx, "nope", ""); ok || err != nil {
+		t.Fatalf("unknown grade: ok=%v err=%v", ok, err)
+	}
+}
+
+func firstErr(res []error, err error) error {
+	if err != nil {
+		return err
+	}
+	for _, e := range res {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
