@@ -1,0 +1,180 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// Ids and references clients pass: printable, bounded, no whitespace.
+var validRef = regexp.MustCompile(`^[A-Za-z0-9._:\-]{1,128}$`)
+
+type annotationRequest struct {
+	ImageID    *string         `json:"image_id"`
+	Annotation json.RawMessage `json:"annotation"`
+	Username   *string         `json:"username"`
+}
+
+type annotationAccepted struct {
+	ID      string `json:"id"`
+	Status  string `json:"status,omitempty"`
+	Message string `json:"message"`
+}
+
+func requireJSON(c *fiber.Ctx) error {
+	ct := strings.ToLower(strings.TrimSpace(c.Get(fiber.HeaderContentType)))
+	if ct == "" || strings.HasPrefix(ct, fiber.MIMEApplicationJSON) || strings.Contains(ct, "+json") {
+		return nil
+	}
+	return errorf(http.StatusUnsupportedMediaType, "Content-Type must be application/json, not %q", ct)
+}
+
+// parseAnnotation validates an annotation body and builds its event. The
+// author is always the token's user.
+func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCreated, error) {
+	if len(c.Body()) > maxAnnotationBody {
+		return nil, errorf(http.StatusRequestEntityTooLarge, "annotation request body exceeds %d bytes", maxAnnotationBody)
+	}
+	if err := requireJSON(c); err != nil {
+		return nil, err
+	}
+	var req annotationRequest
+	if err := decodeJSON(c.Body(), &req, strict); err != nil {
+		return nil, err
+	}
+	user := userOf(c)
+	if req.Username != nil && normalize(*req.Username) != user {
+		return nil, errorf(http.StatusForbidden, "username %q does not match the authenticated user", *req.Username)
+	}
+	raw := bytes.TrimSpace(req.Annotation)
+	switch {
+	case len(raw) == 0 || bytes.Equal(raw, []byte("null")):
+		return nil, invalid("missing fields", "annotation: required (a JSON object)")
+	case raw[0] != '{':
+		return nil, invalid("invalid request body", "annotation: must be a JSON object")
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return nil, invalid("invalid request body", "annotation: "+err.Error())
+	}
+	if buf.Len() > bus.MaxAnnotationBytes {
+		return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Message: "annotation too large",
+			Details: []string{fmt.Sprintf("annotation: %d bytes, at most %d", buf.Len(), bus.MaxAnnotationBytes)}}
+	}
+	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: user, Annotation: buf.Bytes()}
+	if req.ImageID != nil {
+		if !validRef.MatchString(*req.ImageID) {
+			return nil, invalid("invalid request body", "image_id: 1 to 128 characters of letters, digits and . _ : -")
+		}
+		ev.ImageID = *req.ImageID
+	}
+	if err := ev.Validate(); err != nil {
+		return nil, invalid("invalid annotation", err.Error())
+	}
+	return ev, nil
+}
+
+// createAnnotation answers 202 only after JetStream acknowledged the event.
+func (s *Server) createAnnotation(c *fiber.Ctx) error {
+	ev, err := s.parseAnnotation(c, true)
+	if err != nil {
+		return err
+	}
+	if err := s.publish(c.UserContext(), ev); err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderLocation, "/api/v1/annotations/"+ev.ID)
+	return c.Status(http.StatusAccepted).JSON(annotationAccepted{ID: ev.ID, Status: "accepted", Message: "Annotation received."})
+}
+
+// createAnnotationSeed is the seed's POST /api/annotation: same body
+// ({username, annotation}), the seed's answer {"message": "Annotation
+// received."} plus the id, with the seed's status 200.
+func (s *Server) createAnnotationSeed(c *fiber.Ctx) error {
+	ev, err := s.parseAnnotation(c, false)
+	if err != nil {
+		return err
+	}
+	if err := s.publish(c.UserContext(), ev); err != nil {
+		return err
+	}
+	return c.Status(http.StatusOK).JSON(annotationAccepted{ID: ev.ID, Message: "Annotation received."})
+}
+
+// parsePage reads ?page=&per_page= with defaults and bounds.
+func parsePage(c *fiber.Ctx) (int, int, error) {
+	page, perPage := 1, bus.DefaultPerPage
+	var details []string
+	if v := c.Query("page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			details = append(details, "page: must be an integer")
+		} else {
+			page = n
+		}
+	}
+	if v := c.Query("per_page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			details = append(details, "per_page: must be an integer")
+		} else {
+			perPage = n
+		}
+	}
+	if len(details) > 0 {
+		return 0, 0, invalid("invalid pagination", details...)
+	}
+	if err := bus.ValidatePage(page, perPage); err != nil {
+		return 0, 0, err
+	}
+	return page, perPage, nil
+}
+
+func (s *Server) listAnnotations(c *fiber.Ctx) error {
+	page, perPage, err := parsePage(c)
+	if err != nil {
+		return err
+	}
+	q := bus.AnnotationsQuery{ImageID: c.Query("image_id"), Author: c.Query("author"), Page: page, PerPage: perPage}
+	var details []string
+	if q.ImageID != "" && !validRef.MatchString(q.ImageID) {
+		details = append(details, "image_id: 1 to 128 characters of letters, digits and . _ : -")
+	}
+	if q.Author != "" {
+		q.Author = normalize(q.Author)
+		if !validUsername.MatchString(q.Author) {
+			details = append(details, "author: not a valid username")
+		}
+	}
+	if len(details) > 0 {
+		return invalid("invalid query", details...)
+	}
+	resp, err := request[bus.Page[bus.Annotation]](c.UserContext(), s, bus.SvcAnnotationsList, q)
+	if err != nil {
+		return err
+	}
+	if resp.Data == nil {
+		resp.Data = []bus.Annotation{}
+	}
+	return c.JSON(resp)
+}
+
+func (s *Server) getAnnotation(c *fiber.Ctx) error {
+	id := c.Params("id")
+	if !validRef.MatchString(id) {
+		return errorf(http.StatusNotFound, "annotation %q not found", id)
+	}
+	resp, err := request[bus.Annotation](c.UserContext(), s, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{ID: id})
+	if err != nil {
+		return err
+	}
+	return c.JSON(resp)
+}

@@ -1,0 +1,330 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+const (
+	maxTags   = 64
+	maxTagLen = 64
+	// readYourWrites bounds how long a write waits for the catalogue to
+	// show it, so the client's next read finds it.
+	readYourWrites = 2 * time.Second
+)
+
+// cleanTags trims, validates and de-duplicates tags, keeping their order.
+func cleanTags(tags []string) ([]string, error) {
+	out := make([]string, 0, len(tags))
+	var details []string
+	for i, t := range tags {
+		t = strings.TrimSpace(t)
+		switch {
+		case t == "":
+			details = append(details, fmt.Sprintf("tags[%d]: must not be empty", i))
+		case utf8.RuneCountInString(t) > maxTagLen:
+			details = append(details, fmt.Sprintf("tags[%d]: at most %d characters", i, maxTagLen))
+		case strings.ContainsFunc(t, func(r rune) bool { return unicode.IsControl(r) || r == utf8.RuneError }):
+			details = append(details, fmt.Sprintf("tags[%d]: must not contain control characters", i))
+		default:
+			if !slices.Contains(out, t) {
+				out = append(out, t)
+			}
+		}
+	}
+	if len(out) > maxTags {
+		details = append(details, fmt.Sprintf("tags: at most %d tags", maxTags))
+	}
+	if len(details) > 0 {
+		return nil, invalid("invalid tags", details...)
+	}
+	return out, nil
+}
+
+// formTags reads tags as repeated fields or one JSON array field.
+func formTags(values []string) ([]string, error) {
+	var tags []string
+	for _, v := range values {
+		if strings.HasPrefix(strings.TrimSpace(v), "[") {
+			var arr []string
+			if err := json.Unmarshal([]byte(v), &arr); err != nil {
+				return nil, invalid("invalid tags", "tags: a JSON array of strings or repeated fields")
+			}
+			tags = append(tags, arr...)
+			continue
+		}
+		tags = append(tags, v)
+	}
+	return cleanTags(tags)
+}
+
+func (s *Server) getImageMeta(ctx context.Context, owner, id string) (bus.Image, error) {
+	if !validRef.MatchString(id) {
+		return bus.Image{}, errorf(http.StatusNotFound, "image %q not found", id)
+	}
+	return request[bus.Image](ctx, s, bus.SvcImagesGet, bus.ImageGetQuery{Owner: owner, ID: id})
+}
+
+func isNotFound(err error) bool {
+	var be *bus.Error
+	if errors.As(err, &be) && be.Code == http.StatusNotFound {
+		return true
+	}
+	var ae *apiError
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
+}
+
+// awaitCatalogue polls the catalogue until done reports the write visible,
+// the time is up, or the service is unreachable (the write stands: it is
+// in the stream).
+func (s *Server) awaitCatalogue(ctx context.Context, owner, id string, done func(bus.Image, error) bool) (bus.Image, bool) {
+	deadline := time.Now().Add(readYourWrites)
+	delay := 5 * time.Millisecond
+	for {
+		qctx, cancel := context.WithTimeout(ctx, readYourWrites)
+		img, err := s.getImageMeta(qctx, owner, id)
+		cancel()
+		if done(img, err) {
+			return img, true
+		}
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable {
+			return img, false
+		}
+		if time.Now().Add(delay).After(deadline) {
+			return img, false
+		}
+		time.Sleep(delay)
+		delay = min(delay*2, 200*time.Millisecond)
+	}
+}
+
+// createImage: multipart image + tags -> 201 with the catalogue entry.
+func (s *Server) createImage(c *fiber.Ctx) error {
+	form, err := multipartForm(c)
+	if err != nil {
+		return err
+	}
+	up, err := readUpload(form, "image", s.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	tags, err := formTags(form.Value["tags"])
+	if err != nil {
+		return err
+	}
+	ctx := c.UserContext()
+	user := userOf(c)
+	id := bus.NewID()
+	ref, err := s.storeImage(ctx, id, up)
+	if err != nil {
+		return err
+	}
+	ev := &bus.ImageCatalogued{Meta: bus.NewMeta(bus.TypeImageCatalogued), ImageID: id, Owner: user,
+		Filename: up.Filename, Width: up.Width, Height: up.Height, Tags: tags, Image: ref}
+	if err := s.publish(ctx, ev); err != nil {
+		_ = s.images.Delete(context.WithoutCancel(ctx), id)
+		return err
+	}
+	img, ok := s.awaitCatalogue(ctx, user, id, func(_ bus.Image, err error) bool { return err == nil })
+	if !ok {
+		img = bus.Image{ID: id, Owner: user, Filename: up.Filename, ContentType: up.ContentType, SHA256: up.SHA256,
+			Size: ref.Size, Width: up.Width, Height: up.Height, Tags: tags, CreatedAt: ev.Time, UpdatedAt: ev.Time}
+	}
+	if img.Tags == nil {
+		img.Tags = []string{}
+	}
+	c.Set(fiber.HeaderLocation, "/api/v1/images/"+id)
+	return c.Status(http.StatusCreated).JSON(img)
+}
+
+func (s *Server) getImage(c *fiber.Ctx) error {
+	img, err := s.getImageMeta(c.UserContext(), userOf(c), c.Params("id"))
+	if err != nil {
+		return err
+	}
+	if img.Tags == nil {
+		img.Tags = []string{}
+	}
+	return c.JSON(img)
+}
+
+// imageContent streams the bytes with their type and the sha256 as ETag.
+func (s *Server) imageContent(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	img, err := s.getImageMeta(ctx, userOf(c), c.Params("id"))
+	if err != nil {
+		return err
+	}
+	etag := `"` + img.SHA256 + `"`
+	c.Set(fiber.HeaderETag, etag)
+	c.Set(fiber.HeaderCacheControl, "private, no-cache")
+	if inm := c.Get(fiber.HeaderIfNoneMatch); inm != "" {
+		for _, t := range strings.Split(inm, ",") {
+			t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+			if t == etag || t == "*" {
+				return c.SendStatus(http.StatusNotModified)
+			}
+		}
+	}
+	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	data, err := s.images.GetBytes(gctx, img.ID)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return errorf(http.StatusNotFound, "the bytes of image %q are gone", img.ID)
+	}
+	if err != nil {
+		return &apiError{Status: http.StatusServiceUnavailable, Message: "the object store (NATS JetStream) is unavailable", Details: []string{err.Error()}}
+	}
+	ct := img.ContentType
+	if !acceptedTypes[ct] {
+		ct = http.DetectContentType(data)
+	}
+	c.Set(fiber.HeaderContentType, ct)
+	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
+	return c.Send(data)
+}
+
+func (s *Server) listImages(c *fiber.Ctx) error {
+	page, perPage, err := parsePage(c)
+	if err != nil {
+		return err
+	}
+	var raw []string
+	for _, v := range c.Context().QueryArgs().PeekMulti("tag") {
+		raw = append(raw, string(v))
+	}
+	tags, err := cleanTags(raw)
+	if err != nil {
+		return err
+	}
+	resp, err := request[bus.Page[bus.Image]](c.UserContext(), s, bus.SvcImagesList,
+		bus.ImagesQuery{Owner: userOf(c), Tags: tags, Page: page, PerPage: perPage})
+	if err != nil {
+		return err
+	}
+	if resp.Data == nil {
+		resp.Data = []bus.Image{}
+	}
+	for i := range resp.Data {
+		if resp.Data[i].Tags == nil {
+			resp.Data[i].Tags = []string{}
+		}
+	}
+	return c.JSON(resp)
+}
+
+type tagsResponse struct {
+	ID   string   `json:"img_id"`
+	Tags []string `json:"tags"`
+}
+
+func (s *Server) getTags(c *fiber.Ctx) error {
+	img, err := s.getImageMeta(c.UserContext(), userOf(c), c.Params("id"))
+	if err != nil {
+		return err
+	}
+	if img.Tags == nil {
+		img.Tags = []string{}
+	}
+	return c.JSON(tagsResponse{ID: img.ID, Tags: img.Tags})
+}
+
+// parseTagsBody accepts {"tags": [...]} or a bare array as JSON, or a
+// form with repeated tags fields.
+func parseTagsBody(c *fiber.Ctx) ([]string, error) {
+	if isForm(c) {
+		if strings.HasPrefix(strings.ToLower(c.Get(fiber.HeaderContentType)), fiber.MIMEMultipartForm) {
+			form, err := c.MultipartForm()
+			if err != nil {
+				return nil, &apiError{Status: http.StatusBadRequest, Message: "malformed multipart form", Details: []string{err.Error()}}
+			}
+			return formTags(form.Value["tags"])
+		}
+		var vals []string
+		for _, v := range c.Context().PostArgs().PeekMulti("tags") {
+			vals = append(vals, string(v))
+		}
+		return formTags(vals)
+	}
+	if err := requireJSON(c); err != nil {
+		return nil, err
+	}
+	body := strings.TrimSpace(string(c.Body()))
+	if strings.HasPrefix(body, "[") {
+		var arr []string
+		if err := decodeJSON([]byte(body), &arr, true); err != nil {
+			return nil, err
+		}
+		return cleanTags(arr)
+	}
+	var req struct {
+		Tags *[]string `json:"tags"`
+	}
+	if err := decodeJSON([]byte(body), &req, true); err != nil {
+		return nil, err
+	}
+	if req.Tags == nil {
+		return nil, invalid("missing fields", "tags: required (an array of strings)")
+	}
+	return cleanTags(*req.Tags)
+}
+
+func (s *Server) setTags(c *fiber.Ctx, tags []string) error {
+	ctx := c.UserContext()
+	user := userOf(c)
+	img, err := s.getImageMeta(ctx, user, c.Params("id"))
+	if err != nil {
+		return err
+	}
+	ev := &bus.ImageTagsSet{Meta: bus.NewMeta(bus.TypeImageTagsSet), ImageID: img.ID, Owner: user, Tags: tags}
+	if err := s.publish(ctx, ev); err != nil {
+		return err
+	}
+	s.awaitCatalogue(ctx, user, img.ID, func(got bus.Image, err error) bool {
+		return err != nil || slices.Equal(got.Tags, tags) || (len(got.Tags) == 0 && len(tags) == 0)
+	})
+	return c.JSON(tagsResponse{ID: img.ID, Tags: tags})
+}
+
+func (s *Server) putTags(c *fiber.Ctx) error {
+	tags, err := parseTagsBody(c)
+	if err != nil {
+		return err
+	}
+	return s.setTags(c, tags)
+}
+
+func (s *Server) deleteTags(c *fiber.Ctx) error { return s.setTags(c, []string{}) }
+
+// deleteImage publishes the deletion, then removes the bytes.
+func (s *Server) deleteImage(c *fiber.Ctx) error {
+	ctx := c.UserContext()
+	user := userOf(c)
+	img, err := s.getImageMeta(ctx, user, c.Params("id"))
+	if err != nil {
+		return err
+	}
+	ev := &bus.ImageDeleted{Meta: bus.NewMeta(bus.TypeImageDeleted), ImageID: img.ID, Owner: user}
+	if err := s.publish(ctx, ev); err != nil {
+		return err
+	}
+	if err := s.images.Delete(ctx, img.ID); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		s.log.Warn("deleting image bytes", "id", img.ID, "err", err)
+	}
+	s.awaitCatalogue(ctx, user, img.ID, func(_ bus.Image, err error) bool { return isNotFound(err) })
+	return c.SendStatus(http.StatusNoContent)
+}

@@ -1,0 +1,168 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// apiError is an error answered to the client as
+// {"code", "message", "details"?} plus optional extra fields.
+type apiError struct {
+	Status  int
+	Message string
+	Details []string
+	// Extra fields merged into the body (e.g. a failed grade's id).
+	Extra map[string]any
+	// Headers set on the response (Retry-After, WWW-Authenticate).
+	Headers map[string]string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Message) }
+
+func errorf(status int, format string, args ...any) *apiError {
+	return &apiError{Status: status, Message: fmt.Sprintf(format, args...)}
+}
+
+func invalid(message string, details ...string) *apiError {
+	return &apiError{Status: http.StatusUnprocessableEntity, Message: message, Details: details}
+}
+
+// errorBody is the JSON shape of every error.
+type errorBody struct {
+	Code    int      `json:"code"`
+	Message string   `json:"message"`
+	Details []string `json:"details,omitempty"`
+}
+
+// handleError is the Fiber error handler: every error, including 404, 405,
+// 413, parse errors and recovered panics, leaves as errorBody JSON.
+func (s *Server) handleError(c *fiber.Ctx, err error) error {
+	e := s.classify(c, err)
+	for k, v := range e.Headers {
+		c.Set(k, v)
+	}
+	body := map[string]any{"code": e.Status, "message": e.Message}
+	if len(e.Details) > 0 {
+		body["details"] = e.Details
+	}
+	for k, v := range e.Extra {
+		if _, taken := body[k]; !taken {
+			body[k] = v
+		}
+	}
+	data, merr := json.Marshal(body)
+	if merr != nil {
+		data = []byte(`{"code":500,"message":"internal server error"}`)
+		e.Status = http.StatusInternalServerError
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSONCharsetUTF8)
+	return c.Status(e.Status).Send(data)
+}
+
+func (s *Server) classify(c *fiber.Ctx, err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	var be *bus.Error
+	if errors.As(err, &be) {
+		code := be.Code
+		if code < 400 || code > 599 {
+			code = http.StatusBadGateway
+		}
+		return &apiError{Status: code, Message: be.Message, Details: be.Details}
+	}
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		switch fe.Code {
+		case http.StatusNotFound:
+			return errorf(http.StatusNotFound, "no route for %s %s", c.Method(), c.Path())
+		case http.StatusMethodNotAllowed:
+			return errorf(http.StatusMethodNotAllowed, "method %s is not allowed on %s", c.Method(), c.Path())
+		case http.StatusRequestEntityTooLarge:
+			return errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.cfg.MaxBodyBytes)
+		}
+		msg := fe.Message
+		if msg == "" {
+			msg = http.StatusText(fe.Code)
+		}
+		return &apiError{Status: fe.Code, Message: msg}
+	}
+	if errors.Is(err, bus.ErrUnavailable) {
+		return errorf(http.StatusServiceUnavailable, "%s", err.Error())
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errorf(http.StatusServiceUnavailable, "a backing service did not answer in time")
+	}
+	s.log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err,
+		"request_id", bus.RequestID(c.UserContext()))
+	return errorf(http.StatusInternalServerError, "internal server error")
+}
+
+// decodeJSON decodes one JSON value from data into v. Syntax errors are 400;
+// wrong types and (when strict) unknown fields are 422 naming the field.
+func decodeJSON(data []byte, v any, strict bool) error {
+	if len(strings.TrimSpace(string(data))) == 0 {
+		data = []byte("{}")
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errorf(http.StatusBadRequest, "malformed JSON: unexpected data after the JSON value")
+	}
+	return nil
+}
+
+// jsonError maps an encoding/json error to a client error.
+func jsonError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Details: []string{fmt.Sprintf("offset %d: %v", syn.Offset, syn)}}
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Details: []string{"unexpected end of input"}}
+	case errors.As(err, &typ):
+		field := typ.Field
+		if field == "" {
+			field = "body"
+		}
+		return invalid("invalid request body", fmt.Sprintf("%s: must be %s, not %s", field, jsonKind(typ.Type.Kind().String()), typ.Value))
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
+		return invalid("invalid request body", fmt.Sprintf("%s: unknown field", strings.Trim(name, `"`)))
+	default:
+		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Details: []string{err.Error()}}
+	}
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "string":
+		return "a string"
+	case "float64", "float32", "int", "int64", "int32", "uint64", "uint32", "uint":
+		return "a number"
+	case "bool":
+		return "a boolean"
+	case "slice", "array":
+		return "an array"
+	case "map", "struct":
+		return "an object"
+	default:
+		return "of type " + k
+	}
+}

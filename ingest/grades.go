@@ -1,0 +1,395 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// gradeWaiters dispatches grade results from one core NATS subscription
+// to the requests waiting for them, keyed by grade id. It also remembers
+// recently submitted grades so a GET right after a submission sees
+// "pending" rather than a 404 while the history catches up.
+type gradeWaiters struct {
+	mu      sync.Mutex
+	waiting map[string]chan bus.Event
+	subs    []*nats.Subscription
+	recent  map[string]recentGrade
+	order   []string
+}
+
+type recentGrade struct {
+	owner     string
+	submitted bus.Grade
+	outcome   bus.Event // nil while pending
+}
+
+const maxRecentGrades = 10_000
+
+func newGradeWaiters() *gradeWaiters {
+	return &gradeWaiters{waiting: map[string]chan bus.Event{}, recent: map[string]recentGrade{}}
+}
+
+func (g *gradeWaiters) subscribe(nc *nats.Conn, log *slog.Logger) error {
+	for _, subj := range []string{bus.SubjectGradeCompleted, bus.SubjectGradeFailed} {
+		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+			ev, err := bus.Decode(m.Data)
+			if err != nil {
+				log.Warn("undecodable grade result", "subject", m.Subject, "err", err)
+				return
+			}
+			g.deliver(ev)
+		})
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subj, err)
+		}
+		// Results of a burst must not be dropped as a slow consumer.
+		_ = sub.SetPendingLimits(1<<16, 256<<20)
+		g.subs = append(g.subs, sub)
+	}
+	return nc.Flush()
+}
+
+func (g *gradeWaiters) unsubscribe() {
+	for _, s := range g.subs {
+		_ = s.Unsubscribe()
+	}
+}
+
+func gradeIDOf(ev bus.Event) string {
+	switch e := ev.(type) {
+	case *bus.GradeCompleted:
+		return e.GradeID
+	case *bus.GradeFailed:
+		return e.GradeID
+	}
+	return ""
+}
+
+func (g *gradeWaiters) deliver(ev bus.Event) {
+	id := gradeIDOf(ev)
+	if id == "" {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r, ok := g.recent[id]; ok && r.outcome == nil {
+		r.outcome = ev
+		g.recent[id] = r
+	}
+	if ch, ok := g.waiting[id]; ok {
+		select {
+		case ch <- ev:
+		default:
+		}
+	}
+}
+
+// add registers a waiter (and the recent submission) before the event is
+// published, so a result that comes back at once is not missed.
+func (g *gradeWaiters) add(id, owner string, submitted bus.Grade, wait bool) chan bus.Event {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.recent[id] = recentGrade{owner: owner, submitted: submitted}
+	g.order = append(g.order, id)
+	if len(g.order) > maxRecentGrades {
+		old := g.order[0]
+		g.order = g.order[1:]
+		delete(g.recent, old)
+	}
+	if !wait {
+		return nil
+	}
+	ch := make(chan bus.Event, 1)
+	g.waiting[id] = ch
+	return ch
+}
+
+func (g *gradeWaiters) remove(id string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.waiting, id)
+}
+
+func (g *gradeWaiters) forget(id string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.recent, id)
+}
+
+func (g *gradeWaiters) lookup(id, owner string) (recentGrade, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r, ok := g.recent[id]
+	if !ok || r.owner != owner {
+		return recentGrade{}, false
+	}
+	return r, true
+}
+
+// modelCache keeps the inference service's model list for a few seconds:
+// every grade request checks its model against it.
+type modelCache struct {
+	nc  *nats.Conn
+	ttl time.Duration
+
+	mu      sync.Mutex
+	fetched time.Time
+	models  []bus.ModelInfo
+}
+
+func newModelCache(nc *nats.Conn, ttl time.Duration) *modelCache { return &modelCache{nc: nc, ttl: ttl} }
+
+// decodeModels accepts a bare list or an object holding it under
+// "models" or "data".
+func decodeModels(raw json.RawMessage) ([]bus.ModelInfo, error) {
+	var list []bus.ModelInfo
+	if err := json.Unmarshal(raw, &list); err == nil {
+		return list, nil
+	}
+	var wrapped struct {
+		Models []bus.ModelInfo `json:"models"`
+		Data   []bus.ModelInfo `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &wrapped); err != nil {
+		return nil, fmt.Errorf("decode model list: %w", err)
+	}
+	if wrapped.Models != nil {
+		return wrapped.Models, nil
+	}
+	return wrapped.Data, nil
+}
+
+func (m *modelCache) get(ctx context.Context, s *Server) ([]bus.ModelInfo, error) {
+	m.mu.Lock()
+	if !m.fetched.IsZero() && time.Since(m.fetched) < m.ttl {
+		defer m.mu.Unlock()
+		return m.models, nil
+	}
+	m.mu.Unlock()
+	raw, err := request[json.RawMessage](ctx, s, bus.SvcModelsList, bus.ModelsQuery{})
+	if err != nil {
+		return nil, err
+	}
+	models, err := decodeModels(raw)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(models, func(a, b bus.ModelInfo) int { return strings.Compare(a.Name, b.Name) })
+	m.mu.Lock()
+	m.models, m.fetched = models, time.Now()
+	m.mu.Unlock()
+	return models, nil
+}
+
+func (s *Server) listModels(c *fiber.Ctx) error {
+	models, err := s.models.get(c.UserContext(), s)
+	if err != nil {
+		return err
+	}
+	if models == nil {
+		models = []bus.ModelInfo{}
+	}
+	return c.JSON(fiber.Map{"data": models, "total": len(models)})
+}
+
+// gradeResponse is the grade document of POST and GET /api/v1/grades.
+type gradeResponse struct {
+	ID           string             `json:"id"`
+	Status       string             `json:"status"`
+	ImageID      string             `json:"image_id,omitempty"`
+	Model        string             `json:"model"`
+	ModelVersion string             `json:"model_version,omitempty"`
+	Label        string             `json:"label,omitempty"`
+	Score        float64            `json:"score,omitempty"`
+	Scores       map[string]float64 `json:"scores,omitempty"`
+	InferenceMS  float64            `json:"inference_ms,omitempty"`
+	BatchSize    int                `json:"batch_size,omitempty"`
+	Reason       string             `json:"reason,omitempty"`
+	SubmittedAt  *time.Time         `json:"submitted_at,omitempty"`
+	CompletedAt  *time.Time         `json:"completed_at,omitempty"`
+}
+
+func fromGrade(g bus.Grade) gradeResponse {
+	r := gradeResponse{ID: g.ID, Status: g.Status, ImageID: g.ImageID, Model: g.Model, ModelVersion: g.ModelVersion,
+		Label: g.Label, Score: g.Score, Scores: g.Scores, InferenceMS: g.InferenceMS, BatchSize: g.BatchSize, Reason: g.Reason}
+	if !g.SubmittedAt.IsZero() {
+		t := g.SubmittedAt
+		r.SubmittedAt = &t
+	}
+	if !g.CompletedAt.IsZero() {
+		t := g.CompletedAt
+		r.CompletedAt = &t
+	}
+	return r
+}
+
+func fromOutcome(submitted bus.Grade, ev bus.Event) gradeResponse {
+	r := fromGrade(submitted)
+	switch e := ev.(type) {
+	case *bus.GradeCompleted:
+		r.Status = bus.GradeStatusCompleted
+		r.ModelVersion, r.Label, r.Score, r.Scores = e.ModelVersion, e.Label, e.Score, e.Scores
+		r.InferenceMS, r.BatchSize = e.InferenceMS, e.BatchSize
+		t := e.Time
+		r.CompletedAt = &t
+	case *bus.GradeFailed:
+		r.Status = bus.GradeStatusFailed
+		r.Reason = e.Reason
+		t := e.Time
+		r.CompletedAt = &t
+	}
+	return r
+}
+
+func failedGrade(r gradeResponse) *apiError {
+	return &apiError{Status: http.StatusUnprocessableEntity, Message: "grading failed: " + r.Reason,
+		Details: []string{r.Reason}, Extra: map[string]any{"id": r.ID, "status": r.Status, "reason": r.Reason, "model": r.Model, "image_id": r.ImageID}}
+}
+
+// parseWait reads ?wait=: absent = the configured default, 0 = do not
+// wait, N or a Go duration ("1500ms", "5s") up to a minute.
+func parseWait(v string, def time.Duration) (time.Duration, error) {
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		secs, ferr := strconv.ParseFloat(v, 64)
+		if ferr != nil {
+			return 0, invalid("invalid query", "wait: seconds (e.g. 5) or a duration (e.g. 1500ms)")
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	if d < 0 || d > maxGradeWait {
+		return 0, invalid("invalid query", fmt.Sprintf("wait: must be between 0 and %s", maxGradeWait))
+	}
+	return d, nil
+}
+
+var validModel = validRef
+
+// submitGrade stores the image, publishes the submission and waits for
+// its result: 200 completed, 422 failed, 202 + Location when not ready.
+func (s *Server) submitGrade(c *fiber.Ctx) error {
+	wait, err := parseWait(c.Query("wait"), s.cfg.GradeWait)
+	if err != nil {
+		return err
+	}
+	form, err := multipartForm(c)
+	if err != nil {
+		return err
+	}
+	model := formValue(form, "model", "model_selected")
+	var missing []string
+	if model == "" {
+		missing = append(missing, "model: required (or model_selected)")
+	}
+	if len(form.File["image"]) == 0 {
+		missing = append(missing, "image: required (a file field)")
+	}
+	if len(missing) > 0 {
+		return invalid("missing fields", missing...)
+	}
+	up, err := readUpload(form, "image", s.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	if !validModel.MatchString(model) {
+		return invalid("invalid model name", "model: 1 to 128 characters of letters, digits and . _ : -")
+	}
+	ctx := c.UserContext()
+	models, err := s.models.get(ctx, s)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(models, func(m bus.ModelInfo) bool { return m.Name == model }) {
+		names := make([]string, len(models))
+		for i, m := range models {
+			names[i] = m.Name
+		}
+		e := errorf(http.StatusNotFound, "unknown model %q; available models: %s", model, strings.Join(names, ", "))
+		e.Extra = map[string]any{"available": names}
+		return e
+	}
+
+	user := userOf(c)
+	imageID := bus.NewID()
+	ref, err := s.storeImage(ctx, imageID, up)
+	if err != nil {
+		return err
+	}
+	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: user, Model: model, Image: ref}
+	submitted := bus.Grade{ID: ev.ID, Status: bus.GradeStatusPending, ImageID: imageID, Owner: user, Model: model, SubmittedAt: ev.Time}
+	ch := s.grades.add(ev.ID, user, submitted, wait > 0)
+	defer s.grades.remove(ev.ID)
+	if err := s.publish(ctx, ev); err != nil {
+		s.grades.forget(ev.ID)
+		return err
+	}
+	location := "/api/v1/grades/" + ev.ID
+	pending := func() error {
+		c.Set(fiber.HeaderLocation, location)
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return c.Status(http.StatusAccepted).JSON(fromGrade(submitted))
+	}
+	if wait == 0 {
+		return pending()
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case out := <-ch:
+		r := fromOutcome(submitted, out)
+		if r.Status == bus.GradeStatusFailed {
+			return failedGrade(r)
+		}
+		c.Set(fiber.HeaderLocation, location)
+		return c.JSON(r)
+	case <-timer.C:
+		return pending()
+	}
+}
+
+// getGrade answers the grade document: 200 when completed or failed (with
+// the reason), 202 while pending.
+func (s *Server) getGrade(c *fiber.Ctx) error {
+	id := c.Params("id")
+	user := userOf(c)
+	if !validRef.MatchString(id) {
+		return errorf(http.StatusNotFound, "grade %q not found", id)
+	}
+	recent, isRecent := s.grades.lookup(id, user)
+	if isRecent && recent.outcome != nil {
+		return c.JSON(fromOutcome(recent.submitted, recent.outcome))
+	}
+	g, err := request[bus.Grade](c.UserContext(), s, bus.SvcGradesGet, bus.GradeGetQuery{ID: id, Owner: user})
+	var be *bus.Error
+	if errors.As(err, &be) && be.Code == http.StatusNotFound && isRecent {
+		// Submitted here moments ago; the history has not caught up yet.
+		g, err = recent.submitted, nil
+	}
+	if err != nil {
+		return err
+	}
+	r := fromGrade(g)
+	if r.Status == bus.GradeStatusPending || r.Status == "" {
+		r.Status = bus.GradeStatusPending
+		c.Set(fiber.HeaderRetryAfter, "1")
+		return c.Status(http.StatusAccepted).JSON(r)
+	}
+	return c.JSON(r)
+}

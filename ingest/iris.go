@@ -1,0 +1,562 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+const maxDetails = 20
+
+// irisRowIn is a measurement row with presence detection.
+type irisRowIn struct {
+	SepalLength *float64 `json:"sepal_length"`
+	SepalWidth  *float64 `json:"sepal_width"`
+	PetalLength *float64 `json:"petal_length"`
+	PetalWidth  *float64 `json:"petal_width"`
+	Species     *string  `json:"species"`
+}
+
+func addDetail(details []string, d string) []string {
+	if len(details) < maxDetails {
+		return append(details, d)
+	}
+	if len(details) == maxDetails {
+		return append(details, "... more errors omitted")
+	}
+	return details
+}
+
+// parseMeasurements accepts {"rows": [...], "source"?} or a bare array.
+func parseMeasurements(body []byte) ([]bus.IrisRow, string, error) {
+	trimmed := bytes.TrimSpace(body)
+	var rawRows []json.RawMessage
+	var source string
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		if err := decodeJSON(trimmed, &rawRows, true); err != nil {
+			return nil, "", err
+		}
+	} else {
+		var req struct {
+			Rows   *[]json.RawMessage `json:"rows"`
+			Source string             `json:"source"`
+		}
+		if err := decodeJSON(trimmed, &req, true); err != nil {
+			return nil, "", err
+		}
+		if req.Rows == nil {
+			return nil, "", invalid("missing fields", "rows: required (an array of measurements)")
+		}
+		rawRows, source = *req.Rows, req.Source
+		if len(source) > 128 || (source != "" && !validRef.MatchString(source)) {
+			return nil, "", invalid("invalid request body", "source: up to 128 characters of letters, digits and . _ : -")
+		}
+	}
+	if len(rawRows) == 0 {
+		return nil, "", invalid("invalid request body", "rows: at least one measurement is required")
+	}
+	rows := make([]bus.IrisRow, 0, len(rawRows))
+	var details []string
+	for i, raw := range rawRows {
+		var in irisRowIn
+		if err := decodeJSON(raw, &in, true); err != nil {
+			if ae, ok := err.(*apiError); ok && len(ae.Details) > 0 {
+				details = addDetail(details, fmt.Sprintf("rows[%d].%s", i, ae.Details[0]))
+			} else {
+				details = addDetail(details, fmt.Sprintf("rows[%d]: %v", i, err))
+			}
+			continue
+		}
+		var missing []string
+		for name, p := range map[string]*float64{"sepal_length": in.SepalLength, "sepal_width": in.SepalWidth,
+			"petal_length": in.PetalLength, "petal_width": in.PetalWidth} {
+			if p == nil {
+				missing = append(missing, name)
+			}
+		}
+		if in.Species == nil {
+			missing = append(missing, "species")
+		}
+		if len(missing) > 0 {
+			sort.Strings(missing)
+			for _, m := range missing {
+				details = addDetail(details, fmt.Sprintf("rows[%d].%s: required", i, m))
+			}
+			continue
+		}
+		row := bus.IrisRow{SepalLength: *in.SepalLength, SepalWidth: *in.SepalWidth, PetalLength: *in.PetalLength,
+			PetalWidth: *in.PetalWidth, Species: *in.Species}
+		if err := row.Validate(); err != nil {
+			details = addDetail(details, fmt.Sprintf("rows[%d]: %v", i, err))
+			continue
+		}
+		rows = append(rows, row)
+	}
+	if len(details) > 0 {
+		return nil, "", invalid("invalid measurements", details...)
+	}
+	return rows, source, nil
+}
+
+// createMeasurements validates the rows, publishes them in events of at
+// most bus.MaxIrisRows and answers 202 once every event was acknowledged.
+func (s *Server) createMeasurements(c *fiber.Ctx) error {
+	if err := requireJSON(c); err != nil {
+		return err
+	}
+	rows, source, err := parseMeasurements(c.Body())
+	if err != nil {
+		return err
+	}
+	var events []*bus.IrisMeasured
+	for start := 0; start < len(rows); start += bus.MaxIrisRows {
+		end := min(start+bus.MaxIrisRows, len(rows))
+		events = append(events, &bus.IrisMeasured{Meta: bus.NewMeta(bus.TypeIrisMeasured), Source: source, Rows: rows[start:end]})
+	}
+	ctx := c.UserContext()
+	errs := make([]error, len(events))
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for i, ev := range events {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = s.publish(ctx, ev)
+		}()
+	}
+	wg.Wait()
+	accepted, published := 0, 0
+	var ids []string
+	var firstErr error
+	for i, err := range errs {
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		accepted += len(events[i].Rows)
+		published++
+		ids = append(ids, events[i].ID)
+	}
+	if firstErr != nil {
+		return &apiError{Status: http.StatusServiceUnavailable,
+			Message: fmt.Sprintf("only %d of %d rows (%d of %d events) were accepted; the event store did not acknowledge the rest", accepted, len(rows), published, len(events)),
+			Extra:   map[string]any{"accepted": accepted, "events": published, "event_ids": ids}}
+	}
+	return c.Status(http.StatusAccepted).JSON(fiber.Map{"accepted": accepted, "events": published, "event_ids": ids})
+}
+
+// irisBody is a parsed range/stats body.
+type irisBody struct {
+	Filter  bus.IrisFilter
+	Page    int
+	PerPage int
+	Sort    string
+}
+
+// parseIrisBody parses {species?, lower?, upper?, page?, per_page?, sort?}
+// by hand so that every wrong type is reported with its field. allowed
+// lists the keys this endpoint takes.
+func parseIrisBody(body []byte, allowed []string, defPerPage int) (irisBody, error) {
+	out := irisBody{Page: 1, PerPage: defPerPage}
+	var fields map[string]json.RawMessage
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		trimmed = []byte("{}")
+	}
+	if trimmed[0] != '{' {
+		if !json.Valid(trimmed) {
+			return out, errorf(http.StatusBadRequest, "malformed JSON")
+		}
+		return out, invalid("invalid request body", "body: must be a JSON object")
+	}
+	if err := decodeJSON(trimmed, &fields, false); err != nil {
+		return out, err
+	}
+	var details []string
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		raw := bytes.TrimSpace(fields[k])
+		if !slices.Contains(allowed, k) {
+			details = append(details, fmt.Sprintf("%s: unknown field (allowed: %s)", quoteField(k), strings.Join(allowed, ", ")))
+			continue
+		}
+		if bytes.Equal(raw, []byte("null")) {
+			continue
+		}
+		switch k {
+		case "species":
+			var one string
+			var many []string
+			if json.Unmarshal(raw, &one) == nil {
+				out.Filter.Species = []string{one}
+			} else if json.Unmarshal(raw, &many) == nil {
+				out.Filter.Species = many
+			} else {
+				details = append(details, "species: must be a string or an array of strings")
+			}
+		case "lower", "upper":
+			var m map[string]json.RawMessage
+			if json.Unmarshal(raw, &m) != nil || raw[0] != '{' {
+				details = append(details, k+": must be an object mapping columns to numbers")
+				continue
+			}
+			bounds := map[string]float64{}
+			cols := make([]string, 0, len(m))
+			for col := range m {
+				cols = append(cols, col)
+			}
+			sort.Strings(cols)
+			for _, col := range cols {
+				v, err := jsonNumber(m[col])
+				if err != nil {
+					details = append(details, fmt.Sprintf("%s.%s: must be a number", k, quoteField(col)))
+					continue
+				}
+				bounds[col] = v
+			}
+			if k == "lower" {
+				out.Filter.Lower = bounds
+			} else {
+				out.Filter.Upper = bounds
+			}
+		case "page", "per_page":
+			v, err := jsonNumber(raw)
+			if err != nil || v != math.Trunc(v) || math.Abs(v) > 1e9 {
+				details = append(details, k+": must be an integer")
+				continue
+			}
+			if k == "page" {
+				out.Page = int(v)
+			} else {
+				out.PerPage = int(v)
+			}
+		case "sort":
+			var col string
+			if json.Unmarshal(raw, &col) != nil {
+				details = append(details, "sort: must be a string naming a column")
+			} else if !slices.Contains(bus.IrisColumns, col) {
+				details = append(details, fmt.Sprintf("sort: unknown column %s (known: %v)", quoteField(col), bus.IrisColumns))
+			} else {
+				out.Sort = col
+			}
+		}
+	}
+	if len(details) > 0 {
+		return out, invalid("invalid iris query", details...)
+	}
+	if err := out.Filter.Validate(); err != nil {
+		return out, err
+	}
+	if slices.Contains(allowed, "page") {
+		if err := bus.ValidatePage(out.Page, out.PerPage); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// quoteField shows a client-supplied name safely inside a message.
+func quoteField(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	if validRef.MatchString(s) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// jsonNumber accepts only a JSON number (not a numeric string).
+func jsonNumber(raw json.RawMessage) (float64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || !(raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9')) {
+		return 0, fmt.Errorf("not a number")
+	}
+	var v float64
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return 0, err
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("not finite")
+	}
+	return v, nil
+}
+
+var (
+	rangeFields = []string{"species", "lower", "upper", "page", "per_page", "sort"}
+	statsFields = []string{"species", "lower", "upper"}
+	seedFields  = []string{"species", "lower", "upper", "page", "per_page"}
+)
+
+// seedPerPage is the seed API's default page size.
+const seedPerPage = 150
+
+func (s *Server) irisRange(ctx context.Context, b irisBody) (json.RawMessage, error) {
+	return request[json.RawMessage](ctx, s, bus.SvcIrisRange,
+		bus.IrisRangeQuery{IrisFilter: b.Filter, Page: b.Page, PerPage: b.PerPage, Sort: b.Sort})
+}
+
+// rangeV1 answers {data, page, per_page, total} as the analytics service does.
+func (s *Server) rangeV1(c *fiber.Ctx) error {
+	if err := requireJSON(c); err != nil {
+		return err
+	}
+	b, err := parseIrisBody(c.Body(), rangeFields, bus.DefaultPerPage)
+	if err != nil {
+		return err
+	}
+	raw, err := s.irisRange(c.UserContext(), b)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(raw)
+}
+
+// rangeSeed is the seed's POST /range/: a bare list of rows with the
+// species under "label".
+func (s *Server) rangeSeed(c *fiber.Ctx) error {
+	b, err := parseIrisBody(c.Body(), seedFields, seedPerPage)
+	if err != nil {
+		return err
+	}
+	raw, err := s.irisRange(c.UserContext(), b)
+	if err != nil {
+		return err
+	}
+	var page struct {
+		Data []map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &page); err != nil {
+		return fmt.Errorf("decode range reply: %w", err)
+	}
+	out := make([]map[string]any, 0, len(page.Data))
+	for _, r := range page.Data {
+		label := r["label"]
+		if label == nil {
+			label = r["species"]
+		}
+		row := map[string]any{"label": label}
+		for _, col := range bus.IrisColumns {
+			row[col] = r[col]
+		}
+		out = append(out, row)
+	}
+	return c.JSON(out)
+}
+
+// decodeStats accepts a bare list or {"data": [...]}.
+func decodeStats(raw json.RawMessage) ([]bus.IrisStat, error) {
+	var list []bus.IrisStat
+	if err := json.Unmarshal(raw, &list); err == nil {
+		return list, nil
+	}
+	var wrapped struct {
+		Data []bus.IrisStat `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &wrapped); err != nil {
+		return nil, fmt.Errorf("decode stats reply: %w", err)
+	}
+	return wrapped.Data, nil
+}
+
+// statsRows names every value "<fn>_<column>" next to label and count.
+func statsRows(stats []bus.IrisStat, fn string, q *float64, withCount bool) []map[string]any {
+	out := make([]map[string]any, 0, len(stats))
+	for _, st := range stats {
+		row := map[string]any{"label": st.Label}
+		for _, col := range bus.IrisColumns {
+			if v, ok := st.Values[col]; ok {
+				row[fn+"_"+col] = v
+			}
+		}
+		if withCount {
+			row["count"] = st.Count
+		}
+		if q != nil {
+			row["q"] = *q
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+func (s *Server) irisStats(ctx context.Context, f bus.IrisFilter, fn string, q float64) ([]bus.IrisStat, error) {
+	raw, err := request[json.RawMessage](ctx, s, bus.SvcIrisStats, bus.IrisStatsQuery{IrisFilter: f, Func: fn, Q: q})
+	if err != nil {
+		return nil, err
+	}
+	return decodeStats(raw)
+}
+
+// statsV1 serves /api/v1/iris/stats/mean and /api/v1/iris/stats/{fn}.
+func (s *Server) statsV1(c *fiber.Ctx) error {
+	fn := c.Params("fn", "mean")
+	if c.Route().Path == "/api/v1/iris/stats/mean" {
+		fn = "mean"
+	}
+	if !slices.Contains(bus.IrisStatsFuncs, fn) {
+		return invalid("unknown statistic", fmt.Sprintf("fn: unknown function %s (known: %s)", quoteField(fn), strings.Join(bus.IrisStatsFuncs, ", ")))
+	}
+	var q *float64
+	if v := c.Query("q"); v != "" || fn == "quantile" {
+		if fn != "quantile" {
+			return invalid("invalid query", "q: only the quantile function takes q")
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(f) || f < 0 || f > 1 {
+			return invalid("invalid query", "q: required for quantile, a number between 0 and 1")
+		}
+		q = &f
+	}
+	if err := requireJSON(c); err != nil {
+		return err
+	}
+	b, err := parseIrisBody(c.Body(), statsFields, bus.DefaultPerPage)
+	if err != nil {
+		return err
+	}
+	var qv float64
+	if q != nil {
+		qv = *q
+	}
+	stats, err := s.irisStats(c.UserContext(), b.Filter, fn, qv)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"func": fn, "data": statsRows(stats, fn, q, true)})
+}
+
+// meanSeed is the seed's POST /stats/mean/: a bare list of
+// {label, mean_sepal_length, ...}, paginated over species as the seed did.
+func (s *Server) meanSeed(c *fiber.Ctx) error {
+	b, err := parseIrisBody(c.Body(), seedFields, seedPerPage)
+	if err != nil {
+		return err
+	}
+	stats, err := s.irisStats(c.UserContext(), b.Filter, "mean", 0)
+	if err != nil {
+		return err
+	}
+	rows := statsRows(stats, "mean", nil, false)
+	start := min((b.Page-1)*b.PerPage, len(rows))
+	end := min(start+b.PerPage, len(rows))
+	return c.JSON(rows[start:end])
+}
+
+// timeWindow parses ?from=&to=&bucket= (RFC 3339 times, Go durations).
+func timeWindow(c *fiber.Ctx) (time.Time, time.Time, time.Duration, error) {
+	var details []string
+	to := time.Now().UTC()
+	from := to.Add(-24 * time.Hour)
+	bucket := time.Hour
+	if v := c.Query("to"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			details = append(details, "to: must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z")
+		} else {
+			to = t.UTC()
+			if c.Query("from") == "" {
+				from = to.Add(-24 * time.Hour)
+			}
+		}
+	}
+	if v := c.Query("from"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			details = append(details, "from: must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z")
+		} else {
+			from = t.UTC()
+		}
+	}
+	if v := c.Query("bucket"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			details = append(details, "bucket: must be a duration such as 5m, 1h or 24h")
+		} else {
+			bucket = d
+		}
+	}
+	if len(details) == 0 {
+		switch {
+		case bucket < time.Second || bucket > 366*24*time.Hour:
+			details = append(details, "bucket: must be between 1s and 8784h")
+		case bucket%time.Second != 0:
+			details = append(details, "bucket: must be a whole number of seconds")
+		case !from.Before(to):
+			details = append(details, "from: must be before to")
+		case to.Sub(from)/bucket > 100_000:
+			details = append(details, "bucket: too small for the window (more than 100000 buckets)")
+		}
+	}
+	if len(details) > 0 {
+		return from, to, bucket, invalid("invalid query", details...)
+	}
+	return from, to, bucket, nil
+}
+
+// statsList accepts a bare list or an object holding it under "data".
+func statsList(raw json.RawMessage) json.RawMessage {
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		return trimmed
+	}
+	var wrapped struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if json.Unmarshal(trimmed, &wrapped) == nil && len(wrapped.Data) > 0 && !bytes.Equal(wrapped.Data, []byte("null")) {
+		return wrapped.Data
+	}
+	return json.RawMessage("[]")
+}
+
+func (s *Server) gradeStats(c *fiber.Ctx) error {
+	from, to, bucket, err := timeWindow(c)
+	if err != nil {
+		return err
+	}
+	model := c.Query("model")
+	if model != "" && !validModel.MatchString(model) {
+		return invalid("invalid query", "model: 1 to 128 characters of letters, digits and . _ : -")
+	}
+	raw, err := request[json.RawMessage](c.UserContext(), s, bus.SvcStatsGrades,
+		bus.GradeStatsQuery{Model: model, From: from, To: to, Bucket: bucket})
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"model": model, "from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
+}
+
+func (s *Server) annotationStats(c *fiber.Ctx) error {
+	from, to, bucket, err := timeWindow(c)
+	if err != nil {
+		return err
+	}
+	raw, err := request[json.RawMessage](c.UserContext(), s, bus.SvcStatsAnnotations,
+		bus.AnnotationStatsQuery{From: from, To: to, Bucket: bucket})
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
+}

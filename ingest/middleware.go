@@ -1,0 +1,76 @@
+package ingest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+var (
+	validRequestID   = regexp.MustCompile(`^[A-Za-z0-9._:\-]{1,128}$`)
+	validTraceparent = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
+)
+
+// observe is the outermost middleware: it assigns the request id and trace
+// context (carried into every published event and bus request), turns a
+// returned error into the JSON error response, and records the access log
+// and metrics with the final status.
+func (s *Server) observe(c *fiber.Ctx) error {
+	start := time.Now()
+	rid := c.Get(fiber.HeaderXRequestID)
+	if !validRequestID.MatchString(rid) {
+		rid = bus.NewID()
+	}
+	c.Set(fiber.HeaderXRequestID, rid)
+	tp := c.Get("traceparent")
+	if !validTraceparent.MatchString(tp) || tp[3:35] == "00000000000000000000000000000000" || tp[36:52] == "0000000000000000" {
+		tp = newTraceparent()
+	}
+	ctx := bus.WithTraceparent(bus.WithRequestID(c.UserContext(), rid), tp)
+	c.SetUserContext(ctx)
+
+	err := c.Next()
+	if err != nil {
+		if herr := s.handleError(c, err); herr != nil {
+			s.log.Error("writing error response", "err", herr)
+		}
+	}
+	status := c.Response().StatusCode()
+	route := s.routeLabel(c)
+	elapsed := time.Since(start)
+	code := strconv.Itoa(status)
+	s.metrics.requests.WithLabelValues(route, c.Method(), code).Inc()
+	s.metrics.latency.WithLabelValues(route, c.Method(), code).Observe(elapsed.Seconds())
+	user, _ := c.Locals(localUser).(string)
+	s.log.Info("http request",
+		"method", c.Method(), "path", c.Path(), "route", route, "status", status,
+		"duration_ms", float64(elapsed.Microseconds())/1000, "bytes_in", len(c.Request().Body()),
+		"bytes_out", len(c.Response().Body()), "ip", c.IP(), "user", user,
+		"request_id", rid, "traceparent", tp)
+	return nil
+}
+
+// routeLabel names the matched route template, or "unmatched", so that
+// metric labels stay bounded whatever paths clients send.
+func (s *Server) routeLabel(c *fiber.Ctx) string {
+	r := c.Route()
+	if r != nil {
+		if _, ok := s.routeSet[r.Method+" "+r.Path]; ok {
+			return r.Path
+		}
+	}
+	return "unmatched"
+}
+
+// newTraceparent starts a new W3C trace for a request that came without one.
+func newTraceparent() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+}

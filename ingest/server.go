@@ -1,0 +1,289 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// Server is the HTTP edge: a Fiber app wired to NATS JetStream (events,
+// object store, query services) and MongoDB (users).
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	app *fiber.App
+
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	images jetstream.ObjectStore
+	mongo  *mongo.Client
+	users  *userStore
+
+	tokens         *tokens
+	hasher         *hasher
+	ipLimiter      *failureLimiter
+	accountLimiter *failureLimiter
+	metrics        *metrics
+	grades         *gradeWaiters
+	models         *modelCache
+
+	routes   []route
+	routeSet map[string]struct{}
+	openapi  []byte
+
+	closeOnce sync.Once
+}
+
+// New connects to NATS and MongoDB, applies the bus topology, subscribes
+// to grade results and builds the Fiber app. It does not listen: use Run,
+// or App().Listener / App().Test.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:            cfg,
+		log:            cfg.Logger.With("service", "ingest"),
+		tokens:         &tokens{secret: cfg.JWTSecret, issuer: cfg.JWTIssuer, audience: cfg.JWTAudience, now: time.Now},
+		ipLimiter:      newFailureLimiter(ipFailures, failureWindow),
+		accountLimiter: newFailureLimiter(accountFailures, failureWindow),
+		grades:         newGradeWaiters(),
+	}
+	if s.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	if s.hasher, err = newHasher(max(2, runtime.NumCPU())); err != nil {
+		return nil, fmt.Errorf("ingest: hasher: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+
+	s.nc, s.js, err = bus.Connect(ctx, cfg.NATSURL, "ingest", s.log)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	if err := bus.EnsureTopology(ctx, s.js, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	if s.images, err = bus.ImageStore(ctx, s.js, cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	s.models = newModelCache(s.nc, 5*time.Second)
+	// One subscription per server for all grade results; requests wait on
+	// it by grade id.
+	if err := s.grades.subscribe(s.nc, s.log); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+
+	s.mongo, err = mongo.Connect(options.Client().ApplyURI(cfg.MongoURI).
+		SetServerSelectionTimeout(10 * time.Second).SetAppName("gradeline-ingest"))
+	if err != nil {
+		return nil, fmt.Errorf("ingest: mongo: %w", err)
+	}
+	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if s.users, err = newUserStore(ictx, s.mongo.Database(cfg.Database)); err != nil {
+		return nil, err
+	}
+
+	s.app = fiber.New(fiber.Config{
+		AppName:               "gradeline-ingest",
+		BodyLimit:             int(max(cfg.MaxBodyBytes, maxAnnotationBody)),
+		ErrorHandler:          s.handleError,
+		DisableStartupMessage: true,
+		ReadTimeout:           2 * time.Minute,
+		WriteTimeout:          2 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		ReadBufferSize:        16 << 10,
+	})
+	s.app.Use(s.observe)
+	s.app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
+		s.log.Error("panic in handler", "path", c.Path(), "panic", fmt.Sprint(e), "request_id", bus.RequestID(c.UserContext()))
+	}}))
+	s.routes = s.routeTable()
+	s.routeSet = map[string]struct{}{}
+	for _, r := range s.routes {
+		handlers := []fiber.Handler{}
+		if r.Auth {
+			handlers = append(handlers, s.authenticate)
+		}
+		handlers = append(handlers, r.Handler)
+		s.app.Add(r.Method, r.Path, handlers...)
+		s.routeSet[r.Method+" "+r.Path] = struct{}{}
+	}
+	if s.openapi, err = s.buildOpenAPI(); err != nil {
+		return nil, fmt.Errorf("ingest: openapi: %w", err)
+	}
+	ok = true
+	return s, nil
+}
+
+// App returns the Fiber application.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Serve serves HTTP on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(ln) }
+
+// Shutdown stops accepting connections and waits up to timeout for
+// in-flight requests.
+func (s *Server) Shutdown(timeout time.Duration) error { return s.app.ShutdownWithTimeout(timeout) }
+
+// Close releases the NATS and MongoDB connections. Call after Shutdown.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		s.grades.unsubscribe()
+		if s.nc != nil {
+			_ = s.nc.Drain()
+			// Drain is asynchronous; wait briefly so published acks are not cut.
+			deadline := time.Now().Add(5 * time.Second)
+			for !s.nc.IsClosed() && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			s.nc.Close()
+		}
+		if s.mongo != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = s.mongo.Disconnect(ctx)
+			cancel()
+		}
+	})
+}
+
+// Run serves the HTTP edge on cfg.Addr until ctx is cancelled, then drains
+// in-flight requests and closes its connections.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("ingest: listen %s: %w", s.cfg.Addr, err)
+	}
+	s.log.Info("ingest listening", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("ingest: serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("ingest shutting down")
+	if err := s.Shutdown(30 * time.Second); err != nil {
+		s.log.Warn("shutdown", "err", err)
+	}
+	<-errc
+	return nil
+}
+
+// publish stores ev in JetStream and returns once the PubAck arrived.
+func (s *Server) publish(ctx context.Context, ev bus.Event) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := bus.Publish(ctx, s.js, ev)
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	s.metrics.publish.WithLabelValues(ev.EventMeta().Type, outcome).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.log.Error("publish failed", "type", ev.EventMeta().Type, "id", ev.EventMeta().ID, "err", err,
+			"request_id", bus.RequestID(ctx))
+		return &apiError{Status: http.StatusServiceUnavailable, Message: "the event store (NATS JetStream) did not acknowledge the event; nothing was accepted",
+			Details: []string{err.Error()}}
+	}
+	return nil
+}
+
+// serviceOf names the service answering a query subject, for 503 messages.
+func serviceOf(subject string) string {
+	switch subject {
+	case bus.SvcAnnotationsList, bus.SvcAnnotationsGet, bus.SvcImagesList, bus.SvcImagesGet, bus.SvcGradesGet:
+		return "annotator"
+	case bus.SvcModelsList:
+		return "inference"
+	default:
+		return "analytics"
+	}
+}
+
+// request asks a query service; a *bus.Error passes through with its code,
+// no responder becomes 503 naming the service.
+func request[Resp any](ctx context.Context, s *Server, subject string, req any) (Resp, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp, err := bus.Request[Resp](ctx, s.nc, subject, req)
+	outcome := "ok"
+	defer func() { s.metrics.requestsBus.WithLabelValues(subject, outcome).Observe(time.Since(start).Seconds()) }()
+	if err == nil {
+		return resp, nil
+	}
+	var be *bus.Error
+	if errors.As(err, &be) {
+		outcome = "service_error"
+		return resp, be
+	}
+	outcome = "unavailable"
+	if errors.Is(err, bus.ErrUnavailable) {
+		return resp, &apiError{Status: http.StatusServiceUnavailable,
+			Message: fmt.Sprintf("the %s service is unavailable (no answer on %s)", serviceOf(subject), subject)}
+	}
+	return resp, &apiError{Status: http.StatusServiceUnavailable,
+		Message: fmt.Sprintf("the %s service could not be reached", serviceOf(subject)), Details: []string{err.Error()}}
+}
+
+func (s *Server) healthz(c *fiber.Ctx) error {
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
+func (s *Server) readyz(c *fiber.Ctx) error {
+	checks := map[string]string{}
+	ready := true
+	if s.nc.IsConnected() {
+		checks["nats"] = "ok"
+	} else {
+		checks["nats"] = "not connected: " + s.nc.Status().String()
+		ready = false
+	}
+	ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Second)
+	defer cancel()
+	if err := s.mongo.Ping(ctx, nil); err != nil {
+		checks["mongodb"] = "ping failed: " + err.Error()
+		ready = false
+	} else {
+		checks["mongodb"] = "ok"
+	}
+	if !ready {
+		details := []string{}
+		for k, v := range checks {
+			if v != "ok" {
+				details = append(details, k+": "+v)
+			}
+		}
+		return &apiError{Status: http.StatusServiceUnavailable, Message: "not ready", Details: details, Extra: map[string]any{"checks": checks}}
+	}
+	return c.JSON(fiber.Map{"status": "ready", "checks": checks})
+}
