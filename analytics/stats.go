@@ -1,0 +1,241 @@
+package analytics
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/gradeline/gradeline/analytics/schema"
+	"github.com/gradeline/gradeline/bus"
+)
+
+// Statistics windows: zero values take defaults, the rest is validated.
+const (
+	DefaultWindow = 24 * time.Hour
+	DefaultBucket = time.Hour
+	MinBucket     = time.Millisecond
+	MaxBuckets    = 100000
+)
+
+// Times DateTime64(3) holds on every ClickHouse version we support.
+var (
+	minTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxTime = time.Date(2261, 12, 31, 0, 0, 0, 0, time.UTC)
+)
+
+// normalizeWindow applies the defaults (to = now, from = to - 24h, bucket =
+// 1h) and validates the window: from <= to, bucket > 0 (at least 1ms) and at
+// most MaxBuckets buckets. The error is a *bus.Error 422 naming the fields.
+func normalizeWindow(from, to *time.Time, bucket *time.Duration, now time.Time) error {
+	if to.IsZero() {
+		*to = now
+	}
+	if from.IsZero() {
+		*from = to.Add(-DefaultWindow)
+	}
+	if *bucket == 0 {
+		*bucket = DefaultBucket
+	}
+	*from, *to = from.UTC(), to.UTC()
+	var d []string
+	for _, f := range []struct {
+		name string
+		t    time.Time
+	}{{"from", *from}, {"to", *to}} {
+		if f.t.Before(minTime) || f.t.After(maxTime) {
+			d = append(d, fmt.Sprintf("%s: %s is outside %d..%d", f.name, f.t.Format(time.RFC3339), minTime.Year(), maxTime.Year()))
+		}
+	}
+	if from.After(*to) {
+		d = append(d, fmt.Sprintf("from: %s is after to %s", from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano)))
+	}
+	switch {
+	case *bucket < 0:
+		d = append(d, fmt.Sprintf("bucket: %v must be positive", *bucket))
+	case *bucket < MinBucket:
+		d = append(d, fmt.Sprintf("bucket: %v is shorter than %v", *bucket, MinBucket))
+	case to.Sub(*from)/(*bucket) > MaxBuckets:
+		d = append(d, fmt.Sprintf("bucket: %v makes more than %d buckets between from and to", *bucket, MaxBuckets))
+	}
+	if len(d) > 0 {
+		slices.Sort(d)
+		return &bus.Error{Code: http.StatusUnprocessableEntity, Message: "invalid statistics window", Details: d}
+	}
+	return nil
+}
+
+func chTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000") }
+
+func windowParams(from, to time.Time, bucket time.Duration) clickhouse.Parameters {
+	return clickhouse.Parameters{
+		"from":   chTime(from),
+		"to":     chTime(to),
+		"bucket": strconv.FormatInt(bucket.Milliseconds(), 10),
+	}
+}
+
+// GradeStats answers per time bucket, model and label: the number of
+// grades, the mean top score and the p50/p99 inference time (exact
+// quantiles). Grades count in [from, to). Failed grades are reported under
+// an empty label with zero score and time. Every redelivered event counts
+// once (FINAL collapses rows of the same event id).
+func GradeStats(ctx context.Context, conn driver.Conn, q bus.GradeStatsQuery) ([]bus.GradeStatsRow, error) {
+	if err := normalizeWindow(&q.From, &q.To, &q.Bucket, time.Now()); err != nil {
+		return nil, err
+	}
+	params := windowParams(q.From, q.To, q.Bucket)
+	cond := ""
+	if q.Model != "" {
+		params["model"] = q.Model
+		cond = " AND model = {model:String}"
+	}
+	sql := `SELECT toStartOfInterval(time, toIntervalMillisecond({bucket:UInt64})) AS b,
+			toString(model), toString(label), count(),
+			avg(score), quantilesExactInclusive(0.5, 0.99)(inference_ms)
+		FROM ` + schema.TableGrades + ` FINAL
+		WHERE time >= {from:DateTime64(3, 'UTC')} AND time < {to:DateTime64(3, 'UTC')}` + cond + `
+		GROUP BY b, model, label
+		ORDER BY b, model, label`
+	rows, err := conn.Query(clickhouse.Context(ctx, clickhouse.WithParameters(params)), sql)
+	if err != nil {
+		return nil, fmt.Errorf("analytics: grade stats: %w", err)
+	}
+	defer rows.Close()
+	out := []bus.GradeStatsRow{}
+	for rows.Next() {
+		var r bus.GradeStatsRow
+		var qs []float64
+		if err := rows.Scan(&r.Bucket, &r.Model, &r.Label, &r.Count, &r.MeanScore, &qs); err != nil {
+			return nil, fmt.Errorf("analytics: grade stats: %w", err)
+		}
+		r.Bucket = r.Bucket.UTC()
+		if len(qs) == 2 {
+			r.P50InferenceMS, r.P99InferenceMS = qs[0], qs[1]
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("analytics: grade stats: %w", err)
+	}
+	return out, nil
+}
+
+// AnnotationStats answers the number of annotations per time bucket and
+// author, for annotations created in [from, to).
+func AnnotationStats(ctx context.Context, conn driver.Conn, q bus.AnnotationStatsQuery) ([]bus.AnnotationStatsRow, error) {
+	if err := normalizeWindow(&q.From, &q.To, &q.Bucket, time.Now()); err != nil {
+		return nil, err
+	}
+	sql := `SELECT toStartOfInterval(time, toIntervalMillisecond({bucket:UInt64})) AS b, author, count()
+		FROM ` + schema.TableAnnotations + ` FINAL
+		WHERE time >= {from:DateTime64(3, 'UTC')} AND time < {to:DateTime64(3, 'UTC')}
+		GROUP BY b, author
+		ORDER BY b, author`
+	ctx = clickhouse.Context(ctx, clickhouse.WithParameters(windowParams(q.From, q.To, q.Bucket)))
+	rows, err := conn.Query(ctx, sql)
+	if err != nil {
+		return nil, fmt.Errorf("analytics: annotation stats: %w", err)
+	}
+	defer rows.Close()
+	out := []bus.AnnotationStatsRow{}
+	for rows.Next() {
+		var r bus.AnnotationStatsRow
+		if err := rows.Scan(&r.Bucket, &r.Author, &r.Count); err != nil {
+			return nil, fmt.Errorf("analytics: annotation stats: %w", err)
+		}
+		r.Bucket = r.Bucket.UTC()
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("analytics: annotation stats: %w", err)
+	}
+	return out, nil
+}
+
+// gradeRow is one grade event as stored.
+type gradeRow struct {
+	EventID, Status, GradeID, ImageID, Owner string
+	Model, ModelVersion, Label, Reason       string
+	Time                                     time.Time
+	Score, InferenceMS                       float64
+	BatchSize                                uint32
+}
+
+// annotationRow is one annotation event as stored.
+type annotationRow struct {
+	EventID, Author, ImageID string
+	Time                     time.Time
+}
+
+// batchToken derives the deduplication token of a multi-event insert from
+// its sorted event ids: a redelivered batch with the same events is
+// dropped at insert time. A batch regrouped differently gets another token;
+// its rows are collapsed by the ReplacingMergeTree key and by FINAL in the
+// queries.
+func batchToken(table string, ids []string) string {
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	h := sha256.New()
+	for _, id := range ids {
+		h.Write([]byte(id))
+		h.Write([]byte{0})
+	}
+	return table + ":" + hex.EncodeToString(h.Sum(nil))
+}
+
+func insertGrades(ctx context.Context, conn driver.Conn, rows []gradeRow) error {
+	ids := make([]string, len(rows))
+	for i, r := range rows {
+		ids[i] = r.EventID
+	}
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableGrades, ids),
+	}))
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableGrades+
+		" (event_id, time, status, grade_id, image_id, owner, model, model_version, label, score, inference_ms, batch_size, reason)")
+	if err != nil {
+		return fmt.Errorf("analytics: insert grades: %w", err)
+	}
+	defer b.Close()
+	for _, r := range rows {
+		if err := b.Append(r.EventID, r.Time.UTC(), r.Status, r.GradeID, r.ImageID, r.Owner, r.Model, r.ModelVersion,
+			r.Label, r.Score, r.InferenceMS, r.BatchSize, r.Reason); err != nil {
+			return fmt.Errorf("analytics: insert grades: %w", err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("analytics: insert grades: %w", err)
+	}
+	return nil
+}
+
+func insertAnnotations(ctx context.Context, conn driver.Conn, rows []annotationRow) error {
+	ids := make([]string, len(rows))
+	for i, r := range rows {
+		ids[i] = r.EventID
+	}
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableAnnotations, ids),
+	}))
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableAnnotations+" (event_id, time, author, image_id)")
+	if err != nil {
+		return fmt.Errorf("analytics: insert annotations: %w", err)
+	}
+	defer b.Close()
+	for _, r := range rows {
+		if err := b.Append(r.EventID, r.Time.UTC(), r.Author, r.ImageID); err != nil {
+			return fmt.Errorf("analytics: insert annotations: %w", err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("analytics: insert annotations: %w", err)
+	}
+	return nil
+}
