@@ -1,0 +1,226 @@
+package manifests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
+)
+
+// LoadCompose loads dir/docker-compose.yml with the Compose specification's
+// own loader (schema validation, interpolation, merge of anchors). env is the
+// whole interpolation environment: the caller's process environment and any
+// .env file are deliberately not read, so the result does not depend on the
+// machine.
+func LoadCompose(ctx context.Context, dir string, env map[string]string) (*types.Project, error) {
+	var kv []string
+	for k, v := range env {
+		kv = append(kv, k+"="+v)
+	}
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(dir, "docker-compose.yml")},
+		cli.WithWorkingDirectory(dir),
+		cli.WithEnv(kv),
+		cli.WithInterpolation(true),
+		cli.WithResolvedPaths(true),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("compose: %w", err)
+	}
+	p, err := cli.ProjectFromOptions(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("compose: %w", err)
+	}
+	return p, nil
+}
+
+// Infrastructure services of the compose file and the URL variable that
+// points at each.
+var composeInfra = map[string]string{"nats": "NATS_URL", "mongo": "MONGO_URI", "clickhouse": "CLICKHOUSE_DSN"}
+
+// CheckCompose checks a loaded compose project against the service table:
+// health checks everywhere, dependencies wait for health, required
+// environment set, URLs point at services of the file, images pinned or
+// built from a Dockerfile target that exists, only the edge published.
+func CheckCompose(p *types.Project) error {
+	var errs []error
+	fail := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	for name := range composeInfra {
+		if _, ok := p.Services[name]; !ok {
+			fail("compose: no service %q", name)
+		}
+	}
+	for _, svc := range Services {
+		if _, ok := p.Services[svc.Name]; !ok {
+			fail("compose: no service %q", svc.Name)
+		}
+	}
+	dockerfiles := map[string]*Dockerfile{}
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		s := p.Services[name]
+		hc := s.HealthCheck
+		if hc == nil || hc.Disable || len(hc.Test) < 2 || (hc.Test[0] != "CMD" && hc.Test[0] != "CMD-SHELL") {
+			fail("compose: service %q has no health check", name)
+		}
+		for dep, d := range s.DependsOn {
+			if d.Condition != types.ServiceConditionHealthy {
+				fail("compose: service %q depends on %q with condition %q, want %s", name, dep, d.Condition, types.ServiceConditionHealthy)
+			}
+		}
+		for _, port := range s.Ports {
+			if name != Edge {
+				fail("compose: service %q publishes port %d: only %s is reachable from outside", name, port.Target, Edge)
+			}
+		}
+		for _, v := range s.Volumes {
+			if v.Type == types.VolumeTypeBind {
+				fail("compose: service %q bind-mounts %s: use a named volume", name, v.Source)
+			}
+		}
+		svc, ours := ServiceByName(name)
+		if !ours {
+			// Third-party images are pulled: pinned by tag and digest.
+			if s.Build != nil {
+				fail("compose: service %q is not in the service table but is built", name)
+			}
+			if !IsPinnedImage(s.Image) {
+				fail("compose: service %q: image %q is not pinned as name:tag@sha256:digest", name, s.Image)
+			}
+			continue
+		}
+		checkComposeService(p, s, svc, dockerfiles, fail)
+	}
+	if edge, ok := p.Services[Edge]; ok && len(edge.Ports) == 0 {
+		fail("compose: the edge %q publishes no port", Edge)
+	}
+	return errors.Join(errs...)
+}
+
+func checkComposeService(p *types.Project, s types.ServiceConfig, svc Service, dockerfiles map[string]*Dockerfile, fail func(string, ...any)) {
+	for _, k := range svc.Env {
+		if v := s.Environment[k]; v == nil || *v == "" {
+			fail("compose: service %q: required environment %s is not set", svc.Name, k)
+		}
+	}
+	if _, ok := s.DependsOn["nats"]; !ok {
+		fail("compose: service %q does not wait for nats", svc.Name)
+	}
+	// Every URL names a service of this file, and the service waits for it.
+	for infra, key := range composeInfra {
+		v := s.Environment[key]
+		if v == nil {
+			continue
+		}
+		u, err := url.Parse(*v)
+		if err != nil {
+			fail("compose: service %q: %s: %v", svc.Name, key, err)
+			continue
+		}
+		if u.Hostname() != infra {
+			fail("compose: service %q: %s points at host %q, want the service %q", svc.Name, key, u.Hostname(), infra)
+		}
+		if _, ok := s.DependsOn[infra]; !ok {
+			fail("compose: service %q uses %s but does not wait for it", svc.Name, infra)
+		}
+	}
+	if v := s.Environment["GRADELINE_REPLICAS"]; v != nil && *v != "1" {
+		fail("compose: service %q: GRADELINE_REPLICAS=%s, but compose runs a single NATS server", svc.Name, *v)
+	}
+	hc := s.HealthCheck
+	if hc != nil && len(hc.Test) >= 2 && (hc.Test[0] != "CMD" || hc.Test[1] != HealthProbe) {
+		fail("compose: service %q: health check %q: the image has no shell, use [CMD, %s, URL]", svc.Name, hc.Test, HealthProbe)
+	}
+	if hc != nil && len(hc.Test) >= 3 && !strings.Contains(hc.Test[2], fmt.Sprintf(":%d/", svc.Port)) {
+		fail("compose: service %q: health check %q does not ask port %d", svc.Name, hc.Test, svc.Port)
+	}
+	if s.Image == "" {
+		fail("compose: service %q has no image name", svc.Name)
+	}
+	b := s.Build
+	if b == nil {
+		fail("compose: service %q has no build section", svc.Name)
+		return
+	}
+	if st, err := os.Stat(b.Context); err != nil || !st.IsDir() {
+		fail("compose: service %q: build context %s is not a directory", svc.Name, b.Context)
+		return
+	}
+	df := b.Dockerfile
+	if !filepath.IsAbs(df) {
+		df = filepath.Join(b.Context, df)
+	}
+	d, ok := dockerfiles[df]
+	if !ok {
+		var err error
+		if d, err = ParseDockerfileFile(df); err != nil {
+			fail("compose: service %q: %v", svc.Name, err)
+		} else if err := CheckBuildContext(d, b.Context); err != nil {
+			fail("compose: service %q: %v", svc.Name, err)
+		}
+		dockerfiles[df] = d
+	}
+	if d == nil {
+		return
+	}
+	if b.Target != svc.Name || d.Stage(b.Target) == nil {
+		fail("compose: service %q: build target %q, want the Dockerfile target %q", svc.Name, b.Target, svc.Name)
+	}
+	// A path given in the environment must be the one the image has.
+	if v, st := s.Environment["ONNXRUNTIME_LIB"], d.Stage(b.Target); v != nil && st != nil {
+		if img, _ := st.LookupEnv("ONNXRUNTIME_LIB"); img != *v {
+			fail("compose: service %q: ONNXRUNTIME_LIB=%s, but the image has the library at %q", svc.Name, *v, img)
+		}
+	}
+}
+
+// CheckBuildContext checks that every COPY from the build context of the
+// Dockerfile names files that exist and that .dockerignore lets through.
+func CheckBuildContext(d *Dockerfile, context string) error {
+	var patterns []string
+	if f, err := os.Open(filepath.Join(context, ".dockerignore")); err == nil {
+		patterns, err = ignorefile.ReadAll(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s/.dockerignore: %w", context, err)
+		}
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return fmt.Errorf("%s/.dockerignore: %w", context, err)
+	}
+	var errs []error
+	for _, st := range d.Stages {
+		for _, c := range st.Copies {
+			if c.From != "" {
+				continue
+			}
+			for _, src := range c.Sources {
+				matches, _ := filepath.Glob(filepath.Join(context, filepath.FromSlash(src)))
+				if len(matches) == 0 {
+					if strings.ContainsAny(src, "*?[") {
+						continue // an optional file, e.g. go.sum*
+					}
+					errs = append(errs, fmt.Errorf("dockerfile: line %d: COPY %s: no such file in the build context", c.Line, src))
+					continue
+				}
+				for _, m := range matches {
+					rel, _ := filepath.Rel(context, m)
+					if excluded, _ := pm.MatchesOrParentMatches(filepath.ToSlash(rel)); excluded {
+						errs = append(errs, fmt.Errorf("dockerfile: line %d: COPY %s: excluded by .dockerignore", c.Line, src))
+					}
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
