@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // startNATS runs an embedded server with the topology applied.
@@ -367,6 +368,9 @@ func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
 	if len(reasons) != 4 {
 		t.Fatalf("reasons %v", reasons)
 	}
+	if n := testutil.ToFloat64(consumerDeadLettered.WithLabelValues(ConsumerAnnotator.Durable)); n < 4 {
+		t.Fatalf("dead-letter metric %v, want >= 4", n)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if handled["fine"] != 1 || handled["retry-me"] != 3 || handled["reject-me"] != 1 {
@@ -506,5 +510,69 @@ func TestIrisFilterValidate(t *testing.T) {
 	}
 	if err := ValidatePage(0, 1001); err == nil || len(err.(*Error).Details) != 2 {
 		t.Fatalf("ValidatePage(0, 1001) = %v", err)
+	}
+}
+
+func TestReplayFromStartAndFromTime(t *testing.T) {
+	_, js := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, k := range seen {
+			n += k
+		}
+		return n
+	}
+	go Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{}, func(_ context.Context, b []*Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range b {
+			seen[d.Event.(*AnnotationCreated).Author]++
+		}
+		return nil
+	})
+	for _, a := range []string{"a", "b", "c"} {
+		if _, err := Publish(ctx, js, newAnnotation(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "first delivery", func() bool { return count() == 3 })
+	time.Sleep(20 * time.Millisecond)
+	mid := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	for _, a := range []string{"d", "e"} {
+		if _, err := Publish(ctx, js, newAnnotation(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "second delivery", func() bool { return count() == 5 })
+
+	// From the start, into the running consumer: every event once more.
+	if err := Replay(ctx, js, ConsumerAnnotator, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "replay from start", func() bool { return count() == 10 })
+	// From a time: only what was published after it.
+	if err := Replay(ctx, js, ConsumerAnnotator, mid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "replay since", func() bool { return count() == 12 })
+	mu.Lock()
+	if seen["a"] != 2 || seen["d"] != 3 {
+		t.Fatalf("seen %v", seen)
+	}
+	mu.Unlock()
+	// A service restart after the replay keeps the replayed start.
+	if err := EnsureTopology(ctx, js, TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+		t.Fatalf("EnsureTopology after replay: %v", err)
+	}
+	c, _ := js.Consumer(ctx, ConsumerAnnotator.Stream, ConsumerAnnotator.Durable)
+	if c.CachedInfo().Config.DeliverPolicy != jetstream.DeliverByStartTimePolicy {
+		t.Fatalf("deliver policy reset to %v", c.CachedInfo().Config.DeliverPolicy)
 	}
 }

@@ -107,9 +107,9 @@ func Backoff(n uint64) time.Duration {
 func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt ConsumeOptions, h Handler) error {
 	opt.defaults()
 	log := opt.Logger.With("consumer", spec.Durable)
-	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config())
+	cons, err := EnsureConsumer(ctx, js, spec)
 	if err != nil {
-		return fmt.Errorf("bus: consumer %s: %w", spec.Durable, err)
+		return err
 	}
 	c := &consumer{js: js, cons: cons, spec: spec, opt: opt, log: log, h: h}
 	for {
@@ -190,6 +190,10 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 			_ = m.Term()
 			continue
 		}
+		if md.NumDelivered > 1 {
+			consumerRedeliveries.WithLabelValues(c.spec.Durable).Inc()
+		}
+		consumerPending.WithLabelValues(c.spec.Durable).Set(float64(md.NumPending))
 		ev, err := Decode(m.Data())
 		if err != nil {
 			c.deadLetter(ctx, m, md, err.Error())
@@ -203,13 +207,17 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 	if len(batch) == 0 {
 		return
 	}
+	consumerBatchSize.WithLabelValues(c.spec.Durable).Observe(float64(len(batch)))
+	start := time.Now()
 	if err := c.h(ctx, batch); err != nil {
+		observeSince(consumerHandleSeconds.WithLabelValues(c.spec.Durable, "error"), start)
 		c.log.Warn("batch failed; will retry", "size", len(batch), "delivery", batch[0].NumDelivered, "err", err)
 		for _, d := range batch {
 			_ = d.msg.NakWithDelay(c.opt.Backoff(d.NumDelivered))
 		}
 		return
 	}
+	observeSince(consumerHandleSeconds.WithLabelValues(c.spec.Durable, "ok"), start)
 	for _, d := range batch {
 		switch d.outcome {
 		case outcomeAck:
@@ -255,6 +263,7 @@ func (c *consumer) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstrea
 		_ = m.NakWithDelay(c.opt.Backoff(dl.Deliveries))
 		return
 	}
+	consumerDeadLettered.WithLabelValues(c.spec.Durable).Inc()
 	c.log.Warn("message dead-lettered", "subject", m.Subject(), "seq", dl.Sequence, "reason", reason)
 	_ = m.Term()
 }

@@ -118,9 +118,12 @@ func Publish(ctx context.Context, js jetstream.JetStream, ev Event) (*jetstream.
 	msg.Data = data
 	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
 	headersFrom(ctx, msg.Header)
+	start := time.Now()
 	ack, err := js.PublishMsg(ctx, msg)
 	if err != nil {
+		publishErrors.WithLabelValues(subject).Inc()
 		return nil, fmt.Errorf("bus: publish %s %s: %w", m.Type, m.ID, err)
 	}
+	observeSince(publishSeconds.WithLabelValues(subject), start)
 	return ack, nil
 }

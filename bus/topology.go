@@ -168,14 +168,69 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 		}
 	}
 	for _, c := range Consumers {
-		if _, err := js.CreateOrUpdateConsumer(ctx, c.Stream, c.Config()); err != nil {
-			return fmt.Errorf("bus: consumer %s/%s: %w", c.Stream, c.Durable, err)
+		if _, err := EnsureConsumer(ctx, js, c); err != nil {
+			return err
 		}
 	}
 	if _, err := ImageStore(ctx, js, opt.Replicas); err != nil {
 		return err
 	}
 	return nil
+}
+
+// EnsureConsumer creates the durable consumer or brings an existing one to
+// the table's settings. Where a replay moved its start (DeliverByStartTime),
+// that start is kept: the server cannot change it and a restart must not undo it.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec) (jetstream.Consumer, error) {
+	cfg := spec.Config()
+	if cur, err := js.Consumer(ctx, spec.Stream, spec.Durable); err == nil {
+		old := cur.CachedInfo().Config
+		cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = old.DeliverPolicy, old.OptStartTime, old.OptStartSeq
+		c, err := js.UpdateConsumer(ctx, spec.Stream, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("bus: consumer %s/%s: %w", spec.Stream, spec.Durable, err)
+		}
+		return c, nil
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("bus: consumer %s/%s: %w", spec.Stream, spec.Durable, err)
+	}
+	c, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bus: consumer %s/%s: %w", spec.Stream, spec.Durable, err)
+	}
+	return c, nil
+}
+
+// Replay makes the durable consumer spec deliver its stream again, from
+// the first message (since zero) or from the first message at or after
+// since. The consumer is recreated under the same name, so the service
+// that owns it picks the replay up without a restart; its idempotent
+// writes (event id as key) turn replayed events that are already stored
+// into no-ops.
+func Replay(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, since time.Time) error {
+	if err := js.DeleteConsumer(ctx, spec.Stream, spec.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("bus: replay %s: delete consumer: %w", spec.Durable, err)
+	}
+	cfg := spec.Config()
+	if !since.IsZero() {
+		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		cfg.OptStartTime = &since
+	}
+	if _, err := js.CreateConsumer(ctx, spec.Stream, cfg); err != nil {
+		return fmt.Errorf("bus: replay %s: %w", spec.Durable, err)
+	}
+	return nil
+}
+
+// ConsumersOf returns the durable consumers of a stream from the table.
+func ConsumersOf(stream string) []ConsumerSpec {
+	var out []ConsumerSpec
+	for _, c := range Consumers {
+		if c.Stream == stream {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // ImageStore returns the object store bucket for image bytes, creating it

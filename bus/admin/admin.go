@@ -1,0 +1,103 @@
+// Package admin serves the operational endpoints every gradeline service
+// has: /healthz (the process is alive), /readyz (its dependencies answer)
+// and /metrics (Prometheus). Services without an HTTP API of their own
+// serve them on an admin port.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Check reports whether one dependency is usable.
+type Check func(ctx context.Context) error
+
+// Readiness runs every check concurrently, each bounded by timeout, and
+// returns the result per name ("ok" or the error) and whether all passed.
+func Readiness(ctx context.Context, checks map[string]Check, timeout time.Duration) (map[string]string, bool) {
+	out := make(map[string]string, len(checks))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	ok := true
+	for name, check := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			err := check(cctx)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				out[name], ok = err.Error(), false
+			} else {
+				out[name] = "ok"
+			}
+		}()
+	}
+	wg.Wait()
+	return out, ok
+}
+
+// Handler serves /healthz, /readyz and /metrics.
+func Handler(g prometheus.Gatherer, checks map[string]Check) http.Handler {
+	if g == nil {
+		g = prometheus.DefaultGatherer
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		res, ok := Readiness(r.Context(), checks, 2*time.Second)
+		status, code := "ready", http.StatusOK
+		if !ok {
+			status, code = "not ready", http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, map[string]any{"status": status, "checks": res})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Serve listens on addr and serves h until ctx is cancelled. An empty addr
+// serves nothing and returns when ctx ends.
+func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+	if addr == "" {
+		<-ctx.Done()
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	if log != nil {
+		log.Info("admin endpoints", "url", "http://"+ln.Addr().String())
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
