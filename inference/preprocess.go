@@ -163,10 +163,16 @@ func (p *preprocessor) rgba(m *image.RGBA, dst []float32) {
 	}
 }
 
-// parallel runs f(i) for i in [0, n) on up to GOMAXPROCS goroutines: image
-// decoding is CPU-bound, so more workers than cores only add memory.
+// parallel runs f(i) for i in [0, n) on one goroutine per core: image
+// decoding is CPU-bound, so more workers only add memory.
 func parallel(ctx context.Context, n int, f func(i int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
+	parallelN(ctx, n, runtime.GOMAXPROCS(0), f)
+}
+
+// parallelN runs f(i) for i in [0, n) on up to workers goroutines. When
+// ctx ends, the remaining indices are not run.
+func parallelN(ctx context.Context, n, workers int, f func(i int)) {
+	workers = min(workers, n)
 	if workers <= 1 {
 		for i := range n {
 			if ctx.Err() != nil {

@@ -1,0 +1,104 @@
+// Command inference runs the grading service alone.
+//
+//	NATS_URL                   NATS server with JetStream (required)
+//	ONNXRUNTIME_LIB            path of libonnxruntime.so.1 (required; `make install` fetches it)
+//	GRADELINE_MODELS_DIR       colon-separated folders of model directories (optional)
+//	GRADELINE_MAX_QUEUE_DELAY  how long a batch waits for more images, e.g. 2ms (default 1ms)
+//	GRADELINE_REPLICAS         replicas of streams and the image bucket (default 1; 3 on a cluster)
+//	GRADELINE_ADMIN_ADDR       if set, serve /healthz, /readyz and /metrics there (e.g. :9090)
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gradeline/gradeline/inference"
+)
+
+func main() {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	cfg, adminAddr, err := config()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "inference:", err)
+		os.Exit(2)
+	}
+	cfg.Logger = log
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if adminAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		cfg.Registerer = reg
+		var ready atomic.Bool
+		cfg.OnReady = func() { ready.Store(true) }
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if !ready.Load() {
+				http.Error(w, "starting", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ready\n"))
+		})
+		srv := &http.Server{Addr: adminAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+				log.Error("admin server", "addr", adminAddr, "err", err)
+				stop()
+			}
+		}()
+		defer srv.Close()
+	}
+	if err := inference.Run(ctx, cfg); err != nil {
+		log.Error("inference stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func config() (inference.Config, string, error) {
+	cfg := inference.Config{
+		NATSURL: os.Getenv("NATS_URL"),
+		ORTLib:  os.Getenv("ONNXRUNTIME_LIB"),
+	}
+	if cfg.NATSURL == "" {
+		return cfg, "", fmt.Errorf("NATS_URL is required (e.g. nats://127.0.0.1:4222)")
+	}
+	if cfg.ORTLib == "" {
+		return cfg, "", fmt.Errorf("ONNXRUNTIME_LIB is required: the path of libonnxruntime.so.1 (`make install` puts it in .cache/onnxruntime)")
+	}
+	for _, d := range filepath.SplitList(os.Getenv("GRADELINE_MODELS_DIR")) {
+		if d = strings.TrimSpace(d); d != "" {
+			cfg.ModelsDirs = append(cfg.ModelsDirs, d)
+		}
+	}
+	if v := os.Getenv("GRADELINE_MAX_QUEUE_DELAY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > 10*time.Second {
+			return cfg, "", fmt.Errorf("GRADELINE_MAX_QUEUE_DELAY=%q: want a duration in (0, 10s], e.g. 2ms", v)
+		}
+		cfg.MaxQueueDelay = d
+	}
+	if v := os.Getenv("GRADELINE_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 5 {
+			return cfg, "", fmt.Errorf("GRADELINE_REPLICAS=%q: want 1..5", v)
+		}
+		cfg.Replicas = n
+	}
+	return cfg, os.Getenv("GRADELINE_ADMIN_ADDR"), nil
+}
