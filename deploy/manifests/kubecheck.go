@@ -1,0 +1,613 @@
+package manifests
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// NATSReplicas is the size of the NATS cluster and the replica count of
+// every stream in Kubernetes.
+const NATSReplicas = 3
+
+// KubeOptions tune CheckKubernetes.
+type KubeOptions struct {
+	// PinnedImages requires every image to carry a tag other than latest
+	// (or a digest). Overlays set the release tag; the base does not.
+	PinnedImages bool
+}
+
+// workload is a Deployment or StatefulSet, seen through its pod template.
+type workload struct {
+	obj      Object
+	replicas *int32
+	pod      *corev1.PodTemplateSpec
+}
+
+type kubeIndex struct {
+	objs      []Object
+	workloads []workload
+	fail      func(format string, a ...any)
+}
+
+func (x *kubeIndex) find(kind, ns, name string) (Object, bool) {
+	for _, o := range x.objs {
+		if o.Kind == kind && o.Namespace == ns && o.Name == name {
+			return o, true
+		}
+	}
+	return Object{}, false
+}
+
+func (x *kubeIndex) all(kind string) []Object {
+	var out []Object
+	for _, o := range x.objs {
+		if o.Kind == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (x *kubeIndex) workload(kind, ns, name string) *workload {
+	for i, w := range x.workloads {
+		if w.obj.Kind == kind && w.obj.Namespace == ns && w.obj.Name == name {
+			return &x.workloads[i]
+		}
+	}
+	return nil
+}
+
+// CheckKubernetes checks rendered objects beyond their schema: no secret in
+// the manifests, probes, resources and a locked-down security context on
+// every container, the configuration each service needs, a 3-node NATS
+// cluster, and that every reference (Service selectors and ports, Ingress
+// backends, autoscaler targets, ConfigMaps, the KEDA monitoring endpoint)
+// points at something that exists.
+func CheckKubernetes(objs []Object, opt KubeOptions) error {
+	var errs []error
+	x := &kubeIndex{objs: objs, fail: func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }}
+	for _, o := range objs {
+		switch v := o.Value.(type) {
+		case *appsv1.Deployment:
+			x.workloads = append(x.workloads, workload{o, v.Spec.Replicas, &v.Spec.Template})
+		case *appsv1.StatefulSet:
+			x.workloads = append(x.workloads, workload{o, v.Spec.Replicas, &v.Spec.Template})
+		case *corev1.Secret:
+			x.fail("%s: secrets are never in the manifests; create %s outside the repository", o, o.Name)
+		case *corev1.ConfigMap:
+			for k := range v.Data {
+				if isSecretEnv(k) {
+					x.fail("%s holds %s: that belongs in a Secret", o, k)
+				}
+			}
+		}
+	}
+	for _, w := range x.workloads {
+		x.checkWorkload(w, opt)
+	}
+	for _, svc := range Services {
+		x.checkService(svc)
+	}
+	x.checkNATS()
+	x.checkServices()
+	x.checkIngresses()
+	x.checkAutoscalers()
+	return errors.Join(errs...)
+}
+
+func isSecretEnv(name string) bool {
+	for _, s := range Services {
+		if slices.Contains(s.SecretEnv, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func (x *kubeIndex) checkWorkload(w workload, opt KubeOptions) {
+	o, spec := w.obj, &w.pod.Spec
+	if sc := spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		x.fail("%s: pod securityContext.runAsNonRoot is not true", o)
+	}
+	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+		x.checkContainer(o, c, opt)
+	}
+	for _, v := range spec.Volumes {
+		if v.ConfigMap != nil {
+			if _, ok := x.find("ConfigMap", o.Namespace, v.ConfigMap.Name); !ok {
+				x.fail("%s: volume %s names ConfigMap %q, which is not in the manifests", o, v.Name, v.ConfigMap.Name)
+			}
+		}
+		if v.Secret != nil {
+			x.fail("%s: volume %s mounts Secret %q; only the secret env of the service table is expected", o, v.Name, v.Secret.SecretName)
+		}
+	}
+	// A PodDisruptionBudget keeps drains from taking every replica at once.
+	var covered bool
+	for _, p := range x.all("PodDisruptionBudget") {
+		pdb := p.Value.(*policyv1.PodDisruptionBudget)
+		if p.Namespace == o.Namespace && selects(pdb.Spec.Selector.MatchLabels, w.pod.Labels) {
+			covered = true
+		}
+	}
+	if !covered {
+		x.fail("%s: no PodDisruptionBudget selects its pods", o)
+	}
+	if sel := workloadSelector(w); !selects(sel, w.pod.Labels) {
+		x.fail("%s: selector %v does not match its pod labels %v", o, sel, w.pod.Labels)
+	}
+}
+
+func workloadSelector(w workload) map[string]string {
+	switch v := w.obj.Value.(type) {
+	case *appsv1.Deployment:
+		if v.Spec.Selector != nil {
+			return v.Spec.Selector.MatchLabels
+		}
+	case *appsv1.StatefulSet:
+		if v.Spec.Selector != nil {
+			return v.Spec.Selector.MatchLabels
+		}
+	}
+	return nil
+}
+
+// selects reports whether a non-empty selector matches the labels.
+func selects(selector, podLabels map[string]string) bool {
+	return len(selector) > 0 && labels.SelectorFromSet(selector).Matches(labels.Set(podLabels))
+}
+
+func (x *kubeIndex) checkContainer(o Object, c corev1.Container, opt KubeOptions) {
+	where := fmt.Sprintf("%s container %s", o, c.Name)
+	if c.ReadinessProbe == nil {
+		x.fail("%s: no readinessProbe", where)
+	}
+	if c.LivenessProbe == nil {
+		x.fail("%s: no livenessProbe", where)
+	}
+	for _, p := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+		if p != nil && p.HTTPGet != nil && !hasPort(c, p.HTTPGet.Port) {
+			x.fail("%s: probe port %s is not a port of the container", where, p.HTTPGet.Port.String())
+		}
+	}
+	r := c.Resources
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if q, ok := r.Requests[name]; !ok || q.IsZero() {
+			x.fail("%s: no resources.requests.%s", where, name)
+		}
+	}
+	if q, ok := r.Limits[corev1.ResourceMemory]; !ok || q.IsZero() {
+		x.fail("%s: no resources.limits.memory", where)
+	} else if req, ok := r.Requests[corev1.ResourceMemory]; ok && req.Cmp(q) > 0 {
+		x.fail("%s: memory request %s above the limit %s", where, req.String(), q.String())
+	}
+	sc := c.SecurityContext
+	switch {
+	case sc == nil:
+		x.fail("%s: no securityContext", where)
+	default:
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			x.fail("%s: securityContext.allowPrivilegeEscalation is not false", where)
+		}
+		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			x.fail("%s: securityContext.readOnlyRootFilesystem is not true", where)
+		}
+		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			x.fail("%s: securityContext.capabilities.drop lacks ALL", where)
+		}
+		if sc.Privileged != nil && *sc.Privileged {
+			x.fail("%s: privileged", where)
+		}
+	}
+	if opt.PinnedImages && !isPinnedTag(c.Image) {
+		x.fail("%s: image %q has no release tag or digest", where, c.Image)
+	}
+	for _, e := range c.EnvFrom {
+		if e.ConfigMapRef != nil {
+			if _, ok := x.find("ConfigMap", o.Namespace, e.ConfigMapRef.Name); !ok {
+				x.fail("%s: envFrom names ConfigMap %q, which is not in the manifests", where, e.ConfigMapRef.Name)
+			}
+		}
+		if e.SecretRef != nil {
+			x.fail("%s: envFrom a whole Secret (%s): name each key with secretKeyRef", where, e.SecretRef.Name)
+		}
+	}
+	for _, e := range c.Env {
+		if isSecretEnv(e.Name) && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+			x.fail("%s: %s must come from a Secret (secretKeyRef), not a literal", where, e.Name)
+		}
+	}
+}
+
+func isPinnedTag(image string) bool {
+	if strings.Contains(image, "@sha256:") {
+		return true
+	}
+	i := strings.LastIndex(image, ":")
+	return i > strings.LastIndex(image, "/") && image[i+1:] != "latest" && image[i+1:] != ""
+}
+
+func hasPort(c corev1.Container, p intstr.IntOrString) bool {
+	for _, cp := range c.Ports {
+		if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+			return true
+		}
+	}
+	return false
+}
+
+// envSource is how a container gets one variable.
+type envSource struct {
+	value  string // the literal or the ConfigMap value
+	secret bool   // from a secretKeyRef
+	found  bool
+}
+
+// lookupEnv resolves a variable of a container: env first (it wins), then
+// the ConfigMaps of envFrom.
+func (x *kubeIndex) lookupEnv(ns string, c corev1.Container, name string) envSource {
+	for _, e := range c.Env {
+		if e.Name != name {
+			continue
+		}
+		if e.ValueFrom != nil {
+			return envSource{secret: e.ValueFrom.SecretKeyRef != nil, found: true}
+		}
+		return envSource{value: e.Value, found: e.Value != ""}
+	}
+	for _, ef := range c.EnvFrom {
+		if ef.ConfigMapRef == nil {
+			continue
+		}
+		if cm, ok := x.find("ConfigMap", ns, ef.ConfigMapRef.Name); ok {
+			if v, ok := cm.Value.(*corev1.ConfigMap).Data[ef.Prefix+name]; ok && v != "" {
+				return envSource{value: v, found: true}
+			}
+		}
+	}
+	return envSource{}
+}
+
+func (x *kubeIndex) checkService(svc Service) {
+	var w *workload
+	for i := range x.workloads {
+		if x.workloads[i].obj.Kind == "Deployment" && x.workloads[i].obj.Name == svc.Name {
+			w = &x.workloads[i]
+		}
+	}
+	if w == nil {
+		x.fail("no Deployment %q", svc.Name)
+		return
+	}
+	i := slices.IndexFunc(w.pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == svc.Name })
+	if i < 0 {
+		x.fail("%s: no container %q", w.obj, svc.Name)
+		return
+	}
+	c, ns := w.pod.Spec.Containers[i], w.obj.Namespace
+	for _, name := range svc.Env {
+		src := x.lookupEnv(ns, c, name)
+		switch {
+		case !src.found:
+			x.fail("%s: required environment %s is not set", w.obj, name)
+		case slices.Contains(svc.SecretEnv, name) && !src.secret:
+			x.fail("%s: %s must come from a Secret (secretKeyRef)", w.obj, name)
+		}
+	}
+	if v := x.lookupEnv(ns, c, "GRADELINE_REPLICAS").value; v != strconv.Itoa(NATSReplicas) {
+		x.fail("%s: GRADELINE_REPLICAS=%q, want %d: streams replicated on every NATS node", w.obj, v, NATSReplicas)
+	}
+	if v := x.lookupEnv(ns, c, "NATS_URL").value; v != "" {
+		u, err := url.Parse(strings.Split(v, ",")[0])
+		if err != nil || u.Hostname() == "" {
+			x.fail("%s: NATS_URL %q is not a URL", w.obj, v)
+		} else if _, ok := x.find("Service", ns, strings.Split(u.Hostname(), ".")[0]); !ok {
+			x.fail("%s: NATS_URL %q names no Service of the manifests", w.obj, v)
+		}
+	}
+	port := intstr.FromInt32(int32(svc.Port))
+	var named bool
+	for _, p := range c.Ports {
+		if p.ContainerPort == int32(svc.Port) {
+			port, named = intstr.FromString(p.Name), p.Name != ""
+		}
+	}
+	if !named {
+		x.fail("%s: no named container port %d", w.obj, svc.Port)
+	}
+	for _, pr := range []struct {
+		probe *corev1.Probe
+		path  string
+	}{{c.ReadinessProbe, "/readyz"}, {c.LivenessProbe, "/healthz"}} {
+		if pr.probe == nil {
+			continue
+		}
+		if g := pr.probe.HTTPGet; g == nil || g.Path != pr.path || g.Port != port {
+			x.fail("%s: probe %+v, want GET %s on port %s", w.obj, pr.probe.ProbeHandler, pr.path, port.String())
+		}
+	}
+}
+
+func (x *kubeIndex) checkNATS() {
+	sets := x.all("StatefulSet")
+	i := slices.IndexFunc(sets, func(o Object) bool { return o.Name == "nats" })
+	if i < 0 {
+		x.fail("no StatefulSet nats")
+		return
+	}
+	o := sets[i]
+	ss := o.Value.(*appsv1.StatefulSet)
+	if ss.Spec.Replicas == nil || *ss.Spec.Replicas != NATSReplicas {
+		x.fail("%s: replicas %v, want %d (JetStream quorum survives one lost node)", o, deref(ss.Spec.Replicas), NATSReplicas)
+	}
+	if len(ss.Spec.VolumeClaimTemplates) == 0 {
+		x.fail("%s: no volumeClaimTemplates: JetStream data would not survive a restart", o)
+	}
+	h, ok := x.find("Service", o.Namespace, ss.Spec.ServiceName)
+	if !ok {
+		x.fail("%s: serviceName %q names no Service", o, ss.Spec.ServiceName)
+	} else if s := h.Value.(*corev1.Service); s.Spec.ClusterIP != corev1.ClusterIPNone || !s.Spec.PublishNotReadyAddresses {
+		x.fail("%s: must be headless (clusterIP None) and publishNotReadyAddresses, so the routes resolve before the cluster forms", h)
+	}
+	var conf string
+	for _, v := range ss.Spec.Template.Spec.Volumes {
+		if v.ConfigMap != nil {
+			if cm, ok := x.find("ConfigMap", o.Namespace, v.ConfigMap.Name); ok {
+				conf += strings.Join(mapValues(cm.Value.(*corev1.ConfigMap).Data), "\n")
+			}
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\s*jetstream\s*[{:]`).MatchString(conf) {
+		x.fail("%s: the NATS configuration does not enable jetstream", o)
+	}
+	for n := range NATSReplicas {
+		route := fmt.Sprintf("nats://%s-%d.%s:6222", o.Name, n, ss.Spec.ServiceName)
+		if !strings.Contains(conf, route) {
+			x.fail("%s: the NATS configuration has no route %s", o, route)
+		}
+	}
+	for _, p := range x.all("PodDisruptionBudget") {
+		pdb := p.Value.(*policyv1.PodDisruptionBudget)
+		if p.Namespace != o.Namespace || !selects(pdb.Spec.Selector.MatchLabels, ss.Spec.Template.Labels) {
+			continue
+		}
+		quorum := NATSReplicas/2 + 1
+		if m := pdb.Spec.MinAvailable; m != nil && m.Type == intstr.Int && int(m.IntVal) < quorum {
+			x.fail("%s: minAvailable %d is below the JetStream quorum %d", p, m.IntVal, quorum)
+		}
+		if m := pdb.Spec.MaxUnavailable; m != nil && m.Type == intstr.Int && int(m.IntVal) > NATSReplicas-quorum {
+			x.fail("%s: maxUnavailable %d would break the JetStream quorum", p, m.IntVal)
+		}
+		if pdb.Spec.MinAvailable == nil && pdb.Spec.MaxUnavailable == nil {
+			x.fail("%s: sets neither minAvailable nor maxUnavailable", p)
+		}
+	}
+}
+
+func mapValues(m map[string]string) []string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+func deref(p *int32) any {
+	if p == nil {
+		return "unset"
+	}
+	return *p
+}
+
+// selected returns the workloads a Service selects.
+func (x *kubeIndex) selected(ns string, selector map[string]string) []workload {
+	var out []workload
+	for _, w := range x.workloads {
+		if w.obj.Namespace == ns && selects(selector, w.pod.Labels) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (x *kubeIndex) checkServices() {
+	for _, o := range x.all("Service") {
+		s := o.Value.(*corev1.Service)
+		ws := x.selected(o.Namespace, s.Spec.Selector)
+		if len(ws) == 0 {
+			x.fail("%s: selector %v selects no pods of the manifests", o, s.Spec.Selector)
+			continue
+		}
+		for _, p := range s.Spec.Ports {
+			target := p.TargetPort
+			if target.Type == intstr.Int && target.IntVal == 0 {
+				target = intstr.FromInt32(p.Port)
+			}
+			for _, w := range ws {
+				if !slices.ContainsFunc(w.pod.Spec.Containers, func(c corev1.Container) bool { return hasPort(c, target) }) {
+					x.fail("%s: port %s targets %s, which %s does not expose", o, p.Name, target.String(), w.obj)
+				}
+			}
+		}
+	}
+}
+
+func (x *kubeIndex) checkIngresses() {
+	var edge bool
+	for _, o := range x.all("Ingress") {
+		ing := o.Value.(*networkingv1.Ingress)
+		for _, rule := range ing.Spec.Rules {
+			if rule.HTTP == nil {
+				continue
+			}
+			for _, path := range rule.HTTP.Paths {
+				b := path.Backend.Service
+				if b == nil {
+					x.fail("%s: path %s has no service backend", o, path.Path)
+					continue
+				}
+				so, ok := x.find("Service", o.Namespace, b.Name)
+				if !ok {
+					x.fail("%s: backend Service %q is not in the manifests", o, b.Name)
+					continue
+				}
+				if b.Name != Edge {
+					x.fail("%s: exposes Service %q; only the edge %s is reachable from outside", o, b.Name, Edge)
+				}
+				edge = true
+				s := so.Value.(*corev1.Service)
+				if !slices.ContainsFunc(s.Spec.Ports, func(p corev1.ServicePort) bool {
+					return (b.Port.Name != "" && p.Name == b.Port.Name) || (b.Port.Number != 0 && p.Port == b.Port.Number)
+				}) {
+					x.fail("%s: backend port %+v is not a port of Service %s", o, b.Port, b.Name)
+				}
+			}
+		}
+	}
+	if !edge {
+		x.fail("no Ingress routes to the edge %s", Edge)
+	}
+}
+
+func (x *kubeIndex) checkAutoscalers() {
+	scaled := map[string]string{} // namespace/deployment -> scaler
+	target := func(o Object, kind, name string) {
+		w := x.workload(kind, o.Namespace, name)
+		if kind != "Deployment" || w == nil {
+			x.fail("%s: scale target %s %q is not a Deployment of the manifests", o, kind, name)
+			return
+		}
+		key := o.Namespace + "/" + name
+		if prev, ok := scaled[key]; ok {
+			x.fail("%s and %s both scale Deployment %s", prev, o, name)
+		}
+		scaled[key] = o.String()
+		if w.replicas != nil {
+			x.fail("%s: sets replicas while %s owns the count: every apply would reset it", w.obj, o)
+		}
+	}
+	for _, o := range x.all("HorizontalPodAutoscaler") {
+		h := o.Value.(*autoscalingv2.HorizontalPodAutoscaler)
+		target(o, h.Spec.ScaleTargetRef.Kind, h.Spec.ScaleTargetRef.Name)
+		if h.Spec.MinReplicas == nil || *h.Spec.MinReplicas < 2 {
+			x.fail("%s: minReplicas %v, want at least 2", o, deref(h.Spec.MinReplicas))
+		}
+	}
+	lag := map[string]bool{}
+	for _, o := range x.all("ScaledObject") {
+		so := o.Value.(*ScaledObject)
+		ref := so.Spec.ScaleTargetRef
+		if ref == nil {
+			x.fail("%s: no scaleTargetRef", o)
+			continue
+		}
+		kind := ref.Kind
+		if kind == "" {
+			kind = "Deployment"
+		}
+		target(o, kind, ref.Name)
+		if so.Spec.MinReplicaCount == nil || *so.Spec.MinReplicaCount < 2 {
+			x.fail("%s: minReplicaCount %v, want at least 2 (the PodDisruptionBudget allows one down)", o, deref(so.Spec.MinReplicaCount))
+		}
+		if so.Spec.MaxReplicaCount == nil || *so.Spec.MaxReplicaCount < *cmpOr(so.Spec.MinReplicaCount, 0) {
+			x.fail("%s: maxReplicaCount %v below minReplicaCount", o, deref(so.Spec.MaxReplicaCount))
+		}
+		for _, tr := range so.Spec.Triggers {
+			if tr.Type != "nats-jetstream" {
+				continue
+			}
+			x.checkNATSTrigger(o, tr)
+			want, ok := LagScaled[ref.Name]
+			if ok && tr.Metadata["stream"] == want.Stream && tr.Metadata["consumer"] == want.Consumer {
+				lag[ref.Name] = true
+			}
+		}
+	}
+	for name, want := range LagScaled {
+		if !lag[name] {
+			x.fail("no ScaledObject scales %s on the lag of %s/%s (trigger nats-jetstream)", name, want.Stream, want.Consumer)
+		}
+	}
+	for _, w := range x.workloads {
+		if _, ok := scaled[w.obj.Namespace+"/"+w.obj.Name]; !ok && w.obj.Kind == "Deployment" && (w.replicas == nil || *w.replicas < 2) {
+			x.fail("%s: neither autoscaled nor at 2 or more replicas", w.obj)
+		}
+	}
+	if _, ok := scaled[x.edgeNamespace()+"/"+Edge]; !ok {
+		x.fail("the edge %s has no HorizontalPodAutoscaler", Edge)
+	}
+}
+
+func cmpOr(p *int32, def int32) *int32 {
+	if p == nil {
+		return &def
+	}
+	return p
+}
+
+func (x *kubeIndex) edgeNamespace() string {
+	for _, w := range x.workloads {
+		if w.obj.Name == Edge {
+			return w.obj.Namespace
+		}
+	}
+	return ""
+}
+
+// checkNATSTrigger checks a nats-jetstream trigger. KEDA runs in its own
+// namespace and, with a clustered JetStream, asks the stream leader at
+// <server name>.<endpoint>: the endpoint must be the headless Service of
+// the NATS StatefulSet, fully qualified with the namespace it runs in.
+func (x *kubeIndex) checkNATSTrigger(o Object, tr ScaleTrigger) {
+	for k := range tr.Metadata {
+		if !natsJetStreamMetadata[k] {
+			x.fail("%s: nats-jetstream trigger has unknown metadata %q", o, k)
+		}
+	}
+	for _, k := range []string{"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"} {
+		if tr.Metadata[k] == "" {
+			x.fail("%s: nats-jetstream trigger lacks %s", o, k)
+		}
+	}
+	if v := tr.Metadata["lagThreshold"]; v != "" {
+		if n, err := strconv.Atoi(v); err != nil || n <= 0 {
+			x.fail("%s: lagThreshold %q is not a positive integer", o, v)
+		}
+	}
+	ep := tr.Metadata["natsServerMonitoringEndpoint"]
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		x.fail("%s: natsServerMonitoringEndpoint %q: %v", o, ep, err)
+		return
+	}
+	svc, rest, _ := strings.Cut(host, ".")
+	if rest != o.Namespace+".svc.cluster.local" {
+		x.fail("%s: natsServerMonitoringEndpoint %q, want %s.%s.svc.cluster.local:%s (KEDA resolves it from its own namespace)", o, ep, svc, o.Namespace, port)
+	}
+	s, ok := x.find("Service", o.Namespace, svc)
+	if !ok {
+		x.fail("%s: natsServerMonitoringEndpoint %q names no Service", o, ep)
+		return
+	}
+	if s.Value.(*corev1.Service).Spec.ClusterIP != corev1.ClusterIPNone {
+		x.fail("%s: natsServerMonitoringEndpoint %q is not the headless Service: KEDA cannot reach the stream leader by name", o, ep)
+	}
+	if !slices.ContainsFunc(s.Value.(*corev1.Service).Spec.Ports, func(p corev1.ServicePort) bool { return strconv.Itoa(int(p.Port)) == port }) {
+		x.fail("%s: natsServerMonitoringEndpoint port %s is not a port of Service %s", o, port, svc)
+	}
+}
