@@ -1,0 +1,48 @@
+package manifests
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestServicesReadTheirEnvironment keeps the deployment files and the
+// programs in step: every variable the manifests set for a service must be
+// read by that service's main package (or by the bus helpers it calls),
+// else a deployment would configure nothing, e.g. streams left at one
+// replica or an admin port the probes cannot reach.
+func TestServicesReadTheirEnvironment(t *testing.T) {
+	bus := goSources(t, filepath.Join(repoRoot, "bus"))
+	for _, svc := range Services {
+		t.Run(svc.Name, func(t *testing.T) {
+			src := goSources(t, filepath.Join(repoRoot, svc.Package)) + bus
+			for _, name := range svc.Env {
+				if !strings.Contains(src, `"`+name+`"`) {
+					t.Errorf("%s does not read %s, which docker-compose.yml and deploy/k8s set for it", svc.Package, name)
+				}
+			}
+		})
+	}
+}
+
+// goSources concatenates the non-test Go files of one directory.
+func goSources(t *testing.T, dir string) string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no Go files in %s", dir)
+	}
+	var b strings.Builder
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		text, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(text)
+	}
+	return b.String()
+}
