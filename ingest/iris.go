@@ -498,14 +498,14 @@ func timeWindow(c *fiber.Ctx) (time.Time, time.Time, time.Duration, error) {
 			bucket = d
 		}
 	}
+	// Mirrors the analytics service's bounds so a bad window is 422 even
+	// when analytics is down.
 	if len(details) == 0 {
 		switch {
-		case bucket < time.Second || bucket > 366*24*time.Hour:
-			details = append(details, "bucket: must be between 1s and 8784h")
-		case bucket%time.Second != 0:
-			details = append(details, "bucket: must be a whole number of seconds")
-		case !from.Before(to):
-			details = append(details, "from: must be before to")
+		case bucket < time.Millisecond:
+			details = append(details, "bucket: must be at least 1ms")
+		case from.After(to):
+			details = append(details, "from: must not be after to")
 		case to.Sub(from)/bucket > 100_000:
 			details = append(details, "bucket: too small for the window (more than 100000 buckets)")
 		}
