@@ -33,8 +33,10 @@ func InitRuntime(path string) error {
 			ortErr = fmt.Errorf("%w: ONNXRUNTIME_LIB=%s does not name a file; run `make install` to fetch libonnxruntime.so.1", ErrNoRuntime, path)
 			return
 		}
+		// ORT logs run errors itself; they are returned and logged with
+		// context here, so its own log keeps only fatal messages.
 		ort.SetSharedLibraryPath(path)
-		if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
+		if err := ort.InitializeEnvironment(ort.WithLogLevelFatal()); err != nil {
 			ortErr = fmt.Errorf("%w: loading ONNXRUNTIME_LIB=%s (ONNX Runtime >= 1.24 is needed; `make install` fetches 1.24.1): %v", ErrNoRuntime, path, err)
 		}
 	})

@@ -342,4 +342,3 @@ func TestLayoutsAndAlpha(t *testing.T) {
 		t.Errorf("normalised %v, want %v", dst, want)
 	}
 }
-
