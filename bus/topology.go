@@ -65,13 +65,16 @@ type StreamSpec struct {
 }
 
 // Streams is the table of streams. Limits retention keeps history for
-// replay; the age and size bounds keep a disk from filling.
+// replay; the age and size bounds keep a disk from filling. JetStream
+// reserves MaxBytes up front, so the sum (with the image bucket, about
+// 20 GiB) must fit the server's store; TopologyOptions.MaxBytesScale
+// grows or shrinks every bound together.
 var Streams = []StreamSpec{
-	{StreamAnnotations, "annotations created by users", []string{"gradeline.annotations.>"}, 365 * 24 * time.Hour, 10 << 30},
+	{StreamAnnotations, "annotations created by users", []string{"gradeline.annotations.>"}, 365 * 24 * time.Hour, 2 << 30},
 	{StreamImages, "images submitted for grading", []string{"gradeline.images.>"}, 30 * 24 * time.Hour, 1 << 30},
-	{StreamGrades, "grades completed or failed", []string{"gradeline.grades.>"}, 365 * 24 * time.Hour, 10 << 30},
+	{StreamGrades, "grades completed or failed", []string{"gradeline.grades.>"}, 365 * 24 * time.Hour, 2 << 30},
 	{StreamCatalog, "image catalogue changes", []string{"gradeline.catalog.>"}, 365 * 24 * time.Hour, 1 << 30},
-	{StreamIris, "iris measurement batches", []string{"gradeline.iris.>"}, 30 * 24 * time.Hour, 20 << 30},
+	{StreamIris, "iris measurement batches", []string{"gradeline.iris.>"}, 30 * 24 * time.Hour, 8 << 30},
 	{StreamDeadLetter, "messages consumers gave up on, with the reason", []string{SubjectDeadLetterPrefix + ">"}, 90 * 24 * time.Hour, 1 << 30},
 }
 
@@ -251,7 +254,7 @@ func ImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 		Description: "image bytes referenced by events (claim check)",
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
-		MaxBytes:    20 << 30,
+		MaxBytes:    5 << 30,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)

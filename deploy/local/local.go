@@ -1,0 +1,341 @@
+// Package local runs the whole gradeline pipeline in one process: embedded
+// NATS JetStream, embedded FerretDB and the ClickHouse engine (each only
+// where no URL of a real server is given), and the four services. It is
+// what `make run` starts, and what the end-to-end tests and benchmarks use.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/gradeline/gradeline/analytics"
+	"github.com/gradeline/gradeline/analytics/localch"
+	"github.com/gradeline/gradeline/annotator"
+	"github.com/gradeline/gradeline/annotator/localmongo"
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
+	"github.com/gradeline/gradeline/inference"
+	"github.com/gradeline/gradeline/ingest"
+)
+
+// DefaultSignupCode is the signup code of local mode (the seed's).
+const DefaultSignupCode = "CS193S"
+
+// Config of the local stack. Empty URLs mean "start the embedded server".
+type Config struct {
+	DataDir  string // default ./data
+	HTTPAddr string // default :8080
+	// AdminAddr serves /healthz, /readyz and /metrics of the whole stack
+	// (default 127.0.0.1:9090; "-" for none).
+	AdminAddr string
+
+	NATSURL, MongoURI, ClickHouseDSN string
+	// NATSAddr is where the embedded NATS listens (default 127.0.0.1:4222,
+	// or a free port when that one is taken), so other programs on this
+	// machine can subscribe to the streams.
+	NATSAddr string
+
+	JWTSecret  []byte // default: generated once and kept in DataDir
+	SignupCode string // default DefaultSignupCode
+	ModelsDirs []string
+	ORTLib     string // default $ONNXRUNTIME_LIB
+	// ChdbLauncher is the ClickHouse engine launcher (default $GRADELINE_CHDB_LAUNCHER).
+	ChdbLauncher string
+	// GradeWait and MaxQueueDelay pass through to ingest and inference.
+	GradeWait     time.Duration
+	MaxQueueDelay time.Duration
+
+	Logger *slog.Logger
+	// Registry receives every metric (default a new registry).
+	Registry *prometheus.Registry
+	// OnReady is called once every service is up, with the stack's URLs.
+	OnReady func(Endpoints)
+}
+
+// Endpoints are the URLs of a running stack.
+type Endpoints struct {
+	HTTP, Docs, Admin, NATS, Mongo, ClickHouse string
+}
+
+// Run starts the stack and serves until ctx is cancelled; then the services
+// stop first (finishing the batches in hand) and the servers after them.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.DataDir == "" {
+		cfg.DataDir = "data"
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = ":8080"
+	}
+	if cfg.AdminAddr == "" {
+		cfg.AdminAddr = "127.0.0.1:9090"
+	}
+	if cfg.SignupCode == "" {
+		cfg.SignupCode = DefaultSignupCode
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if err := bus.RegisterMetrics(cfg.Registry); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	dir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("local: data dir: %w", err)
+	}
+	if len(cfg.JWTSecret) == 0 {
+		if cfg.JWTSecret, err = ingest.LoadOrCreateSecret(dir); err != nil {
+			return err
+		}
+	}
+
+	var closers []func()
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+
+	// Servers, embedded only where no URL was given.
+	if cfg.NATSURL == "" {
+		host, port, err := natsAddr(cfg.NATSAddr)
+		if err != nil {
+			return err
+		}
+		log.Info("starting embedded NATS JetStream", "dir", filepath.Join(dir, "nats"))
+		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "nats"), Host: host, Port: port, Name: "gradeline-local"})
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
+		cfg.NATSURL = ns.ClientURL()
+	}
+	if cfg.MongoURI == "" {
+		log.Info("starting embedded FerretDB (MongoDB wire protocol)", "dir", filepath.Join(dir, "mongo"))
+		ms, err := localmongo.Start(ctx, localmongo.Options{Dir: filepath.Join(dir, "mongo"), Addr: "127.0.0.1:0"})
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { _ = ms.Close() })
+		cfg.MongoURI = ms.URI()
+	}
+	if cfg.ClickHouseDSN == "" {
+		log.Info("starting the ClickHouse engine", "dir", filepath.Join(dir, "clickhouse"))
+		ch, err := localch.Start(ctx, localch.Options{Dir: filepath.Join(dir, "clickhouse"), Launcher: cfg.ChdbLauncher, Log: log})
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { _ = ch.Close() })
+		cfg.ClickHouseDSN = ch.DSN()
+	}
+
+	// The edge is built first so its address is known before anything is printed.
+	edge, err := ingest.New(ctx, ingest.Config{
+		Addr: cfg.HTTPAddr, NATSURL: cfg.NATSURL, MongoURI: cfg.MongoURI,
+		JWTSecret: cfg.JWTSecret, SignupCode: cfg.SignupCode, GradeWait: cfg.GradeWait,
+		Logger: log, Registerer: cfg.Registry, Local: true,
+	})
+	if err != nil {
+		return err
+	}
+	defer edge.Close()
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("local: listen %s: %w (set GRADELINE_HTTP_ADDR to another address)", cfg.HTTPAddr, err)
+	}
+
+	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServices()
+	var wg sync.WaitGroup
+	errc := make(chan error, 6)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(svcCtx); err != nil && svcCtx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	inferenceReady := make(chan struct{})
+	run("annotator", func(ctx context.Context) error {
+		return annotator.Run(ctx, annotator.Config{NATSURL: cfg.NATSURL, MongoURI: cfg.MongoURI,
+			Logger: log, Registerer: cfg.Registry})
+	})
+	run("inference", func(ctx context.Context) error {
+		return inference.Run(ctx, inference.Config{NATSURL: cfg.NATSURL, ModelsDirs: cfg.ModelsDirs, ORTLib: cfg.ORTLib,
+			MaxQueueDelay: cfg.MaxQueueDelay, Logger: log, Registerer: cfg.Registry,
+			OnReady: func() { close(inferenceReady) }})
+	})
+	run("analytics", func(ctx context.Context) error {
+		return analytics.Run(ctx, analytics.Config{NATSURL: cfg.NATSURL, ClickHouseDSN: cfg.ClickHouseDSN,
+			Logger: log, Registerer: cfg.Registry})
+	})
+	run("ingest", func(context.Context) error { return edge.Serve(ln) })
+
+	ep := Endpoints{
+		HTTP:       "http://" + displayAddr(ln.Addr()),
+		NATS:       cfg.NATSURL,
+		Mongo:      cfg.MongoURI,
+		ClickHouse: cfg.ClickHouseDSN,
+	}
+	ep.Docs = ep.HTTP + "/docs"
+	if cfg.AdminAddr != "-" {
+		aln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			log.Warn("admin endpoints disabled", "addr", cfg.AdminAddr, "err", err)
+		} else {
+			ep.Admin = "http://" + aln.Addr().String()
+			checks := readiness(cfg)
+			_ = aln.Close()
+			run("admin", func(ctx context.Context) error {
+				return admin.Serve(ctx, cfg.AdminAddr, admin.Handler(cfg.Registry, checks), nil)
+			})
+		}
+	}
+
+	// Ready once the services answer on the bus.
+	select {
+	case <-inferenceReady:
+	case err := <-errc:
+		stopServices()
+		wg.Wait()
+		return err
+	case <-ctx.Done():
+	}
+	if err := waitServices(ctx, cfg.NATSURL); err != nil && ctx.Err() == nil {
+		log.Warn("services not answering yet", "err", err)
+	}
+	if ctx.Err() == nil {
+		log.Info("gradeline is up", "http", ep.HTTP, "docs", ep.Docs, "admin", ep.Admin, "nats", ep.NATS,
+			"mongo", ep.Mongo, "clickhouse", ep.ClickHouse, "data", dir)
+		if cfg.OnReady != nil {
+			cfg.OnReady(ep)
+		}
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		log.Error("service failed; stopping the stack", "err", runErr)
+	}
+	log.Info("shutting down")
+	if err := edge.Shutdown(30 * time.Second); err != nil {
+		log.Warn("ingest shutdown", "err", err)
+	}
+	stopServices()
+	wg.Wait()
+	return runErr
+}
+
+// natsAddr resolves the embedded NATS listen address: the well-known port
+// when it is free, else any free port.
+func natsAddr(addr string) (string, int, error) {
+	if addr == "" {
+		addr = "127.0.0.1:4222"
+		if ln, err := net.Listen("tcp", addr); err != nil {
+			addr = "127.0.0.1:0"
+		} else {
+			_ = ln.Close()
+		}
+	}
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("local: NATS address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("local: NATS address %q: %w", addr, err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
+}
+
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if ok && tcp.IP.IsUnspecified() {
+		return net.JoinHostPort("localhost", strconv.Itoa(tcp.Port))
+	}
+	return a.String()
+}
+
+// readiness checks the three servers the stack depends on.
+func readiness(cfg Config) map[string]admin.Check {
+	return map[string]admin.Check{
+		"nats": func(ctx context.Context) error {
+			nc, err := nats.Connect(cfg.NATSURL, nats.Timeout(time.Second))
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			return nc.FlushWithContext(ctx)
+		},
+		"mongo": func(ctx context.Context) error {
+			c, err := mongo.Connect(options.Client().ApplyURI(cfg.MongoURI).SetServerSelectionTimeout(time.Second))
+			if err != nil {
+				return err
+			}
+			defer c.Disconnect(context.Background())
+			return c.Ping(ctx, nil)
+		},
+		"clickhouse": func(ctx context.Context) error { return pingClickHouse(ctx, cfg.ClickHouseDSN) },
+	}
+}
+
+// waitServices waits until annotator and analytics answer a query, so the
+// stack is usable when "up" is printed.
+func waitServices(ctx context.Context, natsURL string) error {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, subject := range []string{bus.SvcAnnotationsList, bus.SvcModelsList, bus.SvcIrisStats} {
+		for {
+			var req any = struct{}{}
+			switch subject {
+			case bus.SvcAnnotationsList:
+				req = bus.AnnotationsQuery{Page: 1, PerPage: 1}
+			case bus.SvcIrisStats:
+				req = bus.IrisStatsQuery{Func: "count"}
+			}
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := bus.Request[any](rctx, nc, subject, req)
+			cancel()
+			if err == nil || !errors.Is(err, bus.ErrUnavailable) {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return err
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
+}
