@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -89,6 +90,7 @@ func (s *Server) classify(c *fiber.Ctx, err error) *apiError {
 		case http.StatusMethodNotAllowed:
 			return errorf(http.StatusMethodNotAllowed, "method %s is not allowed on %s", c.Method(), c.Path())
 		case http.StatusRequestEntityTooLarge:
+			s.drainRejectedBody(c)
 			return errorf(http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes", s.cfg.MaxBodyBytes)
 		}
 		msg := fe.Message
@@ -106,6 +108,32 @@ func (s *Server) classify(c *fiber.Ctx, err error) *apiError {
 	s.log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err,
 		"request_id", bus.RequestID(c.UserContext()))
 	return errorf(http.StatusInternalServerError, "internal server error")
+}
+
+// drainRejectedBody reads and discards the rest of a body fasthttp
+// rejected for its size before the 413 is written. Without it the
+// connection closes with unread data, the kernel answers the client with a
+// reset, and the client sees "broken pipe" instead of the 413. Bounded in
+// bytes and by an idle timeout.
+func (s *Server) drainRejectedBody(c *fiber.Ctx) {
+	conn := c.Context().Conn()
+	if conn == nil || len(c.Body()) > 0 {
+		return
+	}
+	limit := min(4*s.cfg.MaxBodyBytes, 256<<20)
+	buf := make([]byte, 64<<10)
+	var read int64
+	for read < limit {
+		if err := conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond)); err != nil {
+			return
+		}
+		n, err := conn.Read(buf)
+		read += int64(n)
+		if err != nil {
+			break
+		}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
 }
 
 // decodeJSON decodes one JSON value from data into v. Syntax errors are 400;
