@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -75,20 +74,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Serve listens on addr and serves h until ctx is cancelled. An empty addr
-// serves nothing and returns when ctx ends.
-func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
-	if addr == "" {
-		<-ctx.Done()
-		return nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	if log != nil {
-		log.Info("admin endpoints", "url", "http://"+ln.Addr().String())
-	}
+// Serve serves h on ln until ctx is cancelled, then shuts down gracefully.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -208,11 +208,8 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("admin endpoints disabled", "addr", cfg.AdminAddr, "err", err)
 		} else {
 			ep.Admin = "http://" + aln.Addr().String()
-			checks := readiness(cfg)
-			_ = aln.Close()
-			run("admin", func(ctx context.Context) error {
-				return admin.Serve(ctx, cfg.AdminAddr, admin.Handler(cfg.Registry, checks), nil)
-			})
+			h := admin.Handler(cfg.Registry, readiness(cfg))
+			run("admin", func(ctx context.Context) error { return admin.Serve(ctx, aln, h) })
 		}
 	}
 
