@@ -7,7 +7,6 @@ package mlp
 import (
 	"math"
 	"math/rand/v2"
-	"runtime"
 	"sync"
 
 	"github.com/gradeline/gradeline/inference/onnxpb"
@@ -91,16 +90,22 @@ type Options struct {
 	Progress func(epoch int, loss float64)
 }
 
+// shares is how many parts a minibatch is split into, each on its own
+// goroutine. It is fixed, not the number of cores, so that the order of
+// floating-point sums, and thus the trained network, is the same on every
+// machine.
+const shares = 4
+
 // Train fits the network to xs (each In values) and labels. The batch is
-// split over the cores in fixed shares and the shares' gradients summed in
-// order, so a seed gives the same network on any machine of the same arch.
+// split in fixed shares whose gradients are summed in order, so a seed
+// gives the same network on any machine of the same architecture.
 func (n *Net) Train(xs [][]float32, labels []int, o Options) {
 	r := rand.New(rand.NewPCG(o.Seed, 1))
 	order := make([]int, len(xs))
 	for i := range order {
 		order[i] = i
 	}
-	workers := max(1, runtime.GOMAXPROCS(0))
+	workers := shares
 	grads := make([]*grad, workers)
 	for w := range grads {
 		grads[w] = n.newGrad()
