@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -269,7 +270,7 @@ func parseWait(v string, def time.Duration) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if err != nil {
 		secs, ferr := strconv.ParseFloat(v, 64)
-		if ferr != nil {
+		if ferr != nil || math.IsNaN(secs) || secs < 0 || secs > maxGradeWait.Seconds() {
 			return 0, invalid("invalid query", "wait: seconds (e.g. 5) or a duration (e.g. 1500ms)")
 		}
 		d = time.Duration(secs * float64(time.Second))

@@ -106,20 +106,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.app = fiber.New(fiber.Config{
-		AppName:               "gradeline-ingest",
-		BodyLimit:             int(max(cfg.MaxBodyBytes, maxAnnotationBody)),
-		ErrorHandler:          s.handleError,
-		DisableStartupMessage: true,
-		ReadTimeout:           2 * time.Minute,
-		WriteTimeout:          2 * time.Minute,
-		IdleTimeout:           2 * time.Minute,
-		ReadBufferSize:        16 << 10,
-	})
-	s.app.Use(s.observe)
-	s.app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
-		s.log.Error("panic in handler", "path", c.Path(), "panic", fmt.Sprint(e), "request_id", bus.RequestID(c.UserContext()))
-	}}))
+	s.app = s.newApp()
 	s.routes = s.routeTable()
 	s.routeSet = map[string]struct{}{}
 	for _, r := range s.routes {
@@ -136,6 +123,29 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+// newApp builds the Fiber app with the error handler and the middleware
+// every route shares (request id and trace, access log, metrics, recover).
+func (s *Server) newApp() *fiber.App {
+	app := fiber.New(fiber.Config{
+		AppName: "gradeline-ingest",
+		// Fiber hands out strings that alias reused buffers; some values
+		// outlive the request (metric labels, limiter keys), so copy them.
+		Immutable:             true,
+		BodyLimit:             int(max(s.cfg.MaxBodyBytes, maxAnnotationBody)),
+		ErrorHandler:          s.handleError,
+		DisableStartupMessage: true,
+		ReadTimeout:           2 * time.Minute,
+		WriteTimeout:          2 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		ReadBufferSize:        16 << 10,
+	})
+	app.Use(s.observe)
+	app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
+		s.log.Error("panic in handler", "path", c.Path(), "panic", fmt.Sprint(e), "request_id", bus.RequestID(c.UserContext()))
+	}}))
+	return app
 }
 
 // App returns the Fiber application.

@@ -1,0 +1,192 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func bareServer(t *testing.T) *Server {
+	t.Helper()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Server{cfg: Config{MaxBodyBytes: DefaultMaxBodyBytes}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		metrics: m, routeSet: map[string]struct{}{}}
+}
+
+func TestRecoveredPanicIsJSON(t *testing.T) {
+	s := bareServer(t)
+	app := s.newApp()
+	app.Get("/boom", func(*fiber.Ctx) error { panic("kaboom") })
+	res, err := app.Test(httptest.NewRequest("GET", "/boom", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body errorBody
+	if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != 500 || body.Code != 500 || body.Message == "" || strings.Contains(body.Message, "kaboom") {
+		t.Fatalf("%d %+v", res.StatusCode, body)
+	}
+	if !strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") || res.Header.Get("X-Request-Id") == "" {
+		t.Fatalf("headers %v", res.Header)
+	}
+}
+
+func TestFailureLimiterSlidingWindow(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newFailureLimiter(3, time.Minute)
+	l.now = func() time.Time { return now }
+	for i := 0; i < 3; i++ {
+		if l.blocked("k") != 0 {
+			t.Fatalf("blocked after %d failures", i)
+		}
+		l.fail("k")
+		now = now.Add(10 * time.Second)
+	}
+	// Failures at 0s, 10s, 20s; now 30s: blocked until the first ages out at 60s.
+	if got := l.blocked("k"); got != 30*time.Second {
+		t.Fatalf("wait %v, want 30s", got)
+	}
+	if l.blocked("other") != 0 {
+		t.Fatal("keys are independent")
+	}
+	now = now.Add(30 * time.Second)
+	if got := l.blocked("k"); got != 0 {
+		t.Fatalf("still blocked %v after the window slid", got)
+	}
+	l.fail("k") // 60s: failures at 10, 20, 60 -> blocked until 70s
+	if got := l.blocked("k"); got != 10*time.Second {
+		t.Fatalf("wait %v, want 10s", got)
+	}
+	l.reset("k")
+	if l.blocked("k") != 0 {
+		t.Fatal("reset")
+	}
+	// Key spraying is bounded.
+	l.maxKeys = 10
+	for i := 0; i < 100; i++ {
+		l.fail(strings.Repeat("x", i+1))
+	}
+	if len(l.keys) > 10 {
+		t.Fatalf("%d keys kept", len(l.keys))
+	}
+}
+
+func TestPasswordHash(t *testing.T) {
+	h, err := newHasher(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	phc, err := h.hash(ctx, "correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(phc, "$argon2id$v=19$m=19456,t=2,p=1$") {
+		t.Fatalf("PHC %q", phc)
+	}
+	other, _ := h.hash(ctx, "correct horse")
+	if other == phc {
+		t.Fatal("salt is not random")
+	}
+	if ok, err := h.verify(ctx, phc, "correct horse"); !ok || err != nil {
+		t.Fatalf("verify: %v %v", ok, err)
+	}
+	if ok, _ := h.verify(ctx, phc, "correct horsE"); ok {
+		t.Fatal("wrong password verified")
+	}
+	for _, bad := range []string{"", "plain", "$argon2i$v=19$m=1,t=1,p=1$AA$AA", "$argon2id$v=19$m=99999999,t=1,p=1$AAAA$AAAA", strings.Replace(phc, "v=19", "v=16", 1)} {
+		if ok, err := h.verify(ctx, bad, "x"); ok || err == nil {
+			t.Fatalf("malformed hash %q accepted", bad)
+		}
+	}
+}
+
+func TestLoadOrCreateSecret(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	a, err := LoadOrCreateSecret(dir)
+	if err != nil || len(a) != 32 {
+		t.Fatalf("%v %d", err, len(a))
+	}
+	st, err := os.Stat(filepath.Join(dir, secretFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v %v", st.Mode(), err)
+	}
+	b, err := LoadOrCreateSecret(dir)
+	if err != nil || string(a) != string(b) {
+		t.Fatal("secret not reused")
+	}
+	_ = os.Chmod(filepath.Join(dir, secretFile), 0o644)
+	if _, err := LoadOrCreateSecret(dir); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, secretFile)); st.Mode().Perm() != 0o600 {
+		t.Fatalf("open permissions not tightened: %v", st.Mode())
+	}
+	if err := os.WriteFile(filepath.Join(dir, secretFile), []byte("abcd\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateSecret(dir); err == nil {
+		t.Fatal("short secret accepted")
+	}
+	if _, err := LoadOrCreateSecret(""); err == nil {
+		t.Fatal("empty dir accepted")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	base := Config{NATSURL: "nats://x", MongoURI: "mongodb://x", JWTSecret: make([]byte, 32), SignupCode: "c"}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"short secret", func(c *Config) { c.JWTSecret = []byte("short") }, "JWTSecret"},
+		{"no signup code", func(c *Config) { c.SignupCode = "" }, "SignupCode"},
+		{"no nats", func(c *Config) { c.NATSURL = "" }, "NATSURL"},
+		{"no mongo", func(c *Config) { c.MongoURI = "" }, "MongoURI"},
+	} {
+		c := base
+		tc.mutate(&c)
+		if _, err := c.withDefaults(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if _, err := New(context.Background(), c); err == nil {
+			t.Fatalf("%s: New accepted it", tc.name)
+		}
+	}
+	local := base
+	local.SignupCode, local.Local = "", true
+	got, err := local.withDefaults()
+	if err != nil || got.SignupCode != LocalSignupCode || got.MaxBodyBytes != 20<<20 || got.GradeWait != 10*time.Second || got.Addr != ":8080" {
+		t.Fatalf("%+v %v", got, err)
+	}
+}
+
+func TestParseWait(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": 7 * time.Second, "0": 0, "5": 5 * time.Second, "1.5": 1500 * time.Millisecond, "250ms": 250 * time.Millisecond, "60s": time.Minute} {
+		got, err := parseWait(in, 7*time.Second)
+		if err != nil || got != want {
+			t.Fatalf("%q: %v %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"-1", "abc", "61s", "1h", "NaN"} {
+		if _, err := parseWait(in, time.Second); err == nil {
+			t.Fatalf("%q accepted", in)
+		}
+	}
+}
