@@ -84,7 +84,35 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "annotator:", err, runErr)
 		return 1
 	}
+	defer func() {
+		for i := len(stopServices) - 1; i >= 0; i-- {
+			stopServices[i]()
+		}
+	}()
 	return m.Run()
+}
+
+// stopServices stops the real services tests started lazily.
+var stopServices []func()
+
+// startService runs a real service on the shared NATS until the tests end
+// and waits until it answers on subject.
+func startService(name string, run func(context.Context) error, subject string, req any) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var runErr error
+	go func() {
+		defer close(done)
+		runErr = run(ctx)
+	}()
+	stopServices = append(stopServices, func() {
+		cancel()
+		<-done
+	})
+	if err := waitService(subject, req, done); err != nil {
+		return fmt.Errorf("%s: %w (Run returned: %v)", name, err, runErr)
+	}
+	return nil
 }
 
 // waitService waits until a query service answers on subject.
