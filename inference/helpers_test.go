@@ -23,7 +23,7 @@ import (
 var quiet = slog.New(slog.DiscardHandler)
 
 // testRegistry loads the built-in models plus dirs.
-func testRegistry(t *testing.T, dirs ...string) *Registry {
+func testRegistry(t testing.TB, dirs ...string) *Registry {
 	t.Helper()
 	r, err := LoadRegistry(RegistryOptions{Dirs: dirs, ORTLib: testenv.ORTLib(t), Logger: quiet})
 	if err != nil {
@@ -33,7 +33,7 @@ func testRegistry(t *testing.T, dirs ...string) *Registry {
 	return r
 }
 
-func mustModel(t *testing.T, r *Registry, name string) *Model {
+func mustModel(t testing.TB, r *Registry, name string) *Model {
 	t.Helper()
 	m, ok := r.Model(name)
 	if !ok {
@@ -49,7 +49,7 @@ var (
 )
 
 // heldOutDigits returns the held-out scikit-learn digits.
-func heldOutDigits(t *testing.T) *datasets.Set {
+func heldOutDigits(t testing.TB) *datasets.Set {
 	t.Helper()
 	dir := testenv.DatasetsDir(t)
 	digitsOnce.Do(func() { digitsTrain, digitsSet, digitsErr = datasets.Digits(dir) })
@@ -112,7 +112,7 @@ func readFile(t testing.TB, path string) []byte {
 // labels [healthy, unhealthy], logits output. It calls an image unhealthy
 // when it is redder than it is green: logits = 10*(G-R, R-G) of the mean
 // colour (a real, checkable rule, which a random model would not be).
-func writeHealthModel(t *testing.T, dir, name string) {
+func writeHealthModel(t testing.TB, dir, name string) {
 	t.Helper()
 	g := onnxpb.Graph{
 		Name: "redness",
@@ -143,7 +143,7 @@ owner: the tests   # an extra key, allowed
 	writeModelDir(t, filepath.Join(dir, name), m.Marshal(), yaml)
 }
 
-func writeModelDir(t *testing.T, dir string, onnx []byte, yaml string) {
+func writeModelDir(t testing.TB, dir string, onnx []byte, yaml string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)

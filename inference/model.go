@@ -213,7 +213,7 @@ func (m *Model) scores(v []float32) {
 
 // newModel validates the ONNX graph against the manifest and creates the
 // session.
-func newModel(man *Manifest, onnx []byte, source string) (*Model, error) {
+func newModel(man *Manifest, onnx []byte, source string, threads int) (*Model, error) {
 	ins, outs, err := ort.GetInputOutputInfoWithONNXData(onnx)
 	if err != nil {
 		return nil, fmt.Errorf("model.onnx: %w", err)
@@ -227,6 +227,15 @@ func newModel(man *Manifest, onnx []byte, source string) (*Model, error) {
 		return nil, fmt.Errorf("session options: %w", err)
 	}
 	defer opts.Destroy()
+	// ORT's worker threads spin while waiting for work by default, which
+	// takes cores from decoding and NATS; and the service already runs
+	// images in parallel, so by default one ORT call uses one thread.
+	if err := opts.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
+		return nil, fmt.Errorf("session options: %w", err)
+	}
+	if err := opts.SetIntraOpNumThreads(max(threads, 1)); err != nil {
+		return nil, fmt.Errorf("session options: %w", err)
+	}
 	s, err := ort.NewDynamicAdvancedSessionWithONNXData(onnx, []string{man.Input.Name}, []string{man.Output.Name}, opts)
 	if err != nil {
 		return nil, fmt.Errorf("model.onnx: session: %w", err)

@@ -37,13 +37,18 @@ type RegistryOptions struct {
 	ORTLib string
 	// NoBuiltin leaves out the built-in models.
 	NoBuiltin bool
-	Logger    *slog.Logger
+	// Threads is the number of threads of one ONNX Runtime call (0 = 1:
+	// the service decodes and grades batches in parallel already; a
+	// larger value lowers the latency of big models on idle machines).
+	Threads int
+	Logger  *slog.Logger
 }
 
 // Registry holds the loaded models by name.
 type Registry struct {
-	models map[string]*Model
-	broken map[string]error
+	models  map[string]*Model
+	broken  map[string]error
+	threads int
 }
 
 // LoadRegistry loads every model. A broken model is logged by name, kept
@@ -56,7 +61,7 @@ func LoadRegistry(opt RegistryOptions) (*Registry, error) {
 	if err := InitRuntime(opt.ORTLib); err != nil {
 		return nil, err
 	}
-	r := &Registry{models: map[string]*Model{}, broken: map[string]error{}}
+	r := &Registry{models: map[string]*Model{}, broken: map[string]error{}, threads: opt.Threads}
 	if !opt.NoBuiltin {
 		r.loadFolder(BuiltinModels(), "builtin", log)
 	}
@@ -130,7 +135,7 @@ func (r *Registry) loadModel(fsys fs.FS, dir, dirName, where string, log *slog.L
 	if err != nil {
 		return fail(man.Name, fmt.Errorf("model.onnx: %w", err))
 	}
-	m, err := newModel(man, onnx, where)
+	m, err := newModel(man, onnx, where, r.threads)
 	if err != nil {
 		return fail(man.Name, err)
 	}

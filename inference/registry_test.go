@@ -111,7 +111,7 @@ func TestScoresArePerLabelProbabilities(t *testing.T) {
 
 // userDir is a models folder as a user would make it: one good two-class
 // RGB model and several broken ones.
-func userDir(t *testing.T) string {
+func userDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	writeHealthModel(t, dir, "retina-health")

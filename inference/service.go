@@ -6,13 +6,11 @@
 package inference
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -88,7 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	s := &server{reg: reg, js: js, store: store, log: log, m: newMetrics(cfg.Registerer)}
+	s := &server{reg: reg, js: js, objects: newObjectReader(ctx, js, store), log: log, m: newMetrics(cfg.Registerer)}
 	s.m.models.Set(float64(len(reg.models)))
 
 	svc, err := bus.AddService(nc, "inference", "1.0.0", "lists the models the inference service grades with",
@@ -121,11 +119,11 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 type server struct {
-	reg   *Registry
-	js    jetstream.JetStream
-	store jetstream.ObjectStore
-	log   *slog.Logger
-	m     *metrics
+	reg     *Registry
+	js      jetstream.JetStream
+	objects *objectReader
+	log     *slog.Logger
+	m       *metrics
 }
 
 func (s *server) modelInfos() []bus.ModelInfo {
@@ -255,38 +253,26 @@ func (j *job) failWith(kind, reason string) { j.failKind, j.fail = kind, reason 
 // error is returned (the store is unavailable).
 func (s *server) fetch(ctx context.Context, j *job) error {
 	ref := j.ev.Image
-	obj, err := s.store.Get(ctx, ref.Object)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			j.failWith(failMissingObject, fmt.Sprintf("image object %q not found in bucket %s", ref.Object, bus.ImageBucket))
-			return nil
-		}
-		return fmt.Errorf("object %s: %w", ref.Object, err)
-	}
-	defer obj.Close()
-	info, err := obj.Info()
-	if err != nil {
-		return fmt.Errorf("object %s: %w", ref.Object, err)
-	}
-	if info.Size > MaxImageBytes {
-		j.failWith(failUndecodable, fmt.Sprintf("image of %d bytes exceeds the limit of %d", info.Size, MaxImageBytes))
+	data, err := s.objects.read(ctx, ref.Object, MaxImageBytes)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		j.failWith(failMissingObject, fmt.Sprintf("image object %q not found in bucket %s", ref.Object, bus.ImageBucket))
 		return nil
-	}
-	var buf bytes.Buffer
-	buf.Grow(int(info.Size))
-	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(&buf, h), obj); err != nil {
-		if errors.Is(err, jetstream.ErrDigestMismatch) {
-			j.failWith(failChecksum, fmt.Sprintf("image object %q is corrupt: %v", ref.Object, err))
-			return nil
-		}
+	case errors.Is(err, errTooLarge):
+		j.failWith(failUndecodable, err.Error())
+		return nil
+	case errors.Is(err, jetstream.ErrDigestMismatch):
+		j.failWith(failChecksum, fmt.Sprintf("image object %q is corrupt: %v", ref.Object, err))
+		return nil
+	case err != nil:
 		return fmt.Errorf("object %s: %w", ref.Object, err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(got, ref.SHA256) {
+	sum := sha256.Sum256(data)
+	if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
 		j.failWith(failChecksum, fmt.Sprintf("image object %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256))
 		return nil
 	}
-	j.data = buf.Bytes()
+	j.data = data
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -57,18 +58,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func getStack(t *testing.T) *stack {
+func getStack(t testing.TB) *stack {
 	t.Helper()
 	lib := testenv.ORTLib(t)
 	users := userDir(t) // removed with the test that started the stack: the models are loaded by then
-	stackOnce.Do(func() { theStack, stackErr = startStack(lib, users) })
+	// A queue delay long enough that concurrent submissions share batches.
+	stackOnce.Do(func() { theStack, stackErr = startStack(lib, 20*time.Millisecond, users) })
 	if stackErr != nil {
 		t.Fatal(stackErr)
 	}
 	return theStack
 }
 
-func startStack(lib string, modelsDirs ...string) (*stack, error) {
+func startStack(lib string, delay time.Duration, modelsDirs ...string) (*stack, error) {
 	tmp, err := os.MkdirTemp("", "inference-test-")
 	if err != nil {
 		return nil, err
@@ -91,8 +93,7 @@ func startStack(lib string, modelsDirs ...string) (*stack, error) {
 	go func() {
 		s.done <- Run(ctx, Config{
 			NATSURL: ns.ClientURL(), ModelsDirs: modelsDirs, ORTLib: lib,
-			// Long enough that concurrent submissions share batches.
-			MaxQueueDelay: 20 * time.Millisecond,
+			MaxQueueDelay: delay,
 			Logger:        log, Registerer: s.metrics,
 			OnReady: func() { close(ready) },
 		})
@@ -148,7 +149,7 @@ func (s *stack) close() {
 }
 
 // put stores bytes in the image bucket and returns their reference.
-func (s *stack) put(t *testing.T, data []byte) bus.ImageRef {
+func (s *stack) put(t testing.TB, data []byte) bus.ImageRef {
 	t.Helper()
 	sum := sha256.Sum256(data)
 	name := "images/" + bus.NewID()
@@ -159,7 +160,7 @@ func (s *stack) put(t *testing.T, data []byte) bus.ImageRef {
 }
 
 // submit publishes an ImageSubmitted event for ref and returns its id.
-func (s *stack) submit(t *testing.T, model string, ref bus.ImageRef) string {
+func (s *stack) submit(t testing.TB, model string, ref bus.ImageRef) string {
 	t.Helper()
 	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: bus.NewID(), Owner: "tester", Model: model, Image: ref}
 	if _, err := bus.Publish(t.Context(), s.js, ev); err != nil {
@@ -169,7 +170,7 @@ func (s *stack) submit(t *testing.T, model string, ref bus.ImageRef) string {
 }
 
 // outcome waits for the first outcome event of a grade.
-func (s *stack) outcome(t *testing.T, gradeID string) bus.Event {
+func (s *stack) outcome(t testing.TB, gradeID string) bus.Event {
 	t.Helper()
 	// A bound so a lost message fails the test instead of hanging it.
 	deadline := time.After(2 * time.Minute)
@@ -188,7 +189,7 @@ func (s *stack) outcome(t *testing.T, gradeID string) bus.Event {
 	}
 }
 
-func (s *stack) completed(t *testing.T, gradeID string) *bus.GradeCompleted {
+func (s *stack) completed(t testing.TB, gradeID string) *bus.GradeCompleted {
 	t.Helper()
 	ev := s.outcome(t, gradeID)
 	c, ok := ev.(*bus.GradeCompleted)
@@ -198,7 +199,7 @@ func (s *stack) completed(t *testing.T, gradeID string) *bus.GradeCompleted {
 	return c
 }
 
-func (s *stack) failed(t *testing.T, gradeID string) *bus.GradeFailed {
+func (s *stack) failed(t testing.TB, gradeID string) *bus.GradeFailed {
 	t.Helper()
 	ev := s.outcome(t, gradeID)
 	f, ok := ev.(*bus.GradeFailed)
@@ -208,7 +209,7 @@ func (s *stack) failed(t *testing.T, gradeID string) *bus.GradeFailed {
 	return f
 }
 
-func checkScores(t *testing.T, g *bus.GradeCompleted, labels []string) {
+func checkScores(t testing.TB, g *bus.GradeCompleted, labels []string) {
 	t.Helper()
 	var sum float64
 	for _, l := range labels {
@@ -359,7 +360,7 @@ func TestDynamicBatching(t *testing.T) {
 // counter waits until the labelled counter of the service's registry
 // reaches at least want and returns it. The service counts an event after
 // its publish returns, which may be after a subscriber has seen it.
-func (s *stack) counter(t *testing.T, name, label string, want float64) float64 {
+func (s *stack) counter(t testing.TB, name, label string, want float64) float64 {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -371,7 +372,7 @@ func (s *stack) counter(t *testing.T, name, label string, want float64) float64 
 	}
 }
 
-func (s *stack) read(t *testing.T, name, label string) float64 {
+func (s *stack) read(t testing.TB, name, label string) float64 {
 	t.Helper()
 	mfs, err := s.metrics.Gather()
 	if err != nil {
@@ -579,7 +580,7 @@ input: {name: x, layout: NCHW, width: 2, height: 1, channels: 1}
 output: {name: y, kind: logits}
 labels: [a, b, c, d, e, f, g]
 `)
-	s, err := startStack(testenv.ORTLib(t), dir)
+	s, err := startStack(testenv.ORTLib(t), 20*time.Millisecond, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,5 +608,41 @@ labels: [a, b, c, d, e, f, g]
 	s.mu.Unlock()
 	if n != 0 {
 		t.Errorf("a failing run published %d outcomes; it should be retried", n)
+	}
+}
+
+// Objects are read whole through direct gets and through the Get fallback,
+// whatever their number of chunks.
+func TestObjectReader(t *testing.T) {
+	s := getStack(t)
+	direct := newObjectReader(t.Context(), s.js, s.store)
+	if direct.stream == nil {
+		t.Fatal("the image bucket's stream does not allow direct gets")
+	}
+	fallback := &objectReader{store: s.store}
+	for _, size := range []int{0, 1, 128 << 10, 128<<10 + 1, 700 << 10} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i * 7 / 3)
+		}
+		ref := s.put(t, data)
+		for name, r := range map[string]*objectReader{"direct": direct, "fallback": fallback} {
+			got, err := r.read(t.Context(), ref.Object, MaxImageBytes)
+			if err != nil || string(got) != string(data) {
+				t.Errorf("%s, %d bytes: read %d bytes, %v", name, size, len(got), err)
+			}
+			if size > 1 {
+				if _, err := r.read(t.Context(), ref.Object, int64(size-1)); !errors.Is(err, errTooLarge) {
+					t.Errorf("%s: over the limit: %v", name, err)
+				}
+			}
+		}
+	}
+	ref := s.put(t, []byte("soon deleted"))
+	if err := s.store.Delete(t.Context(), ref.Object); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.read(t.Context(), ref.Object, MaxImageBytes); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("deleted object: %v", err)
 	}
 }

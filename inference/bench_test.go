@@ -1,0 +1,105 @@
+package inference
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gradeline/gradeline/inference/internal/datasets"
+	"github.com/gradeline/gradeline/inference/internal/testenv"
+)
+
+// fashionPNGs returns n Fashion-MNIST test images as PNG files.
+func fashionPNGs(b *testing.B, n int) [][]byte {
+	_, test, err := datasets.Fashion(testenv.DatasetsDir(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = encodePNG(b, test.Image(i))
+	}
+	return out
+}
+
+// ONNX Runtime alone on preprocessed inputs, and decode + preprocess +
+// ONNX Runtime, at batch 1 and 32: the baselines of the pipeline.
+func BenchmarkFashion(b *testing.B) {
+	m := mustModel(b, testRegistry(b), "fashion")
+	pngs := fashionPNGs(b, 32)
+	inputs := make([][]float32, len(pngs))
+	for i, p := range pngs {
+		var err error
+		if inputs[i], err = m.Preprocess(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("preprocess", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			if _, err := m.Preprocess(pngs[i%len(pngs)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, n := range []int{1, 32} {
+		b.Run(fmt.Sprintf("ort/batch=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := m.Run(inputs[:n]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/image")
+		})
+		b.Run(fmt.Sprintf("grade/batch=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := m.Grade(b.Context(), pngs[:n]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/image")
+		})
+	}
+}
+
+// A grade through JetStream: store the bytes, publish the submission,
+// wait for the outcome event; at 1 and 32 concurrent clients, with the
+// default queue delay.
+func BenchmarkBusGrade(b *testing.B) {
+	s, err := startStack(testenv.ORTLib(b), DefaultMaxQueueDelay)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.close()
+	pngs := fashionPNGs(b, 64)
+	for _, clients := range []int{1, 32} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			var mu sync.Mutex
+			var lat []time.Duration
+			next := make(chan int)
+			var wg sync.WaitGroup
+			for range clients {
+				wg.Go(func() {
+					for i := range next {
+						start := time.Now()
+						id := s.submit(b, "fashion", s.put(b, pngs[i%len(pngs)]))
+						s.completed(b, id)
+						mu.Lock()
+						lat = append(lat, time.Since(start))
+						mu.Unlock()
+					}
+				})
+			}
+			for i := 0; b.Loop(); i++ {
+				next <- i
+			}
+			close(next)
+			wg.Wait()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(len(lat))/b.Elapsed().Seconds(), "grades/s")
+		})
+	}
+}
