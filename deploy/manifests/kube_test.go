@@ -104,6 +104,7 @@ func TestKubernetesBadInput(t *testing.T) {
 		{name: "service selects nothing", file: "base/inference.yaml", old: "spec:\n  selector:\n    app.kubernetes.io/name: inference", new: "spec:\n  selector:\n    app.kubernetes.io/name: inferense", want: "selects no pods"},
 		{name: "no pdb", file: "base/analytics.yaml", old: "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: analytics", new: "  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: analytic", want: "analytics: no PodDisruptionBudget selects its pods"},
 		{name: "unpinned image", file: "overlays/production/kustomization.yaml", old: "    newTag: \"0.1.0\"\n  - name: gradeline/annotator", new: "    newTag: latest\n  - name: gradeline/annotator", want: "has no release tag or digest"},
+		{name: "fallback without AverageValue", file: "base/inference.yaml", old: "      metricType: AverageValue\n", new: "", want: "fallback needs metricType AverageValue"},
 		{name: "writable root", file: "base/nats.yaml", old: "readOnlyRootFilesystem: true", new: "readOnlyRootFilesystem: false", want: "readOnlyRootFilesystem is not true"},
 	}
 	for _, tt := range tests {

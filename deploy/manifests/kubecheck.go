@@ -528,6 +528,10 @@ func (x *kubeIndex) checkAutoscalers() {
 			x.fail("%s: maxReplicaCount %v below minReplicaCount", o, deref(so.Spec.MaxReplicaCount))
 		}
 		for _, tr := range so.Spec.Triggers {
+			// KEDA's admission webhook refuses a fallback otherwise.
+			if so.Spec.Fallback != nil && tr.MetricType != autoscalingv2.AverageValueMetricType {
+				x.fail("%s: fallback needs metricType AverageValue on every trigger, %s has %q", o, tr.Type, tr.MetricType)
+			}
 			if tr.Type != "nats-jetstream" {
 				continue
 			}
