@@ -96,7 +96,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.mongo, err = mongo.Connect(options.Client().ApplyURI(cfg.MongoURI).
-		SetServerSelectionTimeout(10 * time.Second).SetAppName("gradeline-ingest"))
+		SetServerSelectionTimeout(5 * time.Second).SetAppName("gradeline-ingest"))
 	if err != nil {
 		return nil, fmt.Errorf("ingest: mongo: %w", err)
 	}
