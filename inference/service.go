@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -53,6 +54,13 @@ const DefaultMaxQueueDelay = time.Millisecond
 
 // MaxImageBytes bounds the image object the service reads.
 const MaxImageBytes = 64 << 20
+
+// Bounds of one consumed batch: images fetched at once, and messages per
+// batch whatever the models' max_batch (their chunks are smaller anyway).
+const (
+	fetchers        = 16
+	maxConsumeBatch = 256
+)
 
 // Run connects to NATS, ensures the topology, loads the models and grades
 // submitted images until ctx is cancelled; it then finishes the batch in
@@ -103,6 +111,7 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, m := range reg.Models() {
 		maxBatch = max(maxBatch, m.MaxBatch)
 	}
+	maxBatch = min(maxBatch, maxConsumeBatch)
 	if cfg.OnReady != nil {
 		cfg.OnReady()
 	}
@@ -170,10 +179,13 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 	}
 
 	start := time.Now()
-	// Fetching is I/O: more requests in flight than cores.
+	// Fetching is I/O, so many are in flight; decoding is CPU-bound, so a
+	// semaphore keeps one decode per core. An image is decoded as soon as
+	// it arrives, and at most fetchers raw images are held at once.
 	var fetchErr error
 	var mu sync.Mutex
-	parallelN(ctx, len(jobs), 16, func(i int) {
+	decoders := make(chan struct{}, runtime.GOMAXPROCS(0))
+	parallelN(ctx, len(jobs), fetchers, func(i int) {
 		j := jobs[i]
 		if j.skip || j.fail != "" {
 			return
@@ -182,26 +194,26 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 			mu.Lock()
 			fetchErr = errors.Join(fetchErr, err)
 			mu.Unlock()
-		}
-	})
-	if fetchErr != nil {
-		// The object store is unreachable: nak the whole batch, no
-		// delivery limit, nothing lost.
-		return fmt.Errorf("inference: fetch images: %w", fetchErr)
-	}
-	// Decoding is CPU-bound: one worker per core.
-	parallel(ctx, len(jobs), func(i int) {
-		j := jobs[i]
-		if j.skip || j.fail != "" {
 			return
 		}
+		if j.fail != "" {
+			return
+		}
+		decoders <- struct{}{}
+		defer func() { <-decoders }()
 		in := make([]float32, j.model.pre.size())
 		if err := j.model.pre.bytes(j.data, in); err != nil {
 			j.failWith(failUndecodable, err.Error())
-			return
+		} else {
+			j.input = in
 		}
-		j.input, j.data = in, nil
+		j.data = nil
 	})
+	if fetchErr != nil {
+		// The object store is unreachable: nak the whole batch, with no
+		// delivery limit, so nothing is lost during an outage.
+		return fmt.Errorf("inference: fetch images: %w", fetchErr)
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
