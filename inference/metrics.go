@@ -22,6 +22,7 @@ const (
 	failUnknownModel  = "unknown_model"
 	failMissingObject = "missing_object"
 	failChecksum      = "checksum"
+	failModelOutput   = "model_output"
 )
 
 func newMetrics(r prometheus.Registerer) *metrics {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"strings"
 	"sync"
@@ -251,6 +252,13 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 			s.m.batchSize.WithLabelValues(m.Name).Observe(float64(len(chunk)))
 			s.m.inference.WithLabelValues(m.Name).Observe(preds[0].Inference.Seconds())
 			for i, j := range chunk {
+				if bad := nonFinite(preds[i].Scores); bad >= 0 {
+					// The same input gives the same output: final, like an
+					// undecodable image (and NaN cannot be sent as JSON).
+					j.failWith(failModelOutput, fmt.Sprintf("model %s produced a non-finite score (%v) for label %q",
+						m.Name, preds[i].Scores[bad], m.Labels[bad]))
+					continue
+				}
 				j.pred = &preds[i]
 			}
 		}
@@ -259,6 +267,16 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 }
 
 func (j *job) failWith(kind, reason string) { j.failKind, j.fail = kind, reason }
+
+// nonFinite returns the index of the first NaN or infinite score, or -1.
+func nonFinite(v []float32) int {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return i
+		}
+	}
+	return -1
+}
 
 // fetch reads the image bytes named by the event and checks their digest.
 // A missing object or a wrong digest is final (a GradeFailed); any other

@@ -563,8 +563,9 @@ func TestRunConfigErrors(t *testing.T) {
 }
 
 // A model that fails in ONNX Runtime is retried with backoff, publishes
-// nothing meanwhile, and does not hold up the other models.
-func TestRuntimeFailureIsRetried(t *testing.T) {
+// nothing meanwhile, and does not hold up the other models; a model whose
+// scores are not numbers fails the grade with the reason.
+func TestModelFailures(t *testing.T) {
 	dir := t.TempDir()
 	// Reshape to 7 values cannot succeed for any batch of 2-value images,
 	// but only the run finds out.
@@ -580,6 +581,22 @@ input: {name: x, layout: NCHW, width: 2, height: 1, channels: 1}
 output: {name: y, kind: logits}
 labels: [a, b, c, d, e, f, g]
 `)
+	// sqrt(-1 - x) is NaN for every pixel.
+	nan := onnxpb.Model{Graph: onnxpb.Graph{
+		Nodes: []onnxpb.Node{
+			{OpType: "Flatten", Inputs: []string{"x"}, Outputs: []string{"f"}, Attrs: []onnxpb.Attr{onnxpb.Int("axis", 1)}},
+			{OpType: "Sub", Inputs: []string{"minus1", "f"}, Outputs: []string{"d"}},
+			{OpType: "Sqrt", Inputs: []string{"d"}, Outputs: []string{"y"}},
+		},
+		Initializers: []onnxpb.Tensor{{Name: "minus1", Dims: []int64{1}, Float: []float32{-1}}},
+		Inputs:       []onnxpb.ValueInfo{{Name: "x", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "N"}, {Value: 1}, {Value: 1}, {Value: 2}}}},
+		Outputs:      []onnxpb.ValueInfo{{Name: "y", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "N"}, {Value: 2}}}},
+	}}
+	writeModelDir(t, filepath.Join(dir, "nan"), nan.Marshal(), `name: nan
+input: {name: x, layout: NCHW, width: 2, height: 1, channels: 1}
+output: {name: y, kind: probabilities}
+labels: [a, b]
+`)
 	s, err := startStack(testenv.ORTLib(t), 20*time.Millisecond, dir)
 	if err != nil {
 		t.Fatal(err)
@@ -588,6 +605,9 @@ labels: [a, b, c, d, e, f, g]
 	img := encodePNG(t, heldOutDigits(t).Image(0))
 	bad := s.submit(t, "flaky", s.put(t, img))
 	good := s.submit(t, "digits", s.put(t, img))
+	if f := s.failed(t, s.submit(t, "nan", s.put(t, img))); !strings.Contains(f.Reason, "non-finite score") {
+		t.Errorf("NaN scores: reason %q", f.Reason)
+	}
 	if g := s.completed(t, good); g.Label != "4" {
 		t.Errorf("digits graded %s while another model fails", g.Label)
 	}
@@ -598,7 +618,7 @@ labels: [a, b, c, d, e, f, g]
 			t.Fatal(err)
 		}
 		ci := info.CachedInfo()
-		if ci.NumRedelivered >= 1 && ci.Delivered.Consumer >= 4 {
+		if ci.NumRedelivered >= 1 && ci.Delivered.Consumer >= 5 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
