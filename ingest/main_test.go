@@ -36,7 +36,7 @@ var (
 	natsURL  string
 	mongoURI string
 	testDir  string
-	quiet    = slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet    = slog.New(slog.DiscardHandler)
 	dbSeq    atomic.Int64
 )
 
@@ -152,7 +152,7 @@ type testServer struct {
 }
 
 // startIngest runs an ingest server on a loopback port for the test.
-func startIngest(t *testing.T, mutate ...func(*ingest.Config)) *testServer {
+func startIngest(t testing.TB, mutate ...func(*ingest.Config)) *testServer {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg := ingest.Config{
@@ -185,13 +185,13 @@ func startIngest(t *testing.T, mutate ...func(*ingest.Config)) *testServer {
 
 // client is an HTTP client bound to a server, optionally with a token.
 type client struct {
-	t     *testing.T
+	t     testing.TB
 	base  string
 	token string
 	hc    *http.Client
 }
 
-func (s *testServer) client(t *testing.T) *client {
+func (s *testServer) client(t testing.TB) *client {
 	jar, _ := cookiejar.New(nil)
 	return &client{t: t, base: s.URL, hc: &http.Client{Jar: jar, Timeout: 60 * time.Second}}
 }
@@ -203,7 +203,7 @@ type response struct {
 }
 
 // JSON decodes the body into a generic map, failing the test if it is not an object.
-func (r response) JSON(t *testing.T) map[string]any {
+func (r response) JSON(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(r.Body, &m); err != nil {
@@ -304,7 +304,7 @@ func (c *client) multipart(method, path string, fields [][2]string, files ...fil
 var userSeq atomic.Int64
 
 // newUser registers a fresh user and returns a client holding its token.
-func (s *testServer) newUser(t *testing.T) (*client, string) {
+func (s *testServer) newUser(t testing.TB) (*client, string) {
 	t.Helper()
 	name := fmt.Sprintf("user%d_%d", time.Now().UnixNano()%1e6, userSeq.Add(1))
 	c := s.client(t)

@@ -3,11 +3,15 @@ package ingest_test
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
@@ -227,4 +231,39 @@ func grepLines(text, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+func TestRunServesAndShutsDownGracefully(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- ingest.Run(ctx, ingest.Config{Addr: addr, NATSURL: natsURL, MongoURI: mongoURI, Database: "ingest_run_test",
+			JWTSecret: secret, SignupCode: "x", Logger: quiet, Registerer: prometheus.NewRegistry()})
+	}()
+	var res *http.Response
+	eventually(t, "Run listening", 30*time.Second, func() bool {
+		res, err = http.Get("http://" + addr + "/healthz")
+		return err == nil
+	})
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("healthz %d", res.StatusCode)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run returned %v after cancel", err)
+	}
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
+		t.Fatal("still serving after shutdown")
+	}
+	// A bad config is reported, not served.
+	if err := ingest.Run(context.Background(), ingest.Config{Addr: addr, NATSURL: natsURL, MongoURI: mongoURI, JWTSecret: []byte("short"), SignupCode: "x"}); err == nil {
+		t.Fatal("Run accepted a short secret")
+	}
 }
