@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/gradeline/gradeline/analytics/iris"
 	"github.com/gradeline/gradeline/analytics/schema"
 	"github.com/gradeline/gradeline/bus"
 )
@@ -116,8 +117,9 @@ func GradeStats(ctx context.Context, conn driver.Conn, q bus.GradeStatsQuery) ([
 			return nil, fmt.Errorf("analytics: grade stats: %w", err)
 		}
 		r.Bucket = r.Bucket.UTC()
+		r.MeanScore = iris.Round(r.MeanScore)
 		if len(qs) == 2 {
-			r.P50InferenceMS, r.P99InferenceMS = qs[0], qs[1]
+			r.P50InferenceMS, r.P99InferenceMS = iris.Round(qs[0]), iris.Round(qs[1])
 		}
 		out = append(out, r)
 	}

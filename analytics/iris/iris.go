@@ -14,8 +14,9 @@
 //   - stats are per species, ordered by species: mean, min, max, median,
 //     stddev (the sample standard deviation, n-1), count, and quantile(q)
 //     (exact, with linear interpolation between closest ranks, as numpy's
-//     default; median is quantile(0.5)). A value that is undefined (stddev
-//     of a single row) is left out of Values.
+//     default; median is quantile(0.5)). Values are rounded to 12
+//     significant digits (see Round). A value that is undefined (stddev of
+//     a single row) is left out of Values.
 //
 // Every value reaches ClickHouse as a typed query parameter ({name:Type});
 // column names come from a fixed whitelist, never from the request.
@@ -241,7 +242,7 @@ func aggregate(fn, col string) string {
 	case "median":
 		return "quantileExactInclusive(0.5)(" + col + ")"
 	case "stddev":
-		return "stddevSamp(" + col + ")"
+		return "stddevSampStable(" + col + ")"
 	case "count":
 		return "toFloat64(count(" + col + "))"
 	case "quantile":
@@ -294,7 +295,7 @@ func Stats(ctx context.Context, conn driver.Conn, q StatsQuery) ([]Stat, error) 
 		for i, c := range Columns {
 			// JSON has no NaN: an undefined value is left out.
 			if !math.IsNaN(v[i]) && !math.IsInf(v[i], 0) {
-				s.Values[c] = v[i]
+				s.Values[c] = Round(v[i])
 			}
 		}
 		out = append(out, s)
@@ -303,6 +304,20 @@ func Stats(ctx context.Context, conn driver.Conn, q StatsQuery) ([]Stat, error) 
 		return nil, fmt.Errorf("iris: stats: %w", err)
 	}
 	return out, nil
+}
+
+// SignificantDigits is the precision of statistics results.
+const SignificantDigits = 12
+
+// Round rounds v to SignificantDigits significant digits. It removes the
+// noise of binary floating-point sums (5.005999999999999 is the mean
+// 5.006) and stays far below the precision of any measurement.
+func Round(v float64) float64 {
+	r, err := strconv.ParseFloat(strconv.FormatFloat(v, 'g', SignificantDigits, 64), 64)
+	if err != nil {
+		return v
+	}
+	return r
 }
 
 // Batch is one event's measurements.

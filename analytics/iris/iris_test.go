@@ -169,7 +169,7 @@ func TestKnownMeans(t *testing.T) {
 	}
 	for _, s := range got {
 		for i, c := range iris.Columns {
-			if math.Abs(s.Values[c]-want[s.Label][i]) > 1e-9 {
+			if s.Values[c] != want[s.Label][i] { // exact: see iris.Round
 				t.Errorf("%s mean %s = %v, want %v", s.Label, c, s.Values[c], want[s.Label][i])
 			}
 		}

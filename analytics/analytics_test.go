@@ -1,0 +1,532 @@
+package analytics
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/gradeline/gradeline/analytics/internal/chtest"
+	"github.com/gradeline/gradeline/analytics/internal/iristest"
+	"github.com/gradeline/gradeline/analytics/iris"
+	"github.com/gradeline/gradeline/analytics/schema"
+	"github.com/gradeline/gradeline/bus"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestMain(m *testing.M) { chtest.Main(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+type stack struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	conn driver.Conn // the test's own connection to the service's database
+	reg  *prometheus.Registry
+}
+
+// startStack runs analytics against a fresh embedded NATS and a fresh
+// database on the shared engine, and waits until it answers queries.
+func startStack(t *testing.T, afterInsert func(table string) error) *stack {
+	t.Helper()
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	dsn, conn := chtest.Database(t)
+	reg := prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{NATSURL: ns.ClientURL(), ClickHouseDSN: dsn, Logger: quiet, Registerer: reg,
+			StartTimeout: 30 * time.Second, afterInsert: afterInsert})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(time.Minute): // a drain bounded by DrainTimeout must end well before
+			t.Errorf("Run did not return a minute after its context was cancelled")
+		}
+	})
+	nc, js, err := bus.Connect(context.Background(), ns.ClientURL(), "analytics-test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	s := &stack{nc: nc, js: js, conn: conn, reg: reg}
+	eventually(t, "the query service answers", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		default:
+		}
+		_, err := bus.Request[[]bus.IrisStat](context.Background(), nc, bus.SvcIrisStats, bus.IrisStatsQuery{Func: "count"})
+		return err == nil
+	})
+	return s
+}
+
+// eventually polls cond; the bound is a liveness limit, not a timing check.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting: %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// publishDuplicate stores ev again under another Nats-Msg-Id, as a publisher
+// retrying after the stream's duplicate window would.
+func (s *stack) publishDuplicate(t *testing.T, ev bus.Event) {
+	t.Helper()
+	subject, err := bus.SubjectOf(ev.EventMeta().Type)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(ev)
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, ev.EventMeta().ID+"-again")
+	if _, err := s.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *stack) publish(t *testing.T, evs ...bus.Event) uint64 {
+	t.Helper()
+	var last uint64
+	for _, ev := range evs {
+		ack, err := bus.Publish(context.Background(), s.js, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = ack.Sequence
+	}
+	return last
+}
+
+func (s *stack) consumerInfo(t *testing.T, spec bus.ConsumerSpec) *jetstream.ConsumerInfo {
+	t.Helper()
+	c, err := s.js.Consumer(context.Background(), spec.Stream, spec.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// waitAcked waits until the consumer acknowledged everything in its stream.
+func (s *stack) waitAcked(t *testing.T, spec bus.ConsumerSpec) {
+	t.Helper()
+	st, err := s.js.Stream(context.Background(), spec.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := si.State.LastSeq
+	eventually(t, spec.Durable+" acks everything", func() bool {
+		info := s.consumerInfo(t, spec)
+		return info.AckFloor.Stream >= last && info.NumAckPending == 0
+	})
+}
+
+func (s *stack) count(t *testing.T, sql string, args ...any) uint64 {
+	t.Helper()
+	var n uint64
+	if err := s.conn.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func irisEvent(rows ...bus.IrisRow) *bus.IrisMeasured {
+	return &bus.IrisMeasured{Meta: bus.NewMeta(bus.TypeIrisMeasured), Source: "test", Rows: rows}
+}
+
+// Every query type over NATS against the canonical rows, checked against
+// values computed from the reference CSV.
+func TestQueriesOverNATS(t *testing.T) {
+	s := startStack(t, nil)
+	ctx := context.Background()
+	rows := iristest.Load(t, chtest.IrisCSV(t))
+	filter := bus.IrisFilter{Species: []string{"versicolor", "virginica"},
+		Lower: map[string]float64{"sepal_length": 5.5}, Upper: map[string]float64{"sepal_length": 6.5, "petal_width": 2}}
+	for _, f := range []bus.IrisFilter{{}, filter} {
+		for _, fn := range []struct {
+			name string
+			q    float64
+		}{{"mean", 0}, {"min", 0}, {"max", 0}, {"median", 0}, {"stddev", 0}, {"count", 0}, {"quantile", 0.9}} {
+			got, err := bus.Request[[]bus.IrisStat](ctx, s.nc, bus.SvcIrisStats, bus.IrisStatsQuery{IrisFilter: f, Func: fn.name, Q: fn.q})
+			if err != nil {
+				t.Fatalf("%s: %v", fn.name, err)
+			}
+			want, counts := iristest.Stats(rows, f, fn.name, fn.q)
+			if len(got) != len(want) {
+				t.Fatalf("%s: %d species, want %d", fn.name, len(got), len(want))
+			}
+			for _, st := range got {
+				if st.Count != counts[st.Label] {
+					t.Errorf("%s %s: count %d, want %d", fn.name, st.Label, st.Count, counts[st.Label])
+				}
+				for c, w := range want[st.Label] {
+					if !iristest.Close(st.Values[c], w) {
+						t.Errorf("%s %s %s = %v, want %v", fn.name, st.Label, c, st.Values[c], w)
+					}
+				}
+			}
+		}
+		// Walk every page: no overlap, no gap, the expected order.
+		want := iristest.Range(rows, f, "petal_length")
+		var got []bus.IrisRow
+		for page := 1; ; page++ {
+			p, err := bus.Request[bus.Page[bus.IrisRow]](ctx, s.nc, bus.SvcIrisRange,
+				bus.IrisRangeQuery{IrisFilter: f, Sort: "petal_length", Page: page, PerPage: 11})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Total != int64(len(want)) {
+				t.Fatalf("total %d, want %d", p.Total, len(want))
+			}
+			if len(p.Data) == 0 {
+				break
+			}
+			got = append(got, p.Data...)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("pages walked %d rows that differ from the %d expected", len(got), len(want))
+		}
+	}
+	means, err := bus.Request[[]bus.IrisStat](ctx, s.nc, bus.SvcIrisStats, bus.IrisStatsQuery{Func: "mean"})
+	if err != nil || len(means) != 3 || means[0].Values["sepal_length"] != 5.006 || means[1].Values["sepal_length"] != 5.936 {
+		t.Fatalf("means %+v, %v: want setosa 5.006, versicolor 5.936", means, err)
+	}
+}
+
+// A redelivered or republished iris batch adds no rows: one copy is stored
+// twice in the stream under another message id, and the first insert of
+// every event "loses its ack" (the handler fails after the insert), so
+// JetStream redelivers it.
+func TestIrisMeasurementsIdempotent(t *testing.T) {
+	var failed atomic.Int32
+	s := startStack(t, func(table string) error {
+		if table == schema.TableIris && failed.Add(1) <= 2 {
+			return errors.New("simulated lost ack")
+		}
+		return nil
+	})
+	a := irisEvent(bus.IrisRow{SepalLength: 1, SepalWidth: 1, PetalLength: 1, PetalWidth: 1, Species: "setosa"},
+		bus.IrisRow{SepalLength: 1, SepalWidth: 1, PetalLength: 1, PetalWidth: 1, Species: "setosa"})
+	b := irisEvent(bus.IrisRow{SepalLength: 2, SepalWidth: 2, PetalLength: 2, PetalWidth: 2, Species: "virginica"})
+	s.publish(t, a)
+	s.publishDuplicate(t, a)
+	s.publish(t, a) // within the duplicate window: dropped by the stream
+	s.publish(t, b)
+	s.publishDuplicate(t, b)
+	s.waitAcked(t, bus.ConsumerAnalyticsIris)
+	if failed.Load() < 2 {
+		t.Fatalf("the simulated lost ack ran %d times", failed.Load())
+	}
+	if info := s.consumerInfo(t, bus.ConsumerAnalyticsIris); info.NumRedelivered == 0 && info.Delivered.Consumer <= 4 {
+		t.Fatalf("no redelivery happened: %+v", info.Delivered)
+	}
+	if n := s.count(t, "SELECT count() FROM "+iris.Table+" WHERE event_id != ?", iris.CanonicalEventID); n != 3 {
+		t.Fatalf("%d rows from 2 events of 3 rows delivered several times, want 3", n)
+	}
+	stats, err := bus.Request[[]bus.IrisStat](context.Background(), s.nc, bus.SvcIrisStats, bus.IrisStatsQuery{Func: "count"})
+	if err != nil || len(stats) != 3 || stats[0].Count != 52 || stats[2].Count != 51 {
+		t.Fatalf("counts %+v %v, want setosa 52 and virginica 51", stats, err)
+	}
+	if got := s.rowsInserted(t, schema.TableIris); got < 3 {
+		t.Fatalf("rows_inserted_total{iris} = %v", got)
+	}
+}
+
+// rowsInserted reads gradeline_analytics_rows_inserted_total{table}.
+func (s *stack) rowsInserted(t *testing.T, table string) float64 {
+	t.Helper()
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "gradeline_analytics_rows_inserted_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "table" && l.GetValue() == table {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no rows_inserted_total for %s", table)
+	return 0
+}
+
+type gradeSample struct{ score, ms float64 }
+
+type gradeKey struct {
+	bucket       time.Time
+	model, label string
+}
+
+// Grade and annotation statistics per bucket, checked against values
+// computed here; redelivered and republished events count once.
+func TestGradeAndAnnotationStats(t *testing.T) {
+	var failed atomic.Int32
+	s := startStack(t, func(table string) error {
+		if (table == schema.TableGrades || table == schema.TableAnnotations) && failed.Add(1) <= 2 {
+			return errors.New("simulated lost ack")
+		}
+		return nil
+	})
+	ctx := context.Background()
+	base := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	var evs []bus.Event
+	labels := []string{"cat", "dog", "bird"}
+	want := map[gradeKey][]gradeSample{}
+	for i := range 60 {
+		model := []string{"fashion", "digits"}[i%2]
+		label := labels[i%3]
+		tm := base.Add(time.Duration(i) * 4 * time.Minute) // 60 events over 4 hours
+		score, ms := 0.5+float64(i%7)/20, float64(3+i%11)+float64(i)/100
+		ev := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), ImageID: "img", Owner: "u",
+			Model: model, ModelVersion: "1", Label: label, Score: score, Scores: map[string]float64{label: score}, InferenceMS: ms, BatchSize: 4}
+		ev.Time = tm
+		evs = append(evs, ev)
+		want[gradeKey{tm.Truncate(time.Hour), model, label}] = append(want[gradeKey{tm.Truncate(time.Hour), model, label}], gradeSample{score, ms})
+	}
+	fail := &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: bus.NewID(), ImageID: "img", Owner: "u", Model: "fashion", Reason: "undecodable image"}
+	fail.Time = base.Add(90 * time.Minute)
+	evs = append(evs, fail)
+	want[gradeKey{base.Add(time.Hour), "fashion", ""}] = []gradeSample{{0, 0}}
+	// One grade outside the window.
+	late := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), Model: "fashion", Label: "cat", Scores: map[string]float64{"cat": 1}}
+	late.Time = base.Add(4 * time.Hour)
+	evs = append(evs, late)
+
+	authors := []string{"ann", "bob"}
+	wantAnn := map[string]uint64{}
+	for i := range 10 {
+		ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: authors[i%2], ImageID: "img", Annotation: json.RawMessage(`{"box":[1,2,3,4]}`)}
+		ev.Time = base.Add(time.Duration(i) * 25 * time.Minute)
+		evs = append(evs, ev)
+		wantAnn[fmt.Sprintf("%s %s", ev.Time.Truncate(2*time.Hour).Format(time.RFC3339), ev.Author)]++
+	}
+	s.publish(t, evs...)
+	s.publishDuplicate(t, evs[0])
+	s.publishDuplicate(t, fail)
+	s.publishDuplicate(t, evs[len(evs)-1])
+	s.waitAcked(t, bus.ConsumerAnalyticsGrades)
+	s.waitAcked(t, bus.ConsumerAnalyticsAnnotations)
+	if n := s.count(t, "SELECT count() FROM "+schema.TableGrades+" FINAL"); n != 62 {
+		t.Fatalf("%d grade rows, want 62", n)
+	}
+	if n := s.count(t, "SELECT count() FROM "+schema.TableAnnotations+" FINAL"); n != 10 {
+		t.Fatalf("%d annotation rows, want 10", n)
+	}
+
+	got, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades,
+		bus.GradeStatsQuery{From: base, To: base.Add(4 * time.Hour), Bucket: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d rows, want %d: %+v", len(got), len(want), got)
+	}
+	for i, r := range got {
+		if i > 0 && r.Bucket.Before(got[i-1].Bucket) {
+			t.Errorf("buckets out of order")
+		}
+		w, ok := want[gradeKey{r.Bucket, r.Model, r.Label}]
+		if !ok {
+			t.Fatalf("unexpected row %+v", r)
+		}
+		var scores, times []float64
+		for _, smp := range w {
+			scores = append(scores, smp.score)
+			times = append(times, smp.ms)
+		}
+		mean := 0.0
+		for _, x := range scores {
+			mean += x / float64(len(scores))
+		}
+		if r.Count != uint64(len(w)) || !iristest.Close(r.MeanScore, mean) ||
+			!iristest.Close(r.P50InferenceMS, iristest.Quantile(times, 0.5)) || !iristest.Close(r.P99InferenceMS, iristest.Quantile(times, 0.99)) {
+			t.Errorf("row %+v, want count %d mean %v p50 %v p99 %v", r, len(w), mean, iristest.Quantile(times, 0.5), iristest.Quantile(times, 0.99))
+		}
+	}
+	// The model filter; a model that does not exist, or an injection
+	// attempt, matches nothing.
+	for model, wantRows := range map[string]int{"digits": countModel(want, "digits"), "nope": 0,
+		"fashion' OR '1'='1": 0, "fashion) OR 1=1 --": 0, `fashion\' OR 1=1`: 0} {
+		rows, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades,
+			bus.GradeStatsQuery{Model: model, From: base, To: base.Add(4 * time.Hour), Bucket: time.Hour})
+		if err != nil || len(rows) != wantRows {
+			t.Errorf("model %q: %d rows, %v; want %d", model, len(rows), err, wantRows)
+		}
+		for _, r := range rows {
+			if r.Model != model {
+				t.Errorf("model %q: row of %q", model, r.Model)
+			}
+		}
+	}
+
+	ann, err := bus.Request[[]bus.AnnotationStatsRow](ctx, s.nc, bus.SvcStatsAnnotations,
+		bus.AnnotationStatsQuery{From: base, To: base.Add(6 * time.Hour), Bucket: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotAnn := map[string]uint64{}
+	for _, r := range ann {
+		gotAnn[fmt.Sprintf("%s %s", r.Bucket.Format(time.RFC3339), r.Author)] = r.Count
+	}
+	if fmt.Sprint(gotAnn) != fmt.Sprint(wantAnn) {
+		t.Fatalf("annotation counts %v, want %v", gotAnn, wantAnn)
+	}
+}
+
+func countModel(want map[gradeKey][]gradeSample, model string) int {
+	n := 0
+	for k := range want {
+		if k.model == model {
+			n++
+		}
+	}
+	return n
+}
+
+// While ClickHouse is down nothing is acked; once it is back the backlog is
+// inserted, once.
+func TestClickHouseOutage(t *testing.T) {
+	s := startStack(t, nil)
+	before := s.count(t, "SELECT count() FROM "+iris.Table)
+	var evs []bus.Event
+	for i := range 5 {
+		evs = append(evs, irisEvent(bus.IrisRow{SepalLength: float64(i), SepalWidth: 1, PetalLength: 1, PetalWidth: 1, Species: "versicolor"},
+			bus.IrisRow{SepalLength: float64(i), SepalWidth: 2, PetalLength: 2, PetalWidth: 2, Species: "versicolor"}))
+	}
+	grade := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), Model: "m", Label: "x", Score: 0.9, Scores: map[string]float64{"x": 0.9}, InferenceMS: 5}
+	chtest.Restart(t, func() {
+		s.publish(t, append(evs, grade)...)
+		eventually(t, "delivery attempts while ClickHouse is down", func() bool {
+			info := s.consumerInfo(t, bus.ConsumerAnalyticsIris)
+			return info.NumRedelivered > 0 || info.Delivered.Stream >= 5 && info.NumAckPending > 0
+		})
+		info := s.consumerInfo(t, bus.ConsumerAnalyticsIris)
+		if info.AckFloor.Stream != 0 {
+			t.Fatalf("acked up to %d while ClickHouse was down", info.AckFloor.Stream)
+		}
+		// A query while down is a clean 503, not a hang or a 500.
+		_, err := bus.Request[[]bus.IrisStat](context.Background(), s.nc, bus.SvcIrisStats, bus.IrisStatsQuery{Func: "mean"})
+		var be *bus.Error
+		if !errors.As(err, &be) || be.Code != http.StatusServiceUnavailable {
+			t.Fatalf("query while down: %v, want 503", err)
+		}
+	})
+	s.waitAcked(t, bus.ConsumerAnalyticsIris)
+	s.waitAcked(t, bus.ConsumerAnalyticsGrades)
+	if n := s.count(t, "SELECT count() FROM "+iris.Table); n != before+10 {
+		t.Fatalf("%d rows after the outage, want %d", n, before+10)
+	}
+	if n := s.count(t, "SELECT count() FROM "+schema.TableGrades); n != 1 {
+		t.Fatalf("%d grade rows after the outage, want 1", n)
+	}
+}
+
+// Bad input over NATS: 422 naming the field, or 400 for undecodable JSON;
+// never a 500.
+func TestBadInputOverNATS(t *testing.T) {
+	s := startStack(t, nil)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	cases := []struct {
+		name    string
+		subject string
+		req     any
+		code    int
+		field   string
+	}{
+		{"unknown species", bus.SvcIrisRange, bus.IrisRangeQuery{IrisFilter: bus.IrisFilter{Species: []string{"rose"}}}, 422, "species"},
+		{"species injection", bus.SvcIrisStats, bus.IrisStatsQuery{Func: "mean", IrisFilter: bus.IrisFilter{Species: []string{"setosa' OR 1=1 --"}}}, 422, "species"},
+		{"unknown column", bus.SvcIrisRange, bus.IrisRangeQuery{IrisFilter: bus.IrisFilter{Lower: map[string]float64{"stem": 1}}}, 422, "lower.stem"},
+		{"column injection", bus.SvcIrisStats, bus.IrisStatsQuery{Func: "mean", IrisFilter: bus.IrisFilter{Upper: map[string]float64{"1=1; DROP TABLE grades": 1}}}, 422, "upper.1=1; DROP TABLE grades"},
+		{"lower > upper", bus.SvcIrisRange, bus.IrisRangeQuery{IrisFilter: bus.IrisFilter{Lower: map[string]float64{"petal_width": 2}, Upper: map[string]float64{"petal_width": 1}}}, 422, "lower.petal_width"},
+		{"page < 1", bus.SvcIrisRange, bus.IrisRangeQuery{Page: -2}, 422, "page"},
+		{"per_page > 1000", bus.SvcIrisRange, bus.IrisRangeQuery{PerPage: 5000}, 422, "per_page"},
+		{"sort injection", bus.SvcIrisRange, bus.IrisRangeQuery{Sort: "rand()"}, 422, "sort"},
+		{"bad func", bus.SvcIrisStats, bus.IrisStatsQuery{Func: "sum"}, 422, "func"},
+		{"bad q", bus.SvcIrisStats, bus.IrisStatsQuery{Func: "quantile", Q: 2}, 422, "q"},
+		{"non-numeric bound", bus.SvcIrisRange, json.RawMessage(`{"lower":{"sepal_length":"5; DROP TABLE iris_measurements"}}`), 400, ""},
+		{"grades from > to", bus.SvcStatsGrades, bus.GradeStatsQuery{From: now, To: now.Add(-time.Hour), Bucket: time.Minute}, 422, "from"},
+		{"grades negative bucket", bus.SvcStatsGrades, bus.GradeStatsQuery{Bucket: -time.Hour}, 422, "bucket"},
+		{"grades bucket < 1ms", bus.SvcStatsGrades, bus.GradeStatsQuery{Bucket: time.Microsecond}, 422, "bucket"},
+		{"grades too many buckets", bus.SvcStatsGrades, bus.GradeStatsQuery{From: now.Add(-365 * 24 * time.Hour), To: now, Bucket: time.Second}, 422, "bucket"},
+		{"grades year 1600", bus.SvcStatsGrades, bus.GradeStatsQuery{From: time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC), To: now, Bucket: 24 * 365 * time.Hour}, 422, "from"},
+		{"annotations from > to", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{From: now, To: now.Add(-time.Second)}, 422, "from"},
+		{"annotations bucket 0 negative", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{Bucket: -1}, 422, "bucket"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := bus.Request[json.RawMessage](ctx, s.nc, tc.subject, tc.req)
+			var be *bus.Error
+			if !errors.As(err, &be) || be.Code != tc.code {
+				t.Fatalf("err = %v, want %d", err, tc.code)
+			}
+			if tc.field == "" {
+				return
+			}
+			for _, d := range be.Details {
+				if strings.HasPrefix(d, tc.field+":") {
+					return
+				}
+			}
+			t.Fatalf("details %q name no %q", be.Details, tc.field)
+		})
+	}
+	// Undecodable JSON: 400 from the service itself.
+	reply, err := s.nc.Request(bus.SvcIrisStats, []byte(`{"func":`), 10*time.Second)
+	if err != nil || reply.Header.Get(micro.ErrorCodeHeader) != "400" {
+		t.Fatalf("undecodable request: %v %v, want a 400 reply", reply, err)
+	}
+	// Defaults: an empty stats query is valid (last 24h, hourly).
+	if _, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades, bus.GradeStatsQuery{}); err != nil {
+		t.Fatalf("default window: %v", err)
+	}
+	if n := s.count(t, "SELECT count() FROM "+iris.Table); n != 150 {
+		t.Fatalf("%d iris rows after the bad requests, want 150", n)
+	}
+}
+
+func TestRunRequiresConfig(t *testing.T) {
+	for _, cfg := range []Config{{}, {NATSURL: "nats://127.0.0.1:1"}, {ClickHouseDSN: "clickhouse://127.0.0.1:1/default"}} {
+		if err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "required") {
+			t.Errorf("Run(%+v) = %v, want a required-config error", cfg, err)
+		}
+	}
+}
