@@ -93,4 +93,3 @@ func BenchmarkAnnotations(b *testing.B) {
 	b.ReportMetric(rawRate, "raw_publishes/s")
 	b.ReportMetric(httpRate/rawRate, "ratio")
 }
-

@@ -152,7 +152,9 @@ type modelCache struct {
 	models  []bus.ModelInfo
 }
 
-func newModelCache(nc *nats.Conn, ttl time.Duration) *modelCache { return &modelCache{nc: nc, ttl: ttl} }
+func newModelCache(nc *nats.Conn, ttl time.Duration) *modelCache {
+	return &modelCache{nc: nc, ttl: ttl}
+}
 
 // decodeModels accepts a bare list or an object holding it under
 // "models" or "data".

@@ -58,7 +58,9 @@ func pngBomb(t *testing.T) []byte {
 	small := pngImage(t, 1, 1)
 	// IHDR starts at byte 8 (length) + 4 (type); width and height follow.
 	b := append([]byte(nil), small...)
-	put := func(off int, v uint32) { b[off], b[off+1], b[off+2], b[off+3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+	put := func(off int, v uint32) {
+		b[off], b[off+1], b[off+2], b[off+3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+	}
 	put(16, 100000)
 	put(20, 100000)
 	// Fix the IHDR CRC so decoders reach the size check.

@@ -44,7 +44,7 @@ type resp struct {
 }
 
 func ref(name string) M { return M{"$ref": "#/components/schemas/" + name} }
-func arrOf(items M) M  { return M{"type": "array", "items": items} }
+func arrOf(items M) M   { return M{"type": "array", "items": items} }
 func errResp(desc string) resp {
 	return resp{Desc: desc, Schema: ref("Error")}
 }
@@ -159,7 +159,7 @@ func (s *Server) routeTable() []route {
 				Headers: map[string]string{"Location": "URL of the annotation."}},
 				403: errResp("Body username differs from the token's user."), 413: errResp("Body over 1 MiB or annotation over 64 KiB.")}, 400, 401, 415, 422, 503)},
 		{Method: "GET", Path: "/api/v1/annotations", Tag: "annotations", Summary: "List annotations", Auth: true, Handler: s.listAnnotations,
-			Query: append([]param{{Name: "image_id", Schema: M{"type": "string"}}, {Name: "author", Schema: M{"type": "string"}}}, pageParams...),
+			Query:     append([]param{{Name: "image_id", Schema: M{"type": "string"}}, {Name: "author", Schema: M{"type": "string"}}}, pageParams...),
 			Responses: withErrors(map[int]resp{200: {Desc: "A page of annotations.", Schema: ref("AnnotationPage")}}, 401, 422, 503)},
 		{Method: "GET", Path: "/api/v1/annotations/:id", Tag: "annotations", Summary: "Get an annotation", Auth: true, Handler: s.getAnnotation,
 			Responses: withErrors(map[int]resp{200: {Desc: "The annotation.", Schema: ref("Annotation")}}, 401, 404, 503)},
@@ -198,7 +198,7 @@ func (s *Server) routeTable() []route {
 		{Method: "GET", Path: "/api/v1/images/:id/tags", Tag: "images", Summary: "Tags of an image", Auth: true, Handler: s.getTags,
 			Responses: withErrors(map[int]resp{200: {Desc: "Tags.", Schema: ref("Tags")}}, 401, 404, 503)},
 		{Method: "PUT", Path: "/api/v1/images/:id/tags", Tag: "images", Summary: "Replace the tags of an image", Auth: true, Handler: s.putTags,
-			Body: &reqBody{Required: true, Content: map[string]M{"application/json": ref("TagsRequest")}, Example: M{"tags": []string{"retina", "left-eye"}}},
+			Body:      &reqBody{Required: true, Content: map[string]M{"application/json": ref("TagsRequest")}, Example: M{"tags": []string{"retina", "left-eye"}}},
 			Responses: withErrors(map[int]resp{200: {Desc: "Tags set.", Schema: ref("Tags")}}, 400, 401, 404, 415, 422, 503)},
 		{Method: "DELETE", Path: "/api/v1/images/:id/tags", Tag: "images", Summary: "Remove all tags of an image", Auth: true, Handler: s.deleteTags,
 			Responses: withErrors(map[int]resp{200: {Desc: "Tags removed.", Schema: ref("Tags")}}, 401, 404, 503)},
