@@ -1,7 +1,7 @@
 # gradeline: `make run` starts the local stack, `make test` runs every test.
 # Both install what is missing first (see deploy/install/).
 SHELL := /bin/bash
-MODULES := bus ingest annotator inference analytics deploy
+MODULES := bus ingest annotator inference analytics deploy deploy/manifests
 CACHE := $(CURDIR)/.cache
 
 export CGO_ENABLED := 1
