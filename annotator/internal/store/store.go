@@ -78,12 +78,12 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		{s.grades, []string{"image_id"}},
 	}
 	for _, sp := range specs {
-		models := make([]mongo.IndexModel, 0, len(sp.keys))
+		// One index per call: FerretDB 1.24 drops the connection when a
+		// createIndexes command names several indexes that all exist.
 		for _, k := range sp.keys {
-			models = append(models, mongo.IndexModel{Keys: bson.D{{Key: k, Value: 1}}})
-		}
-		if _, err := sp.c.Indexes().CreateMany(ctx, models); err != nil {
-			return fmt.Errorf("store: indexes of %s: %w", sp.c.Name(), err)
+			if _, err := sp.c.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: bson.D{{Key: k, Value: 1}}}); err != nil {
+				return fmt.Errorf("store: index %s.%s: %w", sp.c.Name(), k, err)
+			}
 		}
 	}
 	s.indexed = true

@@ -458,3 +458,28 @@ func firstErr(res []error, err error) error {
 	}
 	return nil
 }
+
+func TestEnsureIndexesTwice(t *testing.T) {
+	// A restarted service finds its indexes already there.
+	db := client.Database("indexes_twice")
+	ctx := context.Background()
+	for range 3 {
+		m, _ := NewMetrics(prometheus.NewRegistry())
+		if err := New(db, m).EnsureIndexes(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, err := db.Collection(CollAnnotations).Indexes().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx []struct {
+		Name string `bson:"name"`
+	}
+	if err := cur.All(ctx, &idx); err != nil {
+		t.Fatal(err)
+	}
+	if len(idx) != 3 { // _id, image_id, author
+		t.Fatalf("annotations indexes %v, want _id, image_id and author", idx)
+	}
+}
