@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -139,10 +140,10 @@ func (s *Server) drainRejectedBody(c *fiber.Ctx) {
 // decodeJSON decodes one JSON value from data into v. Syntax errors are 400;
 // wrong types and (when strict) unknown fields are 422 naming the field.
 func decodeJSON(data []byte, v any, strict bool) error {
-	if len(strings.TrimSpace(string(data))) == 0 {
+	if len(bytes.TrimSpace(data)) == 0 {
 		data = []byte("{}")
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	if strict {
 		dec.DisallowUnknownFields()
 	}

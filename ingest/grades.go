@@ -144,7 +144,6 @@ func (g *gradeWaiters) lookup(id, owner string) (recentGrade, bool) {
 // modelCache keeps the inference service's model list for a few seconds:
 // every grade request checks its model against it.
 type modelCache struct {
-	nc  *nats.Conn
 	ttl time.Duration
 
 	mu      sync.Mutex
@@ -152,9 +151,7 @@ type modelCache struct {
 	models  []bus.ModelInfo
 }
 
-func newModelCache(nc *nats.Conn, ttl time.Duration) *modelCache {
-	return &modelCache{nc: nc, ttl: ttl}
-}
+func newModelCache(ttl time.Duration) *modelCache { return &modelCache{ttl: ttl} }
 
 // decodeModels accepts a bare list or an object holding it under
 // "models" or "data".
@@ -176,9 +173,31 @@ func decodeModels(raw json.RawMessage) ([]bus.ModelInfo, error) {
 	return wrapped.Data, nil
 }
 
+// refreshAfter lets a miss refetch a list older than this, so a model
+// dropped in a moment ago is found without waiting out the whole ttl.
+const refreshAfter = time.Second
+
 func (m *modelCache) get(ctx context.Context, s *Server) ([]bus.ModelInfo, error) {
+	return m.getFresh(ctx, s, m.ttl)
+}
+
+// has reports whether the service knows model, refetching a list older than
+// refreshAfter once on a miss.
+func (m *modelCache) has(ctx context.Context, s *Server, model string) ([]bus.ModelInfo, bool, error) {
+	found := func(ms []bus.ModelInfo) bool {
+		return slices.ContainsFunc(ms, func(mi bus.ModelInfo) bool { return mi.Name == model })
+	}
+	models, err := m.get(ctx, s)
+	if err != nil || found(models) {
+		return models, err == nil, err
+	}
+	models, err = m.getFresh(ctx, s, refreshAfter)
+	return models, err == nil && found(models), err
+}
+
+func (m *modelCache) getFresh(ctx context.Context, s *Server, maxAge time.Duration) ([]bus.ModelInfo, error) {
 	m.mu.Lock()
-	if !m.fetched.IsZero() && time.Since(m.fetched) < m.ttl {
+	if !m.fetched.IsZero() && time.Since(m.fetched) < maxAge {
 		defer m.mu.Unlock()
 		return m.models, nil
 	}
@@ -315,11 +334,11 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 		return invalid("invalid model name", "model: 1 to 128 characters of letters, digits and . _ : -")
 	}
 	ctx := c.UserContext()
-	models, err := s.models.get(ctx, s)
+	models, known, err := s.models.has(ctx, s, model)
 	if err != nil {
 		return err
 	}
-	if !slices.ContainsFunc(models, func(m bus.ModelInfo) bool { return m.Name == model }) {
+	if !known {
 		names := make([]string, len(models))
 		for i, m := range models {
 			names[i] = m.Name

@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.images, err = bus.ImageStore(ctx, s.js, cfg.Replicas); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	s.models = newModelCache(s.nc, 5*time.Second)
+	s.models = newModelCache(5 * time.Second)
 	// One subscription per server for all grade results; requests wait on
 	// it by grade id.
 	if err := s.grades.subscribe(s.nc, s.log); err != nil {
