@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -92,13 +93,25 @@ func (u *userStore) find(ctx context.Context, norm string) (*userDoc, error) {
 	return &doc, nil
 }
 
-// tokens issues and verifies HS256 JWTs.
+// tokens issues and verifies HS256 JWTs. Verified tokens are remembered
+// until they expire (keyed by the whole token, signature included), so a
+// client's every request does not parse and MAC the same token again.
 type tokens struct {
 	secret   []byte
 	issuer   string
 	audience string
 	now      func() time.Time
+
+	mu       sync.RWMutex
+	verified map[string]verifiedToken
 }
+
+type verifiedToken struct {
+	sub string
+	exp time.Time
+}
+
+const maxVerifiedTokens = 10_000
 
 func (t *tokens) issue(sub string) (string, error) {
 	now := t.now()
@@ -114,6 +127,27 @@ func (t *tokens) issue(sub string) (string, error) {
 
 // verify checks signature (HS256 only), iss, aud, exp and iat and returns sub.
 func (t *tokens) verify(token string) (string, error) {
+	now := t.now()
+	t.mu.RLock()
+	v, ok := t.verified[token]
+	t.mu.RUnlock()
+	if ok && now.Before(v.exp) {
+		return v.sub, nil
+	}
+	sub, exp, err := t.parse(token)
+	if err != nil {
+		return "", err
+	}
+	t.mu.Lock()
+	if t.verified == nil || len(t.verified) >= maxVerifiedTokens {
+		t.verified = map[string]verifiedToken{}
+	}
+	t.verified[token] = verifiedToken{sub: sub, exp: exp}
+	t.mu.Unlock()
+	return sub, nil
+}
+
+func (t *tokens) parse(token string) (string, time.Time, error) {
 	var claims jwt.RegisteredClaims
 	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return t.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -125,12 +159,12 @@ func (t *tokens) verify(token string) (string, error) {
 		jwt.WithTimeFunc(t.now),
 	)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	if claims.Subject == "" {
-		return "", errors.New("token has no subject")
+		return "", time.Time{}, errors.New("token has no subject")
 	}
-	return claims.Subject, nil
+	return claims.Subject, claims.ExpiresAt.Time, nil
 }
 
 // credentials is what register and login accept, as JSON or as a form.

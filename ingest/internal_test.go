@@ -190,3 +190,24 @@ func TestParseWait(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifiedTokenCacheHonoursExpiry(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	tk := &tokens{secret: make([]byte, 32), issuer: "i", audience: "a", now: func() time.Time { return now }}
+	tok, err := tk.issue("ann")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // second time from the cache
+		if sub, err := tk.verify(tok); err != nil || sub != "ann" {
+			t.Fatalf("verify %d: %q %v", i, sub, err)
+		}
+	}
+	now = now.Add(TokenTTL + time.Minute)
+	if _, err := tk.verify(tok); err == nil {
+		t.Fatal("expired token accepted from the cache")
+	}
+	if _, err := tk.verify(tok[:len(tok)-2] + "xx"); err == nil {
+		t.Fatal("tampered signature accepted")
+	}
+}
