@@ -50,6 +50,10 @@ type Config struct {
 // ack deadline.
 const writeTimeout = 10 * time.Second
 
+// serverSelectionTimeout is how long an operation waits for a reachable
+// MongoDB server.
+const serverSelectionTimeout = 5 * time.Second
+
 // queryTimeout bounds one query.
 const queryTimeout = 10 * time.Second
 
@@ -85,8 +89,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// Connect does not wait for the server: the service starts, and its
-	// consumers retry, while MongoDB is still down.
-	mc, err := mongo.Connect(options.Client().ApplyURI(cfg.MongoURI).SetAppName("gradeline-annotator"))
+	// consumers retry, while MongoDB is still down. A short server
+	// selection timeout (unless the URI sets one) answers queries with 503
+	// quickly during an outage.
+	mc, err := mongo.Connect(options.Client().
+		SetServerSelectionTimeout(serverSelectionTimeout).
+		ApplyURI(cfg.MongoURI).
+		SetAppName("gradeline-annotator"))
 	if err != nil {
 		return fmt.Errorf("annotator: mongo: %w", err)
 	}
@@ -96,7 +105,10 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = mc.Disconnect(dctx)
 	}()
 	a := &app{store: store.New(mc.Database(cfg.Database), metrics), log: log}
-	if err := a.store.EnsureIndexes(ctx); err != nil {
+	ictx, icancel := context.WithTimeout(ctx, serverSelectionTimeout)
+	err = a.store.EnsureIndexes(ictx)
+	icancel()
+	if err != nil {
 		log.Warn("mongo indexes not created yet; retrying on first write", "err", err)
 	}
 

@@ -245,6 +245,24 @@ func TestExactlyOnce(t *testing.T) {
 	if d := e.counter("gradeline_annotator_documents_duplicate_total", "annotations"); d != 1 {
 		t.Fatalf("duplicates counter %v, want 1", d)
 	}
+	if w := e.counter("gradeline_annotator_documents_written_total", "annotations"); w != 1 {
+		t.Fatalf("written counter %v, want 1", w)
+	}
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var observed uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "gradeline_annotator_mongo_write_seconds" {
+			for _, m := range mf.GetMetric() {
+				observed += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if observed == 0 {
+		t.Fatalf("write latency histogram has %d samples, want at least one", observed)
+	}
 }
 
 func TestRedeliveryAfterReplay(t *testing.T) {
@@ -406,11 +424,53 @@ func TestMongoOutage(t *testing.T) {
 		return info.NumAckPending > 0 && info.AckFloor.Stream == 10,
 			fmt.Sprintf("ack_pending=%d ack_floor=%d", info.NumAckPending, info.AckFloor.Stream)
 	})
+	// Queries answer 503 meanwhile, not 500 and not silence.
+	_, err := request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{})
+	wantCode(t, err, http.StatusServiceUnavailable)
 	e.startMongo(addr)
 	e.waitCount("annotations", 60)
 	e.waitIdle(bus.ConsumerAnnotator)
 	if c := e.count("annotations", bson.D{}); c != 60 {
 		t.Fatalf("%d documents after the outage, want 60", c)
+	}
+}
+
+func TestStartWhileMongoDown(t *testing.T) {
+	e := newEnv(t)
+	addr := e.mongo.Addr()
+	if err := e.mongo.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		e.publish(annotation("ivy", "", i))
+	}
+	e.run()
+	e.waitFor("deliveries attempted while MongoDB is down", func() (bool, string) {
+		c, err := e.js.Consumer(context.Background(), bus.StreamAnnotations, bus.ConsumerAnnotator.Durable)
+		if err != nil {
+			return false, err.Error()
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return info.Delivered.Stream > 0 && info.AckFloor.Stream == 0,
+			fmt.Sprintf("delivered=%d ack_floor=%d", info.Delivered.Stream, info.AckFloor.Stream)
+	})
+	e.startMongo(addr)
+	e.waitCount("annotations", 20)
+	e.waitIdle(bus.ConsumerAnnotator)
+	if c := e.count("annotations", bson.D{}); c != 20 {
+		t.Fatalf("%d documents, want 20", c)
+	}
+	// The indexes were created once MongoDB came back.
+	cur, err := e.db.Collection("annotations").Indexes().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx []bson.M
+	if err := cur.All(context.Background(), &idx); err != nil || len(idx) != 3 {
+		t.Fatalf("indexes %v, %v; want _id, image_id, author", idx, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
@@ -481,5 +483,39 @@ func TestEnsureIndexesTwice(t *testing.T) {
 	}
 	if len(idx) != 3 { // _id, image_id, author
 		t.Fatalf("annotations indexes %v, want _id, image_id and author", idx)
+	}
+}
+
+func TestInsertManyItemErrors(t *testing.T) {
+	// A document the server refuses is reported for its index only; the
+	// others are stored and a duplicate counts as stored.
+	s, m := newStore(t)
+	ctx := context.Background()
+	coll := s.db.Collection("items")
+	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "old"}}); err != nil {
+		t.Fatal(err)
+	}
+	docs := []any{
+		bson.D{{Key: "_id", Value: "a"}},
+		bson.D{{Key: "_id", Value: "bad"}, {Key: "$refused", Value: 1}},
+		bson.D{{Key: "_id", Value: "old"}},
+		bson.D{{Key: "_id", Value: "c"}},
+	}
+	dup, item, err := s.insertMany(ctx, coll, []string{"a", "bad", "old", "c"}, docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ie *ItemError
+	if !errors.As(item[1], &ie) || ie.ID != "bad" {
+		t.Fatalf("item errors %v: want one for index 1", item)
+	}
+	if item[0] != nil || item[2] != nil || item[3] != nil || !dup[2] || dup[0] || dup[3] {
+		t.Fatalf("dup %v item %v", dup, item)
+	}
+	if n, _ := coll.CountDocuments(ctx, bson.D{}); n != 3 {
+		t.Fatalf("%d documents, want old, a and c", n)
+	}
+	if w := testutil.ToFloat64(m.written.WithLabelValues("items")); w != 2 {
+		t.Fatalf("written %v, want 2", w)
 	}
 }
