@@ -32,7 +32,7 @@ const dbName = "gradeline_test"
 // env is one real NATS server and one real FerretDB, plus clients the test
 // uses to publish and to look into the database.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	ns       *server.Server
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -42,7 +42,7 @@ type env struct {
 	reg      *prometheus.Registry
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, reg: prometheus.NewRegistry(), mongoDir: t.TempDir()}
 	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
