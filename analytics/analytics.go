@@ -45,6 +45,9 @@ type Config struct {
 	// StartTimeout bounds the wait for ClickHouse at start (default 2m):
 	// migrations are retried until it answers.
 	StartTimeout time.Duration
+	// IrisInsertConcurrency is how many iris events are inserted at once
+	// (default 4).
+	IrisInsertConcurrency int
 
 	// afterInsert, when set (tests only), runs after every successful
 	// insert; an error makes the handler fail as if the ack was lost.
@@ -65,6 +68,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 2 * time.Minute
+	}
+	if cfg.IrisInsertConcurrency <= 0 {
+		cfg.IrisInsertConcurrency = 4
 	}
 	log := cfg.Logger.With("service", "analytics")
 	opts, err := clickhouse.ParseDSN(cfg.ClickHouseDSN)
@@ -88,7 +94,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := bus.EnsureTopology(ctx, js, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
 		return err
 	}
-	s := &service{conn: conn, log: log, metrics: newMetrics(cfg.Registerer), afterInsert: cfg.afterInsert}
+	s := &service{conn: conn, log: log, metrics: newMetrics(cfg.Registerer), afterInsert: cfg.afterInsert,
+		irisConcurrency: cfg.IrisInsertConcurrency}
 	svc, err := s.addService(nc, cfg.QueryTimeout)
 	if err != nil {
 		return err
@@ -102,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 		h    bus.Handler
 	}{
 		// An iris event holds up to bus.MaxIrisRows rows: small batches of events.
-		{bus.ConsumerAnalyticsIris, bus.ConsumeOptions{MaxBatch: 16}, s.handleIris},
+		{bus.ConsumerAnalyticsIris, bus.ConsumeOptions{MaxBatch: 32}, s.handleIris},
 		{bus.ConsumerAnalyticsGrades, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleGrades},
 		{bus.ConsumerAnalyticsAnnotations, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleAnnotations},
 	}
@@ -169,6 +176,8 @@ type service struct {
 	log         *slog.Logger
 	metrics     *metrics
 	afterInsert func(table string) error
+	// irisConcurrency bounds the concurrent iris inserts of one batch.
+	irisConcurrency int
 }
 
 // insert runs one insert with metrics and the test hook.
@@ -187,11 +196,16 @@ func (s *service) insert(table string, rows int, f func() error) error {
 }
 
 // handleIris inserts every event of the batch as its own INSERT, whose
-// deduplication token is the event id. An error fails the batch: the bus
-// naks it, and events already inserted are dropped as duplicates when the
-// batch comes back.
+// deduplication token is the event id, several at a time: an insert of
+// one event is latency-bound (a part and a deduplication log entry are
+// written), so concurrency is what makes the load fast. An error fails
+// the batch: the bus naks it, and events already inserted are dropped as
+// duplicates when the batch comes back.
 func (s *service) handleIris(ctx context.Context, batch []*bus.Delivery) error {
 	seen := make(map[string]bool, len(batch))
+	sem := make(chan struct{}, s.irisConcurrency)
+	errs := make(chan error, len(batch))
+	var wg sync.WaitGroup
 	for _, d := range batch {
 		ev, ok := d.Event.(*bus.IrisMeasured)
 		if !ok {
@@ -203,11 +217,18 @@ func (s *service) handleIris(ctx context.Context, batch []*bus.Delivery) error {
 		}
 		seen[ev.ID] = true
 		b := iris.Batch{EventID: ev.ID, Source: ev.Source, Time: ev.Time, Rows: ev.Rows}
-		if err := s.insert(schema.TableIris, len(ev.Rows), func() error { return iris.Insert(ctx, s.conn, b) }); err != nil {
-			return err
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.insert(schema.TableIris, len(b.Rows), func() error { return iris.Insert(ctx, s.conn, b) }); err != nil {
+				errs <- err
+			}
+		}()
 	}
-	return nil
+	wg.Wait()
+	close(errs)
+	return <-errs // nil when none failed
 }
 
 // handleGrades inserts the batch's grade events as one INSERT.
