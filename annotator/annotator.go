@@ -149,8 +149,13 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("query service stop", "err", err)
 	}
 	wg.Wait()
+	// Drain flushes the last acks; wait for it so none is lost on exit
+	// (a lost ack would only cause a harmless redelivery).
 	if err := nc.Drain(); err != nil {
 		log.Warn("nats drain", "err", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !nc.IsClosed() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
 	log.Info("annotator stopped")
 	return firstErr

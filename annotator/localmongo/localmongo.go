@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -55,6 +56,15 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("localmongo: dir: %w", err)
+	}
+	// Probe a fixed address first: ferretdb.New leaks its open backend when
+	// the listener cannot be created.
+	if _, port, err := net.SplitHostPort(opt.Addr); err == nil && port != "0" {
+		l, err := net.Listen("tcp", opt.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("localmongo: listen %s: %w", opt.Addr, err)
+		}
+		_ = l.Close()
 	}
 	log := quiet(opt.Log)
 	fdb, err := ferretdb.New(&ferretdb.Config{
