@@ -163,8 +163,11 @@ func (s *stack) count(t testing.TB, sql string, args ...any) uint64 {
 	return n
 }
 
+// injectedSource is stored verbatim: inserts never build SQL from data.
+const injectedSource = `test'); DROP TABLE iris_measurements; --\`
+
 func irisEvent(rows ...bus.IrisRow) *bus.IrisMeasured {
-	return &bus.IrisMeasured{Meta: bus.NewMeta(bus.TypeIrisMeasured), Source: "test", Rows: rows}
+	return &bus.IrisMeasured{Meta: bus.NewMeta(bus.TypeIrisMeasured), Source: injectedSource, Rows: rows}
 }
 
 // Every query type over NATS against the canonical rows, checked against
@@ -256,6 +259,9 @@ func TestIrisMeasurementsIdempotent(t *testing.T) {
 	if n := s.count(t, "SELECT count() FROM "+iris.Table+" WHERE event_id != ?", iris.CanonicalEventID); n != 3 {
 		t.Fatalf("%d rows from 2 events of 3 rows delivered several times, want 3", n)
 	}
+	if n := s.count(t, "SELECT count() FROM "+iris.Table+" WHERE source = ?", injectedSource); n != 3 {
+		t.Fatalf("%d rows with the source stored verbatim, want 3", n)
+	}
 	stats, err := bus.Request[[]bus.IrisStat](context.Background(), s.nc, bus.SvcIrisStats, bus.IrisStatsQuery{Func: "count"})
 	if err != nil || len(stats) != 3 || stats[0].Count != 52 || stats[2].Count != 51 {
 		t.Fatalf("counts %+v %v, want setosa 52 and virginica 51", stats, err)
@@ -330,7 +336,8 @@ func TestGradeAndAnnotationStats(t *testing.T) {
 	late.Time = base.Add(4 * time.Hour)
 	evs = append(evs, late)
 
-	authors := []string{"ann", "bob"}
+	// Free-text fields travel as data, never as SQL.
+	authors := []string{"ann", "bob'); DROP TABLE annotations; --"}
 	wantAnn := map[string]uint64{}
 	for i := range 10 {
 		ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: authors[i%2], ImageID: "img", Annotation: json.RawMessage(`{"box":[1,2,3,4]}`)}
@@ -528,5 +535,19 @@ func TestRunRequiresConfig(t *testing.T) {
 		if err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "required") {
 			t.Errorf("Run(%+v) = %v, want a required-config error", cfg, err)
 		}
+	}
+}
+
+// An unreachable ClickHouse at start is retried, then reported.
+func TestRunGivesUpOnUnreachableClickHouse(t *testing.T) {
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	err = Run(context.Background(), Config{NATSURL: ns.ClientURL(), ClickHouseDSN: "clickhouse://127.0.0.1:1/default",
+		Logger: quiet, Registerer: prometheus.NewRegistry(), StartTimeout: 500 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "prepare clickhouse") {
+		t.Fatalf("Run = %v, want a prepare error", err)
 	}
 }

@@ -49,6 +49,18 @@ func BenchmarkIrisEventPath(b *testing.B) {
 				_, err := iris.Range(ctx, s.conn, iris.RangeQuery{IrisFilter: iris.Filter{Lower: map[string]float64{"sepal_length": 5}, Upper: map[string]float64{"sepal_length": 6}}, Sort: "petal_length", Page: 3, PerPage: 100})
 				return err
 			}},
+			{"range page 1, row-id order", func() error {
+				_, err := iris.Range(ctx, s.conn, iris.RangeQuery{PerPage: 100})
+				return err
+			}},
+			{"range page 1000, row-id order", func() error {
+				_, err := iris.Range(ctx, s.conn, iris.RangeQuery{PerPage: 100, Page: 1000})
+				return err
+			}},
+			{"range page 1, setosa", func() error {
+				_, err := iris.Range(ctx, s.conn, iris.RangeQuery{IrisFilter: iris.Filter{Species: []string{"setosa"}}, PerPage: 100})
+				return err
+			}},
 			{"mean all", func() error { _, err := iris.Stats(ctx, s.conn, iris.StatsQuery{Func: "mean"}); return err }},
 			{"median all", func() error { _, err := iris.Stats(ctx, s.conn, iris.StatsQuery{Func: "median"}); return err }},
 			{"stddev all", func() error { _, err := iris.Stats(ctx, s.conn, iris.StatsQuery{Func: "stddev"}); return err }},

@@ -47,9 +47,10 @@ type Migration struct {
 // migration never changes.
 var Migrations = []Migration{
 	{1, "event tables", []string{
-		// One row per measurement; (event_id, row_idx) is its identity. The
-		// sorting key starts with species (three values) for compression and
-		// species filters; range queries scan the measurement columns.
+		// One row per measurement; (event_id, row_idx) is its identity and
+		// the sorting key, so the default range order (row id) reads in
+		// index order and stops after one page; filters and other sorts
+		// scan the measurement columns.
 		`CREATE TABLE IF NOT EXISTS ` + TableIris + ` (
 			event_id     String,
 			row_idx      UInt32,
@@ -61,7 +62,7 @@ var Migrations = []Migration{
 			source       LowCardinality(String),
 			measured_at  DateTime64(3, 'UTC')
 		) ENGINE = ReplacingMergeTree
-		ORDER BY (species, event_id, row_idx)
+		ORDER BY (event_id, row_idx)
 		SETTINGS non_replicated_deduplication_window = ` + fmt.Sprint(DedupWindow),
 		// One row per grade.completed or grade.failed event, keyed by the
 		// event id; time is the event's time, so the key is fixed per event.
