@@ -57,7 +57,6 @@ type Server struct {
 	waitErr           error
 	tail              *tailBuffer
 	closeOnce         sync.Once
-	closeErr          error
 }
 
 // Start runs the launcher and returns once the engine answers /ping.
@@ -197,8 +196,12 @@ func (s *Server) HTTPURL() string {
 func (s *Server) TCPPort() int  { return s.tcpPort }
 func (s *Server) HTTPPort() int { return s.httpPort }
 
+// Done is closed when the engine process has exited, by Close or by a crash.
+func (s *Server) Done() <-chan struct{} { return s.exited }
+
 // Close stops the engine (SIGTERM, then SIGKILL after 10s) and returns once
-// the process is gone, so its ports and data directory can be reused.
+// the process is gone, so its ports and data directory can be reused. It
+// always returns nil; the error is for io.Closer.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		select {
@@ -214,7 +217,7 @@ func (s *Server) Close() error {
 			<-s.exited
 		}
 	})
-	return s.closeErr
+	return nil
 }
 
 // freePorts asks the kernel for n distinct free loopback ports.

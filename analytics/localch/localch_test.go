@@ -54,9 +54,15 @@ func TestStartRestartKeepsData(t *testing.T) {
 	httpQuery(t, s, "CREATE TABLE t (x UInt32) ENGINE = MergeTree ORDER BY x")
 	httpQuery(t, s, "INSERT INTO t VALUES (1), (2), (3)")
 	dsn, httpURL := s.DSN(), s.HTTPURL()
+	select {
+	case <-s.Done():
+		t.Fatal("Done closed while the engine runs")
+	default:
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	<-s.Done()
 	if _, err := http.Get(httpURL + "/ping"); err == nil {
 		t.Fatal("engine still answers after Close")
 	}
