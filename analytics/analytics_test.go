@@ -551,3 +551,39 @@ func TestRunGivesUpOnUnreachableClickHouse(t *testing.T) {
 		t.Fatalf("Run = %v, want a prepare error", err)
 	}
 }
+
+// A statistics reply larger than MaxStatsRows is refused with 422 (it
+// would not fit a NATS message), one within the bound is answered.
+func TestStatsResultBound(t *testing.T) {
+	ctx := context.Background()
+	_, conn := chtest.Database(t)
+	if _, err := schema.Migrate(ctx, conn, quiet); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	rows := make([]annotationRow, MaxStatsRows+1)
+	for i := range rows {
+		rows[i] = annotationRow{EventID: bus.NewID(), Author: "ann", Time: base.Add(time.Duration(i) * time.Second)}
+	}
+	if err := insertAnnotations(ctx, conn, rows); err != nil {
+		t.Fatal(err)
+	}
+	q := bus.AnnotationStatsQuery{From: base, To: base.Add(2 * time.Hour), Bucket: time.Second}
+	_, err := AnnotationStats(ctx, conn, q)
+	var be *bus.Error
+	if !errors.As(err, &be) || be.Code != http.StatusUnprocessableEntity || !strings.HasPrefix(be.Details[0], "bucket:") {
+		t.Fatalf("err = %v, want 422 on bucket", err)
+	}
+	q.Bucket = time.Minute
+	got, err := AnnotationStats(ctx, conn, q)
+	if err != nil || len(got) != (MaxStatsRows+59)/60 {
+		t.Fatalf("%d rows, %v; want %d", len(got), err, (MaxStatsRows+59)/60)
+	}
+	var total uint64
+	for _, r := range got {
+		total += r.Count
+	}
+	if total != MaxStatsRows+1 {
+		t.Fatalf("counted %d annotations, want %d", total, MaxStatsRows+1)
+	}
+}

@@ -23,7 +23,15 @@ const (
 	DefaultBucket = time.Hour
 	MinBucket     = time.Millisecond
 	MaxBuckets    = 100000
+	// MaxStatsRows bounds one statistics reply (about 150 bytes a row), so
+	// it fits a NATS message (1 MiB by default).
+	MaxStatsRows = 5000
 )
+
+func tooManyRows(what string) error {
+	return &bus.Error{Code: http.StatusUnprocessableEntity, Message: "statistics result too large",
+		Details: []string{fmt.Sprintf("bucket: the window has more than %d %s rows; use a larger bucket or a shorter window", MaxStatsRows, what)}}
+}
 
 // Times DateTime64(3) holds on every ClickHouse version we support.
 var (
@@ -79,6 +87,7 @@ func windowParams(from, to time.Time, bucket time.Duration) clickhouse.Parameter
 		"from":   chTime(from),
 		"to":     chTime(to),
 		"bucket": strconv.FormatInt(bucket.Milliseconds(), 10),
+		"limit":  strconv.Itoa(MaxStatsRows + 1),
 	}
 }
 
@@ -103,7 +112,8 @@ func GradeStats(ctx context.Context, conn driver.Conn, q bus.GradeStatsQuery) ([
 		FROM ` + schema.TableGrades + ` FINAL
 		WHERE time >= {from:DateTime64(3, 'UTC')} AND time < {to:DateTime64(3, 'UTC')}` + cond + `
 		GROUP BY b, model, label
-		ORDER BY b, model, label`
+		ORDER BY b, model, label
+		LIMIT {limit:UInt64}`
 	rows, err := conn.Query(clickhouse.Context(ctx, clickhouse.WithParameters(params)), sql)
 	if err != nil {
 		return nil, fmt.Errorf("analytics: grade stats: %w", err)
@@ -126,6 +136,9 @@ func GradeStats(ctx context.Context, conn driver.Conn, q bus.GradeStatsQuery) ([
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("analytics: grade stats: %w", err)
 	}
+	if len(out) > MaxStatsRows {
+		return nil, tooManyRows("(bucket, model, label)")
+	}
 	return out, nil
 }
 
@@ -139,7 +152,8 @@ func AnnotationStats(ctx context.Context, conn driver.Conn, q bus.AnnotationStat
 		FROM ` + schema.TableAnnotations + ` FINAL
 		WHERE time >= {from:DateTime64(3, 'UTC')} AND time < {to:DateTime64(3, 'UTC')}
 		GROUP BY b, author
-		ORDER BY b, author`
+		ORDER BY b, author
+		LIMIT {limit:UInt64}`
 	ctx = clickhouse.Context(ctx, clickhouse.WithParameters(windowParams(q.From, q.To, q.Bucket)))
 	rows, err := conn.Query(ctx, sql)
 	if err != nil {
@@ -157,6 +171,9 @@ func AnnotationStats(ctx context.Context, conn driver.Conn, q bus.AnnotationStat
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("analytics: annotation stats: %w", err)
+	}
+	if len(out) > MaxStatsRows {
+		return nil, tooManyRows("(bucket, author)")
 	}
 	return out, nil
 }
