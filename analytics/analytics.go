@@ -77,6 +77,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("analytics: CLICKHOUSE_DSN: %w", err)
 	}
+	// Queries (each range runs two), concurrent iris inserts and the other
+	// consumers share the pool: more than the driver's default 10, unless
+	// the DSN says otherwise.
+	if opts.MaxOpenConns == 0 {
+		opts.MaxOpenConns = 32
+	}
+	if opts.MaxIdleConns == 0 {
+		opts.MaxIdleConns = 16
+	}
 	conn, err := clickhouse.Open(opts)
 	if err != nil {
 		return fmt.Errorf("analytics: clickhouse: %w", err)
