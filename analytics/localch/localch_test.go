@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -142,4 +143,17 @@ func TestMain(m *testing.M) {
 		select {} // until killed
 	}
 	os.Exit(m.Run())
+}
+
+// A port in use fails Start with the engine's own message.
+func TestBusyPort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = localch.Start(context.Background(), localch.Options{Dir: t.TempDir(), Launcher: launcher(t), TCPPort: l.Addr().(*net.TCPAddr).Port})
+	if err == nil || !strings.Contains(err.Error(), "Address already in use") {
+		t.Fatalf("Start on a busy port: %v", err)
+	}
 }

@@ -15,8 +15,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s DATA_DIR TCP_PORT HTTP_PORT\n", argv[0]);
         return 2;
     }
-    // Die with the parent so no engine outlives the test or service that started it.
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1) return 3;
+    // Die with the parent so no engine outlives the test or service that
+    // started it; if the parent already died before prctl, stop now.
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) {
+        fprintf(stderr, "gradeline-chdb: parent gone\n");
+        return 3;
+    }
     char path[4096], tcp[64], http[64];
     snprintf(path, sizeof path, "--path=%s", argv[1]);
     snprintf(tcp, sizeof tcp, "--tcp_port=%s", argv[2]);
