@@ -576,3 +576,19 @@ func TestReplayFromStartAndFromTime(t *testing.T) {
 		t.Fatalf("deliver policy reset to %v", c.CachedInfo().Config.DeliverPolicy)
 	}
 }
+
+func TestReplicasFromEnv(t *testing.T) {
+	for v, want := range map[string]int{"": 1, "1": 1, "3": 3, "5": 5, "0": 0, "6": 0, "three": 0, "-1": 0} {
+		t.Setenv(EnvReplicas, v)
+		got, err := ReplicasFromEnv()
+		if want == 0 {
+			if err == nil || !strings.Contains(err.Error(), EnvReplicas) {
+				t.Errorf("%q: err %v, want an error naming %s", v, err, EnvReplicas)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %d %v, want %d", v, got, err, want)
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -260,4 +262,21 @@ func ImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
 	}
 	return os, nil
+}
+
+// EnvReplicas is the environment variable that sets the replicas of every
+// stream and the image bucket in the service binaries.
+const EnvReplicas = "GRADELINE_REPLICAS"
+
+// ReplicasFromEnv reads GRADELINE_REPLICAS: 1 when unset, else 1..5.
+func ReplicasFromEnv() (int, error) {
+	v := os.Getenv(EnvReplicas)
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 5 {
+		return 0, fmt.Errorf("%s=%q: want an integer from 1 to 5 (3 on a cluster)", EnvReplicas, v)
+	}
+	return n, nil
 }

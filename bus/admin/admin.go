@@ -8,13 +8,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 // Check reports whether one dependency is usable.
@@ -87,4 +94,58 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		return err
 	}
 	return nil
+}
+
+// ListenAndServe serves Handler(g, checks) on addr until ctx is cancelled.
+// An empty addr serves nothing and returns at once.
+func ListenAndServe(ctx context.Context, addr string, g prometheus.Gatherer, checks map[string]Check) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin: listen %s: %w", addr, err)
+	}
+	return Serve(ctx, ln, Handler(g, checks))
+}
+
+// NATSCheck reports whether the NATS server at url accepts a connection
+// and answers a round trip.
+func NATSCheck(url string) Check {
+	return func(ctx context.Context) error {
+		nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.Name("readiness"))
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+		}
+		return nc.FlushWithContext(ctx)
+	}
+}
+
+// Flag is a readiness check a service sets once it is ready.
+type Flag struct{ ok atomic.Bool }
+
+// Set marks the service ready.
+func (f *Flag) Set() { f.ok.Store(true) }
+
+// Check fails until Set was called.
+func (f *Flag) Check(context.Context) error {
+	if !f.ok.Load() {
+		return errors.New("starting")
+	}
+	return nil
+}
+
+// NewRegistry returns a registry with the Go runtime and process collectors
+// and the bus metrics, for a service binary.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(bus.Collectors()...)
+	return reg
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 func TestHandler(t *testing.T) {
@@ -46,4 +49,46 @@ func TestHandler(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestFlagAndNATSCheck(t *testing.T) {
+	var f Flag
+	if f.Check(context.Background()) == nil {
+		t.Fatal("flag ready before Set")
+	}
+	f.Set()
+	if err := f.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	if err := NATSCheck(ns.ClientURL())(context.Background()); err != nil {
+		t.Fatalf("running server: %v", err)
+	}
+	if err := NATSCheck("nats://127.0.0.1:1")(context.Background()); err == nil {
+		t.Fatal("closed port reported ready")
+	}
+}
+
+func TestListenAndServe(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := ListenAndServe(ctx, "", nil, nil); err != nil {
+		t.Fatalf("empty addr: %v", err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if err := ListenAndServe(ctx, busy.Addr().String(), nil, nil); err == nil || !strings.Contains(err.Error(), "admin: listen") {
+		t.Fatalf("listening on a busy port: %v", err)
+	}
+	reg := NewRegistry()
+	if mfs, err := reg.Gather(); err != nil || len(mfs) == 0 {
+		t.Fatalf("registry: %v %d", err, len(mfs))
+	}
+	cancel()
 }
