@@ -269,8 +269,10 @@ func ImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 const EnvReplicas = "GRADELINE_REPLICAS"
 
 // ReplicasFromEnv reads GRADELINE_REPLICAS: 1 when unset, else 1..5.
-func ReplicasFromEnv() (int, error) {
-	v := os.Getenv(EnvReplicas)
+func ReplicasFromEnv() (int, error) { return ParseReplicas(os.Getenv(EnvReplicas)) }
+
+// ParseReplicas parses a GRADELINE_REPLICAS value: 1 when empty, else 1..5.
+func ParseReplicas(v string) (int, error) {
 	if v == "" {
 		return 1, nil
 	}

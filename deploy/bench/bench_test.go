@@ -329,7 +329,9 @@ func BenchmarkIris(b *testing.B) {
 			func() error { return expect200(post(ep.HTTP+"/api/v1/iris/range", "application/json", rangeBody)) },
 			func() error { _, err := iris.Range(context.Background(), conn, rangeQ); return err }},
 		{"iris mean, all rows p50 (ms)",
-			func() error { return expect200(post(ep.HTTP+"/api/v1/iris/stats/mean", "application/json", []byte(`{}`))) },
+			func() error {
+				return expect200(post(ep.HTTP+"/api/v1/iris/stats/mean", "application/json", []byte(`{}`)))
+			},
 			func() error { _, err := iris.Stats(context.Background(), conn, meanQ); return err }},
 	}
 	runs := envInt("GRADELINE_BENCH_QUERY_RUNS", 31)

@@ -284,14 +284,7 @@ func displayAddr(a net.Addr) string {
 // readiness checks the three servers the stack depends on.
 func readiness(cfg Config) map[string]admin.Check {
 	return map[string]admin.Check{
-		"nats": func(ctx context.Context) error {
-			nc, err := nats.Connect(cfg.NATSURL, nats.Timeout(time.Second))
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			return nc.FlushWithContext(ctx)
-		},
+		"nats": admin.NATSCheck(cfg.NATSURL),
 		"mongo": func(ctx context.Context) error {
 			c, err := mongo.Connect(options.Client().ApplyURI(cfg.MongoURI).SetServerSelectionTimeout(time.Second))
 			if err != nil {

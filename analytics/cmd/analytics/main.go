@@ -1,25 +1,27 @@
 // Command analytics loads events into ClickHouse and answers analytics
-// queries over NATS.
+// queries over NATS (production mode).
 //
-// Environment: NATS_URL and CLICKHOUSE_DSN (required);
-// GRADELINE_STREAM_REPLICAS (default 1; 3 on a production cluster);
-// GRADELINE_METRICS_ADDR (optional, e.g. :9102) serves /metrics.
+// Environment:
+//
+//	NATS_URL              required
+//	CLICKHOUSE_DSN        required, e.g. clickhouse://host:9000/default
+//	GRADELINE_REPLICAS    replicas of the JetStream streams (default 1; 3 on a cluster)
+//	GRADELINE_ADMIN_ADDR  if set, serve /healthz, /readyz and /metrics there (e.g. :9090)
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
-	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/gradeline/gradeline/analytics"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
 )
 
 func main() {
@@ -34,38 +36,48 @@ func run(log *slog.Logger) error {
 	cfg := analytics.Config{
 		NATSURL:       os.Getenv("NATS_URL"),
 		ClickHouseDSN: os.Getenv("CLICKHOUSE_DSN"),
-		Replicas:      1,
 		Logger:        log,
 	}
-	var missing []string
+	var problems []string
 	if cfg.NATSURL == "" {
-		missing = append(missing, "NATS_URL")
+		problems = append(problems, "NATS_URL")
 	}
 	if cfg.ClickHouseDSN == "" {
-		missing = append(missing, "CLICKHOUSE_DSN")
+		problems = append(problems, "CLICKHOUSE_DSN")
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("required environment variables are not set: %v", missing)
+	replicas, err := bus.ReplicasFromEnv()
+	if err != nil {
+		problems = append(problems, err.Error())
 	}
-	if v := os.Getenv("GRADELINE_STREAM_REPLICAS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return fmt.Errorf("GRADELINE_STREAM_REPLICAS=%q: want a positive integer", v)
-		}
-		cfg.Replicas = n
+	if len(problems) > 0 {
+		return fmt.Errorf("required environment variables are not set or invalid: %v", problems)
 	}
+	cfg.Replicas = replicas
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if addr := os.Getenv("GRADELINE_METRICS_ADDR"); addr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.Handler())
-		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server", "err", err)
-			}
-		}()
-		defer srv.Close()
-	}
+	reg := admin.NewRegistry()
+	cfg.Registerer = reg
+	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "clickhouse": clickhouseCheck(cfg.ClickHouseDSN)}
+	go func() {
+		if err := admin.ListenAndServe(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), reg, checks); err != nil {
+			log.Error("admin endpoints", "err", err)
+			stop()
+		}
+	}()
 	return analytics.Run(ctx, cfg)
+}
+
+// clickhouseCheck pings ClickHouse over one shared connection.
+func clickhouseCheck(dsn string) admin.Check {
+	opts, err := clickhouse.ParseDSN(dsn)
+	var conn clickhouse.Conn
+	if err == nil {
+		conn, err = clickhouse.Open(opts)
+	}
+	return func(ctx context.Context) error {
+		if err != nil {
+			return err
+		}
+		return conn.Ping(ctx)
+	}
 }

@@ -16,12 +16,12 @@ func TestRequiredEnvironment(t *testing.T) {
 		{"", "", "", []string{"NATS_URL", "CLICKHOUSE_DSN"}},
 		{"nats://127.0.0.1:4222", "", "", []string{"CLICKHOUSE_DSN"}},
 		{"", "clickhouse://127.0.0.1:9000/default", "", []string{"NATS_URL"}},
-		{"nats://127.0.0.1:4222", "clickhouse://127.0.0.1:9000/default", "zero", []string{"GRADELINE_STREAM_REPLICAS"}},
+		{"nats://127.0.0.1:4222", "clickhouse://127.0.0.1:9000/default", "zero", []string{"GRADELINE_REPLICAS"}},
 	}
 	for _, tc := range cases {
 		t.Setenv("NATS_URL", tc.nats)
 		t.Setenv("CLICKHOUSE_DSN", tc.dsn)
-		t.Setenv("GRADELINE_STREAM_REPLICAS", tc.replicas)
+		t.Setenv("GRADELINE_REPLICAS", tc.replicas)
 		err := run(slog.New(slog.DiscardHandler))
 		if err == nil {
 			t.Fatalf("%+v: no error", tc)

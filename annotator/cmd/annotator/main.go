@@ -2,28 +2,28 @@
 //
 // Environment:
 //
-//	NATS_URL                 required
-//	MONGO_URI                required
-//	GRADELINE_MONGO_DB       MongoDB database (default "gradeline")
-//	GRADELINE_NATS_REPLICAS  replicas of the JetStream streams (default 1; 3 on a cluster)
-//	GRADELINE_METRICS_ADDR   if set, serve Prometheus metrics at http://ADDR/metrics
+//	NATS_URL              required
+//	MONGO_URI             required
+//	GRADELINE_MONGO_DB    MongoDB database (default "gradeline")
+//	GRADELINE_REPLICAS    replicas of the JetStream streams (default 1; 3 on a cluster)
+//	GRADELINE_ADMIN_ADDR  if set, serve /healthz, /readyz and /metrics there (e.g. :9090)
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/gradeline/gradeline/annotator"
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
 )
 
 func main() {
@@ -39,7 +39,6 @@ func run(log *slog.Logger) error {
 		NATSURL:  os.Getenv("NATS_URL"),
 		MongoURI: os.Getenv("MONGO_URI"),
 		Database: os.Getenv("GRADELINE_MONGO_DB"),
-		Replicas: 1,
 		Logger:   log,
 	}
 	var missing []string
@@ -52,26 +51,31 @@ func run(log *slog.Logger) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("missing required environment: %v", missing)
 	}
-	if v := os.Getenv("GRADELINE_NATS_REPLICAS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 5 {
-			return fmt.Errorf("GRADELINE_NATS_REPLICAS=%q: want an integer from 1 to 5", v)
-		}
-		cfg.Replicas = n
+	var err error
+	if cfg.Replicas, err = bus.ReplicasFromEnv(); err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if addr := os.Getenv("GRADELINE_METRICS_ADDR"); addr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.Handler())
-		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server", "err", err)
-				stop()
-			}
-		}()
-		defer srv.Close()
-	}
+	reg := admin.NewRegistry()
+	cfg.Registerer = reg
+	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": mongoCheck(cfg.MongoURI)}
+	go func() {
+		if err := admin.ListenAndServe(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), reg, checks); err != nil {
+			log.Error("admin endpoints", "err", err)
+			stop()
+		}
+	}()
 	return annotator.Run(ctx, cfg)
+}
+
+// mongoCheck pings MongoDB over one shared client.
+func mongoCheck(uri string) admin.Check {
+	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetServerSelectionTimeout(2 * time.Second))
+	return func(ctx context.Context) error {
+		if err != nil {
+			return err
+		}
+		return client.Ping(ctx, nil)
+	}
 }

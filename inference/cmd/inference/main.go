@@ -12,20 +12,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/inference"
 )
 
@@ -39,31 +34,17 @@ func main() {
 	cfg.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if adminAddr != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		cfg.Registerer = reg
-		var ready atomic.Bool
-		cfg.OnReady = func() { ready.Store(true) }
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !ready.Load() {
-				http.Error(w, "starting", http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte("ready\n"))
-		})
-		srv := &http.Server{Addr: adminAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
-				log.Error("admin server", "addr", adminAddr, "err", err)
-				stop()
-			}
-		}()
-		defer srv.Close()
-	}
+	reg := admin.NewRegistry()
+	cfg.Registerer = reg
+	var ready admin.Flag
+	cfg.OnReady = ready.Set
+	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "models": ready.Check}
+	go func() {
+		if err := admin.ListenAndServe(ctx, adminAddr, reg, checks); err != nil {
+			log.Error("admin endpoints", "err", err)
+			stop()
+		}
+	}()
 	if err := inference.Run(ctx, cfg); err != nil {
 		log.Error("inference stopped", "err", err)
 		os.Exit(1)
@@ -93,12 +74,9 @@ func config() (inference.Config, string, error) {
 		}
 		cfg.MaxQueueDelay = d
 	}
-	if v := os.Getenv("GRADELINE_REPLICAS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 5 {
-			return cfg, "", fmt.Errorf("GRADELINE_REPLICAS=%q: want 1..5", v)
-		}
-		cfg.Replicas = n
+	var err error
+	if cfg.Replicas, err = bus.ReplicasFromEnv(); err != nil {
+		return cfg, "", err
 	}
 	return cfg, os.Getenv("GRADELINE_ADMIN_ADDR"), nil
 }

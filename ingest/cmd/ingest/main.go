@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/ingest"
 )
 
@@ -43,7 +44,7 @@ func configFromEnv(getenv func(string) string) (ingest.Config, []string) {
 		Addr:        getenv("GRADELINE_HTTP_ADDR"),
 		NATSURL:     getenv("NATS_URL"),
 		MongoURI:    getenv("MONGO_URI"),
-		Database:    getenv("GRADELINE_MONGO_DATABASE"),
+		Database:    getenv("GRADELINE_MONGO_DB"),
 		JWTSecret:   []byte(getenv("GRADELINE_JWT_SECRET")),
 		JWTIssuer:   getenv("GRADELINE_JWT_ISSUER"),
 		JWTAudience: getenv("GRADELINE_JWT_AUDIENCE"),
@@ -81,11 +82,9 @@ func configFromEnv(getenv func(string) string) (ingest.Config, []string) {
 		}
 		cfg.GradeWait = d
 	}
-	if v := getenv("GRADELINE_REPLICAS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			problems = append(problems, "GRADELINE_REPLICAS must be a positive integer")
-		}
+	if n, err := bus.ParseReplicas(getenv(bus.EnvReplicas)); err != nil {
+		problems = append(problems, err.Error())
+	} else {
 		cfg.Replicas = n
 	}
 	return cfg, problems
