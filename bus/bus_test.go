@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -173,7 +174,9 @@ func TestPublishCarriesRequestContext(t *testing.T) {
 	got := make(chan context.Context, 1)
 	cctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go Consume(cctx, js, ConsumerAnnotator, ConsumeOptions{}, func(_ context.Context, b []*Delivery) error {
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	go Consume(cctx, js, ConsumerAnnotator, ConsumeOptions{Logger: logger}, func(_ context.Context, b []*Delivery) error {
 		got <- b[0].Ctx
 		return nil
 	})
@@ -182,9 +185,30 @@ func TestPublishCarriesRequestContext(t *testing.T) {
 		if RequestID(c) != "req-42" || !strings.HasPrefix(Traceparent(c), "00-0af7") {
 			t.Fatalf("request id %q traceparent %q", RequestID(c), Traceparent(c))
 		}
+		// The consuming service's log names the request that caused the event.
+		if !strings.Contains(logs.String(), "request_id=req-42") || !strings.Contains(logs.String(), "traceparent=00-0af7") {
+			t.Fatalf("consumer log lacks the request context:\n%s", logs.String())
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no delivery")
 	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // collector records what a consume loop saw.

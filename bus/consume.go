@@ -199,10 +199,14 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 			c.deadLetter(ctx, m, md, err.Error())
 			continue
 		}
-		batch = append(batch, &Delivery{
+		d := &Delivery{
 			Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered,
 			Ctx: contextFrom(ctx, m.Headers()), msg: m,
-		})
+		}
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			Log(d.Ctx, c.log).Debug("event received", "id", ev.EventMeta().ID, "type", ev.EventMeta().Type, "delivery", md.NumDelivered)
+		}
+		batch = append(batch, d)
 	}
 	if len(batch) == 0 {
 		return
@@ -228,13 +232,14 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 			}
 		case outcomeReject:
 			md, _ := d.msg.Metadata()
-			c.deadLetter(ctx, d.msg, md, d.reason)
+			c.deadLetter(d.Ctx, d.msg, md, d.reason)
 		case outcomeRetry:
 			if d.NumDelivered >= c.opt.MaxDeliveries {
 				md, _ := d.msg.Metadata()
-				c.deadLetter(ctx, d.msg, md, fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, d.reason))
+				c.deadLetter(d.Ctx, d.msg, md, fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, d.reason))
 				continue
 			}
+			Log(d.Ctx, c.log).Warn("event will be retried", "id", d.Event.EventMeta().ID, "delivery", d.NumDelivered, "reason", d.reason)
 			_ = d.msg.NakWithDelay(c.opt.Backoff(d.NumDelivered))
 		}
 	}
@@ -264,7 +269,7 @@ func (c *consumer) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstrea
 		return
 	}
 	consumerDeadLettered.WithLabelValues(c.spec.Durable).Inc()
-	c.log.Warn("message dead-lettered", "subject", m.Subject(), "seq", dl.Sequence, "reason", reason)
+	Log(contextFrom(ctx, m.Headers()), c.log).Warn("message dead-lettered", "subject", m.Subject(), "seq", dl.Sequence, "reason", reason)
 	_ = m.Term()
 }
 

@@ -53,6 +53,19 @@ func Traceparent(ctx context.Context) string {
 	return s
 }
 
+// Log returns log annotated with the request id and trace context carried
+// by ctx, so a line logged while handling an event names the HTTP request
+// that caused it.
+func Log(ctx context.Context, log *slog.Logger) *slog.Logger {
+	if id := RequestID(ctx); id != "" {
+		log = log.With("request_id", id)
+	}
+	if tp := Traceparent(ctx); tp != "" {
+		log = log.With("traceparent", tp)
+	}
+	return log
+}
+
 // headersFrom copies the tracing values of ctx into h.
 func headersFrom(ctx context.Context, h nats.Header) {
 	if id := RequestID(ctx); id != "" {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/ingest"
 )
 
@@ -29,6 +30,7 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Logger = log
+	cfg.Registerer = admin.NewRegistry() // bus, Go runtime and process metrics beside the edge's
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := ingest.Run(ctx, cfg); err != nil {
