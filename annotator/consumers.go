@@ -3,117 +3,72 @@ package annotator
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/gradeline/gradeline/bus"
 )
 
-// settle marks each delivery after a store call: a per-document refusal is
-// retried a few times and then dead-lettered by bus.Consume with its
-// reason; nil results are acked.
-func settle(ds []*bus.Delivery, results []error) {
+// handle is the shape of every annotator consumer: keep the events the
+// consumer expects (anything else on its subjects is dead-lettered), write
+// them in one store call bounded by writeTimeout, and settle each delivery
+// by its own result. A store call that fails as a whole (MongoDB down)
+// fails the batch, which bus.Consume naks with backoff.
+func handle[E bus.Event](ctx context.Context, batch []*bus.Delivery, accept func(bus.Event) (E, bool),
+	write func(context.Context, []E) ([]error, error)) error {
+	evs := make([]E, 0, len(batch))
+	ds := make([]*bus.Delivery, 0, len(batch))
+	for _, d := range batch {
+		ev, ok := accept(d.Event)
+		if !ok {
+			d.Reject(fmt.Sprintf("unexpected event type %q on %s", d.Event.EventMeta().Type, d.Subject))
+			continue
+		}
+		evs, ds = append(evs, ev), append(ds, d)
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	results, err := write(ctx, evs)
+	if err != nil {
+		return err
+	}
+	// A per-document refusal is retried a few times and then dead-lettered
+	// by bus.Consume with its reason; nil results are acked.
 	for i, err := range results {
 		if err != nil {
 			ds[i].Retry(err)
 		}
 	}
+	return nil
 }
 
-func unexpected(d *bus.Delivery) {
-	d.Reject(fmt.Sprintf("unexpected event type %q on %s", d.Event.EventMeta().Type, d.Subject))
+// is accepts events of the single type E.
+func is[E bus.Event](ev bus.Event) (E, bool) {
+	e, ok := ev.(E)
+	return e, ok
+}
+
+// anyOf accepts events of the named types.
+func anyOf(types ...string) func(bus.Event) (bus.Event, bool) {
+	return func(ev bus.Event) (bus.Event, bool) {
+		return ev, slices.Contains(types, ev.EventMeta().Type)
+	}
 }
 
 func (a *app) handleAnnotations(ctx context.Context, batch []*bus.Delivery) error {
-	evs := make([]*bus.AnnotationCreated, 0, len(batch))
-	ds := make([]*bus.Delivery, 0, len(batch))
-	for _, d := range batch {
-		ev, ok := d.Event.(*bus.AnnotationCreated)
-		if !ok {
-			unexpected(d)
-			continue
-		}
-		evs, ds = append(evs, ev), append(ds, d)
-	}
-	if len(evs) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	res, err := a.store.InsertAnnotations(ctx, evs)
-	if err != nil {
-		return err
-	}
-	settle(ds, res)
-	return nil
+	return handle(ctx, batch, is[*bus.AnnotationCreated], a.store.InsertAnnotations)
 }
 
 func (a *app) handleCatalog(ctx context.Context, batch []*bus.Delivery) error {
-	evs := make([]bus.Event, 0, len(batch))
-	ds := make([]*bus.Delivery, 0, len(batch))
-	for _, d := range batch {
-		switch d.Event.(type) {
-		case *bus.ImageCatalogued, *bus.ImageTagsSet, *bus.ImageDeleted:
-			evs, ds = append(evs, d.Event), append(ds, d)
-		default:
-			unexpected(d)
-		}
-	}
-	if len(evs) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	res, err := a.store.ApplyCatalog(ctx, evs)
-	if err != nil {
-		return err
-	}
-	settle(ds, res)
-	return nil
+	return handle(ctx, batch, anyOf(bus.TypeImageCatalogued, bus.TypeImageTagsSet, bus.TypeImageDeleted), a.store.ApplyCatalog)
 }
 
 func (a *app) handleSubmissions(ctx context.Context, batch []*bus.Delivery) error {
-	evs := make([]*bus.ImageSubmitted, 0, len(batch))
-	ds := make([]*bus.Delivery, 0, len(batch))
-	for _, d := range batch {
-		ev, ok := d.Event.(*bus.ImageSubmitted)
-		if !ok {
-			unexpected(d)
-			continue
-		}
-		evs, ds = append(evs, ev), append(ds, d)
-	}
-	if len(evs) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	res, err := a.store.InsertPending(ctx, evs)
-	if err != nil {
-		return err
-	}
-	settle(ds, res)
-	return nil
+	return handle(ctx, batch, is[*bus.ImageSubmitted], a.store.InsertPending)
 }
 
 func (a *app) handleGrades(ctx context.Context, batch []*bus.Delivery) error {
-	evs := make([]bus.Event, 0, len(batch))
-	ds := make([]*bus.Delivery, 0, len(batch))
-	for _, d := range batch {
-		switch d.Event.(type) {
-		case *bus.GradeCompleted, *bus.GradeFailed:
-			evs, ds = append(evs, d.Event), append(ds, d)
-		default:
-			unexpected(d)
-		}
-	}
-	if len(evs) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	res, err := a.store.ApplyResults(ctx, evs)
-	if err != nil {
-		return err
-	}
-	settle(ds, res)
-	return nil
+	return handle(ctx, batch, anyOf(bus.TypeGradeCompleted, bus.TypeGradeFailed), a.store.ApplyResults)
 }
