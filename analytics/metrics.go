@@ -1,9 +1,9 @@
 package analytics
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gradeline/gradeline/bus/admin"
 )
 
 type metrics struct {
@@ -18,38 +18,23 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		r = prometheus.DefaultRegisterer
 	}
 	return &metrics{
-		insertSeconds: register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		insertSeconds: admin.MustRegister(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "gradeline", Subsystem: "analytics", Name: "insert_duration_seconds",
 			Help:    "Latency of successful ClickHouse inserts, per table.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}, []string{"table"})),
-		rowsInserted: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+		rowsInserted: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "gradeline", Subsystem: "analytics", Name: "rows_inserted_total",
 			Help: "Rows sent in successful ClickHouse inserts, per table (a deduplicated redelivery counts again).",
 		}, []string{"table"})),
-		insertErrors: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+		insertErrors: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "gradeline", Subsystem: "analytics", Name: "insert_errors_total",
 			Help: "Failed ClickHouse inserts, per table; the batch is retried.",
 		}, []string{"table"})),
-		querySeconds: register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		querySeconds: admin.MustRegister(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "gradeline", Subsystem: "analytics", Name: "query_duration_seconds",
 			Help:    "Latency of analytics queries, per query and outcome (ok, invalid, error).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"query", "outcome"})),
 	}
-}
-
-// register adds c to r, or returns the collector already registered under
-// the same name (a second Run in the same process).
-func register[C prometheus.Collector](r prometheus.Registerer, c C) C {
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(err)
-	}
-	return c
 }

@@ -146,7 +146,9 @@ func (c *consumer) collect(ctx context.Context) ([]jetstream.Msg, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		// A short pull: one lost in a leader change or reconnect is
+		// replaced within seconds rather than at a long expiry.
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		first, err := c.cons.Next(jetstream.FetchContext(wctx))
 		cancel()
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -190,6 +191,11 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSp
 	cfg := spec.Config()
 	if cur, err := js.Consumer(ctx, spec.Stream, spec.Durable); err == nil {
 		old := cur.CachedInfo().Config
+		if sameSettings(old, cfg) {
+			// Every service ensures every consumer at start: leave a
+			// consumer that already matches untouched.
+			return cur, nil
+		}
 		cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = old.DeliverPolicy, old.OptStartTime, old.OptStartSeq
 		c, err := js.UpdateConsumer(ctx, spec.Stream, cfg)
 		if err != nil {
@@ -204,6 +210,13 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSp
 		return nil, fmt.Errorf("bus: consumer %s/%s: %w", spec.Stream, spec.Durable, err)
 	}
 	return c, nil
+}
+
+// sameSettings reports whether a consumer has the settings the table gives it.
+func sameSettings(have, want jetstream.ConsumerConfig) bool {
+	return have.Description == want.Description && slices.Equal(have.FilterSubjects, want.FilterSubjects) &&
+		have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
+		have.MaxAckPending == want.MaxAckPending
 }
 
 // Replay makes the durable consumer spec deliver its stream again, from

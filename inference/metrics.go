@@ -1,9 +1,9 @@
 package inference
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gradeline/gradeline/bus/admin"
 )
 
 type metrics struct {
@@ -30,48 +30,33 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		r = prometheus.DefaultRegisterer
 	}
 	m := &metrics{
-		batchSize: register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		batchSize: admin.MustRegister(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gradeline_inference_batch_size",
 			Help:    "Images per ONNX Runtime call.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}, []string{"model"})),
-		inference: register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		inference: admin.MustRegister(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gradeline_inference_seconds",
 			Help:    "Duration of one ONNX Runtime call (a whole batch).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}, []string{"model"})),
-		preprocess: register(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+		preprocess: admin.MustRegister(r, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gradeline_inference_preprocess_seconds",
 			Help:    "Fetching, decoding and preprocessing the images of one consumed batch.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		})),
-		completed: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+		completed: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gradeline_inference_grades_completed_total",
 			Help: "Grades published as completed.",
 		}, []string{"model"})),
-		failed: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+		failed: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gradeline_inference_grades_failed_total",
 			Help: "Grades published as failed, by reason.",
 		}, []string{"reason"})),
-		models: register(r, prometheus.NewGauge(prometheus.GaugeOpts{
+		models: admin.MustRegister(r, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gradeline_inference_models_loaded",
 			Help: "Models loaded by the registry.",
 		})),
 	}
 	return m
-}
-
-// register registers c, or returns the collector already registered under
-// the same description (a second Run in one process).
-func register[C prometheus.Collector](r prometheus.Registerer, c C) C {
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(err)
-	}
-	return c
 }

@@ -1,13 +1,12 @@
 package ingest
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/gradeline/gradeline/bus/admin"
 )
 
 type metrics struct {
@@ -18,45 +17,30 @@ type metrics struct {
 	gatherer    prometheus.Gatherer
 }
 
-// register registers c, or returns the collector already registered under
-// the same description so several servers can share one registry.
-func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing, nil
-			}
-		}
-		return c, fmt.Errorf("ingest: metrics: %w", err)
-	}
-	return c, nil
-}
-
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{}
 	var err error
-	if m.requests, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	if m.requests, err = admin.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "gradeline", Subsystem: "ingest", Name: "http_requests_total",
 		Help: "HTTP requests by route template, method and status.",
 	}, []string{"route", "method", "status"})); err != nil {
 		return nil, err
 	}
-	if m.latency, err = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	if m.latency, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "gradeline", Subsystem: "ingest", Name: "http_request_duration_seconds",
 		Help:    "HTTP request latency by route template, method and status.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"route", "method", "status"})); err != nil {
 		return nil, err
 	}
-	if m.publish, err = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	if m.publish, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "gradeline", Subsystem: "ingest", Name: "publish_duration_seconds",
 		Help:    "Time from publish to PubAck by event type and outcome.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
 	}, []string{"type", "outcome"})); err != nil {
 		return nil, err
 	}
-	if m.requestsBus, err = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	if m.requestsBus, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "gradeline", Subsystem: "ingest", Name: "bus_request_duration_seconds",
 		Help:    "Latency of NATS request-reply queries by subject and outcome.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 15},

@@ -149,3 +149,29 @@ func NewRegistry() *prometheus.Registry {
 	reg.MustRegister(bus.Collectors()...)
 	return reg
 }
+
+// Register adds c to reg, or returns the collector already registered
+// there under the same description, so a service started twice in one
+// process (tests, the local stack) shares its metrics instead of failing.
+func Register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, fmt.Errorf("metrics: %w", err)
+	}
+	return c, nil
+}
+
+// MustRegister is Register for collectors whose registration can fail only
+// by a programming error (a name used twice with different labels).
+func MustRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	c, err := Register(reg, c)
+	if err != nil {
+		panic(err)
+	}
+	return c
+}

@@ -1,10 +1,11 @@
 package store
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gradeline/gradeline/bus/admin"
 )
 
 // Metrics of the MongoDB writes. Several stores in one process (tests, a
@@ -37,30 +38,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"collection"}),
 	}
 	var err error
-	m.writeSeconds, err = register(reg, m.writeSeconds)
+	m.writeSeconds, err = admin.Register(reg, m.writeSeconds)
 	if err != nil {
 		return nil, err
 	}
-	if m.written, err = register(reg, m.written); err != nil {
+	if m.written, err = admin.Register(reg, m.written); err != nil {
 		return nil, err
 	}
-	if m.duplicates, err = register(reg, m.duplicates); err != nil {
+	if m.duplicates, err = admin.Register(reg, m.duplicates); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }
 
 func (m *Metrics) observe(coll, op string, start time.Time) {
