@@ -228,56 +228,26 @@ func (s *Server) listModels(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"data": models, "total": len(models)})
 }
 
-// gradeResponse is the grade document of POST and GET /api/v1/grades.
-type gradeResponse struct {
-	ID           string             `json:"id"`
-	Status       string             `json:"status"`
-	ImageID      string             `json:"image_id,omitempty"`
-	Model        string             `json:"model"`
-	ModelVersion string             `json:"model_version,omitempty"`
-	Label        string             `json:"label,omitempty"`
-	Score        float64            `json:"score,omitempty"`
-	Scores       map[string]float64 `json:"scores,omitempty"`
-	InferenceMS  float64            `json:"inference_ms,omitempty"`
-	BatchSize    int                `json:"batch_size,omitempty"`
-	Reason       string             `json:"reason,omitempty"`
-	SubmittedAt  *time.Time         `json:"submitted_at,omitempty"`
-	CompletedAt  *time.Time         `json:"completed_at,omitempty"`
-}
+// A grade document (POST and GET /api/v1/grades) is the annotator's
+// bus.Grade: one type for the history and the HTTP reply.
 
-func fromGrade(g bus.Grade) gradeResponse {
-	r := gradeResponse{ID: g.ID, Status: g.Status, ImageID: g.ImageID, Model: g.Model, ModelVersion: g.ModelVersion,
-		Label: g.Label, Score: g.Score, Scores: g.Scores, InferenceMS: g.InferenceMS, BatchSize: g.BatchSize, Reason: g.Reason}
-	if !g.SubmittedAt.IsZero() {
-		t := g.SubmittedAt
-		r.SubmittedAt = &t
-	}
-	if !g.CompletedAt.IsZero() {
-		t := g.CompletedAt
-		r.CompletedAt = &t
-	}
-	return r
-}
-
-func fromOutcome(submitted bus.Grade, ev bus.Event) gradeResponse {
-	r := fromGrade(submitted)
+func fromOutcome(submitted bus.Grade, ev bus.Event) bus.Grade {
+	r := submitted
 	switch e := ev.(type) {
 	case *bus.GradeCompleted:
 		r.Status = bus.GradeStatusCompleted
 		r.ModelVersion, r.Label, r.Score, r.Scores = e.ModelVersion, e.Label, e.Score, e.Scores
 		r.InferenceMS, r.BatchSize = e.InferenceMS, e.BatchSize
-		t := e.Time
-		r.CompletedAt = &t
+		r.CompletedAt = e.Time
 	case *bus.GradeFailed:
 		r.Status = bus.GradeStatusFailed
 		r.Reason = e.Reason
-		t := e.Time
-		r.CompletedAt = &t
+		r.CompletedAt = e.Time
 	}
 	return r
 }
 
-func failedGrade(r gradeResponse) *apiError {
+func failedGrade(r bus.Grade) *apiError {
 	return &apiError{Status: http.StatusUnprocessableEntity, Message: "grading failed: " + r.Reason,
 		Details: []string{r.Reason}, Extra: map[string]any{"id": r.ID, "status": r.Status, "reason": r.Reason, "model": r.Model, "image_id": r.ImageID}}
 }
@@ -366,7 +336,7 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	pending := func() error {
 		c.Set(fiber.HeaderLocation, location)
 		c.Set(fiber.HeaderRetryAfter, "1")
-		return c.Status(http.StatusAccepted).JSON(fromGrade(submitted))
+		return c.Status(http.StatusAccepted).JSON(submitted)
 	}
 	if wait == 0 {
 		return pending()
@@ -407,7 +377,7 @@ func (s *Server) getGrade(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	r := fromGrade(g)
+	r := g
 	if r.Status == bus.GradeStatusPending || r.Status == "" {
 		r.Status = bus.GradeStatusPending
 		c.Set(fiber.HeaderRetryAfter, "1")

@@ -8,9 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"image"
-	"image/color"
-	"image/png"
 	"io"
 	"log/slog"
 	"mime/multipart"
@@ -30,6 +27,7 @@ import (
 
 	"github.com/gradeline/gradeline/analytics/iris"
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/fixture"
 	"github.com/gradeline/gradeline/deploy/local"
 	"github.com/gradeline/gradeline/inference"
 )
@@ -253,18 +251,6 @@ func BenchmarkAnnotations(b *testing.B) {
 	report(b, "annotations/s (64 clients, median)", median(httpRates), median(rawRates), "ops/s", "raw_publish")
 }
 
-func digitImage(i int) []byte {
-	img := image.NewGray(image.Rect(0, 0, 32, 32))
-	for y := 4 + i%3; y < 28; y++ {
-		for x := 13 + i%4; x < 18+i%4; x++ {
-			img.SetGray(x, y, color.Gray{Y: 255})
-		}
-	}
-	var buf bytes.Buffer
-	_ = png.Encode(&buf, img)
-	return buf.Bytes()
-}
-
 // BenchmarkGrades: images graded per second through HTTP (upload, object
 // store, JetStream, dynamic batching, ONNX Runtime, grade event, reply)
 // with 32 concurrent clients, against raw ONNX Runtime grading the same
@@ -275,7 +261,7 @@ func BenchmarkGrades(b *testing.B) {
 	const clients = 32
 	images := make([][]byte, 16)
 	for i := range images {
-		images[i] = digitImage(i)
+		images[i] = fixture.DigitPNG(i)
 	}
 	reg, err := inference.LoadRegistry(inference.RegistryOptions{ORTLib: os.Getenv("ONNXRUNTIME_LIB"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

@@ -10,9 +10,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"image"
-	"image/color"
-	"image/png"
 	"io"
 	"log/slog"
 	"mime/multipart"
@@ -34,6 +31,7 @@ import (
 	"github.com/gradeline/gradeline/annotator"
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/fixture"
 	"github.com/gradeline/gradeline/inference"
 	"github.com/gradeline/gradeline/ingest"
 )
@@ -418,18 +416,6 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	}
 }
 
-func digitPNG(i int) []byte {
-	img := image.NewGray(image.Rect(0, 0, 28, 28))
-	for y := 4 + i%5; y < 24; y++ {
-		for x := 10 + i%7; x < 14+i%7; x++ {
-			img.SetGray(x, y, color.Gray{Y: 255})
-		}
-	}
-	var b bytes.Buffer
-	_ = png.Encode(&b, img)
-	return b.Bytes()
-}
-
 // TestReplicasShareWork runs two inference and two annotator replicas on
 // the same durable consumers: both grade, and every submitted image gets
 // exactly one grade event and one grade record.
@@ -476,7 +462,7 @@ func TestReplicasShareWork(t *testing.T) {
 			w := multipart.NewWriter(&buf)
 			_ = w.WriteField("model", "digits")
 			fw, _ := w.CreateFormFile("image", "d.png")
-			_, _ = fw.Write(digitPNG(i))
+			_, _ = fw.Write(fixture.DigitPNG(i))
 			_ = w.Close()
 			code, out, _, err := e.post("/api/v1/grades", w.FormDataContentType(), buf.Bytes())
 			if err != nil || code != http.StatusOK {

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"image"
-	"image/color"
-	"image/png"
 	"io"
 	"log/slog"
 	"mime/multipart"
@@ -24,6 +21,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/fixture"
 )
 
 // stack is a running local stack for one test.
@@ -260,11 +258,11 @@ func TestLocalStackEndToEnd(t *testing.T) {
 		}
 	}
 	var seed grade
-	if code, _ := ada.do("POST", "/api/grade", multipartOf(t, map[string]string{"model_selected": "fashion"}, "image", "digit.png", digitPNG(t)), &seed); code != 200 || seed.Status != "completed" {
+	if code, _ := ada.do("POST", "/api/grade", multipartOf(t, map[string]string{"model_selected": "fashion"}, "image", "digit.png", fixture.DigitPNG(0)), &seed); code != 200 || seed.Status != "completed" {
 		t.Fatalf("seed grade: %d %+v", code, seed)
 	}
 	var async struct{ ID string }
-	code, hdr := ada.do("POST", "/api/v1/grades?wait=0", multipartOf(t, map[string]string{"model": "digits"}, "image", "d.png", digitPNG(t)), &async)
+	code, hdr := ada.do("POST", "/api/v1/grades?wait=0", multipartOf(t, map[string]string{"model": "digits"}, "image", "d.png", fixture.DigitPNG(0)), &async)
 	if code != http.StatusAccepted || hdr.Get("Location") != "/api/v1/grades/"+async.ID {
 		t.Fatalf("async grade: %d %v", code, hdr)
 	}
@@ -277,7 +275,7 @@ func TestLocalStackEndToEnd(t *testing.T) {
 		Code    int
 		Message string
 	}
-	if code, _ := ada.do("POST", "/api/v1/grades", multipartOf(t, map[string]string{"model": "resnet"}, "image", "d.png", digitPNG(t)), &e); code != 404 || !strings.Contains(e.Message, "fashion") {
+	if code, _ := ada.do("POST", "/api/v1/grades", multipartOf(t, map[string]string{"model": "resnet"}, "image", "d.png", fixture.DigitPNG(0)), &e); code != 404 || !strings.Contains(e.Message, "fashion") {
 		t.Fatalf("unknown model: %d %+v", code, e)
 	}
 
@@ -396,19 +394,4 @@ func TestLocalStackEndToEnd(t *testing.T) {
 			t.Fatalf("annotation %s lost in replay", id)
 		}
 	}
-}
-
-// digitPNG draws a white "1" on black, like the digits dataset.
-func digitPNG(t *testing.T) []byte {
-	img := image.NewGray(image.Rect(0, 0, 32, 32))
-	for y := 4; y < 28; y++ {
-		for x := 14; x < 18; x++ {
-			img.SetGray(x, y, color.Gray{Y: 255})
-		}
-	}
-	var b bytes.Buffer
-	if err := png.Encode(&b, img); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
 }
