@@ -175,3 +175,27 @@ func MustRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	}
 	return c
 }
+
+// RunService runs a service binary: run gets a registry holding the bus
+// and runtime metrics, and the admin endpoints serve it on addr (none when
+// addr is empty) with checks until run returns. An admin address that
+// cannot be served stops the service: its probes would fail anyway.
+func RunService(ctx context.Context, addr string, checks map[string]Check, run func(context.Context, prometheus.Registerer) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	reg := NewRegistry()
+	adminDone := make(chan struct{})
+	go func() {
+		defer close(adminDone)
+		if err := ListenAndServe(ctx, addr, reg, checks); err != nil {
+			cancel(err)
+		}
+	}()
+	err := run(ctx, reg)
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
+	cancel(nil)
+	<-adminDone
+	return err
+}

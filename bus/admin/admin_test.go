@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -91,4 +93,49 @@ func TestListenAndServe(t *testing.T) {
 		t.Fatalf("registry: %v %d", err, len(mfs))
 	}
 	cancel()
+}
+
+func TestRunService(t *testing.T) {
+	// Endpoints answer while the service runs; the service's own result is returned.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	err = RunService(context.Background(), addr, map[string]Check{"x": func(context.Context) error { return nil }},
+		func(ctx context.Context, reg prometheus.Registerer) error {
+			if reg == nil {
+				return errors.New("no registry")
+			}
+			var resp *http.Response
+			var err error
+			for range 50 {
+				if resp, err = http.Get("http://" + addr + "/readyz"); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("readyz %d", resp.StatusCode)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An admin address that cannot be served stops the service with the reason.
+	busy, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer busy.Close()
+	err = RunService(context.Background(), busy.Addr().String(), nil, func(ctx context.Context, _ prometheus.Registerer) error {
+		<-ctx.Done()
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "admin: listen") {
+		t.Fatalf("busy admin address: %v", err)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gradeline/gradeline/analytics"
 	"github.com/gradeline/gradeline/bus"
@@ -55,16 +56,11 @@ func run(log *slog.Logger) error {
 	cfg.Replicas = replicas
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	reg := admin.NewRegistry()
-	cfg.Registerer = reg
 	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "clickhouse": clickhouseCheck(cfg.ClickHouseDSN)}
-	go func() {
-		if err := admin.ListenAndServe(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), reg, checks); err != nil {
-			log.Error("admin endpoints", "err", err)
-			stop()
-		}
-	}()
-	return analytics.Run(ctx, cfg)
+	return admin.RunService(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), checks, func(ctx context.Context, reg prometheus.Registerer) error {
+		cfg.Registerer = reg
+		return analytics.Run(ctx, cfg)
+	})
 }
 
 // clickhouseCheck pings ClickHouse over one shared connection.

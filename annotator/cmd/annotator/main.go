@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
@@ -57,16 +58,11 @@ func run(log *slog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	reg := admin.NewRegistry()
-	cfg.Registerer = reg
 	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": mongoCheck(cfg.MongoURI)}
-	go func() {
-		if err := admin.ListenAndServe(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), reg, checks); err != nil {
-			log.Error("admin endpoints", "err", err)
-			stop()
-		}
-	}()
-	return annotator.Run(ctx, cfg)
+	return admin.RunService(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), checks, func(ctx context.Context, reg prometheus.Registerer) error {
+		cfg.Registerer = reg
+		return annotator.Run(ctx, cfg)
+	})
 }
 
 // mongoCheck pings MongoDB over one shared client.

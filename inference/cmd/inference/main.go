@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/inference"
@@ -34,18 +36,14 @@ func main() {
 	cfg.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	reg := admin.NewRegistry()
-	cfg.Registerer = reg
 	var ready admin.Flag
 	cfg.OnReady = ready.Set
 	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "models": ready.Check}
-	go func() {
-		if err := admin.ListenAndServe(ctx, adminAddr, reg, checks); err != nil {
-			log.Error("admin endpoints", "err", err)
-			stop()
-		}
-	}()
-	if err := inference.Run(ctx, cfg); err != nil {
+	err = admin.RunService(ctx, adminAddr, checks, func(ctx context.Context, reg prometheus.Registerer) error {
+		cfg.Registerer = reg
+		return inference.Run(ctx, cfg)
+	})
+	if err != nil {
 		log.Error("inference stopped", "err", err)
 		os.Exit(1)
 	}
