@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -262,16 +263,19 @@ func parseIrisBody(body []byte, allowed []string, defPerPage int) (irisBody, err
 			}
 		}
 	}
-	if len(details) > 0 {
-		return out, invalid("invalid iris query", details...)
-	}
-	if err := out.Filter.Validate(); err != nil {
-		return out, err
+	// Every offending field is named at once, not one check at a time.
+	var be *bus.Error
+	if err := out.Filter.Validate(); errors.As(err, &be) {
+		details = append(details, be.Details...)
 	}
 	if slices.Contains(allowed, "page") {
-		if err := bus.ValidatePage(out.Page, out.PerPage); err != nil {
-			return out, err
+		if err := bus.ValidatePage(out.Page, out.PerPage); errors.As(err, &be) {
+			details = append(details, be.Details...)
 		}
+	}
+	if len(details) > 0 {
+		sort.Strings(details)
+		return out, invalid("invalid iris query", details...)
 	}
 	return out, nil
 }

@@ -328,6 +328,8 @@ func TestIrisBadInputs(t *testing.T) {
 		{"page string", "/api/v1/iris/range", `{"page":"1"}`, 422, "page"},
 		{"per_page too big", "/api/v1/iris/range", `{"per_page":1001}`, 422, "per_page"},
 		{"per_page zero", "/api/v1/iris/range", `{"per_page":0}`, 422, "per_page"},
+		{"every offending field at once", "/api/v1/iris/range", `{"species":"rose","lower":{"petal_size":1},"per_page":5000}`, 422, "lower.petal_size: unknown column (known: [sepal_length sepal_width petal_length petal_width]) | per_page: must be between 1 and 1000 | species: unknown"},
+		{"pagination named beside the filter", "/api/v1/iris/range", `{"species":"rose","per_page":5000}`, 422, "per_page: must be between"},
 		{"sort injection", "/api/v1/iris/range", `{"sort":"sepal_length; DROP TABLE iris"}`, 422, "sort"},
 		{"unknown field", "/api/v1/iris/range", `{"specie":"setosa"}`, 422, "specie: unknown field"},
 		{"stats take no page", "/api/v1/iris/stats/mean", `{"page":1}`, 422, "page: unknown field"},
