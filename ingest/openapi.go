@@ -112,7 +112,19 @@ func (s *Server) buildOpenAPI() ([]byte, error) {
 			"description": "HTTP edge of gradeline: auth, annotations, image grading, image catalogue, iris analytics. Every error is JSON {code, message, details?}. Every response carries X-Request-Id.",
 		},
 		"servers": []M{{"url": "/"}},
-		"paths":   paths,
+		// The document's tag list orders the docs page: the v1 API first,
+		// the seed's compatibility aliases last.
+		"tags": []M{
+			{"name": "auth", "description": "Register and log in; the token is a JWT (12 h)"},
+			{"name": "grades", "description": "Grade an image with a model"},
+			{"name": "annotations", "description": "Annotations, stored exactly once"},
+			{"name": "images", "description": "Your image catalogue with tags"},
+			{"name": "iris", "description": "Iris measurements, ranges and statistics (bounds inclusive)"},
+			{"name": "stats", "description": "Grade and annotation statistics"},
+			{"name": "system", "description": "Health, readiness, metrics and this documentation"},
+			{"name": "seed", "description": "Compatibility aliases of the seed API"},
+		},
+		"paths": paths,
 		"components": M{
 			"securitySchemes": M{
 				"bearerAuth": M{"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},

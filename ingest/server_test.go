@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -152,9 +153,17 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	var doc struct {
 		OpenAPI string                               `json:"openapi"`
 		Paths   map[string]map[string]map[string]any `json:"paths"`
+		Tags    []struct{ Name string }              `json:"tags"`
 	}
 	if err := json.Unmarshal(r.Body, &doc); err != nil {
 		t.Fatal(err)
+	}
+	declared := map[string]bool{}
+	for _, tg := range doc.Tags {
+		declared[tg.Name] = true
+	}
+	if len(doc.Tags) == 0 || doc.Tags[0].Name != "auth" || doc.Tags[len(doc.Tags)-1].Name != "seed" {
+		t.Errorf("tag order %v: the docs page should open with auth and end with the seed aliases", doc.Tags)
 	}
 	if !strings.HasPrefix(doc.OpenAPI, "3.") {
 		t.Fatalf("openapi %q", doc.OpenAPI)
@@ -172,6 +181,9 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 			continue
 		}
 		n++
+		if tags, _ := op["tags"].([]any); len(tags) != 1 || !declared[fmt.Sprint(tags[0])] {
+			t.Errorf("%s %s: tag %v is not declared in the document's tag list", rt.Method, rt.Path, op["tags"])
+		}
 		if _, ok := op["responses"]; !ok {
 			t.Errorf("%s %s has no responses", rt.Method, rt.Path)
 		}
