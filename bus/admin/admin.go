@@ -9,8 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -198,4 +200,26 @@ func RunService(ctx context.Context, addr string, checks map[string]Check, run f
 	cancel(nil)
 	<-adminDone
 	return err
+}
+
+// EnvLogLevel names the environment variable with the log level of every
+// binary: debug, info (default), warn or error. At debug, consumers log
+// every event they receive with the request id that caused it.
+const EnvLogLevel = "GRADELINE_LOG_LEVEL"
+
+// NewLogger returns the structured logger of a binary: JSON lines on
+// stderr (text when text is set, for a person at a terminal), at the level
+// GRADELINE_LOG_LEVEL names. An unknown level is an error naming the choices.
+func NewLogger(text bool) (*slog.Logger, error) {
+	var level slog.Level
+	if v := os.Getenv(EnvLogLevel); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			return nil, fmt.Errorf("%s=%q: want debug, info, warn or error", EnvLogLevel, v)
+		}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if text {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 }

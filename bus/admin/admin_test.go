@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -137,5 +138,22 @@ func TestRunService(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "admin: listen") {
 		t.Fatalf("busy admin address: %v", err)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	for v, want := range map[string]slog.Level{"": slog.LevelInfo, "debug": slog.LevelDebug, "WARN": slog.LevelWarn, "error": slog.LevelError} {
+		t.Setenv(EnvLogLevel, v)
+		log, err := NewLogger(false)
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if !log.Enabled(context.Background(), want) || log.Enabled(context.Background(), want-1) {
+			t.Errorf("%q: logger not at level %v", v, want)
+		}
+	}
+	t.Setenv(EnvLogLevel, "verbose")
+	if _, err := NewLogger(true); err == nil || !strings.Contains(err.Error(), EnvLogLevel) {
+		t.Fatalf("unknown level: %v", err)
 	}
 }

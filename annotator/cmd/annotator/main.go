@@ -28,7 +28,11 @@ import (
 )
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log, err := admin.NewLogger(false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if err := run(log); err != nil {
 		log.Error("annotator failed", "err", err)
 		os.Exit(1)

@@ -14,11 +14,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/deploy/local"
 )
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log, err := admin.NewLogger(true)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	slog.SetDefault(log)
 	dataDir := env("GRADELINE_DATA_DIR", "./data")
 	cfg := local.Config{

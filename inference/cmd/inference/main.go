@@ -11,7 +11,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,7 +26,11 @@ import (
 )
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log, err := admin.NewLogger(false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	cfg, adminAddr, err := config()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "inference:", err)

@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -20,7 +19,11 @@ import (
 )
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log, err := admin.NewLogger(false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	cfg, problems := configFromEnv(os.Getenv)
 	if len(problems) > 0 {
 		fmt.Fprintln(os.Stderr, "ingest: refusing to start (production mode):")
