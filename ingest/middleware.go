@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"log/slog"
 	"math/rand/v2"
 	"regexp"
 	"strconv"
@@ -48,12 +49,16 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	code := strconv.Itoa(status)
 	s.metrics.requests.WithLabelValues(route, c.Method(), code).Inc()
 	s.metrics.latency.WithLabelValues(route, c.Method(), code).Observe(elapsed.Seconds())
-	user, _ := c.Locals(localUser).(string)
-	s.log.Info("http request",
-		"method", c.Method(), "path", c.Path(), "route", route, "status", status,
-		"duration_ms", float64(elapsed.Microseconds())/1000, "bytes_in", len(c.Request().Body()),
-		"bytes_out", len(c.Response().Body()), "ip", c.IP(), "user", user,
-		"request_id", rid, "traceparent", tp)
+	if ctx := c.Context(); s.log.Enabled(ctx, slog.LevelInfo) {
+		// Typed attributes: one access line per request is on the hot path.
+		user, _ := c.Locals(localUser).(string)
+		s.log.LogAttrs(ctx, slog.LevelInfo, "http request",
+			slog.String("method", c.Method()), slog.String("path", c.Path()), slog.String("route", route),
+			slog.Int("status", status), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+			slog.Int("bytes_in", len(c.Request().Body())), slog.Int("bytes_out", len(c.Response().Body())),
+			slog.String("ip", c.IP()), slog.String("user", user),
+			slog.String("request_id", rid), slog.String("traceparent", tp))
+	}
 	return nil
 }
 
