@@ -588,8 +588,12 @@ func TestGrades(t *testing.T) {
 	wantCode(t, err, http.StatusNotFound)
 	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{})
 	wantCode(t, err, http.StatusUnprocessableEntity)
-	if c := e.count("grades", bson.D{}); c != 4 {
-		t.Fatalf("%d grades, want 4", c)
+	// One result per graded image, one submission per submitted image.
+	if c := e.count("grades", bson.D{}); c != 3 {
+		t.Fatalf("%d grade results, want 3", c)
+	}
+	if c := e.count("grade_submissions", bson.D{}); c != 3 {
+		t.Fatalf("%d grade submissions, want 3", c)
 	}
 }
 
@@ -755,5 +759,31 @@ func TestRunConfigErrors(t *testing.T) {
 	returned.Store(true)
 	if err == nil {
 		t.Fatal("Run with unreachable NATS succeeded")
+	}
+}
+
+// TestGradeSubmissionAndResultAtOnce publishes each submission and its
+// result back to back, so the two consumers write them at the same
+// moment: every grade must still read as completed.
+func TestGradeSubmissionAndResultAtOnce(t *testing.T) {
+	e := newEnv(t)
+	e.run()
+	const n = 150
+	subs := make([]*bus.ImageSubmitted, n)
+	for i := range subs {
+		s := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: fmt.Sprint("img", i), Owner: "grace", Model: "digits",
+			Image: bus.ImageRef{Object: "o", SHA256: strings.Repeat("e", 64), ContentType: "image/png", Size: 9}}
+		subs[i] = s
+		e.publish(s)
+		e.publish(&bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+			Model: "digits", ModelVersion: "1", Label: "7", Score: 0.9, Scores: map[string]float64{"7": 0.9, "1": 0.1}, BatchSize: 1})
+	}
+	e.waitIdle(bus.ConsumerAnnotatorSubmissions)
+	e.waitIdle(bus.ConsumerAnnotatorGrades)
+	for _, s := range subs {
+		g, err := request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: s.ID, Owner: "grace"})
+		if err != nil || g.Status != bus.GradeStatusCompleted || g.Label != "7" || g.SubmittedAt.IsZero() || g.ImageID != s.ImageID {
+			t.Fatalf("grade %s: %+v %v", s.ID, g, err)
+		}
 	}
 }

@@ -148,8 +148,15 @@ func TestGradesEndToEnd(t *testing.T) {
 		s2 := startIngest(t)
 		c2 := s2.client(t)
 		c2.token = c.token
+		var last string
+		defer func() {
+			if t.Failed() {
+				t.Logf("last history answer: %s", last)
+			}
+		}()
 		eventually(t, "grade in the history", 30*time.Second, func() bool {
 			r := c2.do("GET", loc, nil, nil)
+			last = fmt.Sprintf("%d %s", r.Status, r.Body)
 			return r.Status == 200 && r.JSON(t)["label"] == g["label"]
 		})
 	})

@@ -14,9 +14,9 @@ import (
 )
 
 // gradeDoc is one grade; _id is the ImageSubmitted event id. The pending
-// record (from image.submitted) and the result (from the GRADES stream)
-// may arrive in either order: the pending insert never touches the status
-// of an existing grade, and a result fills in the fields it carries.
+// record (from image.submitted, in CollGradeSubmissions) and the result
+// (from the GRADES stream, in CollGrades) may arrive in either order, even
+// at once: they are kept apart and merged when read.
 // Scores are a list, not a map, because labels are free text and MongoDB
 // keys may not contain '.' or start with '$'.
 type gradeDoc struct {
@@ -71,9 +71,9 @@ func setIf(d bson.D, key, value string) bson.D {
 	return d
 }
 
-// InsertPending records submitted images as pending grades. An existing
-// grade keeps its status; it only gains the submission's fields. Results
-// are as for InsertAnnotations.
+// InsertPending records submitted images as pending grades. A submission
+// never changes, so one already stored is simply kept. Results are as for
+// InsertAnnotations.
 func (s *Store) InsertPending(ctx context.Context, evs []*bus.ImageSubmitted) ([]error, error) {
 	docs := make([]any, len(evs))
 	ids := make([]string, len(evs))
@@ -84,27 +84,9 @@ func (s *Store) InsertPending(ctx context.Context, evs []*bus.ImageSubmitted) ([
 		}
 		ids[i] = e.ID
 	}
-	dup, item, err := s.insertMany(ctx, s.grades, ids, docs)
+	_, item, err := s.insertMany(ctx, s.submissions, ids, docs)
 	if err != nil {
 		return nil, err
-	}
-	for i, e := range evs {
-		if !dup[i] {
-			continue
-		}
-		start := time.Now()
-		_, err := s.grades.UpdateOne(ctx, bson.D{{Key: "_id", Value: e.ID}}, bson.D{{Key: "$set", Value: bson.D{
-			{Key: "image_id", Value: e.ImageID}, {Key: "owner", Value: e.Owner},
-			{Key: "model", Value: e.Model}, {Key: "submitted_at", Value: e.Time.UTC()},
-		}}})
-		s.m.observe(CollGrades, "update_one", start)
-		if err != nil {
-			ie, batch := itemOrBatch(CollGrades, e.ID, err)
-			if batch != nil {
-				return nil, batch
-			}
-			item[i] = ie
-		}
 	}
 	return item, nil
 }
@@ -205,13 +187,35 @@ func scoreList(m map[string]float64) []labelScore {
 	return out
 }
 
-// GetGrade returns the grade with id; false when unknown or, with a
-// non-empty owner, owned by someone else.
+// GetGrade returns the grade with id: its result merged with its
+// submission, or the submission alone while pending. false when unknown
+// or, with a non-empty owner, owned by someone else.
 func (s *Store) GetGrade(ctx context.Context, id, owner string) (bus.Grade, bool, error) {
 	filter := bson.D{{Key: "_id", Value: id}}
-	if owner != "" {
-		filter = append(filter, bson.E{Key: "owner", Value: owner})
+	res, hasRes, err := findOne[gradeDoc](ctx, s.grades, filter)
+	if err != nil {
+		return bus.Grade{}, false, err
 	}
-	d, ok, err := findOne[gradeDoc](ctx, s.grades, filter)
-	return d.toBus(), ok, err
+	sub, hasSub, err := findOne[gradeDoc](ctx, s.submissions, filter)
+	if err != nil {
+		return bus.Grade{}, false, err
+	}
+	d := sub
+	if hasRes {
+		d = res
+		d.SubmittedAt = sub.SubmittedAt
+		if d.ImageID == "" {
+			d.ImageID = sub.ImageID
+		}
+		if d.Owner == "" {
+			d.Owner = sub.Owner
+		}
+		if d.Model == "" {
+			d.Model = sub.Model
+		}
+	}
+	if (!hasRes && !hasSub) || (owner != "" && d.Owner != owner) {
+		return bus.Grade{}, false, nil
+	}
+	return d.toBus(), true, nil
 }

@@ -21,6 +21,11 @@ const (
 	CollAnnotations = "annotations"
 	CollImages      = "images"
 	CollGrades      = "grades"
+	// CollGradeSubmissions holds the pending record of every submitted
+	// image, apart from the results in CollGrades: each collection has one
+	// writer, so a submission and its result arriving at the same moment
+	// never race on one document.
+	CollGradeSubmissions = "grade_submissions"
 )
 
 // Store writes and reads the annotator's collections.
@@ -29,6 +34,7 @@ type Store struct {
 	annotations *mongo.Collection
 	images      *mongo.Collection
 	grades      *mongo.Collection
+	submissions *mongo.Collection
 	m           *Metrics
 
 	mu      sync.Mutex
@@ -43,6 +49,7 @@ func New(db *mongo.Database, m *Metrics) *Store {
 		annotations: db.Collection(CollAnnotations),
 		images:      db.Collection(CollImages),
 		grades:      db.Collection(CollGrades),
+		submissions: db.Collection(CollGradeSubmissions),
 		m:           m,
 	}
 }
