@@ -587,3 +587,17 @@ func TestStatsResultBound(t *testing.T) {
 		t.Fatalf("counted %d annotations, want %d", total, MaxStatsRows+1)
 	}
 }
+
+func TestClickHouseCheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ClickHouseCheck(chtest.Server().DSN())(ctx); err != nil {
+		t.Fatalf("running engine: %v", err)
+	}
+	if err := ClickHouseCheck("clickhouse://127.0.0.1:1/default?dial_timeout=500ms")(ctx); err == nil {
+		t.Fatal("closed port reported ready")
+	}
+	if err := ClickHouseCheck("::not a dsn")(ctx); err == nil {
+		t.Fatal("malformed DSN reported ready")
+	}
+}

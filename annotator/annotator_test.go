@@ -787,3 +787,18 @@ func TestGradeSubmissionAndResultAtOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestMongoCheck(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := annotator.MongoCheck(e.mongo.URI())(ctx); err != nil {
+		t.Fatalf("running FerretDB: %v", err)
+	}
+	if err := annotator.MongoCheck("mongodb://127.0.0.1:1/")(ctx); err == nil {
+		t.Fatal("closed port reported ready")
+	}
+	if err := annotator.MongoCheck("not a uri")(ctx); err == nil {
+		t.Fatal("malformed URI reported ready")
+	}
+}

@@ -20,8 +20,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/gradeline/gradeline/analytics"
 	"github.com/gradeline/gradeline/analytics/localch"
@@ -284,16 +282,9 @@ func displayAddr(a net.Addr) string {
 // readiness checks the three servers the stack depends on.
 func readiness(cfg Config) map[string]admin.Check {
 	return map[string]admin.Check{
-		"nats": admin.NATSCheck(cfg.NATSURL),
-		"mongo": func(ctx context.Context) error {
-			c, err := mongo.Connect(options.Client().ApplyURI(cfg.MongoURI).SetServerSelectionTimeout(time.Second))
-			if err != nil {
-				return err
-			}
-			defer c.Disconnect(context.Background())
-			return c.Ping(ctx, nil)
-		},
-		"clickhouse": func(ctx context.Context) error { return pingClickHouse(ctx, cfg.ClickHouseDSN) },
+		"nats":       admin.NATSCheck(cfg.NATSURL),
+		"mongo":      annotator.MongoCheck(cfg.MongoURI),
+		"clickhouse": analytics.ClickHouseCheck(cfg.ClickHouseDSN),
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gradeline/gradeline/analytics"
@@ -60,24 +59,9 @@ func run(log *slog.Logger) error {
 	cfg.Replicas = replicas
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "clickhouse": clickhouseCheck(cfg.ClickHouseDSN)}
+	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "clickhouse": analytics.ClickHouseCheck(cfg.ClickHouseDSN)}
 	return admin.RunService(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), checks, func(ctx context.Context, reg prometheus.Registerer) error {
 		cfg.Registerer = reg
 		return analytics.Run(ctx, cfg)
 	})
-}
-
-// clickhouseCheck pings ClickHouse over one shared connection.
-func clickhouseCheck(dsn string) admin.Check {
-	opts, err := clickhouse.ParseDSN(dsn)
-	var conn clickhouse.Conn
-	if err == nil {
-		conn, err = clickhouse.Open(opts)
-	}
-	return func(ctx context.Context) error {
-		if err != nil {
-			return err
-		}
-		return conn.Ping(ctx)
-	}
 }

@@ -16,11 +16,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/gradeline/gradeline/annotator"
 	"github.com/gradeline/gradeline/bus"
@@ -62,20 +59,9 @@ func run(log *slog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": mongoCheck(cfg.MongoURI)}
+	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": annotator.MongoCheck(cfg.MongoURI)}
 	return admin.RunService(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), checks, func(ctx context.Context, reg prometheus.Registerer) error {
 		cfg.Registerer = reg
 		return annotator.Run(ctx, cfg)
 	})
-}
-
-// mongoCheck pings MongoDB over one shared client.
-func mongoCheck(uri string) admin.Check {
-	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetServerSelectionTimeout(2 * time.Second))
-	return func(ctx context.Context) error {
-		if err != nil {
-			return err
-		}
-		return client.Ping(ctx, nil)
-	}
 }
