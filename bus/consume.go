@@ -107,11 +107,11 @@ func Backoff(n uint64) time.Duration {
 func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt ConsumeOptions, h Handler) error {
 	opt.defaults()
 	log := opt.Logger.With("consumer", spec.Durable)
-	cons, err := EnsureConsumer(ctx, js, spec)
+	cons, err := ensureConsumer(ctx, js, spec, log)
 	if err != nil {
 		return err
 	}
-	c := &consumer{js: js, cons: cons, spec: spec, opt: opt, log: log, h: h}
+	c := &consumer{js: js, cons: cons, spec: spec, opt: opt, log: log, h: h, checked: time.Now()}
 	for {
 		batch, err := c.collect(ctx)
 		if len(batch) > 0 {
@@ -136,6 +136,34 @@ type consumer struct {
 	opt  ConsumeOptions
 	log  *slog.Logger
 	h    Handler
+	// checked is when the consumer's position was last compared with the
+	// end of its stream (see CheckPosition).
+	checked time.Time
+}
+
+// positionCheckEvery is how often an idle consumer checks that it is not
+// beyond the end of its stream, a state in which it would wait forever.
+const positionCheckEvery = 30 * time.Second
+
+// checkPosition repositions an idle consumer left beyond its stream's end
+// (for example after the stream was cut while this service kept running).
+func (c *consumer) checkPosition(ctx context.Context) {
+	if time.Since(c.checked) < positionCheckEvery {
+		return
+	}
+	c.checked = time.Now()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	moved, err := CheckPosition(cctx, c.js, c.spec, nil, c.log)
+	if err != nil {
+		c.log.Warn("consumer position check failed", "err", err)
+		return
+	}
+	if moved {
+		if cons, err := c.js.Consumer(cctx, c.spec.Stream, c.spec.Durable); err == nil {
+			c.cons = cons
+		}
+	}
 }
 
 // collect blocks for the first message, then gathers more until the batch
@@ -156,7 +184,8 @@ func (c *consumer) collect(ctx context.Context) ([]jetstream.Msg, error) {
 			case ctx.Err() != nil:
 				return nil, ctx.Err()
 			case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-				continue // idle
+				c.checkPosition(ctx) // idle: nothing to deliver, or nothing deliverable
+				continue
 			case errors.Is(err, nats.ErrConnectionClosed):
 				return nil, fmt.Errorf("bus: consume %s: %w", c.spec.Durable, err)
 			}

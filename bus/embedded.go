@@ -1,8 +1,12 @@
 package bus
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -25,6 +29,88 @@ type EmbeddedConfig struct {
 	Routes      []string
 	// MaxMemory and MaxStore bound JetStream (0 = server defaults).
 	MaxMemory, MaxStore int64
+	// Users, when set, are the only clients admitted, each held to the
+	// permissions of its role (PermissionsOf); anonymous connections are
+	// refused. Empty: no authentication (tests of a single service).
+	Users []Credential
+	// Logger receives the server's own log (notices at info, warnings,
+	// errors; debug when the logger enables it). Nil: the server logs
+	// nothing, as before; a recovery that cut a stream would then go unseen.
+	Logger *slog.Logger
+	// Sync is JetStream's sync_interval: how often file storage is
+	// fsynced. Zero keeps the server default (2 minutes); see ParseSync
+	// and GRADELINE_NATS_SYNC.
+	Sync Sync
+}
+
+// EnvNATSSync sets the durability of the embedded server's file storage:
+// "always" (fsync every write) or a duration such as "1s".
+const EnvNATSSync = "GRADELINE_NATS_SYNC"
+
+// Sync is a JetStream sync_interval setting.
+type Sync struct {
+	// Interval between fsyncs of the stream files (0 = server default, 2m).
+	Interval time.Duration
+	// Always fsyncs every write before the PubAck: nothing acknowledged
+	// is lost to a power cut on a single node, at a cost measured in the README.
+	Always bool
+}
+
+// String renders the setting as GRADELINE_NATS_SYNC takes it.
+func (s Sync) String() string {
+	switch {
+	case s.Always:
+		return "always"
+	case s.Interval > 0:
+		return s.Interval.String()
+	}
+	return "default (2m)"
+}
+
+// SyncFromEnv reads GRADELINE_NATS_SYNC; see ParseSync.
+func SyncFromEnv() (Sync, error) { return ParseSync(os.Getenv(EnvNATSSync)) }
+
+// ParseSync parses a GRADELINE_NATS_SYNC value: "" (server default),
+// "always", or a positive Go duration ("500ms", "1s", "2m").
+func ParseSync(v string) (Sync, error) {
+	v = strings.TrimSpace(v)
+	switch {
+	case v == "":
+		return Sync{}, nil
+	case strings.EqualFold(v, "always"):
+		return Sync{Always: true}, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return Sync{}, fmt.Errorf("%s=%q: want \"always\" or a positive duration such as 1s", EnvNATSSync, v)
+	}
+	return Sync{Interval: d}, nil
+}
+
+// natsLogger hands the server's log lines to slog.
+type natsLogger struct{ log *slog.Logger }
+
+func (l natsLogger) emit(level slog.Level, format string, v []any) {
+	ctx := context.Background()
+	if !l.log.Enabled(ctx, level) {
+		return
+	}
+	// The start banner pads with blank lines and indents; keep the text.
+	if msg := strings.TrimSpace(fmt.Sprintf(format, v...)); msg != "" {
+		l.log.Log(ctx, level, msg)
+	}
+}
+
+func (l natsLogger) Noticef(format string, v ...any) { l.emit(slog.LevelInfo, format, v) }
+func (l natsLogger) Warnf(format string, v ...any)   { l.emit(slog.LevelWarn, format, v) }
+func (l natsLogger) Errorf(format string, v ...any)  { l.emit(slog.LevelError, format, v) }
+func (l natsLogger) Fatalf(format string, v ...any)  { l.emit(slog.LevelError, "fatal: "+format, v) }
+func (l natsLogger) Debugf(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
+func (l natsLogger) Tracef(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
+
+// NATSLogger adapts log to the embedded server's logger interface.
+func NATSLogger(log *slog.Logger) server.Logger {
+	return natsLogger{log: log.With("component", "nats-server")}
 }
 
 // StartEmbedded starts a NATS server with JetStream on file storage and
@@ -47,6 +133,19 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		NoSigs:             true,
 		MaxPayload:         8 << 20,
 	}
+	if cfg.Sync.Always {
+		// The server's own parser sets both for "sync: always".
+		opts.SyncAlways, opts.SyncInterval = true, 2*time.Minute
+	} else if cfg.Sync.Interval > 0 {
+		opts.SyncInterval = cfg.Sync.Interval
+	}
+	if len(cfg.Users) > 0 {
+		users, err := ServerUsers(cfg.Users)
+		if err != nil {
+			return nil, err
+		}
+		opts.Users = users
+	}
 	if cfg.ClusterName != "" {
 		opts.Cluster = server.ClusterOpts{Name: cfg.ClusterName, Host: cfg.Host, Port: cfg.ClusterPort}
 		for _, r := range cfg.Routes {
@@ -60,6 +159,11 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded nats: %w", err)
+	}
+	if cfg.Logger != nil {
+		// Set before Start, so stream recovery at start (where a damaged
+		// block file shows) is logged too.
+		ns.SetLoggerV2(NATSLogger(cfg.Logger), cfg.Logger.Enabled(context.Background(), slog.LevelDebug), false, false)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {

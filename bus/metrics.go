@@ -31,6 +31,10 @@ var (
 		Name: "gradeline_consumer_dead_lettered_total",
 		Help: "Messages sent to the dead-letter stream.",
 	}, []string{"consumer"})
+	consumerRepositioned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gradeline_consumer_repositioned_total",
+		Help: "Times a durable consumer was found beyond the end of its stream (the stream lost messages) and replayed from its first message.",
+	}, []string{"consumer"})
 	consumerBatchSize = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "gradeline_consumer_batch_size",
 		Help:    "Messages per batch handed to a handler.",
@@ -46,7 +50,7 @@ var (
 // Collectors returns the bus metrics.
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{publishSeconds, publishErrors, consumerPending, consumerRedeliveries,
-		consumerDeadLettered, consumerBatchSize, consumerHandleSeconds}
+		consumerDeadLettered, consumerRepositioned, consumerBatchSize, consumerHandleSeconds}
 }
 
 // RegisterMetrics adds the bus metrics to reg; registering them twice on

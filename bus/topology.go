@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -144,6 +145,9 @@ type TopologyOptions struct {
 	// MaxBytesScale multiplies the size bound of every stream (0 = 1).
 	// Tests shrink it; large deployments grow it.
 	MaxBytesScale float64
+	// Logger receives the error logged when a consumer had to be
+	// repositioned (default slog.Default()).
+	Logger *slog.Logger
 }
 
 // EnsureTopology creates or updates every stream, durable consumer and the
@@ -173,8 +177,12 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 			return fmt.Errorf("bus: stream %s: %w", s.Name, err)
 		}
 	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	for _, c := range Consumers {
-		if _, err := EnsureConsumer(ctx, js, c); err != nil {
+		if _, err := ensureConsumer(ctx, js, c, log); err != nil {
 			return err
 		}
 	}
@@ -187,9 +195,22 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 // EnsureConsumer creates the durable consumer or brings an existing one to
 // the table's settings. Where a replay moved its start (DeliverByStartTime),
 // that start is kept: the server cannot change it and a restart must not undo it.
+// A consumer whose position is beyond the end of its stream is
+// repositioned (see CheckPosition), logging to slog.Default().
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec) (jetstream.Consumer, error) {
+	return ensureConsumer(ctx, js, spec, slog.Default())
+}
+
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, log *slog.Logger) (jetstream.Consumer, error) {
 	cfg := spec.Config()
 	if cur, err := js.Consumer(ctx, spec.Stream, spec.Durable); err == nil {
+		moved, err := CheckPosition(ctx, js, spec, cur.CachedInfo(), log)
+		if err != nil {
+			return nil, err
+		}
+		if moved {
+			return js.Consumer(ctx, spec.Stream, spec.Durable)
+		}
 		old := cur.CachedInfo().Config
 		if sameSettings(old, cfg) {
 			// Every service ensures every consumer at start: leave a
@@ -238,6 +259,47 @@ func Replay(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, sinc
 		return fmt.Errorf("bus: replay %s: %w", spec.Durable, err)
 	}
 	return nil
+}
+
+// CheckPosition repositions the durable consumer spec when it has delivered
+// beyond the last sequence of its stream. That happens when the stream
+// lost its tail (a damaged block file is cut at the damage when the server
+// recovers it): new events get sequences the consumer believes it has
+// already delivered, so none would ever reach it, silently. The consumer
+// is logged as an error (stream, consumer, the gap) and recreated to
+// deliver from the first message still in the stream; every consumer
+// writes idempotently (event id as key), so the replay stores nothing twice.
+// info may be nil (it is then fetched). It reports whether it repositioned.
+func CheckPosition(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, info *jetstream.ConsumerInfo, log *slog.Logger) (bool, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if info == nil {
+		c, err := js.Consumer(ctx, spec.Stream, spec.Durable)
+		if err != nil {
+			return false, fmt.Errorf("bus: consumer %s/%s: %w", spec.Stream, spec.Durable, err)
+		}
+		info = c.CachedInfo()
+	}
+	st, err := js.Stream(ctx, spec.Stream)
+	if err != nil {
+		return false, fmt.Errorf("bus: stream %s: %w", spec.Stream, err)
+	}
+	state := st.CachedInfo().State
+	delivered := max(info.Delivered.Stream, info.AckFloor.Stream)
+	if delivered <= state.LastSeq {
+		return false, nil
+	}
+	log.Error("consumer is beyond the end of its stream: the stream lost messages (damaged or truncated store), "+
+		"and new events would never be delivered; replaying the stream from its first message",
+		"stream", spec.Stream, "consumer", spec.Durable, "consumer_delivered_seq", delivered,
+		"stream_last_seq", state.LastSeq, "stream_first_seq", state.FirstSeq, "stream_msgs", state.Msgs,
+		"gap", delivered-state.LastSeq)
+	consumerRepositioned.WithLabelValues(spec.Durable).Inc()
+	if err := Replay(ctx, js, spec, time.Time{}); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // ConsumersOf returns the durable consumers of a stream from the table.

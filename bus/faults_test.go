@@ -1,0 +1,140 @@
+package bus
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// faultNATS runs an embedded server on dir whose log goes to logs.
+func faultNATS(t *testing.T, dir string, logs *syncBuffer) (*server.Server, jetstream.JetStream) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ns, err := StartEmbedded(EmbeddedConfig{Dir: dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, js, err := Connect(context.Background(), ns.ClientURL(), "bus-test", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if err := EnsureTopology(context.Background(), js, TopologyOptions{MaxBytesScale: 0.01, Logger: log}); err != nil {
+		t.Fatal(err)
+	}
+	return ns, js
+}
+
+// consumeInto runs the annotator's consume loop, recording event ids, until
+// the returned stop is called.
+func consumeInto(t *testing.T, js jetstream.JetStream, c *collector, log *slog.Logger) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{Logger: log, MaxQueueDelay: 5 * time.Millisecond},
+			func(_ context.Context, b []*Delivery) error {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				for _, d := range b {
+					c.ids[d.Event.EventMeta().ID]++
+				}
+				return nil
+			})
+	}()
+	return func() { cancel(); wg.Wait() }
+}
+
+func publishN(t *testing.T, js jetstream.JetStream, n int) []string {
+	t.Helper()
+	ids := make([]string, 0, n)
+	for i := range n {
+		ev := newAnnotation(fmt.Sprint("u", i))
+		if _, err := Publish(context.Background(), js, ev); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, ev.ID)
+	}
+	return ids
+}
+
+// TestDamagedBlockFileLosesNoNewEvents reproduces issue 11: 4 KB of garbage
+// in the middle of a stream's first block file cuts the stream on restart,
+// leaving the durable consumer's position beyond the stream's end. Every
+// event published after the damage must still reach the consumer, and the
+// cut must be logged.
+func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
+	dir := t.TempDir()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", logs.String())
+		}
+	})
+
+	ns, js := faultNATS(t, dir, logs)
+	before := &collector{ids: map[string]int{}}
+	stop := consumeInto(t, js, before, log)
+	first := publishN(t, js, 3000)
+	waitFor(t, "events before the damage consumed", func() bool { return len(before.seen()) == len(first) })
+	stop()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+
+	blk := filepath.Join(dir, "jetstream", "$G", "streams", StreamAnnotations, "msgs", "1.blk")
+	fi, err := os.Stat(blk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(blk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := make([]byte, 4096)
+	_, _ = rand.Read(garbage)
+	if _, err := f.WriteAt(garbage, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	_, js = faultNATS(t, dir, logs)
+	st, err := js.Stream(context.Background(), StreamAnnotations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stream after the damage: %d messages, seq %d..%d (was %d)", st.CachedInfo().State.Msgs,
+		st.CachedInfo().State.FirstSeq, st.CachedInfo().State.LastSeq, len(first))
+	after := &collector{ids: map[string]int{}}
+	stop = consumeInto(t, js, after, log)
+	defer stop()
+	later := publishN(t, js, 200)
+	waitFor(t, "every event published after the damage consumed", func() bool {
+		seen := after.seen()
+		for _, id := range later {
+			if seen[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "stream="+StreamAnnotations) ||
+		!strings.Contains(l, "consumer="+ConsumerAnnotator.Durable) || !strings.Contains(l, "gap=") {
+		t.Fatalf("the cut stream was not logged as an error:\n%s", logs.String())
+	}
+}
