@@ -90,6 +90,9 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 	}
 	nc, err := nats.Connect(url,
 		nats.Name(name),
+		// A service's replies arrive under a prefix only its own user may
+		// subscribe to (see Permissions); others keep the default.
+		nats.CustomInboxPrefix(InboxPrefixOf(userOfURL(url))),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),

@@ -1,0 +1,373 @@
+package bus
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// NATS users. Every service connects as its own user, so the server can
+// hold each one to the subjects its role needs; nobody connects anonymously.
+const (
+	UserIngest    = "ingest"
+	UserInference = "inference"
+	UserAnnotator = "annotator"
+	UserAnalytics = "analytics"
+	// UserAdmin is the operator: the gradeline CLI, replays, benchmarks and
+	// the creation of streams. It may do anything.
+	UserAdmin = "admin"
+	// UserSubscriber is for downstream systems: it reads the event streams
+	// through durable consumers of its own, and nothing else.
+	UserSubscriber = "subscriber"
+)
+
+// Key-value buckets the services keep shared state in (login throttling
+// and token revocation of the edge). They are named here, like the
+// streams, so the permissions below can grant them.
+const (
+	BucketLoginThrottle = "gradeline-login-throttle"
+	BucketRevokedTokens = "gradeline-revoked-tokens"
+)
+
+// ObjectAccess is what a service may do in the image bucket.
+type ObjectAccess int
+
+const (
+	ObjectsNone ObjectAccess = iota
+	ObjectsRead
+	ObjectsReadWrite
+)
+
+// ServiceAccess says what one service does on the bus. The permissions of
+// its NATS user are derived from it and the stream and consumer table, so
+// a new event type, stream or consumer needs no second edit here.
+type ServiceAccess struct {
+	User string
+	// PublishesTo lists the streams whose subjects the service publishes events on.
+	PublishesTo []string
+	// Follows lists streams whose subjects the service reads with plain
+	// (non-JetStream) subscriptions, as the edge does to answer a grade
+	// request as soon as its result arrives.
+	Follows []string
+	// Answers lists the query subjects the service answers (wildcards allowed).
+	Answers []string
+	// Calls lists the query subjects the service sends requests to.
+	Calls []string
+	// Objects is its access to the image bucket.
+	Objects ObjectAccess
+	// Buckets are the key-value buckets it reads and writes.
+	Buckets []string
+	// Its durable consumers are those of the consumer table named after
+	// it: the durable is the user name, or starts with the user name and "-".
+}
+
+// svcPrefix is the root of every query subject.
+const svcPrefix = "gradeline.svc."
+
+// Access is the table of what each service does on the bus.
+var Access = []ServiceAccess{
+	{
+		User:        UserIngest,
+		PublishesTo: []string{StreamAnnotations, StreamImages, StreamCatalog, StreamIris},
+		Follows:     []string{StreamGrades},
+		Calls:       []string{svcPrefix + ">"},
+		Objects:     ObjectsReadWrite,
+		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens},
+	},
+	{
+		User:        UserInference,
+		PublishesTo: []string{StreamGrades},
+		Answers:     []string{svcPrefix + "models.>"},
+		Objects:     ObjectsRead,
+	},
+	{
+		User:    UserAnnotator,
+		Answers: []string{svcPrefix + "annotations.>", svcPrefix + "images.>", svcPrefix + "grades.>"},
+	},
+	{
+		User:    UserAnalytics,
+		Answers: []string{svcPrefix + "iris.>", svcPrefix + "stats.>"},
+	},
+}
+
+// Users lists every NATS user: the services, the operator and the subscriber.
+func Users() []string {
+	out := make([]string, 0, len(Access)+2)
+	for _, a := range Access {
+		out = append(out, a.User)
+	}
+	return append(out, UserAdmin, UserSubscriber)
+}
+
+// SubjectRules allow and deny subjects; a deny wins over an allow. An
+// empty Allow with an empty Deny allows nothing.
+type SubjectRules struct {
+	Allow, Deny []string
+}
+
+// UserPermissions is what the NATS server enforces for one user. It is
+// plain data: the embedded server and the generated server configuration
+// (NATSServerConfig) both convert it.
+type UserPermissions struct {
+	User      string
+	Publish   SubjectRules
+	Subscribe SubjectRules
+	// Responses lets the user answer requests it received (the server's
+	// allow_responses), whatever the reply subject: the query services.
+	Responses bool
+	// InboxPrefix is the reply subject prefix the user's clients use
+	// (Connect sets it from the user name in the URL). A service's replies
+	// go to a prefix only it may subscribe to, so no other user can read
+	// them.
+	InboxPrefix string
+}
+
+// InboxPrefixOf returns the inbox prefix clients of user must use: a
+// private one for the services, the NATS default for everyone else.
+func InboxPrefixOf(user string) string {
+	if _, ok := accessOf(user); ok {
+		return "_INBOX." + user
+	}
+	return "_INBOX"
+}
+
+func accessOf(user string) (ServiceAccess, bool) {
+	for _, a := range Access {
+		if a.User == user {
+			return a, true
+		}
+	}
+	return ServiceAccess{}, false
+}
+
+// ConsumersOfUser returns the durable consumers that belong to user.
+func ConsumersOfUser(user string) []ConsumerSpec {
+	var out []ConsumerSpec
+	for _, c := range Consumers {
+		if ownerOf(c) == user {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func ownerOf(c ConsumerSpec) string {
+	name, _, _ := strings.Cut(c.Durable, "-")
+	return name
+}
+
+// ObjectStream is the stream behind the image bucket.
+func ObjectStream() string { return "OBJ_" + ImageBucket }
+
+const jsAPI = "$JS.API."
+
+// Permissions returns the permissions of every user (see Users).
+func Permissions() []UserPermissions {
+	var out []UserPermissions
+	for _, u := range Users() {
+		p, _ := PermissionsOf(u)
+		out = append(out, p)
+	}
+	return out
+}
+
+// PermissionsOf returns the permissions of one user; false for an unknown user.
+func PermissionsOf(user string) (UserPermissions, bool) {
+	switch user {
+	case UserAdmin:
+		return UserPermissions{User: user, InboxPrefix: "_INBOX",
+			Publish: SubjectRules{Allow: []string{">"}}, Subscribe: SubjectRules{Allow: []string{">"}}}, true
+	case UserSubscriber:
+		return subscriberPermissions(), true
+	}
+	a, ok := accessOf(user)
+	if !ok {
+		return UserPermissions{}, false
+	}
+	return servicePermissions(a), true
+}
+
+// servicePermissions derives a service's permissions from its row of Access
+// and the stream and consumer table.
+func servicePermissions(a ServiceAccess) UserPermissions {
+	inbox := InboxPrefixOf(a.User)
+	p := UserPermissions{User: a.User, InboxPrefix: inbox, Responses: len(a.Answers) > 0}
+	pub := []string{jsAPI + "INFO"}
+	// Every service ensures the whole topology at start (EnsureTopology):
+	// it may read, create and update every stream and durable consumer of
+	// the table and the image bucket, but never delete or purge one.
+	for _, s := range append(streamNames(), ObjectStream()) {
+		pub = append(pub, jsAPI+"STREAM.INFO."+s, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s)
+	}
+	for _, c := range Consumers {
+		pub = append(pub, consumerCreate(c.Stream, c.Durable)...)
+		pub = append(pub, jsAPI+"CONSUMER.INFO."+c.Stream+"."+c.Durable)
+	}
+	// It pulls from, acks on and dead-letters for its own consumers only.
+	for _, c := range ConsumersOfUser(a.User) {
+		pub = append(pub,
+			jsAPI+"CONSUMER.MSG.NEXT."+c.Stream+"."+c.Durable,
+			"$JS.ACK."+c.Stream+"."+c.Durable+".>",
+			SubjectDeadLetterPrefix+c.Durable)
+	}
+	for _, s := range a.PublishesTo {
+		pub = append(pub, streamSubjects(s)...)
+	}
+	pub = append(pub, a.Calls...)
+	switch a.Objects {
+	case ObjectsReadWrite:
+		pub = append(pub, "$O."+ImageBucket+".>", jsAPI+"STREAM.PURGE."+ObjectStream())
+		fallthrough
+	case ObjectsRead:
+		pub = append(pub, readStream(ObjectStream())...)
+	}
+	for _, b := range a.Buckets {
+		kv := "KV_" + b
+		pub = append(pub, "$KV."+b+".>",
+			jsAPI+"STREAM.INFO."+kv, jsAPI+"STREAM.CREATE."+kv, jsAPI+"STREAM.UPDATE."+kv, jsAPI+"STREAM.PURGE."+kv)
+		pub = append(pub, readStream(kv)...)
+	}
+	p.Publish.Allow = pub
+
+	sub := []string{inbox + ".>"}
+	for _, s := range a.Follows {
+		sub = append(sub, streamSubjects(s)...)
+	}
+	sub = append(sub, a.Answers...)
+	if len(a.Answers) > 0 {
+		// Service discovery of nats.go/micro ($SRV.PING, $SRV.INFO.annotator, ...).
+		sub = append(sub, "$SRV.*", "$SRV.*."+a.User, "$SRV.*."+a.User+".*")
+	}
+	p.Subscribe.Allow = sub
+	return p
+}
+
+// subscriberPermissions: read the event streams through consumers of its
+// own. The service durables are denied by name, so the subscriber can
+// neither steal their messages nor change or delete them.
+func subscriberPermissions() UserPermissions {
+	p := UserPermissions{User: UserSubscriber, InboxPrefix: InboxPrefixOf(UserSubscriber)}
+	pub := []string{jsAPI + "INFO", jsAPI + "STREAM.NAMES", jsAPI + "STREAM.LIST"}
+	var deny []string
+	for _, s := range EventStreams() {
+		pub = append(pub,
+			jsAPI+"STREAM.INFO."+s,
+			jsAPI+"STREAM.MSG.GET."+s, jsAPI+"DIRECT.GET."+s, jsAPI+"DIRECT.GET."+s+".>",
+			// Named consumers only: the legacy CONSUMER.CREATE.<stream>
+			// carries the name in the body, out of reach of the denies.
+			jsAPI+"CONSUMER.CREATE."+s+".>", jsAPI+"CONSUMER.DURABLE.CREATE."+s+".*",
+			jsAPI+"CONSUMER.INFO."+s+".*", jsAPI+"CONSUMER.NAMES."+s, jsAPI+"CONSUMER.LIST."+s,
+			jsAPI+"CONSUMER.MSG.NEXT."+s+".*", jsAPI+"CONSUMER.DELETE."+s+".*",
+			"$JS.ACK."+s+".>", "$JS.FC."+s+".>")
+		for _, c := range ConsumersOf(s) {
+			deny = append(deny, consumerCreate(c.Stream, c.Durable)...)
+			deny = append(deny,
+				jsAPI+"CONSUMER.MSG.NEXT."+c.Stream+"."+c.Durable,
+				jsAPI+"CONSUMER.DELETE."+c.Stream+"."+c.Durable,
+				"$JS.ACK."+c.Stream+"."+c.Durable+".>")
+		}
+	}
+	p.Publish = SubjectRules{Allow: pub, Deny: deny}
+	// Its own replies, never a service's.
+	var subDeny []string
+	for _, a := range Access {
+		subDeny = append(subDeny, InboxPrefixOf(a.User)+".>")
+	}
+	p.Subscribe = SubjectRules{Allow: []string{"_INBOX.>"}, Deny: subDeny}
+	return p
+}
+
+// EventStreams are the streams a downstream subscriber may read: every
+// stream of the table but the dead letters.
+func EventStreams() []string {
+	var out []string
+	for _, s := range Streams {
+		if s.Name != StreamDeadLetter {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+func streamNames() []string {
+	out := make([]string, 0, len(Streams))
+	for _, s := range Streams {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+func streamSubjects(name string) []string {
+	for _, s := range Streams {
+		if s.Name == name {
+			return slices.Clone(s.Subjects)
+		}
+	}
+	panic(fmt.Sprintf("bus: access table names unknown stream %q", name))
+}
+
+// consumerCreate are the API subjects that create or update a named consumer.
+func consumerCreate(stream, durable string) []string {
+	return []string{
+		jsAPI + "CONSUMER.CREATE." + stream + "." + durable,
+		jsAPI + "CONSUMER.CREATE." + stream + "." + durable + ".>",
+		jsAPI + "CONSUMER.DURABLE.CREATE." + stream + "." + durable,
+	}
+}
+
+// readStream are the API subjects that read a stream of the object store
+// or a KV bucket: direct and stored message gets, and the short-lived
+// ordered consumers (with their flow control) that Get and Watch create.
+func readStream(s string) []string {
+	return []string{
+		jsAPI + "STREAM.INFO." + s,
+		jsAPI + "STREAM.MSG.GET." + s, jsAPI + "DIRECT.GET." + s, jsAPI + "DIRECT.GET." + s + ".>",
+		jsAPI + "CONSUMER.CREATE." + s + ".>", jsAPI + "CONSUMER.DELETE." + s + ".*",
+		jsAPI + "CONSUMER.INFO." + s + ".*",
+		"$JS.FC." + s + ".>",
+	}
+}
+
+// Credential is a NATS user and its password. In a server configuration
+// the password may also be a bcrypt hash ($2a$...).
+type Credential struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+}
+
+// NewPassword returns a random password that needs no escaping in a URL.
+func NewPassword() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("bus: password: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// URLWithUser returns the NATS URL (or comma-separated URLs) with the
+// credential in each, e.g. nats://ingest:secret@127.0.0.1:4222.
+func URLWithUser(natsURL string, c Credential) (string, error) {
+	parts := strings.Split(natsURL, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil {
+			return "", fmt.Errorf("bus: NATS URL %q: %w", p, err)
+		}
+		u.User = url.UserPassword(c.User, c.Password)
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ","), nil
+}
+
+// userOfURL returns the user named in the first NATS URL, if any.
+func userOfURL(natsURL string) string {
+	first, _, _ := strings.Cut(natsURL, ",")
+	u, err := url.Parse(strings.TrimSpace(first))
+	if err != nil || u.User == nil {
+		return ""
+	}
+	return u.User.Username()
+}
