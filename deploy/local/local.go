@@ -47,6 +47,9 @@ type Config struct {
 	// or a free port when that one is taken), so other programs on this
 	// machine can subscribe to the streams.
 	NATSAddr string
+	// NATSSync is the embedded NATS's JetStream sync_interval
+	// (GRADELINE_NATS_SYNC; zero keeps the server default).
+	NATSSync bus.Sync
 
 	JWTSecret  []byte // default: generated once and kept in DataDir
 	SignupCode string // default DefaultSignupCode
@@ -122,8 +125,11 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		log.Info("starting embedded NATS JetStream", "dir", filepath.Join(dir, "nats"))
-		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "nats"), Host: host, Port: port, Name: "gradeline-local"})
+		log.Info("starting embedded NATS JetStream", "dir", filepath.Join(dir, "nats"), "sync", cfg.NATSSync.String())
+		// The server's own log goes to the stack's log, so a recovery that
+		// damaged a stream is visible where everything else is.
+		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "nats"), Host: host, Port: port, Name: "gradeline-local",
+			Logger: log, Sync: cfg.NATSSync})
 		if err != nil {
 			return err
 		}

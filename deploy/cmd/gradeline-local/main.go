@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/deploy/local"
 )
@@ -60,6 +61,9 @@ func main() {
 			fail(fmt.Errorf("GRADELINE_MAX_QUEUE_DELAY=%q: %w (use e.g. 2ms)", v, err))
 		}
 		cfg.MaxQueueDelay = d
+	}
+	if cfg.NATSSync, err = bus.SyncFromEnv(); err != nil {
+		fail(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
