@@ -32,9 +32,6 @@ func init() {
 	register(TypeDeadLetter, 1, SubjectDeadLetterPrefix+"*", &DeadLetter{})
 }
 
-// MaxAnnotationBytes bounds the annotation object of one event.
-const MaxAnnotationBytes = 64 << 10
-
 // AnnotationCreated: a user submitted an annotation. The event id is the
 // annotation id.
 type AnnotationCreated struct {
@@ -48,11 +45,8 @@ func (e *AnnotationCreated) Validate() error {
 	if e.Author == "" {
 		return errors.New("author is required")
 	}
-	if len(e.Annotation) == 0 || e.Annotation[0] != '{' {
-		return errors.New("annotation must be a JSON object")
-	}
-	if len(e.Annotation) > MaxAnnotationBytes {
-		return fmt.Errorf("annotation exceeds %d bytes", MaxAnnotationBytes)
+	if err := ValidateAnnotation(e.Annotation); err != nil {
+		return fmt.Errorf("annotation: %w", err)
 	}
 	return nil
 }

@@ -137,9 +137,37 @@ func (s *Server) drainRejectedBody(c *fiber.Ctx) {
 	_ = conn.SetReadDeadline(time.Time{})
 }
 
+// maxBodyDepth bounds the nesting of every JSON body: an annotation
+// (bus.MaxAnnotationDepth levels) inside its request object is the deepest
+// body a client has reason to send.
+const maxBodyDepth = bus.MaxAnnotationDepth + 1
+
 // decodeJSON decodes one JSON value from data into v. Syntax errors are 400;
-// wrong types and (when strict) unknown fields are 422 naming the field.
+// wrong types and (when strict) unknown fields are 422 naming the field, as
+// are duplicate keys and nesting beyond maxBodyDepth.
 func decodeJSON(data []byte, v any, strict bool) error {
+	if err := checkJSONBody(data, maxBodyDepth, "body"); err != nil {
+		return err
+	}
+	return decodeCheckedJSON(data, v, strict)
+}
+
+// checkJSONBody applies bus.CheckJSON and turns its findings into client
+// errors naming what (the body, or the part of it being checked).
+func checkJSONBody(data []byte, depth int, what string) error {
+	err := bus.CheckJSON(data, depth)
+	if err == nil {
+		return nil
+	}
+	var je *bus.JSONError
+	if errors.As(err, &je) && je.Err == bus.ErrJSONNotUTF8 {
+		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON: the body must be UTF-8", Details: []string{what + ": " + err.Error()}}
+	}
+	return invalid("invalid JSON", what+": "+err.Error())
+}
+
+// decodeCheckedJSON is decodeJSON for data checkJSONBody already passed.
+func decodeCheckedJSON(data []byte, v any, strict bool) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		data = []byte("{}")
 	}

@@ -36,8 +36,15 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	}
 	ctx := bus.WithTraceparent(bus.WithRequestID(c.UserContext(), rid), tp)
 	c.SetUserContext(ctx)
+	// Nothing the edge serves is meant to be sniffed into another type.
+	c.Set(fiber.HeaderXContentTypeOptions, "nosniff")
 
-	err := c.Next()
+	// Every JSON body is UTF-8; one declaring another charset is refused
+	// before any handler reads it.
+	err := checkJSONCharset(c.Get(fiber.HeaderContentType))
+	if err == nil {
+		err = c.Next()
+	}
 	if err != nil {
 		if herr := s.handleError(c, err); herr != nil {
 			s.log.Error("writing error response", "err", herr)
