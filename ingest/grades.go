@@ -141,17 +141,24 @@ func (g *gradeWaiters) lookup(id, owner string) (recentGrade, bool) {
 	return r, true
 }
 
-// modelCache keeps the inference service's model list for a few seconds:
-// every grade request checks its model against it.
+// modelCache keeps the inference service's model list: every grade request
+// checks its model against it. It answers from the last list it has and
+// refreshes a list older than ttl in the background (stale-while-revalidate),
+// so a slow or stopped inference replica never fails a submission; only
+// the very first fetch, with no list yet, makes a request wait.
 type modelCache struct {
 	ttl time.Duration
+	log *slog.Logger
 
-	mu      sync.Mutex
-	fetched time.Time
-	models  []bus.ModelInfo
+	mu         sync.Mutex
+	fetched    time.Time
+	models     []bus.ModelInfo
+	refreshing bool
 }
 
-func newModelCache(ttl time.Duration) *modelCache { return &modelCache{ttl: ttl} }
+func newModelCache(ttl time.Duration, log *slog.Logger) *modelCache {
+	return &modelCache{ttl: ttl, log: log}
+}
 
 // decodeModels accepts a bare list or an object holding it under
 // "models" or "data".
@@ -177,12 +184,43 @@ func decodeModels(raw json.RawMessage) ([]bus.ModelInfo, error) {
 // dropped in a moment ago is found without waiting out the whole ttl.
 const refreshAfter = time.Second
 
+// Each fetch of the list is one request to the inference service's queue
+// group, which picks a replica at random: a short attempt, retried, reaches
+// a live replica when another one is stopped, instead of waiting out the
+// request timeout on the stopped one.
+const (
+	modelFetchAttempt  = 3 * time.Second
+	modelFetchAttempts = 3
+)
+
+// get returns the model list, starting a background refresh when it is
+// older than the ttl.
 func (m *modelCache) get(ctx context.Context, s *Server) ([]bus.ModelInfo, error) {
-	return m.getFresh(ctx, s, m.ttl)
+	m.mu.Lock()
+	if m.fetched.IsZero() {
+		m.mu.Unlock()
+		return m.fetch(ctx, s)
+	}
+	models := m.models
+	if time.Since(m.fetched) >= m.ttl && !m.refreshing {
+		m.refreshing = true
+		go func() {
+			defer func() {
+				m.mu.Lock()
+				m.refreshing = false
+				m.mu.Unlock()
+			}()
+			if _, err := m.fetch(context.Background(), s); err != nil {
+				m.log.Warn("model list refresh failed; answering from the last list", "err", err)
+			}
+		}()
+	}
+	m.mu.Unlock()
+	return models, nil
 }
 
-// has reports whether the service knows model, refetching a list older than
-// refreshAfter once on a miss.
+// has reports whether the service knows model. On a miss a list older than
+// refreshAfter is refetched once; when that fails, the last list answers.
 func (m *modelCache) has(ctx context.Context, s *Server, model string) ([]bus.ModelInfo, bool, error) {
 	found := func(ms []bus.ModelInfo) bool {
 		return slices.ContainsFunc(ms, func(mi bus.ModelInfo) bool { return mi.Name == model })
@@ -191,30 +229,47 @@ func (m *modelCache) has(ctx context.Context, s *Server, model string) ([]bus.Mo
 	if err != nil || found(models) {
 		return models, err == nil, err
 	}
-	models, err = m.getFresh(ctx, s, refreshAfter)
-	return models, err == nil && found(models), err
+	m.mu.Lock()
+	age := time.Since(m.fetched)
+	m.mu.Unlock()
+	if age < refreshAfter {
+		return models, false, nil
+	}
+	fresh, err := m.fetch(ctx, s)
+	if err != nil {
+		m.log.Warn("model list refresh failed; answering from the last list", "model", model, "err", err)
+		return models, false, nil
+	}
+	return fresh, found(fresh), nil
 }
 
-func (m *modelCache) getFresh(ctx context.Context, s *Server, maxAge time.Duration) ([]bus.ModelInfo, error) {
-	m.mu.Lock()
-	if !m.fetched.IsZero() && time.Since(m.fetched) < maxAge {
-		defer m.mu.Unlock()
-		return m.models, nil
+// fetch asks the inference service for its models (retrying short attempts)
+// and keeps the answer.
+func (m *modelCache) fetch(ctx context.Context, s *Server) ([]bus.ModelInfo, error) {
+	var err error
+	for range modelFetchAttempts {
+		actx, cancel := context.WithTimeout(ctx, modelFetchAttempt)
+		var raw json.RawMessage
+		raw, err = request[json.RawMessage](actx, s, bus.SvcModelsList, bus.ModelsQuery{})
+		cancel()
+		if err != nil {
+			var be *bus.Error
+			if errors.As(err, &be) || ctx.Err() != nil {
+				return nil, err
+			}
+			continue
+		}
+		models, derr := decodeModels(raw)
+		if derr != nil {
+			return nil, derr
+		}
+		slices.SortFunc(models, func(a, b bus.ModelInfo) int { return strings.Compare(a.Name, b.Name) })
+		m.mu.Lock()
+		m.models, m.fetched = models, time.Now()
+		m.mu.Unlock()
+		return models, nil
 	}
-	m.mu.Unlock()
-	raw, err := request[json.RawMessage](ctx, s, bus.SvcModelsList, bus.ModelsQuery{})
-	if err != nil {
-		return nil, err
-	}
-	models, err := decodeModels(raw)
-	if err != nil {
-		return nil, err
-	}
-	slices.SortFunc(models, func(a, b bus.ModelInfo) int { return strings.Compare(a.Name, b.Name) })
-	m.mu.Lock()
-	m.models, m.fetched = models, time.Now()
-	m.mu.Unlock()
-	return models, nil
+	return nil, err
 }
 
 func (s *Server) listModels(c *fiber.Ctx) error {
@@ -352,6 +407,10 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderLocation, location)
 		return c.JSON(r)
 	case <-timer.C:
+		return pending()
+	case <-s.stopping:
+		// The edge is shutting down: the grade is accepted and will be
+		// done; the client polls Location rather than losing the answer.
 		return pending()
 	}
 }

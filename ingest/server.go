@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/recover"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
@@ -27,6 +29,7 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 	app *fiber.App
+	// writes marks each user's last accepted events for read-your-writes.
 
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -47,6 +50,36 @@ type Server struct {
 	openapi  []byte
 
 	closeOnce sync.Once
+	// stopping is closed when Shutdown begins: responses then carry
+	// Connection: close, /readyz answers 503, grade waits answer 202.
+	stopping chan struct{}
+	stopOnce sync.Once
+	lnMu     sync.Mutex
+	ln       *onceListener
+	// active counts connections reading or answering a request.
+	active atomic.Int64
+}
+
+// ShutdownTimeout bounds how long Shutdown waits for in-flight requests.
+const ShutdownTimeout = 10 * time.Second
+
+// drainGrace is how long connections stay open after the listener closed:
+// a keep-alive client may already have sent its next request on an idle
+// connection, and it gets an answer (with Connection: close) instead of EOF.
+const drainGrace = time.Second
+
+// onceListener lets Shutdown close the listener first (stop accepting)
+// while fasthttp closes it again later: the second Close must not fail,
+// or fasthttp would skip closing idle connections.
+type onceListener struct {
+	net.Listener
+	once sync.Once
+}
+
+func (l *onceListener) Close() error {
+	var err error
+	l.once.Do(func() { err = l.Listener.Close() })
+	return err
 }
 
 // New connects to NATS and MongoDB, applies the bus topology, subscribes
@@ -64,6 +97,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		ipLimiter:      newFailureLimiter(ipFailures, failureWindow),
 		accountLimiter: newFailureLimiter(accountFailures, failureWindow),
 		grades:         newGradeWaiters(),
+		stopping:       make(chan struct{}),
 	}
 	if s.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -88,7 +122,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.images, err = bus.ImageStore(ctx, s.js, cfg.Replicas); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	s.models = newModelCache(5 * time.Second)
+	s.models = newModelCache(5*time.Second, s.log)
 	// One subscription per server for all grade results; requests wait on
 	// it by grade id.
 	if err := s.grades.subscribe(s.nc, s.log); err != nil {
@@ -141,6 +175,32 @@ func (s *Server) newApp() *fiber.App {
 		IdleTimeout:           2 * time.Minute,
 		ReadBufferSize:        16 << 10,
 	})
+	// Answers given while shutting down close their connection, so a
+	// keep-alive client reconnects (to another replica) instead of sending
+	// its next request into a connection about to close.
+	app.Server().CloseOnShutdown = true
+	var states sync.Map // net.Conn → fasthttp.ConnState
+	app.Server().ConnState = func(c net.Conn, st fasthttp.ConnState) {
+		prev, _ := states.Load(c)
+		if prev == fasthttp.StateActive {
+			s.active.Add(-1)
+		}
+		if st == fasthttp.StateActive {
+			s.active.Add(1)
+		}
+		if st == fasthttp.StateClosed || st == fasthttp.StateHijacked {
+			states.Delete(c)
+		} else {
+			states.Store(c, st)
+		}
+	}
+	app.Use(func(c *fiber.Ctx) error {
+		err := c.Next()
+		if s.isStopping() {
+			c.Set(fiber.HeaderConnection, "close")
+		}
+		return err
+	})
 	app.Use(s.observe)
 	app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
 		s.log.Error("panic in handler", "path", c.Path(), "panic", fmt.Sprint(e), "request_id", bus.RequestID(c.UserContext()))
@@ -152,11 +212,60 @@ func (s *Server) newApp() *fiber.App {
 func (s *Server) App() *fiber.App { return s.app }
 
 // Serve serves HTTP on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	ol := &onceListener{Listener: ln}
+	s.lnMu.Lock()
+	s.ln = ol
+	s.lnMu.Unlock()
+	return s.app.Listener(ol)
+}
 
-// Shutdown stops accepting connections and waits up to timeout for
-// in-flight requests.
-func (s *Server) Shutdown(timeout time.Duration) error { return s.app.ShutdownWithTimeout(timeout) }
+func (s *Server) isStopping() bool {
+	select {
+	case <-s.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// drain waits until no connection has been busy for a moment, at most
+// grace: requests arriving on open keep-alive connections are answered.
+func (s *Server) drain(grace time.Duration) {
+	const quiet = 100 * time.Millisecond
+	end := time.Now().Add(grace)
+	idleSince := time.Now()
+	for time.Now().Before(end) {
+		if s.active.Load() > 0 {
+			idleSince = time.Now()
+		} else if time.Since(idleSince) >= quiet {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Shutdown stops accepting connections, answers what clients already sent
+// (requests in flight, and for drainGrace requests arriving on open
+// keep-alive connections) with Connection: close, and waits up to timeout
+// for in-flight requests. Grade requests waiting for a result answer 202
+// with the grade's Location at once.
+func (s *Server) Shutdown(timeout time.Duration) error {
+	first := false
+	s.stopOnce.Do(func() { close(s.stopping); first = true })
+	if first {
+		deadline := time.Now().Add(timeout)
+		s.lnMu.Lock()
+		ln := s.ln
+		s.lnMu.Unlock()
+		if ln != nil {
+			_ = ln.Close()
+			s.drain(min(drainGrace, timeout/2))
+		}
+		timeout = time.Until(deadline)
+	}
+	return s.app.ShutdownWithTimeout(max(timeout, time.Millisecond))
+}
 
 // Close releases the NATS and MongoDB connections. Call after Shutdown.
 func (s *Server) Close() {
@@ -200,7 +309,7 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	}
 	s.log.Info("ingest shutting down")
-	if err := s.Shutdown(30 * time.Second); err != nil {
+	if err := s.Shutdown(ShutdownTimeout); err != nil {
 		s.log.Warn("shutdown", "err", err)
 	}
 	<-errc
@@ -272,6 +381,11 @@ func (s *Server) healthz(c *fiber.Ctx) error {
 func (s *Server) readyz(c *fiber.Ctx) error {
 	checks := map[string]string{}
 	ready := true
+	if s.isStopping() {
+		// Load balancers stop sending before the listener goes.
+		checks["http"] = "shutting down"
+		ready = false
+	}
 	if s.nc.IsConnected() {
 		checks["nats"] = "ok"
 	} else {

@@ -244,7 +244,9 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Error("service failed; stopping the stack", "err", runErr)
 	}
 	log.Info("shutting down")
-	if err := edge.Shutdown(30 * time.Second); err != nil {
+	// The edge finishes the requests in flight first; the services then
+	// drain their consumers, so what the edge accepted last is handled.
+	if err := edge.Shutdown(ingest.ShutdownTimeout); err != nil {
 		log.Warn("ingest shutdown", "err", err)
 	}
 	stopServices()
