@@ -1,0 +1,131 @@
+package ingest_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/ingest"
+)
+
+// TestStoppedInferenceReplicaFailsNoSubmission reproduces issue 11: with one
+// of two inference replicas stopped (here a member of the service's queue
+// group that never answers), every grade submission is still accepted,
+// because the edge answers from its last model list and refreshes it
+// in the background.
+func TestStoppedInferenceReplicaFailsNoSubmission(t *testing.T) {
+	needInference(t)
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// A replica stopped with SIGSTOP: subscribed, receives its share of
+	// requests, answers none.
+	stuck, err := nc.QueueSubscribe(bus.SvcModelsList, micro.DefaultQueueGroup, func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := startIngest(t)
+	// Every submission finds the list expired and refreshes it.
+	ingest.SetModelListTTL(s.Server, time.Millisecond)
+	c, _ := s.newUser(t)
+	img := filePart{"image", "g.png", pngImage(t, 28, 28)}
+	for i := range 12 {
+		r := c.multipart("POST", "/api/v1/grades?wait=0", [][2]string{{"model", "fashion"}}, img)
+		if r.Status != http.StatusAccepted {
+			t.Fatalf("submission %d with a stopped replica: %d %s", i, r.Status, r.Body)
+		}
+		if r := c.do("GET", "/api/v1/models", nil, nil); r.Status != http.StatusOK {
+			t.Fatalf("model list %d with a stopped replica: %d %s", i, r.Status, r.Body)
+		}
+		time.Sleep(20 * time.Millisecond) // let a background refresh start
+	}
+}
+
+// TestShutdownAnswersRequestsInFlight reproduces issue 11: SIGINT closed the
+// listener and the connections at once, so a client whose request was on
+// its way got EOF. Requests whose first half was sent before the shutdown
+// and the rest during it must be answered 2xx, with Connection: close.
+func TestShutdownAnswersRequestsInFlight(t *testing.T) {
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	const n = 6
+	body, _ := json.Marshal(map[string]any{"image_id": "shutdown-1", "annotation": map[string]any{"label": "in flight"}})
+	half := len(body) / 2
+	shuttingDown := make(chan struct{})
+	var sent, wg sync.WaitGroup
+	type result struct {
+		status int
+		conn   string
+		err    error
+	}
+	results := make([]result, n)
+	for i := range n {
+		sent.Add(1)
+		wg.Add(1)
+		pr, pw := io.Pipe()
+		go func() {
+			_, _ = pw.Write(body[:half])
+			sent.Done()
+			<-shuttingDown
+			_, _ = pw.Write(body[half:])
+			_ = pw.Close()
+		}()
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("POST", s.URL+"/api/v1/annotations", pr)
+			req.ContentLength = int64(len(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+c.token)
+			// One connection per request, like separate clients.
+			hc := &http.Client{Transport: &http.Transport{}}
+			res, err := hc.Do(req)
+			if err != nil {
+				results[i] = result{err: err}
+				return
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			// Go's client moves "Connection: close" into res.Close.
+			conn := res.Header.Get("Connection")
+			if res.Close {
+				conn = "close"
+			}
+			results[i] = result{status: res.StatusCode, conn: conn}
+		}()
+	}
+	sent.Wait()
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(ingest.ShutdownTimeout) }()
+	eventually(t, "shutdown begun", 10*time.Second, func() bool { return ingest.IsStopping(s.Server) })
+	close(shuttingDown)
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for i, r := range results {
+		if r.err != nil || r.status != http.StatusAccepted || r.conn != "close" {
+			t.Errorf("request %d in flight at shutdown: status %d, Connection %q, err %v", i, r.status, r.conn, r.err)
+		}
+	}
+	// The listener is closed: a new connection is refused, not accepted and dropped.
+	if _, err := (&http.Client{Timeout: 5 * time.Second}).Get(s.URL + "/healthz"); err == nil {
+		t.Fatal("a request after shutdown was answered")
+	} else {
+		t.Logf("after shutdown: %v", fmt.Sprint(err))
+	}
+}
