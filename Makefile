@@ -5,10 +5,10 @@ MODULES := bus ingest annotator inference analytics deploy deploy/manifests
 CACHE := $(CURDIR)/.cache
 
 export CGO_ENABLED := 1
-export GOFLAGS := -tags=ferretdb_no_postgresql
 export ONNXRUNTIME_LIB ?= $(CACHE)/onnxruntime/libonnxruntime.so.1
 export GRADELINE_CHDB_LAUNCHER ?= $(CACHE)/chdb/gradeline-chdb
 export GRADELINE_DATASETS_DIR ?= $(CACHE)/datasets
+export GRADELINE_POSTGRES_BIN ?= $(CACHE)/postgresql/bin
 
 TEST_FLAGS ?= -count=1 -timeout=25m
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))

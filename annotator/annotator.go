@@ -92,8 +92,11 @@ func Run(ctx context.Context, cfg Config) error {
 	// consumers retry, while MongoDB is still down. A short server
 	// selection timeout (unless the URI sets one) answers queries with 503
 	// quickly during an outage.
+	// Timeout makes the driver send every operation's remaining time as
+	// maxTimeMS, so a query whose caller gave up is stopped in the store too.
 	mc, err := mongo.Connect(options.Client().
 		SetServerSelectionTimeout(serverSelectionTimeout).
+		SetTimeout(writeTimeout).
 		ApplyURI(cfg.MongoURI).
 		SetAppName("gradeline-annotator"))
 	if err != nil {
@@ -104,7 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 		defer cancel()
 		_ = mc.Disconnect(dctx)
 	}()
-	a := &app{store: store.New(mc.Database(cfg.Database), metrics), log: log}
+	a := &app{store: store.New(mc.Database(cfg.Database), metrics), log: log, applied: newApplied(js)}
 	ictx, icancel := context.WithTimeout(ctx, serverSelectionTimeout)
 	err = a.store.EnsureIndexes(ictx)
 	icancel()
@@ -162,6 +165,7 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 type app struct {
-	store *store.Store
-	log   *slog.Logger
+	store   *store.Store
+	log     *slog.Logger
+	applied *applied
 }

@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -425,7 +428,7 @@ func TestMongoOutage(t *testing.T) {
 			fmt.Sprintf("ack_pending=%d ack_floor=%d", info.NumAckPending, info.AckFloor.Stream)
 	})
 	// Queries answer 503 meanwhile, not 500 and not silence.
-	_, err := request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{})
+	_, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{})
 	wantCode(t, err, http.StatusServiceUnavailable)
 	e.startMongo(addr)
 	e.waitCount("annotations", 60)
@@ -533,8 +536,8 @@ func TestCatalogue(t *testing.T) {
 	}
 	_, err = request[bus.Image](t, e, bus.SvcImagesGet, bus.ImageGetQuery{Owner: "erin", ID: "img-b"})
 	wantCode(t, err, http.StatusNotFound)
-	page, err := request[bus.Page[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "erin"})
-	if err != nil || page.Total != 1 || len(page.Data) != 1 || page.Data[0].ID != "img-a" {
+	page, err := request[bus.List[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "erin"})
+	if err != nil || page.Total == nil || *page.Total != 1 || len(page.Data) != 1 || page.Data[0].ID != "img-a" {
 		t.Fatalf("list: %+v %v", page, err)
 	}
 }
@@ -622,22 +625,17 @@ func TestQueryService(t *testing.T) {
 	e.waitIdle(bus.ConsumerAnnotator)
 	e.waitIdle(bus.ConsumerAnnotatorCatalog)
 
-	// Walk every page: no overlap, no gap, newest first.
+	// Walk every page by cursor: no overlap, no gap, newest first.
 	seen := map[string]bool{}
 	var prev time.Time
+	cursor := ""
 	for p := 1; ; p++ {
-		page, err := request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Page: p, PerPage: 10})
+		page, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Cursor: cursor, PerPage: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if page.Total != n || page.Page != p || page.PerPage != 10 {
-			t.Fatalf("page %d header: total=%d page=%d per_page=%d", p, page.Total, page.Page, page.PerPage)
-		}
-		if len(page.Data) == 0 {
-			if p != n/10+2 {
-				t.Fatalf("ran out at page %d", p)
-			}
-			break
+		if page.Total != nil || page.PerPage != 10 {
+			t.Fatalf("page %d header: total=%v per_page=%d", p, page.Total, page.PerPage)
 		}
 		for _, a := range page.Data {
 			if seen[a.ID] {
@@ -648,17 +646,25 @@ func TestQueryService(t *testing.T) {
 			}
 			seen[a.ID], prev = true, a.CreatedAt
 		}
+		if cursor = page.Next; cursor == "" {
+			if p != (n+9)/10 {
+				t.Fatalf("ran out at page %d", p)
+			}
+			break
+		}
 	}
 	if len(seen) != n {
 		t.Fatalf("walk saw %d annotations, want %d", len(seen), n)
 	}
+	_, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Cursor: "not-a-cursor"})
+	wantCode(t, err, http.StatusUnprocessableEntity)
 
-	// Filters and defaults.
-	page, err := request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Author: "hank", PerPage: 1000})
-	if err != nil || page.Total != int64(byAuthor["hank"]) || len(page.Data) != byAuthor["hank"] || page.Page != 1 {
-		t.Fatalf("author filter: total=%d len=%d err=%v", page.Total, len(page.Data), err)
+	// Filters and defaults; a result that fits one page carries its total.
+	page, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Author: "hank", PerPage: 1000})
+	if err != nil || page.Total == nil || *page.Total != int64(byAuthor["hank"]) || len(page.Data) != byAuthor["hank"] || page.Next != "" {
+		t.Fatalf("author filter: total=%v len=%d err=%v", page.Total, len(page.Data), err)
 	}
-	page, err = request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{ImageID: "img-3", Author: "gina"})
+	page, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{ImageID: "img-3", Author: "gina"})
 	if err != nil || page.PerPage != bus.DefaultPerPage {
 		t.Fatalf("defaults: %+v %v", page, err)
 	}
@@ -667,11 +673,11 @@ func TestQueryService(t *testing.T) {
 			t.Fatalf("filter leaked %+v", a)
 		}
 	}
-	if page.Total == 0 || page.Total != int64(len(page.Data)) {
-		t.Fatalf("image+author filter total %d len %d", page.Total, len(page.Data))
+	if page.Total == nil || *page.Total == 0 || *page.Total != int64(len(page.Data)) {
+		t.Fatalf("image+author filter total %v len %d", page.Total, len(page.Data))
 	}
-	page, err = request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Page: 1 << 40, PerPage: 1000})
-	if err != nil || len(page.Data) != 0 || page.Total != n {
+	page, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Page: 1 << 40, PerPage: 1000})
+	if err != nil || len(page.Data) != 0 || page.Next != "" {
 		t.Fatalf("far page: %+v %v", page, err)
 	}
 
@@ -688,14 +694,14 @@ func TestQueryService(t *testing.T) {
 
 	// Bad pagination and missing fields: 422.
 	for _, q := range []bus.AnnotationsQuery{{Page: -1}, {PerPage: -5}, {PerPage: bus.MaxPerPage + 1}} {
-		_, err = request[bus.Page[bus.Annotation]](t, e, bus.SvcAnnotationsList, q)
+		_, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, q)
 		wantCode(t, err, http.StatusUnprocessableEntity)
 	}
 	_, err = request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{})
 	wantCode(t, err, http.StatusUnprocessableEntity)
-	_, err = request[bus.Page[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{})
+	_, err = request[bus.List[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{})
 	wantCode(t, err, http.StatusUnprocessableEntity)
-	_, err = request[bus.Page[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", PerPage: 5000})
+	_, err = request[bus.List[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", PerPage: 5000})
 	wantCode(t, err, http.StatusUnprocessableEntity)
 	_, err = request[bus.Image](t, e, bus.SvcImagesGet, bus.ImageGetQuery{Owner: "gina"})
 	wantCode(t, err, http.StatusUnprocessableEntity)
@@ -713,9 +719,9 @@ func TestQueryService(t *testing.T) {
 	// Images: owner scope, tags all-match, pagination with total.
 	imgs := map[string]bool{}
 	for p := 1; p <= 3; p++ {
-		ip, err := request[bus.Page[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", Tags: []string{"all"}, Page: p, PerPage: 10})
-		if err != nil || ip.Total != 25 {
-			t.Fatalf("images page %d: total %d err %v", p, ip.Total, err)
+		ip, err := request[bus.List[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", Tags: []string{"all"}, Page: p, PerPage: 10})
+		if err != nil || (p < 3) != (ip.Next != "") {
+			t.Fatalf("images page %d: next %q err %v", p, ip.Next, err)
 		}
 		for _, im := range ip.Data {
 			if imgs[im.ID] || im.Owner != "gina" {
@@ -727,12 +733,12 @@ func TestQueryService(t *testing.T) {
 	if len(imgs) != 25 {
 		t.Fatalf("image walk saw %d, want 25", len(imgs))
 	}
-	ip, err := request[bus.Page[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", Tags: []string{"five", "all"}})
-	if err != nil || ip.Total != 5 {
-		t.Fatalf("tags all-match: total %d err %v", ip.Total, err)
+	ip, err := request[bus.List[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", Tags: []string{"five", "all"}})
+	if err != nil || ip.Total == nil || *ip.Total != 5 {
+		t.Fatalf("tags all-match: total %v err %v", ip.Total, err)
 	}
-	ip, err = request[bus.Page[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", Tags: []string{"five", "nope"}})
-	if err != nil || ip.Total != 0 || ip.Data == nil {
+	ip, err = request[bus.List[bus.Image]](t, e, bus.SvcImagesList, bus.ImagesQuery{Owner: "gina", Tags: []string{"five", "nope"}})
+	if err != nil || ip.Total == nil || *ip.Total != 0 || ip.Data == nil {
 		t.Fatalf("no match: %+v %v", ip, err)
 	}
 	_, err = request[bus.Image](t, e, bus.SvcImagesGet, bus.ImageGetQuery{Owner: "gina", ID: "pic-hank"})
@@ -792,13 +798,64 @@ func TestMongoCheck(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := annotator.MongoCheck(e.mongo.URI())(ctx); err != nil {
+	if _, err := e.db.Collection("annotations").InsertOne(ctx, bson.D{{Key: "_id", Value: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	check := annotator.MongoCheck(e.mongo.URI(), dbName)
+	if err := check(ctx); err != nil {
 		t.Fatalf("running FerretDB: %v", err)
 	}
-	if err := annotator.MongoCheck("mongodb://127.0.0.1:1/")(ctx); err == nil {
+	if err := annotator.MongoCheck("mongodb://127.0.0.1:1/", "")(ctx); err == nil {
 		t.Fatal("closed port reported ready")
 	}
-	if err := annotator.MongoCheck("not a uri")(ctx); err == nil {
+	if err := annotator.MongoCheck("not a uri", "")(ctx); err == nil {
 		t.Fatal("malformed URI reported ready")
 	}
+	// A store that accepts connections but stops answering (the jammed
+	// pool of issue 9) is not ready, within the check's own deadline; it
+	// is ready again once it answers.
+	pid := e.mongo.PostgresPID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	cont := sync.OnceFunc(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	t.Cleanup(cont)
+	// Backends already connected are separate processes: stop them too.
+	stopped := stopChildren(t, pid)
+	if err := check(context.Background()); err == nil {
+		t.Fatal("a store that does not answer reported ready")
+	}
+	for _, c := range stopped {
+		_ = syscall.Kill(c, syscall.SIGCONT)
+	}
+	cont()
+	deadline := time.Now().Add(10 * time.Second)
+	for check(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("not ready again after the store answers")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stopChildren SIGSTOPs the child processes of pid (PostgreSQL backends).
+func stopChildren(t *testing.T, pid int) []int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		c, _ := strconv.Atoi(f)
+		if syscall.Kill(c, syscall.SIGSTOP) == nil {
+			out = append(out, c)
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range out {
+			_ = syscall.Kill(c, syscall.SIGCONT)
+		}
+	})
+	return out
 }

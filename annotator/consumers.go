@@ -14,7 +14,7 @@ import (
 // by its own result. A store call that fails as a whole (MongoDB down)
 // fails the batch, which bus.Consume naks with backoff.
 func handle[E bus.Event](ctx context.Context, batch []*bus.Delivery, accept func(bus.Event) (E, bool),
-	write func(context.Context, []E) ([]error, error)) error {
+	write func(context.Context, []E) ([]error, error), stored func([]*bus.Delivery, []error)) error {
 	evs := make([]E, 0, len(batch))
 	ds := make([]*bus.Delivery, 0, len(batch))
 	for _, d := range batch {
@@ -41,7 +41,14 @@ func handle[E bus.Event](ctx context.Context, batch []*bus.Delivery, accept func
 			ds[i].Retry(err)
 		}
 	}
+	stored(ds, results)
 	return nil
+}
+
+// storedBy reports a consumer's stored deliveries to the read-your-writes
+// tracker.
+func (a *app) storedBy(spec bus.ConsumerSpec) func([]*bus.Delivery, []error) {
+	return func(ds []*bus.Delivery, results []error) { a.applied.stored(spec.Durable, ds, results) }
 }
 
 // is accepts events of the single type E.
@@ -58,17 +65,17 @@ func anyOf(types ...string) func(bus.Event) (bus.Event, bool) {
 }
 
 func (a *app) handleAnnotations(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, is[*bus.AnnotationCreated], a.store.InsertAnnotations)
+	return handle(ctx, batch, is[*bus.AnnotationCreated], a.store.InsertAnnotations, a.storedBy(bus.ConsumerAnnotator))
 }
 
 func (a *app) handleCatalog(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, anyOf(bus.TypeImageCatalogued, bus.TypeImageTagsSet, bus.TypeImageDeleted), a.store.ApplyCatalog)
+	return handle(ctx, batch, anyOf(bus.TypeImageCatalogued, bus.TypeImageTagsSet, bus.TypeImageDeleted), a.store.ApplyCatalog, a.storedBy(bus.ConsumerAnnotatorCatalog))
 }
 
 func (a *app) handleSubmissions(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, is[*bus.ImageSubmitted], a.store.InsertPending)
+	return handle(ctx, batch, is[*bus.ImageSubmitted], a.store.InsertPending, a.storedBy(bus.ConsumerAnnotatorSubmissions))
 }
 
 func (a *app) handleGrades(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, anyOf(bus.TypeGradeCompleted, bus.TypeGradeFailed), a.store.ApplyResults)
+	return handle(ctx, batch, anyOf(bus.TypeGradeCompleted, bus.TypeGradeFailed), a.store.ApplyResults, a.storedBy(bus.ConsumerAnnotatorGrades))
 }

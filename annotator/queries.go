@@ -21,8 +21,8 @@ func (a *app) endpoints() []bus.Endpoint {
 }
 
 // page applies the defaults (0 = page 1 / bus.DefaultPerPage), validates,
-// and computes the skip without overflowing for absurd page numbers.
-func page(p, perPage int) (store.Page, int, int, error) {
+// and reads the cursor, which wins over a page number.
+func page(p, perPage int, cursor string) (store.Page, error) {
 	if p == 0 {
 		p = 1
 	}
@@ -30,13 +30,23 @@ func page(p, perPage int) (store.Page, int, int, error) {
 		perPage = bus.DefaultPerPage
 	}
 	if err := bus.ValidatePage(p, perPage); err != nil {
-		return store.Page{}, 0, 0, err
+		return store.Page{}, err
 	}
-	skip := int64(math.MaxInt64)
+	out := store.Page{Limit: int64(perPage)}
+	if cursor != "" {
+		c, err := store.ParseCursor(cursor)
+		if err != nil {
+			return store.Page{}, &bus.Error{Code: http.StatusUnprocessableEntity, Message: "invalid cursor",
+				Details: []string{"cursor: " + err.Error()}}
+		}
+		out.After = c
+		return out, nil
+	}
+	out.Skip = int64(math.MaxInt64)
 	if int64(p-1) <= math.MaxInt64/int64(perPage) {
-		skip = int64(p-1) * int64(perPage)
+		out.Skip = int64(p-1) * int64(perPage)
 	}
-	return store.Page{Skip: skip, Limit: int64(perPage)}, p, perPage, nil
+	return out, nil
 }
 
 func required(fields ...[2]string) error {
@@ -66,22 +76,27 @@ func notFound(what string) error {
 	return &bus.Error{Code: http.StatusNotFound, Message: what + " not found"}
 }
 
-func (a *app) listAnnotations(ctx context.Context, q bus.AnnotationsQuery) (bus.Page[bus.Annotation], error) {
-	p, pg, pp, err := page(q.Page, q.PerPage)
+func (a *app) listAnnotations(ctx context.Context, q bus.AnnotationsQuery) (bus.List[bus.Annotation], error) {
+	p, err := page(q.Page, q.PerPage, q.Cursor)
 	if err != nil {
-		return bus.Page[bus.Annotation]{}, err
+		return bus.List[bus.Annotation]{}, err
 	}
-	data, total, err := a.store.ListAnnotations(ctx, store.AnnotationFilter{ImageID: q.ImageID, Author: q.Author}, p)
+	a.applied.wait(ctx, bus.ConsumerAnnotator, q.AfterSeq)
+	list, err := a.store.ListAnnotations(ctx, store.AnnotationFilter{ImageID: q.ImageID, Author: q.Author}, p,
+		func(id string, err error) {
+			a.log.Error("annotation skipped in a listing: stored document unreadable", "id", id, "err", err, "request_id", bus.RequestID(ctx))
+		})
 	if err != nil {
-		return bus.Page[bus.Annotation]{}, a.dbError(ctx, err)
+		return bus.List[bus.Annotation]{}, a.dbError(ctx, err)
 	}
-	return bus.Page[bus.Annotation]{Data: data, Total: total, Page: pg, PerPage: pp}, nil
+	return list, nil
 }
 
 func (a *app) getAnnotation(ctx context.Context, q bus.AnnotationGetQuery) (bus.Annotation, error) {
 	if err := required([2]string{"id", q.ID}); err != nil {
 		return bus.Annotation{}, err
 	}
+	a.applied.wait(ctx, bus.ConsumerAnnotator, q.AfterSeq)
 	an, ok, err := a.store.GetAnnotation(ctx, q.ID)
 	if err != nil {
 		return bus.Annotation{}, a.dbError(ctx, err)
@@ -92,25 +107,27 @@ func (a *app) getAnnotation(ctx context.Context, q bus.AnnotationGetQuery) (bus.
 	return an, nil
 }
 
-func (a *app) listImages(ctx context.Context, q bus.ImagesQuery) (bus.Page[bus.Image], error) {
+func (a *app) listImages(ctx context.Context, q bus.ImagesQuery) (bus.List[bus.Image], error) {
 	if err := required([2]string{"owner", q.Owner}); err != nil {
-		return bus.Page[bus.Image]{}, err
+		return bus.List[bus.Image]{}, err
 	}
-	p, pg, pp, err := page(q.Page, q.PerPage)
+	p, err := page(q.Page, q.PerPage, q.Cursor)
 	if err != nil {
-		return bus.Page[bus.Image]{}, err
+		return bus.List[bus.Image]{}, err
 	}
-	data, total, err := a.store.ListImages(ctx, store.ImageFilter{Owner: q.Owner, Tags: q.Tags}, p)
+	a.applied.wait(ctx, bus.ConsumerAnnotatorCatalog, q.AfterSeq)
+	list, err := a.store.ListImages(ctx, store.ImageFilter{Owner: q.Owner, Tags: q.Tags}, p)
 	if err != nil {
-		return bus.Page[bus.Image]{}, a.dbError(ctx, err)
+		return bus.List[bus.Image]{}, a.dbError(ctx, err)
 	}
-	return bus.Page[bus.Image]{Data: data, Total: total, Page: pg, PerPage: pp}, nil
+	return list, nil
 }
 
 func (a *app) getImage(ctx context.Context, q bus.ImageGetQuery) (bus.Image, error) {
 	if err := required([2]string{"owner", q.Owner}, [2]string{"id", q.ID}); err != nil {
 		return bus.Image{}, err
 	}
+	a.applied.wait(ctx, bus.ConsumerAnnotatorCatalog, q.AfterSeq)
 	img, ok, err := a.store.GetImage(ctx, q.Owner, q.ID)
 	if err != nil {
 		return bus.Image{}, a.dbError(ctx, err)

@@ -314,3 +314,16 @@ func flatten(h nats.Header) map[string]string {
 	}
 	return out
 }
+
+// StreamSeq is the message's sequence in its stream (0 when unknown): a
+// writer's position that readers can wait for (see AnnotationsQuery.AfterSeq).
+func (d *Delivery) StreamSeq() uint64 {
+	if d.msg == nil {
+		return 0
+	}
+	md, err := d.msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}

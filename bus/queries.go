@@ -24,12 +24,24 @@ const (
 type AnnotationsQuery struct {
 	ImageID string `json:"image_id,omitempty"`
 	Author  string `json:"author,omitempty"`
+	// Cursor is List.Next of the previous page; Page (1-based) is the
+	// older, slower way to skip ahead and is ignored when Cursor is set.
+	Cursor  string `json:"cursor,omitempty"`
 	Page    int    `json:"page"`
 	PerPage int    `json:"per_page"`
+	// AfterSeq asks the service to answer only once the events of the
+	// stream up to this sequence are stored (bounded by ReadYourWritesWait),
+	// so a writer's next read includes its write. 0: answer at once.
+	AfterSeq uint64 `json:"after_seq,omitempty"`
 }
 
+// ReadYourWritesWait bounds how long a query with AfterSeq waits for the
+// writes before it answers with what is stored.
+const ReadYourWritesWait = 2 * time.Second
+
 type AnnotationGetQuery struct {
-	ID string `json:"id"`
+	ID       string `json:"id"`
+	AfterSeq uint64 `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
 
 type Annotation struct {
@@ -44,15 +56,18 @@ type Annotation struct {
 // owner: another user's image is not found.
 
 type ImagesQuery struct {
-	Owner   string   `json:"owner"`
-	Tags    []string `json:"tags,omitempty"` // all must match
-	Page    int      `json:"page"`
-	PerPage int      `json:"per_page"`
+	Owner    string   `json:"owner"`
+	Tags     []string `json:"tags,omitempty"`   // all must match
+	Cursor   string   `json:"cursor,omitempty"` // as in AnnotationsQuery
+	Page     int      `json:"page"`
+	PerPage  int      `json:"per_page"`
+	AfterSeq uint64   `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
 
 type ImageGetQuery struct {
-	Owner string `json:"owner"`
-	ID    string `json:"id"`
+	Owner    string `json:"owner"`
+	ID       string `json:"id"`
+	AfterSeq uint64 `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
 
 type Image struct {

@@ -32,7 +32,18 @@ func Errorf(code int, format string, args ...any) *Error {
 // ErrUnavailable is returned by Request when no service instance answered.
 var ErrUnavailable = errors.New("bus: service unavailable")
 
-// Page is the reply of every paginated query.
+// List is the reply of a record listing (annotations, images, grades),
+// paginated by key: Next is an opaque cursor for the following page, empty
+// on the last one. Total is set only when it is exact and free (the whole
+// result fits this page); counting on every page would cost a scan.
+type List[T any] struct {
+	Data    []T    `json:"data"`
+	Next    string `json:"next,omitempty"`
+	Total   *int64 `json:"total,omitempty"`
+	PerPage int    `json:"per_page"`
+}
+
+// Page is the reply of a paginated analytics query, where a count is cheap.
 type Page[T any] struct {
 	Data    []T   `json:"data"`
 	Total   int64 `json:"total"`

@@ -1,7 +1,14 @@
-// Package localmongo runs an embedded FerretDB (SQLite backend) that speaks
-// the MongoDB wire protocol, for tests and the local stack where no mongod
-// is available. Build with the tag ferretdb_no_postgresql to leave out the
-// PostgreSQL backend.
+// Package localmongo runs an embedded FerretDB that speaks the MongoDB wire
+// protocol, for tests and the local stack where no mongod is available.
+//
+// FerretDB stores its documents in a PostgreSQL 15 server that this package
+// starts as a child process (as user nobody when run as root). FerretDB's
+// SQLite backend decodes every document of a collection for any filter
+// other than _id, which jams past ~10^5 documents; on PostgreSQL, equality
+// filters are pushed down and served by the GIN indexes this package keeps
+// in step with the MongoDB indexes the application creates (indexes.go).
+// A data directory of the earlier SQLite layout is copied over once at
+// start (migrate.go).
 package localmongo
 
 import (
@@ -13,10 +20,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -24,31 +33,44 @@ import (
 
 // Options configure Start.
 type Options struct {
-	// Dir holds the SQLite files (one per database); data survives a restart.
+	// Dir holds the PostgreSQL data directory (Dir/postgres) and its log;
+	// data survives a restart.
 	Dir string
 	// Addr is the TCP listen address; default 127.0.0.1:0 (a free port).
 	// Restarting on the Addr of a closed Server gives clients the same URI.
 	Addr string
-	// Log receives FerretDB's warnings and errors; nil discards them.
+	// Log receives FerretDB's warnings and errors and the progress of
+	// start-up work; nil discards them.
 	Log *slog.Logger
+	// SharedBuffers is PostgreSQL's cache size (e.g. "256MB"); default an
+	// eighth of the machine's memory, between 128 MB and 2 GB.
+	SharedBuffers string
 }
 
 // Server is a running embedded FerretDB.
 type Server struct {
 	uri, addr string
+	pg        *postgres
+	pool      *pgxpool.Pool
+	log       *slog.Logger
 	cancel    context.CancelFunc
 	done      chan struct{}
+	mirror    chan struct{}
 	closeOnce sync.Once
 }
 
-// Start runs FerretDB on Dir and returns once it answers a Mongo ping. ctx
-// bounds only the start-up; the server runs until Close.
+// Start runs PostgreSQL and FerretDB on Dir and returns once FerretDB
+// answers a Mongo ping. ctx bounds only the start-up; the servers run
+// until Close.
 func Start(ctx context.Context, opt Options) (*Server, error) {
 	if opt.Dir == "" {
 		return nil, errors.New("localmongo: Options.Dir is required")
 	}
 	if opt.Addr == "" {
 		opt.Addr = "127.0.0.1:0"
+	}
+	if opt.SharedBuffers == "" {
+		opt.SharedBuffers = defaultSharedBuffers()
 	}
 	dir, err := filepath.Abs(opt.Dir)
 	if err != nil {
@@ -66,18 +88,33 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 		}
 		_ = l.Close()
 	}
+	info := opt.Log
+	if info == nil {
+		info = slog.New(slog.DiscardHandler)
+	}
+	pg, err := startPostgres(ctx, pgOptions{dir: filepath.Join(dir, "postgres"), sharedBuffers: opt.SharedBuffers, log: info})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{pg: pg, log: info, done: make(chan struct{})}
+	if s.pool, err = pgxpool.New(ctx, pg.url(pgDatabase)); err != nil {
+		pg.stop()
+		return nil, fmt.Errorf("localmongo: pool: %w", err)
+	}
 	log := quiet(opt.Log)
 	fdb, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: opt.Addr},
-		Logger:    log,
-		Handler:   "sqlite",
-		SQLiteURL: (&url.URL{Scheme: "file", Path: dir + "/"}).String(),
+		Listener:      ferretdb.ListenerConfig{TCP: opt.Addr},
+		Logger:        log,
+		Handler:       "postgresql",
+		PostgreSQLURL: pg.url(pgDatabase),
 	})
 	if err != nil {
+		s.pool.Close()
+		pg.stop()
 		return nil, fmt.Errorf("localmongo: start on %s: %w", opt.Addr, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	s := &Server{cancel: cancel, done: make(chan struct{})}
+	s.cancel = cancel
 	go func() {
 		defer close(s.done)
 		if err := fdb.Run(runCtx); err != nil {
@@ -96,7 +133,45 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 		_ = s.Close()
 		return nil, fmt.Errorf("localmongo: not ready: %w", err)
 	}
+	if err := migrateSQLite(ctx, dir, s.uri, info); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	if err := s.SyncIndexes(ctx); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	s.mirror = make(chan struct{})
+	go s.mirrorIndexes(runCtx)
 	return s, nil
+}
+
+// mirrorInterval is how soon a MongoDB index an application creates gets
+// its PostgreSQL twin; applications that need it at once call SyncIndexes.
+const mirrorInterval = time.Second
+
+func (s *Server) mirrorIndexes(ctx context.Context) {
+	defer close(s.mirror)
+	t := time.NewTicker(mirrorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.SyncIndexes(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("index mirror", "err", err)
+			}
+		}
+	}
+}
+
+// SyncIndexes gives every collection the PostgreSQL indexes that serve its
+// MongoDB indexes now, instead of within a second.
+func (s *Server) SyncIndexes(ctx context.Context) error {
+	return syncIndexes(ctx, s.pool, func(m mirrorIndex) {
+		s.log.Info("index ready", "database", m.Schema, "table", m.Table, "field", m.Field)
+	})
 }
 
 // URI is the connection string, mongodb://127.0.0.1:port/.
@@ -105,12 +180,27 @@ func (s *Server) URI() string { return s.uri }
 // Addr is the host:port the server listens on.
 func (s *Server) Addr() string { return s.addr }
 
-// Close stops the listener, waits for every connection and the SQLite
-// backend to close, so a new Start on the same Dir and Addr works.
+// PostgresURL is the URL of the PostgreSQL database FerretDB writes to, for
+// tests that check query plans.
+func (s *Server) PostgresURL() string { return s.pg.url(pgDatabase) }
+
+// PostgresPID is the process id of the PostgreSQL server, for tests that
+// make the store stop answering.
+func (s *Server) PostgresPID() int { return s.pg.cmd.Process.Pid }
+
+// Close stops the listener, waits for every connection, then stops
+// PostgreSQL, so a new Start on the same Dir and Addr works.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
-		s.cancel()
-		<-s.done
+		if s.cancel != nil {
+			s.cancel()
+			<-s.done
+		}
+		if s.mirror != nil {
+			<-s.mirror
+		}
+		s.pool.Close()
+		s.pg.stop()
 	})
 	return nil
 }
@@ -157,6 +247,24 @@ type levelFilter struct {
 
 func (f levelFilter) Enabled(ctx context.Context, lv slog.Level) bool {
 	return lv >= f.min && f.Handler.Enabled(ctx, lv)
+}
+
+// Handle drops FerretDB's log of a duplicate key refused by PostgreSQL
+// (SQLSTATE 23505): the client gets it as the MongoDB duplicate key error
+// it expects, and idempotent inserts make it routine.
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
+	dup := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" && strings.Contains(a.Value.String(), "SQLSTATE 23505") {
+			dup = true
+			return false
+		}
+		return true
+	})
+	if dup {
+		return nil
+	}
+	return f.Handler.Handle(ctx, r)
 }
 
 func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {

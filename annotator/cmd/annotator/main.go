@@ -59,7 +59,7 @@ func run(log *slog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": annotator.MongoCheck(cfg.MongoURI)}
+	checks := map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": annotator.MongoCheck(cfg.MongoURI, cfg.Database)}
 	return admin.RunService(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), checks, func(ctx context.Context, reg prometheus.Registerer) error {
 		cfg.Registerer = reg
 		return annotator.Run(ctx, cfg)

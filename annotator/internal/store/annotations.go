@@ -22,6 +22,8 @@ type annotationDoc struct {
 	CreatedAt      time.Time `bson:"created_at"`
 }
 
+func (d annotationDoc) key() Cursor { return Cursor{At: d.CreatedAt, ID: d.ID} }
+
 func (d annotationDoc) toBus() (bus.Annotation, error) {
 	a := bus.Annotation{ID: d.ID, ImageID: d.ImageID, Author: d.Author, CreatedAt: d.CreatedAt.UTC()}
 	switch {
@@ -63,8 +65,10 @@ type AnnotationFilter struct {
 	ImageID, Author string
 }
 
-// ListAnnotations returns one page, newest first, and the total count.
-func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page) ([]bus.Annotation, int64, error) {
+// ListAnnotations returns one page, newest first, with the cursor of the
+// next page. A document that cannot be turned back into JSON is skipped
+// (and reported through skipped) instead of failing the whole page.
+func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page, skipped func(id string, err error)) (bus.List[bus.Annotation], error) {
 	filter := bson.D{}
 	if f.ImageID != "" {
 		filter = append(filter, bson.E{Key: "image_id", Value: f.ImageID})
@@ -72,19 +76,22 @@ func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page)
 	if f.Author != "" {
 		filter = append(filter, bson.E{Key: "author", Value: f.Author})
 	}
-	docs, total, err := findPage[annotationDoc](ctx, s.annotations, filter, p)
+	docs, next, total, err := findPage[annotationDoc](ctx, s.annotations, filter, p)
 	if err != nil {
-		return nil, 0, err
+		return bus.List[bus.Annotation]{}, err
 	}
-	out := make([]bus.Annotation, 0, len(docs))
+	out := bus.List[bus.Annotation]{Data: make([]bus.Annotation, 0, len(docs)), Next: next, Total: total, PerPage: int(p.Limit)}
 	for _, d := range docs {
 		a, err := d.toBus()
 		if err != nil {
-			return nil, 0, err
+			if skipped != nil {
+				skipped(d.ID, err)
+			}
+			continue
 		}
-		out = append(out, a)
+		out.Data = append(out.Data, a)
 	}
-	return out, total, nil
+	return out, nil
 }
 
 // GetAnnotation returns the annotation with id; false when there is none.

@@ -37,6 +37,8 @@ type imageDoc struct {
 	UpdatedAt   time.Time `bson:"updated_at"`
 }
 
+func (d imageDoc) key() Cursor { return Cursor{At: d.CreatedAt, ID: d.ID} }
+
 func (d imageDoc) toBus() bus.Image {
 	tags := d.Tags
 	if tags == nil {
@@ -198,21 +200,26 @@ func liveImages(owner string) bson.D {
 	}
 }
 
-// ListImages returns one page of the owner's images, newest first.
-func (s *Store) ListImages(ctx context.Context, f ImageFilter, p Page) ([]bus.Image, int64, error) {
+// ListImages returns one page of the owner's images, newest first. The
+// first tag is part of the indexed filter (an array holding it matches);
+// further tags narrow it down.
+func (s *Store) ListImages(ctx context.Context, f ImageFilter, p Page) (bus.List[bus.Image], error) {
 	filter := liveImages(f.Owner)
 	if len(f.Tags) > 0 {
-		filter = append(filter, bson.E{Key: "tags", Value: bson.D{{Key: "$all", Value: f.Tags}}})
+		filter = append(filter, bson.E{Key: "tags", Value: f.Tags[0]})
 	}
-	docs, total, err := findPage[imageDoc](ctx, s.images, filter, p)
+	if len(f.Tags) > 1 {
+		filter = append(filter, bson.E{Key: "$and", Value: bson.A{bson.D{{Key: "tags", Value: bson.D{{Key: "$all", Value: f.Tags}}}}}})
+	}
+	docs, next, total, err := findPage[imageDoc](ctx, s.images, filter, p)
 	if err != nil {
-		return nil, 0, err
+		return bus.List[bus.Image]{}, err
 	}
-	out := make([]bus.Image, len(docs))
+	out := bus.List[bus.Image]{Data: make([]bus.Image, len(docs)), Next: next, Total: total, PerPage: int(p.Limit)}
 	for i, d := range docs {
-		out[i] = d.toBus()
+		out.Data[i] = d.toBus()
 	}
-	return out, total, nil
+	return out, nil
 }
 
 // GetImage returns the owner's live image; false for an unknown, deleted

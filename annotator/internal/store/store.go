@@ -6,8 +6,11 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,19 +79,28 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 	if s.indexed {
 		return nil
 	}
+	// Each listing filters by equality on the first field and pages by
+	// (created_at, _id): on MongoDB the compound index serves both; the
+	// embedded store indexes the first field (localmongo's index mirror).
 	specs := []struct {
-		c    *mongo.Collection
-		keys []string
+		c     *mongo.Collection
+		keys  []string
+		paged bool // listed newest first with a cursor
 	}{
-		{s.annotations, []string{"image_id", "author"}},
-		{s.images, []string{"owner"}},
-		{s.grades, []string{"image_id"}},
+		{s.annotations, []string{"image_id", "author"}, true},
+		{s.images, []string{"owner", "tags"}, true},
+		{s.grades, []string{"image_id"}, false},
+		{s.submissions, []string{"image_id"}, false},
 	}
 	for _, sp := range specs {
 		// One index per call: FerretDB 1.24 drops the connection when a
 		// createIndexes command names several indexes that all exist.
 		for _, k := range sp.keys {
-			if _, err := sp.c.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: bson.D{{Key: k, Value: 1}}}); err != nil {
+			keys := bson.D{{Key: k, Value: 1}}
+			if sp.paged {
+				keys = append(keys, newestFirst...)
+			}
+			if _, err := sp.c.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: keys}); err != nil {
 				return fmt.Errorf("store: index %s.%s: %w", sp.c.Name(), k, err)
 			}
 		}
@@ -203,31 +215,84 @@ func (s *Store) updateNewer(ctx context.Context, coll *mongo.Collection, id stri
 	}
 }
 
-// Page bounds a list query; Skip is (page-1)*per_page.
+// Page bounds a list query: Limit documents after the After cursor (keyset
+// pagination, newest first), or past Skip documents when there is no
+// cursor (the older page=N form).
 type Page struct {
 	Skip, Limit int64
+	After       *Cursor
 }
 
-func findPage[T any](ctx context.Context, coll *mongo.Collection, filter bson.D, p Page) ([]T, int64, error) {
-	total, err := coll.CountDocuments(ctx, filter)
+// Cursor is the position after the last document of a page: its
+// created_at and _id, the listing's sort key.
+type Cursor struct {
+	At time.Time
+	ID string
+}
+
+// Encode gives the cursor as an opaque URL-safe string.
+func (c Cursor) Encode() string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.At.UnixNano(), 36) + "." + c.ID))
+}
+
+// ErrBadCursor is returned by ParseCursor for a string no page produced.
+var ErrBadCursor = errors.New("not a cursor returned by a previous page")
+
+// ParseCursor reverses Encode.
+func ParseCursor(s string) (*Cursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
-		return nil, 0, fmt.Errorf("store: count %s: %w", coll.Name(), err)
+		return nil, ErrBadCursor
 	}
-	out := []T{}
-	if p.Skip >= total {
-		return out, total, nil
+	ts, id, ok := strings.Cut(string(b), ".")
+	ns, err := strconv.ParseInt(ts, 36, 64)
+	if !ok || err != nil || id == "" || len(id) > 256 {
+		return nil, ErrBadCursor
 	}
-	// _id breaks ties of created_at, so pages never overlap.
-	cur, err := coll.Find(ctx, filter, options.Find().
-		SetSort(bson.D{{Key: "created_at", Value: -1}, {Key: "_id", Value: -1}}).
-		SetSkip(p.Skip).SetLimit(p.Limit))
+	return &Cursor{At: time.Unix(0, ns).UTC(), ID: id}, nil
+}
+
+// keyed is a document that a listing can sort and page by.
+type keyed interface {
+	key() Cursor
+}
+
+// newestFirst is the listing order; _id breaks ties of created_at, so
+// pages never overlap or skip.
+var newestFirst = bson.D{{Key: "created_at", Value: -1}, {Key: "_id", Value: -1}}
+
+// findPage returns one page of the documents matching filter, newest
+// first, and the cursor of the next page ("" when this is the last).
+// It never counts: total is set only when the whole result fits this
+// first page, where it is exact for free.
+func findPage[T keyed](ctx context.Context, coll *mongo.Collection, filter bson.D, p Page) (out []T, next string, total *int64, err error) {
+	if p.After != nil {
+		filter = append(filter, bson.E{Key: "$or", Value: bson.A{
+			bson.D{{Key: "created_at", Value: bson.D{{Key: "$lt", Value: p.After.At}}}},
+			bson.D{{Key: "created_at", Value: p.After.At}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: p.After.ID}}}},
+		}})
+	}
+	// One more than asked tells whether a next page exists.
+	opts := options.Find().SetSort(newestFirst).SetLimit(p.Limit + 1)
+	if p.After == nil && p.Skip > 0 {
+		opts.SetSkip(p.Skip)
+	}
+	cur, err := coll.Find(ctx, filter, opts)
 	if err != nil {
-		return nil, 0, fmt.Errorf("store: find %s: %w", coll.Name(), err)
+		return nil, "", nil, fmt.Errorf("store: find %s: %w", coll.Name(), err)
 	}
+	out = []T{}
 	if err := cur.All(ctx, &out); err != nil {
-		return nil, 0, fmt.Errorf("store: read %s: %w", coll.Name(), err)
+		return nil, "", nil, fmt.Errorf("store: read %s: %w", coll.Name(), err)
 	}
-	return out, total, nil
+	if int64(len(out)) > p.Limit {
+		out = out[:p.Limit]
+		next = out[len(out)-1].key().Encode()
+	} else if p.After == nil && p.Skip == 0 {
+		n := int64(len(out))
+		total = &n
+	}
+	return out, next, total, nil
 }
 
 func findOne[T any](ctx context.Context, coll *mongo.Collection, filter bson.D) (T, bool, error) {

@@ -141,9 +141,9 @@ func TestInsertAnnotationsIdempotent(t *testing.T) {
 	// b twice in one batch, then a redelivered batch.
 	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{a, b, b}))
 	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{a, b, c}))
-	_, total, err := s.ListAnnotations(ctx, AnnotationFilter{}, Page{Limit: 10})
-	if err != nil || total != 3 {
-		t.Fatalf("total %d, %v; want 3", total, err)
+	l, err := s.ListAnnotations(ctx, AnnotationFilter{}, Page{Limit: 10}, nil)
+	if err != nil || l.Total == nil || *l.Total != 3 || len(l.Data) != 3 {
+		t.Fatalf("listed %d (total %v), %v; want 3", len(l.Data), l.Total, err)
 	}
 	if w, d := testutil.ToFloat64(m.written.WithLabelValues(CollAnnotations)), testutil.ToFloat64(m.duplicates.WithLabelValues(CollAnnotations)); w != 3 || d != 3 {
 		t.Fatalf("metrics written=%v duplicates=%v, want 3 and 3", w, d)
@@ -189,32 +189,73 @@ func TestPaginationStable(t *testing.T) {
 		evs = append(evs, ev)
 	}
 	check(t)(s.InsertAnnotations(ctx, evs))
-	seen := map[string]bool{}
-	var prev time.Time
-	for p := int64(0); ; p++ {
-		data, total, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img"}, Page{Skip: p * 8, Limit: 8})
-		if err != nil || total != 57 {
-			t.Fatalf("page %d: total %d err %v", p, total, err)
-		}
-		if len(data) == 0 {
-			break
-		}
-		for _, a := range data {
-			if seen[a.ID] {
-				t.Fatalf("annotation %s on two pages", a.ID)
+	// Walk by cursor, and by page number (the older form): both visit every
+	// annotation once, newest first.
+	walk := func(next func(prev bus.List[bus.Annotation], n int64) (Page, bool)) {
+		t.Helper()
+		seen := map[string]bool{}
+		var prevAt time.Time
+		var l bus.List[bus.Annotation]
+		for n := int64(0); ; n++ {
+			p, ok := next(l, n)
+			if !ok {
+				break
 			}
-			if !prev.IsZero() && a.CreatedAt.After(prev) {
-				t.Fatalf("not newest first: %v after %v", a.CreatedAt, prev)
+			var err error
+			if l, err = s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img"}, p, nil); err != nil {
+				t.Fatalf("page %d: %v", n, err)
 			}
-			seen[a.ID], prev = true, a.CreatedAt
+			if len(l.Data) == 0 {
+				break
+			}
+			if l.Total != nil {
+				t.Fatalf("page %d: total %d given though the result spans pages", n, *l.Total)
+			}
+			for _, a := range l.Data {
+				if seen[a.ID] {
+					t.Fatalf("annotation %s on two pages", a.ID)
+				}
+				if !prevAt.IsZero() && a.CreatedAt.After(prevAt) {
+					t.Fatalf("not newest first: %v after %v", a.CreatedAt, prevAt)
+				}
+				seen[a.ID], prevAt = true, a.CreatedAt
+			}
+		}
+		if len(seen) != 57 {
+			t.Fatalf("walked %d annotations, want 57", len(seen))
 		}
 	}
-	if len(seen) != 57 {
-		t.Fatalf("walked %d annotations, want 57", len(seen))
+	walk(func(prev bus.List[bus.Annotation], n int64) (Page, bool) {
+		if n == 0 {
+			return Page{Limit: 8}, true
+		}
+		if prev.Next == "" {
+			return Page{}, false
+		}
+		c, err := ParseCursor(prev.Next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Page{Limit: 8, After: c}, true
+	})
+	walk(func(_ bus.List[bus.Annotation], n int64) (Page, bool) { return Page{Skip: n * 8, Limit: 8}, true })
+
+	l, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img", Author: "u1"}, Page{Limit: 100}, nil)
+	if err != nil || l.Total == nil || *l.Total != 19 || len(l.Data) != 19 || l.Next != "" {
+		t.Fatalf("author filter: %d listed, total %v, next %q, err %v; want 19 and no next", len(l.Data), l.Total, l.Next, err)
 	}
-	_, total, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img", Author: "u1"}, Page{Limit: 100})
-	if err != nil || total != 19 {
-		t.Fatalf("author filter: total %d err %v; want 19", total, err)
+}
+
+func TestParseCursorRejects(t *testing.T) {
+	for _, in := range []string{"", "!!", "bm90LWEtY3Vyc29y", Cursor{At: time.Now(), ID: ""}.Encode(), Cursor{At: time.Now(), ID: strings.Repeat("x", 300)}.Encode()} {
+		if _, err := ParseCursor(in); !errors.Is(err, ErrBadCursor) {
+			t.Errorf("ParseCursor(%q) = %v, want ErrBadCursor", in, err)
+		}
+	}
+	c := Cursor{At: time.Date(2026, 12, 2, 10, 0, 0, 123456789, time.UTC), ID: "0193-abc"}
+	got, err := ParseCursor(c.Encode())
+	if err != nil || !got.At.Equal(c.At) || got.ID != c.ID {
+		t.Fatalf("round trip: %+v, %v", got, err)
 	}
 }
 
@@ -307,11 +348,11 @@ func TestCatalogTombstone(t *testing.T) {
 			if _, ok, err := s.GetImage(ctx, "bob", img); err != nil || ok {
 				t.Fatalf("deleted image visible: ok=%v err=%v", ok, err)
 			}
-			data, _, err := s.ListImages(ctx, ImageFilter{Owner: "bob", Tags: []string{"t"}}, Page{Limit: 100})
+			l, err := s.ListImages(ctx, ImageFilter{Owner: "bob", Tags: []string{"t"}}, Page{Limit: 100})
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, im := range data {
+			for _, im := range l.Data {
 				if im.ID == img {
 					t.Fatal("deleted image listed")
 				}
@@ -344,11 +385,11 @@ func TestListImages(t *testing.T) {
 		{[]string{"three", "even", "all"}, 2}, {[]string{"missing"}, 0}, {[]string{"even", "missing"}, 0},
 	}
 	for _, tc := range cases {
-		data, total, err := s.ListImages(ctx, ImageFilter{Owner: "carol", Tags: tc.tags}, Page{Limit: 100})
-		if err != nil || total != tc.want || int64(len(data)) != tc.want {
-			t.Fatalf("tags %v: total %d len %d err %v; want %d", tc.tags, total, len(data), err, tc.want)
+		l, err := s.ListImages(ctx, ImageFilter{Owner: "carol", Tags: tc.tags}, Page{Limit: 100})
+		if err != nil || l.Total == nil || *l.Total != tc.want || int64(len(l.Data)) != tc.want {
+			t.Fatalf("tags %v: total %v len %d err %v; want %d", tc.tags, l.Total, len(l.Data), err, tc.want)
 		}
-		for _, im := range data {
+		for _, im := range l.Data {
 			if im.Owner != "carol" {
 				t.Fatalf("tags %v: listed %s of %s", tc.tags, im.ID, im.Owner)
 			}
