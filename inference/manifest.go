@@ -37,6 +37,9 @@ type Input struct {
 	Scale    float64   `yaml:"scale"`
 	Mean     []float64 `yaml:"mean,flow"`
 	Std      []float64 `yaml:"std,flow"`
+	// MaxPixels is the most pixels an image may have to be decoded for
+	// this model (0: the default, see decodeBudget).
+	MaxPixels int64 `yaml:"max_pixels,omitempty"`
 }
 
 // Output kinds: how the output tensor becomes scores.
@@ -127,6 +130,9 @@ func (m *Manifest) Validate() error {
 	}
 	if in.Channels != 1 && in.Channels != 3 {
 		bad("input.channels %d: want 1 (grey) or 3 (RGB)", in.Channels)
+	}
+	if in.MaxPixels < 0 {
+		bad("input.max_pixels %d: want a positive number of pixels (or none for the default)", in.MaxPixels)
 	}
 	if !finite(in.Scale) || in.Scale == 0 {
 		bad("input.scale must be a finite non-zero number")

@@ -22,17 +22,20 @@ import (
 // bytes fail the same way every time, so such images are not retried.
 var ErrUndecodable = errors.New("image cannot be decoded")
 
-// MaxImagePixels bounds the declared size of an image. The header is read
-// before any pixel is allocated, so a decompression bomb (a tiny PNG that
-// declares 100000×100000) is rejected without allocating it.
-const MaxImagePixels = 50_000_000
-
 // Formats are the image formats the decoder accepts.
 var Formats = []string{"jpeg", "png", "gif", "webp", "bmp"}
 
-// DecodeImage decodes JPEG, PNG, GIF (first frame), WebP or BMP bytes and
-// returns the image with its format name. Errors wrap ErrUndecodable.
+// DecodeImage decodes JPEG, PNG, GIF (first frame), WebP or BMP bytes of
+// at most MaxImagePixels and returns the image with its format name.
+// Errors wrap ErrUndecodable.
 func DecodeImage(data []byte) (image.Image, string, error) {
+	return decodeImage(data, MaxImagePixels)
+}
+
+// decodeImage decodes an image of at most budget pixels. The header is
+// read before any pixel is allocated, so a decompression bomb (a tiny PNG
+// that declares 100000×100000) is refused without allocating it.
+func decodeImage(data []byte, budget int64) (image.Image, string, error) {
 	if len(data) == 0 {
 		return nil, "", fmt.Errorf("%w: empty file", ErrUndecodable)
 	}
@@ -46,9 +49,10 @@ func DecodeImage(data []byte) (image.Image, string, error) {
 	if cfg.Width <= 0 || cfg.Height <= 0 {
 		return nil, "", fmt.Errorf("%w: %s declares an empty %dx%d image", ErrUndecodable, format, cfg.Width, cfg.Height)
 	}
-	if int64(cfg.Width)*int64(cfg.Height) > MaxImagePixels {
-		return nil, "", fmt.Errorf("%w: %s declares %dx%d pixels, more than the limit of %d", ErrUndecodable, format, cfg.Width, cfg.Height, MaxImagePixels)
+	if err := checkBudget(format, cfg.Width, cfg.Height, budget); err != nil {
+		return nil, "", err
 	}
+	defer acquireDecode(int64(cfg.Width) * int64(cfg.Height))()
 	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %s: %v", ErrUndecodable, format, err)
@@ -59,13 +63,15 @@ func DecodeImage(data []byte) (image.Image, string, error) {
 // preprocessor turns an image into a model's input, per the manifest.
 type preprocessor struct {
 	in Input
+	// budget is the most pixels an image may have (decodeBudget).
+	budget int64
 	// lut[c][p] = (p*scale - mean[c]) / std[c] for pixel value p: the
 	// normalisation of one value costs one load.
 	lut [][256]float32
 }
 
 func newPreprocessor(in Input) *preprocessor {
-	p := &preprocessor{in: in, lut: make([][256]float32, in.Channels)}
+	p := &preprocessor{in: in, budget: decodeBudget(in), lut: make([][256]float32, in.Channels)}
 	for c := range in.Channels {
 		mean, std := in.Mean[0], in.Std[0]
 		if len(in.Mean) > c && len(in.Mean) > 1 {
@@ -87,7 +93,7 @@ func (p *preprocessor) size() int { return p.in.Width * p.in.Height * p.in.Chann
 // bytes decodes data, applies its EXIF orientation and writes the tensor
 // of one image into dst (len p.size()).
 func (p *preprocessor) bytes(data []byte, dst []float32) error {
-	img, format, err := DecodeImage(data)
+	img, format, err := decodeImage(data, p.budget)
 	if err != nil {
 		return err
 	}
