@@ -5,8 +5,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
+
+	"github.com/nats-io/nats.go"
 )
 
 // NATS users. Every service connects as its own user, so the server can
@@ -370,4 +373,18 @@ func userOfURL(natsURL string) string {
 		return ""
 	}
 	return u.User.Username()
+}
+
+// EnvNATSCA names a PEM file holding the CA that signed the NATS server's
+// certificate, for tls:// URLs (Kubernetes mounts it from the nats-tls Secret).
+const EnvNATSCA = "NATS_CA"
+
+// CAOption makes a client verify the server against the CA in NATS_CA when
+// it is set, and changes nothing otherwise. Connect and the readiness
+// check use it.
+func CAOption() nats.Option {
+	if ca := os.Getenv(EnvNATSCA); ca != "" {
+		return nats.RootCAs(ca)
+	}
+	return func(*nats.Options) error { return nil }
 }

@@ -93,6 +93,7 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 		// A service's replies arrive under a prefix only its own user may
 		// subscribe to (see Permissions); others keep the default.
 		nats.CustomInboxPrefix(InboxPrefixOf(userOfURL(url))),
+		CAOption(),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),

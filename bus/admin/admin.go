@@ -115,7 +115,7 @@ func ListenAndServe(ctx context.Context, addr string, g prometheus.Gatherer, che
 // and answers a round trip.
 func NATSCheck(url string) Check {
 	return func(ctx context.Context) error {
-		nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.Name("readiness"))
+		nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.Name("readiness"), bus.CAOption())
 		if err != nil {
 			return err
 		}

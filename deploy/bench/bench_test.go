@@ -218,7 +218,7 @@ func BenchmarkAnnotations(b *testing.B) {
 	const clients = 64
 	annotation := json.RawMessage(`{"label":"cat","box":[12,40,128,96],"confidence":0.93,"notes":"left ear partly hidden"}`)
 
-	_, js, err := bus.Connect(context.Background(), ep.NATS, "bench-raw", nil)
+	_, js, err := bus.Connect(context.Background(), ep.NATSAdmin, "bench-raw", nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
+	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 	"github.com/gradeline/gradeline/inference"
 	"github.com/gradeline/gradeline/ingest"
 )
@@ -70,7 +71,18 @@ type Config struct {
 
 // Endpoints are the URLs of a running stack.
 type Endpoints struct {
+	// NATS is the server's address without credentials (for display).
 	HTTP, Docs, Admin, NATS, Mongo, ClickHouse string
+	// NATSAdmin is the operator's URL with its credentials (the gradeline
+	// CLI, replays, benchmarks, tests); with an embedded server it is also
+	// in the file NATSAdminFile, and the subscriber's URL in NATSSubscriberFile.
+	NATSAdmin, NATSAdminFile, NATSSubscriberFile string
+}
+
+// natsURLs are the URLs each part of the stack connects with: every service
+// as its own user on the embedded server, or all with the given URL.
+type natsURLs struct {
+	ingest, inference, annotator, analytics, admin string
 }
 
 // Run starts the stack and serves until ctx is cancelled; then the services
@@ -120,6 +132,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 
 	// Servers, embedded only where no URL was given.
+	urls := natsURLs{cfg.NATSURL, cfg.NATSURL, cfg.NATSURL, cfg.NATSURL, cfg.NATSURL}
+	var natsFiles [2]string
 	if cfg.NATSURL == "" {
 		host, port, err := natsAddr(cfg.NATSAddr)
 		if err != nil {
@@ -128,13 +142,33 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("starting embedded NATS JetStream", "dir", filepath.Join(dir, "nats"), "sync", cfg.NATSSync.String())
 		// The server's own log goes to the stack's log, so a recovery that
 		// damaged a stream is visible where everything else is.
-		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "nats"), Host: host, Port: port, Name: "gradeline-local",
-			Logger: log, Sync: cfg.NATSSync})
+		// Every service, the operator and downstream subscribers have their
+		// own user; the passwords are generated once and kept in the data dir.
+		natsDir := natscreds.Dir(dir)
+		creds, err := natscreds.LoadOrCreate(natsDir)
+		if err != nil {
+			return err
+		}
+		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: natsDir, Host: host, Port: port, Name: "gradeline-local",
+			Logger: log, Sync: cfg.NATSSync, Users: natscreds.List(creds)})
 		if err != nil {
 			return err
 		}
 		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		cfg.NATSURL = ns.ClientURL()
+		if err := natscreds.WriteURLs(natsDir, cfg.NATSURL, creds); err != nil {
+			return err
+		}
+		natsFiles = [2]string{filepath.Join(natsDir, natscreds.AdminURLFile), filepath.Join(natsDir, natscreds.SubscriberFile)}
+		for _, u := range []struct {
+			user string
+			url  *string
+		}{{bus.UserIngest, &urls.ingest}, {bus.UserInference, &urls.inference}, {bus.UserAnnotator, &urls.annotator},
+			{bus.UserAnalytics, &urls.analytics}, {bus.UserAdmin, &urls.admin}} {
+			if *u.url, err = bus.URLWithUser(cfg.NATSURL, creds[u.user]); err != nil {
+				return err
+			}
+		}
 	}
 	if cfg.MongoURI == "" {
 		log.Info("starting embedded FerretDB (MongoDB wire protocol)", "dir", filepath.Join(dir, "mongo"))
@@ -157,7 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// The edge is built first so its address is known before anything is printed.
 	edge, err := ingest.New(ctx, ingest.Config{
-		Addr: cfg.HTTPAddr, NATSURL: cfg.NATSURL, MongoURI: cfg.MongoURI,
+		Addr: cfg.HTTPAddr, NATSURL: urls.ingest, MongoURI: cfg.MongoURI,
 		JWTSecret: cfg.JWTSecret, SignupCode: cfg.SignupCode, GradeWait: cfg.GradeWait,
 		Logger: log, Registerer: cfg.Registry, Local: true,
 	})
@@ -185,16 +219,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	inferenceReady := make(chan struct{})
 	run("annotator", func(ctx context.Context) error {
-		return annotator.Run(ctx, annotator.Config{NATSURL: cfg.NATSURL, MongoURI: cfg.MongoURI,
+		return annotator.Run(ctx, annotator.Config{NATSURL: urls.annotator, MongoURI: cfg.MongoURI,
 			Logger: log, Registerer: cfg.Registry})
 	})
 	run("inference", func(ctx context.Context) error {
-		return inference.Run(ctx, inference.Config{NATSURL: cfg.NATSURL, ModelsDirs: cfg.ModelsDirs, ORTLib: cfg.ORTLib,
+		return inference.Run(ctx, inference.Config{NATSURL: urls.inference, ModelsDirs: cfg.ModelsDirs, ORTLib: cfg.ORTLib,
 			MaxQueueDelay: cfg.MaxQueueDelay, Logger: log, Registerer: cfg.Registry,
 			OnReady: func() { close(inferenceReady) }})
 	})
 	run("analytics", func(ctx context.Context) error {
-		return analytics.Run(ctx, analytics.Config{NATSURL: cfg.NATSURL, ClickHouseDSN: cfg.ClickHouseDSN,
+		return analytics.Run(ctx, analytics.Config{NATSURL: urls.analytics, ClickHouseDSN: cfg.ClickHouseDSN,
 			Logger: log, Registerer: cfg.Registry})
 	})
 	run("ingest", func(context.Context) error { return edge.Serve(ln) })
@@ -204,6 +238,9 @@ func Run(ctx context.Context, cfg Config) error {
 		NATS:       cfg.NATSURL,
 		Mongo:      cfg.MongoURI,
 		ClickHouse: cfg.ClickHouseDSN,
+		NATSAdmin:  urls.admin,
+		// Named, not printed: the files hold the passwords.
+		NATSAdminFile: natsFiles[0], NATSSubscriberFile: natsFiles[1],
 	}
 	ep.Docs = ep.HTTP + "/docs"
 	if cfg.AdminAddr != "-" {
@@ -212,7 +249,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("admin endpoints disabled", "addr", cfg.AdminAddr, "err", err)
 		} else {
 			ep.Admin = "http://" + aln.Addr().String()
-			h := admin.Handler(cfg.Registry, readiness(cfg))
+			h := admin.Handler(cfg.Registry, readiness(cfg, urls.admin))
 			run("admin", func(ctx context.Context) error { return admin.Serve(ctx, aln, h) })
 		}
 	}
@@ -226,12 +263,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	case <-ctx.Done():
 	}
-	if err := waitServices(ctx, cfg.NATSURL); err != nil && ctx.Err() == nil {
+	if err := waitServices(ctx, urls.admin); err != nil && ctx.Err() == nil {
 		log.Warn("services not answering yet", "err", err)
 	}
 	if ctx.Err() == nil {
 		log.Info("gradeline is up", "http", ep.HTTP, "docs", ep.Docs, "admin", ep.Admin, "nats", ep.NATS,
-			"mongo", ep.Mongo, "clickhouse", ep.ClickHouse, "data", dir)
+			"nats_admin_url_file", ep.NATSAdminFile, "nats_subscriber_url_file", ep.NATSSubscriberFile, "mongo", ep.Mongo, "clickhouse", ep.ClickHouse, "data", dir)
 		if cfg.OnReady != nil {
 			cfg.OnReady(ep)
 		}
@@ -288,9 +325,9 @@ func displayAddr(a net.Addr) string {
 }
 
 // readiness checks the three servers the stack depends on.
-func readiness(cfg Config) map[string]admin.Check {
+func readiness(cfg Config, natsURL string) map[string]admin.Check {
 	return map[string]admin.Check{
-		"nats":       admin.NATSCheck(cfg.NATSURL),
+		"nats":       admin.NATSCheck(natsURL),
 		"mongo":      annotator.MongoCheck(cfg.MongoURI),
 		"clickhouse": analytics.ClickHouseCheck(cfg.ClickHouseDSN),
 	}

@@ -341,6 +341,7 @@ func TestLocalStackEndToEnd(t *testing.T) {
 	// Restart on the same data: everything is found again, nothing doubles.
 	s.stop()
 	s2 := startStack(t, dir)
+	checkNATSAuth(t, dir, s.ep, s2.ep)
 	ada2 := s2.user("ada@example.com") // logs in: the user and the secret survived
 	var p bus.Page[bus.Annotation]
 	if code, _ := ada2.do("GET", "/api/v1/annotations?author=ada@example.com", nil, &p); code != 200 || p.Total != 5 {
@@ -366,7 +367,7 @@ func TestLocalStackEndToEnd(t *testing.T) {
 	if err := mc.Database("gradeline").Collection("annotations").Drop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(s2.ep.NATS)
+	nc, err := nats.Connect(s2.ep.NATSAdmin)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -100,6 +101,7 @@ func CheckCompose(p *types.Project) error {
 		}
 		checkComposeService(p, s, svc, dockerfiles, fail)
 	}
+	checkComposeNATS(p, fail)
 	if edge, ok := p.Services[Edge]; ok && len(edge.Ports) == 0 {
 		fail("compose: the edge %q publishes no port", Edge)
 	}
@@ -131,6 +133,14 @@ func checkComposeService(p *types.Project, s types.ServiceConfig, svc Service, d
 		}
 		if _, ok := s.DependsOn[infra]; !ok {
 			fail("compose: service %q uses %s but does not wait for it", svc.Name, infra)
+		}
+	}
+	if v := s.Environment["NATS_URL"]; v != nil {
+		if u, err := url.Parse(*v); err == nil {
+			pw, _ := u.User.Password()
+			if u.User == nil || u.User.Username() != svc.Name || pw == "" {
+				fail("compose: service %q: NATS_URL connects as %q, want its own user %q with a password (no anonymous NATS)", svc.Name, u.User.Username(), svc.Name)
+			}
 		}
 	}
 	if v := s.Environment["GRADELINE_REPLICAS"]; v != nil && *v != "1" {
@@ -223,4 +233,42 @@ func CheckBuildContext(d *Dockerfile, context string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkComposeNATS: the NATS server is started with a configuration file
+// that admits only its users, and every password it reads is set.
+func checkComposeNATS(p *types.Project, fail func(string, ...any)) {
+	s, ok := p.Services["nats"]
+	if !ok {
+		return
+	}
+	var conf string
+	for _, c := range s.Configs {
+		def, ok := p.Configs[c.Source]
+		if !ok || def.File == "" {
+			continue
+		}
+		b, err := os.ReadFile(def.File)
+		if err != nil {
+			fail("compose: nats config %s: %v", c.Source, err)
+			continue
+		}
+		if slices.Contains(s.Command, c.Target) {
+			conf += string(b)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\s*authorization\s*[{:]`).MatchString(conf) {
+		fail("compose: nats is not started with a configuration (--config, from configs:) that has an authorization block: anonymous clients would be admitted")
+		return
+	}
+	for _, m := range regexp.MustCompile(`password:\s*\$([A-Z0-9_]+)`).FindAllStringSubmatch(conf, -1) {
+		if v := s.Environment[m[1]]; v == nil || *v == "" {
+			fail("compose: nats reads $%s, which its environment does not set", m[1])
+		}
+	}
+	for _, user := range append(slices.Clone(NATSUsers), serviceNames()...) {
+		if !strings.Contains(conf, fmt.Sprintf("user: %q", user)) {
+			fail("compose: the NATS configuration has no user %q", user)
+		}
+	}
 }

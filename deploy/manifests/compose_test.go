@@ -17,6 +17,13 @@ var composeEnv = map[string]string{
 	"GRADELINE_JWT_SECRET":  "test-jwt-secret-0123456789abcdef0123456789",
 	"GRADELINE_SIGNUP_CODE": "test-signup-code",
 	"CLICKHOUSE_PASSWORD":   "test-clickhouse-password",
+
+	"NATS_INGEST_PASSWORD":     "test-nats-ingest",
+	"NATS_INFERENCE_PASSWORD":  "test-nats-inference",
+	"NATS_ANNOTATOR_PASSWORD":  "test-nats-annotator",
+	"NATS_ANALYTICS_PASSWORD":  "test-nats-analytics",
+	"NATS_ADMIN_PASSWORD":      "test-nats-admin",
+	"NATS_SUBSCRIBER_PASSWORD": "test-nats-subscriber",
 }
 
 func TestCompose(t *testing.T) {
@@ -75,7 +82,9 @@ func TestComposeBadInput(t *testing.T) {
 		{name: "required env missing", old: "      GRADELINE_ADMIN_ADDR: \":9090\"\n      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/healthprobe\", \"http://127.0.0.1:9090/readyz\"]\n      interval: 10s\n      timeout: 3s\n      retries: 5\n      start_period: 15s\n    depends_on:\n      nats: {condition: service_healthy}\n      mongo",
 			new:  "      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/healthprobe\", \"http://127.0.0.1:9090/readyz\"]\n      interval: 10s\n      timeout: 3s\n      retries: 5\n      start_period: 15s\n    depends_on:\n      nats: {condition: service_healthy}\n      mongo",
 			want: `"annotator": required environment GRADELINE_ADMIN_ADDR`},
-		{name: "url to a missing host", old: "x-nats-url: &nats-url nats://nats:4222", new: "x-nats-url: &nats-url nats://natz:4222", want: `points at host "natz"`},
+		{name: "url to a missing host", old: "@nats:4222", new: "@natz:4222", want: `points at host "natz"`},
+		{name: "anonymous nats", old: "NATS_URL: nats://annotator:${NATS_ANNOTATOR_PASSWORD:?set NATS_ANNOTATOR_PASSWORD (see deploy/docker/compose.env.example)}@nats:4222", new: "NATS_URL: nats://nats:4222", want: "no anonymous NATS"},
+		{name: "nats without users", old: `command: ["--config", "/etc/nats/nats-auth.conf", `, new: `command: [`, want: "authorization block"},
 		{name: "replicas above one server", old: "      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]", new: "      GRADELINE_REPLICAS: \"3\"\n    expose: [\"9090\"]", want: "GRADELINE_REPLICAS=3"},
 		{name: "unknown target", old: "target: inference", new: "target: inferense", want: `build target "inferense"`},
 		{name: "missing dockerfile", old: "      dockerfile: deploy/docker/Dockerfile\n      target: analytics", new: "      dockerfile: deploy/docker/Dockerfile.analytics\n      target: analytics", want: "Dockerfile.analytics"},

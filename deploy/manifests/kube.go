@@ -40,6 +40,7 @@ var kinds = map[string]func() any{
 	"networking.k8s.io/v1/NetworkPolicy":     func() any { return new(networkingv1.NetworkPolicy) },
 	"autoscaling/v2/HorizontalPodAutoscaler": func() any { return new(autoscalingv2.HorizontalPodAutoscaler) },
 	"keda.sh/v1alpha1/ScaledObject":          func() any { return new(ScaledObject) },
+	"cert-manager.io/v1/Certificate":         func() any { return new(Certificate) },
 }
 
 // Render builds the kustomization in dir with kustomize's Go API (what

@@ -58,7 +58,8 @@ func TestKubernetes(t *testing.T) {
 				}
 			}
 			want := map[string]int{"Deployment": 4, "StatefulSet": 1, "PodDisruptionBudget": 5, "Service": 6,
-				"Ingress": 1, "HorizontalPodAutoscaler": 1, "ScaledObject": 2, "ConfigMap": 2, "Secret": 0}
+				"Ingress": 1, "HorizontalPodAutoscaler": 1, "ScaledObject": 2, "ConfigMap": 3, "Secret": 0,
+				"NetworkPolicy": 4, "Certificate": 1}
 			for kind, n := range want {
 				if count[kind] != n {
 					t.Errorf("%d %s objects, want %d", count[kind], kind, n)
@@ -93,7 +94,16 @@ func TestKubernetesBadInput(t *testing.T) {
 		{name: "root allowed", file: "base/annotator.yaml", old: "        runAsNonRoot: true", new: "        runAsNonRoot: false", want: "runAsNonRoot is not true"},
 		{name: "secret in the manifests", file: "base/kustomization.yaml", old: "configMapGenerator:", new: "secretGenerator:\n  - name: gradeline-secrets\n    literals: [GRADELINE_JWT_SECRET=hunter2]\nconfigMapGenerator:", want: "secrets are never in the manifests"},
 		{name: "secret as a literal", file: "base/ingest.yaml", old: "            - name: GRADELINE_JWT_SECRET\n              valueFrom:\n                secretKeyRef:\n                  name: gradeline-secrets\n                  key: GRADELINE_JWT_SECRET\n", new: "            - name: GRADELINE_JWT_SECRET\n              value: hunter2\n", want: "GRADELINE_JWT_SECRET must come from a Secret"},
-		{name: "secret in the config map", file: "base/config.env", old: "NATS_URL=", new: "MONGO_URI=mongodb://u:p@mongo/\nNATS_URL=", want: "holds MONGO_URI"},
+		{name: "secret in the config map", file: "base/config.env", old: "GRADELINE_REPLICAS=", new: "MONGO_URI=mongodb://u:p@mongo/\nGRADELINE_REPLICAS=", want: "holds MONGO_URI"},
+		{name: "anonymous nats", file: "base/annotator.yaml", old: "value: tls://annotator:$(NATS_PASSWORD)@nats:4222", new: "value: tls://nats:4222", want: "no anonymous NATS"},
+		{name: "another service's nats user", file: "base/ingest.yaml", old: "value: tls://ingest:$(NATS_PASSWORD)@nats:4222", new: "value: tls://admin:$(NATS_PASSWORD)@nats:4222", want: `want its own user "ingest"`},
+		{name: "nats without tls", file: "base/inference.yaml", old: "value: tls://inference:", new: "value: nats://inference:", want: "want tls"},
+		{name: "nats password as a literal", file: "base/analytics.yaml", old: "tls://analytics:$(NATS_PASSWORD)@", new: "tls://analytics:hunter2@", want: "not a $(VAR) reference"},
+		{name: "nats without users", file: "base/nats.yaml", old: "    include ../nats-auth/nats-auth.conf\n", new: "", want: "no authorization block"},
+		{name: "nats password not from a secret", file: "base/nats.yaml", old: "            - name: NATS_SUBSCRIBER_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: gradeline-nats\n                  key: subscriber\n", new: "", want: "reads $NATS_SUBSCRIBER_PASSWORD"},
+		{name: "nats open to every pod", file: "base/networkpolicy.yaml", old: "            matchExpressions:\n              - key: app.kubernetes.io/name\n                operator: In\n                values: [ingest, annotator, inference, analytics]\n", new: "            matchLabels: {}\n", want: "beyond the services"},
+		{name: "mongodb open to analytics", file: "base/networkpolicy.yaml", old: "        values: [ingest, annotator]", new: "        values: [ingest, annotator, analytics]", want: "opens port 27017 to analytics"},
+		{name: "private key in a service", file: "base/ingest.yaml", old: "            items:\n              - key: ca.crt\n                path: ca.crt\n", new: "", want: "more of nats-tls than ca.crt"},
 		{name: "required env missing", file: "base/analytics.yaml", old: "            - name: CLICKHOUSE_DSN\n", new: "            - name: CLICKHOUSE_URL\n", want: "required environment CLICKHOUSE_DSN is not set"},
 		{name: "wrong consumer", file: "base/inference.yaml", old: "consumer: inference", new: "consumer: inferense", want: "no ScaledObject scales inference on the lag of IMAGES/inference"},
 		{name: "keda endpoint in another namespace", overlay: "overlays/staging", file: "overlays/staging/kustomization.yaml", old: "value: nats-headless.gradeline-staging.svc.cluster.local:8222", new: "value: nats-headless.gradeline.svc.cluster.local:8222", want: "want nats-headless.gradeline-staging.svc.cluster.local:8222"},

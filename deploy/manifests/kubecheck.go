@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -104,6 +106,7 @@ func CheckKubernetes(objs []Object, opt KubeOptions) error {
 		x.checkService(svc)
 	}
 	x.checkNATS()
+	x.checkNetworkPolicies()
 	x.checkServices()
 	x.checkIngresses()
 	x.checkAutoscalers()
@@ -134,7 +137,12 @@ func (x *kubeIndex) checkWorkload(w workload, opt KubeOptions) {
 			}
 		}
 		if v.Secret != nil {
-			x.fail("%s: volume %s mounts Secret %q; only the secret env of the service table is expected", o, v.Name, v.Secret.SecretName)
+			switch {
+			case v.Secret.SecretName != NATSTLSSecret:
+				x.fail("%s: volume %s mounts Secret %q; only the secret env of the service table and %s are expected", o, v.Name, v.Secret.SecretName, NATSTLSSecret)
+			case o.Name != "nats" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "ca.crt"):
+				x.fail("%s: volume %s mounts more of %s than ca.crt: the private key belongs to NATS alone", o, v.Name, NATSTLSSecret)
+			}
 		}
 	}
 	// A PodDisruptionBudget keeps drains from taking every replica at once.
@@ -318,6 +326,8 @@ func (x *kubeIndex) checkService(svc Service) {
 			x.fail("%s: NATS_URL %q is not a URL", w.obj, v)
 		} else if _, ok := x.find("Service", ns, strings.Split(u.Hostname(), ".")[0]); !ok {
 			x.fail("%s: NATS_URL %q names no Service of the manifests", w.obj, v)
+		} else {
+			x.checkNATSURL(w.obj, ns, c, svc.Name, u)
 		}
 	}
 	port := intstr.FromInt32(int32(svc.Port))
@@ -372,6 +382,7 @@ func (x *kubeIndex) checkNATS() {
 			}
 		}
 	}
+	x.checkNATSAuth(o, x.natsServerConfig(o, ss))
 	if !regexp.MustCompile(`(?m)^\s*jetstream\s*[{:]`).MatchString(conf) {
 		x.fail("%s: the NATS configuration does not enable jetstream", o)
 	}
@@ -614,4 +625,225 @@ func (x *kubeIndex) checkNATSTrigger(o Object, tr ScaleTrigger) {
 	if !slices.ContainsFunc(s.Value.(*corev1.Service).Spec.Ports, func(p corev1.ServicePort) bool { return strconv.Itoa(int(p.Port)) == port }) {
 		x.fail("%s: natsServerMonitoringEndpoint port %s is not a port of Service %s", o, port, svc)
 	}
+}
+
+// NATSTLSSecret holds the NATS server's certificate (cert-manager's
+// Certificate nats-tls): NATS mounts it whole, the services only its ca.crt.
+const NATSTLSSecret = "nats-tls"
+
+// NATSUsers are the users of the NATS configuration besides one per service.
+var NATSUsers = []string{"admin", "subscriber"}
+
+// secretRef matches a password given as a reference to another variable
+// of the container, $(NAME), which Kubernetes expands.
+var secretRef = regexp.MustCompile(`^\$\(([A-Za-z_][A-Za-z0-9_]*)\)$`)
+
+// checkNATSURL: a service connects over TLS, as its own user, with a
+// password from a Secret, verifying the server with a CA file.
+func (x *kubeIndex) checkNATSURL(o Object, ns string, c corev1.Container, user string, u *url.URL) {
+	if u.Scheme != "tls" {
+		x.fail("%s: NATS_URL scheme %q, want tls: traffic to NATS is encrypted", o, u.Scheme)
+	}
+	if u.User == nil || u.User.Username() != user {
+		x.fail("%s: NATS_URL connects as %v, want its own user %q (no anonymous NATS)", o, u.User, user)
+		return
+	}
+	pw, _ := u.User.Password()
+	m := secretRef.FindStringSubmatch(pw)
+	if m == nil {
+		x.fail("%s: NATS_URL password is not a $(VAR) reference to a Secret", o)
+	} else if src := x.lookupEnv(ns, c, m[1]); !src.secret {
+		x.fail("%s: NATS_URL password $(%s) does not come from a Secret (secretKeyRef)", o, m[1])
+	}
+	if x.lookupEnv(ns, c, "NATS_CA").value == "" {
+		x.fail("%s: NATS_CA is not set: the server's certificate would go unverified", o)
+	}
+}
+
+// checkNATSAuth: the server configuration (with its included files, all
+// ConfigMaps of the StatefulSet) admits exactly the users of the bus, with
+// passwords from the environment, and serves TLS.
+func (x *kubeIndex) checkNATSAuth(o Object, conf string) {
+	if !regexp.MustCompile(`(?m)^\s*authorization\s*[{:]`).MatchString(conf) {
+		x.fail("%s: the NATS configuration has no authorization block: anonymous clients would be admitted", o)
+		return
+	}
+	if regexp.MustCompile(`(?m)^\s*no_auth_user\s*:`).MatchString(conf) {
+		x.fail("%s: the NATS configuration sets no_auth_user: anonymous clients would be admitted", o)
+	}
+	if !regexp.MustCompile(`(?m)^\s*tls\s*[{:]`).MatchString(conf) {
+		x.fail("%s: the NATS configuration has no tls block", o)
+	}
+	ss := o.Value.(*appsv1.StatefulSet)
+	i := slices.IndexFunc(ss.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == "nats" })
+	if i < 0 {
+		x.fail("%s: no container nats", o)
+		return
+	}
+	c := ss.Spec.Template.Spec.Containers[i]
+	users := append(slices.Clone(NATSUsers), serviceNames()...)
+	for _, user := range users {
+		if !strings.Contains(conf, fmt.Sprintf("user: %q", user)) {
+			x.fail("%s: the NATS configuration has no user %q", o, user)
+		}
+	}
+	for _, m := range regexp.MustCompile(`password:\s*\$([A-Z0-9_]+)`).FindAllStringSubmatch(conf, -1) {
+		if !x.lookupEnv(o.Namespace, c, m[1]).secret {
+			x.fail("%s: the NATS configuration reads $%s, which no secretKeyRef of the nats container sets", o, m[1])
+		}
+	}
+}
+
+func serviceNames() []string {
+	var out []string
+	for _, s := range Services {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// checkNetworkPolicies: NATS admits clients on 4222 from the services
+// only; egress from the namespace is denied by default, and the database
+// ports are open only to the services whose environment names that database.
+func (x *kubeIndex) checkNetworkPolicies() {
+	nats := x.workload("StatefulSet", x.edgeNamespace(), "nats")
+	if nats == nil {
+		return
+	}
+	podsOf := map[string]labels.Set{}
+	for _, s := range Services {
+		if w := x.workload("Deployment", nats.obj.Namespace, s.Name); w != nil {
+			podsOf[s.Name] = w.pod.Labels
+		}
+	}
+	stranger := labels.Set{"app.kubernetes.io/name": "stranger"}
+	var guarded, defaultEgress bool
+	dbPorts := map[int32]string{27017: "MONGO_URI", 9000: "CLICKHOUSE_DSN", 9440: "CLICKHOUSE_DSN", 8123: "CLICKHOUSE_DSN", 8443: "CLICKHOUSE_DSN"}
+	for _, p := range x.all("NetworkPolicy") {
+		np := p.Value.(*networkingv1.NetworkPolicy)
+		if p.Namespace != nats.obj.Namespace {
+			continue
+		}
+		sel, err := metav1LabelSelector(np.Spec.PodSelector)
+		if err != nil {
+			x.fail("%s: podSelector: %v", p, err)
+			continue
+		}
+		types := np.Spec.PolicyTypes
+		if sel.Empty() && slices.Contains(types, networkingv1.PolicyTypeEgress) {
+			defaultEgress = true
+		}
+		if sel.Matches(labels.Set(nats.pod.Labels)) && slices.Contains(types, networkingv1.PolicyTypeIngress) {
+			guarded = true
+			for _, r := range np.Spec.Ingress {
+				if !rulePorts(r.Ports, 4222) {
+					continue
+				}
+				for _, peer := range r.From {
+					if peer.PodSelector == nil || peer.NamespaceSelector != nil || peer.IPBlock != nil {
+						x.fail("%s: NATS client port open to %+v, want the services' pods only", p, peer)
+						continue
+					}
+					ps, err := metav1LabelSelector(*peer.PodSelector)
+					if err != nil || ps.Matches(stranger) || ps.Empty() {
+						x.fail("%s: NATS client port open to pods beyond the services", p)
+					}
+				}
+				if len(r.From) == 0 {
+					x.fail("%s: NATS client port open to everyone", p)
+				}
+			}
+		}
+		for _, r := range np.Spec.Egress {
+			for _, port := range r.Ports {
+				if port.Port == nil {
+					continue
+				}
+				env, ok := dbPorts[port.Port.IntVal]
+				if !ok {
+					continue
+				}
+				for name, pl := range podsOf {
+					svc, _ := ServiceByName(name)
+					if sel.Matches(pl) && !slices.Contains(svc.Env, env) {
+						x.fail("%s: opens port %d to %s, which does not use %s", p, port.Port.IntVal, name, env)
+					}
+				}
+				if sel.Matches(stranger) {
+					x.fail("%s: opens port %d to pods beyond the services", p, port.Port.IntVal)
+				}
+			}
+		}
+	}
+	if !guarded {
+		x.fail("no NetworkPolicy guards the NATS pods: any pod could connect")
+	}
+	if !defaultEgress {
+		x.fail("no NetworkPolicy limits the egress of every pod of namespace %s", nats.obj.Namespace)
+	}
+}
+
+func rulePorts(ports []networkingv1.NetworkPolicyPort, want int32) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	for _, p := range ports {
+		if p.Port == nil || (p.Port.Type == intstr.Int && p.Port.IntVal == want) || (p.Port.Type == intstr.String && p.Port.StrVal == "client") {
+			return true
+		}
+	}
+	return false
+}
+
+func metav1LabelSelector(s metav1.LabelSelector) (labels.Selector, error) {
+	return metav1.LabelSelectorAsSelector(&s)
+}
+
+// natsServerConfig returns the configuration file the nats container is
+// started with (--config), with its include lines replaced by the files
+// they name, as the server reads them from the mounted ConfigMaps.
+func (x *kubeIndex) natsServerConfig(o Object, ss *appsv1.StatefulSet) string {
+	spec := ss.Spec.Template.Spec
+	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == "nats" })
+	if i < 0 {
+		return ""
+	}
+	c := spec.Containers[i]
+	files := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		for _, v := range spec.Volumes {
+			if v.Name != m.Name || v.ConfigMap == nil {
+				continue
+			}
+			if cm, ok := x.find("ConfigMap", o.Namespace, v.ConfigMap.Name); ok {
+				for k, d := range cm.Value.(*corev1.ConfigMap).Data {
+					files[path.Join(m.MountPath, k)] = d
+				}
+			}
+		}
+	}
+	main := ""
+	for j, a := range c.Args {
+		if (a == "--config" || a == "-c") && j+1 < len(c.Args) {
+			main = c.Args[j+1]
+		}
+	}
+	include := regexp.MustCompile(`(?m)^\s*include\s+"?([^"\s]+)"?\s*;?\s*$`)
+	var resolve func(file string, depth int) string
+	resolve = func(file string, depth int) string {
+		text, ok := files[file]
+		if !ok || depth > 5 {
+			x.fail("%s: the NATS configuration %s is not in a mounted ConfigMap", o, file)
+			return ""
+		}
+		return include.ReplaceAllStringFunc(text, func(line string) string {
+			inc := include.FindStringSubmatch(line)[1]
+			return resolve(path.Join(path.Dir(file), inc), depth+1)
+		})
+	}
+	if main == "" {
+		x.fail("%s: the nats container is not started with --config", o)
+		return ""
+	}
+	return resolve(main, 0)
 }

@@ -45,7 +45,12 @@ func main() {
 			if ep.Admin != "" {
 				fmt.Printf("  metrics   %s/metrics   readiness %s/readyz\n", ep.Admin, ep.Admin)
 			}
-			fmt.Printf("  NATS      %s\n  MongoDB   %s\n  ClickHouse %s\n\n", ep.NATS, ep.Mongo, ep.ClickHouse)
+			fmt.Printf("  NATS      %s\n", ep.NATS)
+			if ep.NATSAdminFile != "" {
+				// The files hold the passwords; the banner names them only.
+				fmt.Printf("            operator URL in %s, downstream subscriber URL in %s\n", ep.NATSAdminFile, ep.NATSSubscriberFile)
+			}
+			fmt.Printf("  MongoDB   %s\n  ClickHouse %s\n\n", ep.Mongo, ep.ClickHouse)
 		},
 	}
 	if d := os.Getenv("GRADELINE_MODELS_DIR"); d != "" {

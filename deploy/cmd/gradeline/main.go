@@ -2,11 +2,22 @@
 //
 //	gradeline streams                          list streams and consumer lag
 //	gradeline replay STREAM [--consumer NAME] [--since 2h | --since 2026-11-25T10:00:00Z]
+//	gradeline nats-config [--bcrypt]           the nats-server users and permissions
 //
 // replay makes the durable consumers of STREAM (all of them, or the one
 // named) deliver the stream again from the start or from a time. The
 // services pick the replay up while running; their writes are keyed by
 // event id, so events already stored are not stored twice.
+//
+// nats-config prints the authorization block of a nats-server configuration
+// with every NATS user and its permissions, derived from the bus table.
+// By default the passwords are references to the environment variables
+// NATS_<USER>_PASSWORD, resolved by the server at start (the file holds no
+// secret: deploy/k8s and docker-compose.yml use it so); with --bcrypt they
+// are read from those variables now and written as bcrypt hashes.
+//
+// The CLI connects as the operator: NATS_URL, or else the URL local mode
+// wrote to $GRADELINE_DATA_DIR/nats/admin.url (default ./data).
 package main
 
 import (
@@ -22,8 +33,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 )
 
 func main() {
@@ -38,19 +51,20 @@ func main() {
 const usage = `usage:
   gradeline streams
   gradeline replay STREAM [--consumer NAME] [--since DURATION|RFC3339]
-environment: NATS_URL (default nats://127.0.0.1:4222)`
+  gradeline nats-config [--bcrypt]
+environment: NATS_URL (default: the operator URL in $GRADELINE_DATA_DIR/nats/admin.url,
+written by local mode; GRADELINE_DATA_DIR defaults to ./data)`
 
 func run(ctx context.Context, args []string, out io.Writer, now time.Time) error {
 	if len(args) == 0 {
 		return errors.New(usage)
 	}
-	url := os.Getenv("NATS_URL")
-	if url == "" {
-		url = "nats://127.0.0.1:4222"
+	if args[0] == "nats-config" {
+		return natsConfig(args[1:], out)
 	}
 	switch args[0] {
 	case "streams":
-		js, closeConn, err := connect(ctx, url)
+		js, closeConn, err := connect(ctx)
 		if err != nil {
 			return err
 		}
@@ -75,7 +89,7 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 		if err != nil {
 			return err
 		}
-		js, closeConn, err := connect(ctx, url)
+		js, closeConn, err := connect(ctx)
 		if err != nil {
 			return err
 		}
@@ -93,6 +107,49 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+}
+
+// operatorURL is NATS_URL, else the operator URL of local mode.
+func operatorURL() (string, error) {
+	if u := os.Getenv("NATS_URL"); u != "" {
+		return u, nil
+	}
+	dir := os.Getenv("GRADELINE_DATA_DIR")
+	if dir == "" {
+		dir = "data"
+	}
+	u, err := natscreds.AdminURL(dir)
+	if err != nil {
+		return "", fmt.Errorf("no NATS_URL and no local stack's operator URL: %w (start `make run`, or set NATS_URL)", err)
+	}
+	return u, nil
+}
+
+func natsConfig(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("nats-config", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	hash := fs.Bool("bcrypt", false, "read the passwords from NATS_<USER>_PASSWORD now and write bcrypt hashes")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("nats-config: %w\n%s", err, usage)
+	}
+	var password func(string) string
+	if *hash {
+		hashes := map[string]string{}
+		for _, u := range bus.Users() {
+			pw := os.Getenv(bus.PasswordEnv(u))
+			if pw == "" {
+				return fmt.Errorf("nats-config --bcrypt: %s is not set", bus.PasswordEnv(u))
+			}
+			h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+			if err != nil {
+				return fmt.Errorf("nats-config: %w", err)
+			}
+			hashes[u] = string(h)
+		}
+		password = func(u string) string { return hashes[u] }
+	}
+	_, err := io.WriteString(out, bus.NATSServerAuthConfig(password))
+	return err
 }
 
 // replayTargets resolves a stream name (case-insensitive) and an optional
@@ -140,7 +197,11 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-func connect(ctx context.Context, url string) (jetstream.JetStream, func(), error) {
+func connect(ctx context.Context) (jetstream.JetStream, func(), error) {
+	url, err := operatorURL()
+	if err != nil {
+		return nil, nil, err
+	}
 	nc, js, err := bus.Connect(ctx, url, "gradeline-cli", nil)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (is the stack running? set NATS_URL)", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 )
 
 func TestRunRejectsBadArguments(t *testing.T) {
@@ -87,3 +89,73 @@ func TestReplayAgainstRunningServer(t *testing.T) {
 		t.Fatalf("streams output %q", out.String())
 	}
 }
+
+// TestOperatorURLFromLocalDataDir: without NATS_URL the CLI connects as the
+// operator with the URL local mode wrote, to a server that refuses anyone else.
+func TestOperatorURLFromLocalDataDir(t *testing.T) {
+	dataDir := t.TempDir()
+	creds, err := natscreds.LoadOrCreate(natscreds.Dir(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir(), Users: natscreds.List(creds)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	if err := natscreds.WriteURLs(natscreds.Dir(dataDir), ns.ClientURL(), creds); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NATS_URL", "")
+	t.Setenv("GRADELINE_DATA_DIR", dataDir)
+	adminURL, err := natscreds.AdminURL(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, js, err := bus.Connect(context.Background(), adminURL, "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := bus.EnsureTopology(context.Background(), js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"replay", "annotations", "--consumer", "annotator"}, &out, time.Now()); err != nil {
+		t.Fatalf("replay as the operator: %v", err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"streams"}, &out, time.Now()); err != nil || !strings.Contains(out.String(), "annotator ") {
+		t.Fatalf("streams: %v %q", err, out.String())
+	}
+}
+
+// TestNATSConfigCommand: the generated configuration is the bus table's,
+// and the copy the manifests ship is the current one.
+func TestNATSConfigCommand(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"nats-config"}, &out, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != bus.NATSServerAuthConfig(nil) {
+		t.Fatal("nats-config differs from bus.NATSServerAuthConfig")
+	}
+	shipped, err := os.ReadFile("../../k8s/base/nats-auth.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(shipped) != out.String() {
+		t.Fatal("deploy/k8s/base/nats-auth.conf is stale: go run ./deploy/cmd/gradeline nats-config > deploy/k8s/base/nats-auth.conf")
+	}
+	for _, u := range bus.Users() {
+		t.Setenv(bus.PasswordEnv(u), "pw-"+u)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"nats-config", "--bcrypt"}, &out, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "pw-") || strings.Count(out.String(), `password: "$2a$`) != len(bus.Users()) {
+		t.Fatalf("--bcrypt output carries no hashes or the plain passwords:\n%s", out.String())
+	}
+}
+
