@@ -59,6 +59,40 @@ const ImageBucket = "gradeline-images"
 // retried within it is stored once.
 const DuplicateWindow = 2 * time.Minute
 
+// IdempotencyBucket is the key-value bucket where the edge keeps the first
+// answer to each request that carried an Idempotency-Key (keyed by a hash
+// of user and key). Entries live as long as the streams' duplicate window:
+// within it, a retried request gets the first answer and its events, whose
+// ids derive from the key, are dropped as duplicates.
+const (
+	IdempotencyBucket = "gradeline-idempotency"
+	IdempotencyTTL    = DuplicateWindow
+)
+
+// IdempotencyStore returns the idempotency bucket, creating it when missing.
+func IdempotencyStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, IdempotencyBucket)
+	if err == nil {
+		return kv, nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("bus: key-value bucket %s: %w", IdempotencyBucket, err)
+	}
+	kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      IdempotencyBucket,
+		Description: "first answers to requests with an Idempotency-Key",
+		History:     1,
+		TTL:         IdempotencyTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(1, replicas),
+		MaxBytes:    256 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: key-value bucket %s: %w", IdempotencyBucket, err)
+	}
+	return kv, nil
+}
+
 // StreamSpec is one row of the stream table.
 type StreamSpec struct {
 	Name        string

@@ -107,6 +107,7 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 		return nil, invalid("invalid annotation", "annotation: "+err.Error())
 	}
 	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: user, Annotation: buf.Bytes()}
+	ev.ID = idFor(c.UserContext(), "annotation")
 	if req.ImageID != nil {
 		if !validRef.MatchString(*req.ImageID) {
 			return nil, invalid("invalid request body", "image_id: 1 to 128 characters of letters, digits and . _ : -")

@@ -128,15 +128,18 @@ func (s *Server) createImage(c *fiber.Ctx) error {
 	}
 	ctx := c.UserContext()
 	user := userOf(c)
-	id := bus.NewID()
+	id := idFor(ctx, "image")
 	ref, err := s.storeImage(ctx, id, up)
 	if err != nil {
 		return err
 	}
 	ev := &bus.ImageCatalogued{Meta: bus.NewMeta(bus.TypeImageCatalogued), ImageID: id, Owner: user,
 		Filename: up.Filename, Width: up.Width, Height: up.Height, Tags: tags, Image: ref}
+	ev.ID = idFor(ctx, "image.catalogued")
 	if err := s.publish(ctx, ev); err != nil {
-		_ = s.images.Delete(context.WithoutCancel(ctx), id)
+		if !hasIdempotencyKey(ctx) { // else an earlier, accepted try may own the bytes
+			_ = s.images.Delete(context.WithoutCancel(ctx), id)
+		}
 		return err
 	}
 	img, ok := s.awaitCatalogue(ctx, user, id, func(_ bus.Image, err error) bool { return err == nil })

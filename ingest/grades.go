@@ -374,12 +374,13 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	}
 
 	user := userOf(c)
-	imageID := bus.NewID()
+	imageID := idFor(ctx, "image")
 	ref, err := s.storeImage(ctx, imageID, up)
 	if err != nil {
 		return err
 	}
 	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: user, Model: model, Image: ref}
+	ev.ID = idFor(ctx, "grade")
 	submitted := bus.Grade{ID: ev.ID, Status: bus.GradeStatusPending, ImageID: imageID, Owner: user, Model: model, SubmittedAt: ev.Time}
 	ch := s.grades.add(ev.ID, user, submitted, wait > 0)
 	defer s.grades.remove(ev.ID)

@@ -122,12 +122,14 @@ func (s *Server) createMeasurements(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	ctx := c.UserContext()
 	var events []*bus.IrisMeasured
 	for start := 0; start < len(rows); start += bus.MaxIrisRows {
 		end := min(start+bus.MaxIrisRows, len(rows))
-		events = append(events, &bus.IrisMeasured{Meta: bus.NewMeta(bus.TypeIrisMeasured), Source: source, Rows: rows[start:end]})
+		ev := &bus.IrisMeasured{Meta: bus.NewMeta(bus.TypeIrisMeasured), Source: source, Rows: rows[start:end]}
+		ev.ID = idFor(ctx, fmt.Sprintf("iris/%d", start))
+		events = append(events, ev)
 	}
-	ctx := c.UserContext()
 	errs := make([]error, len(events))
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup

@@ -50,6 +50,10 @@ func (s *Server) buildOpenAPI() ([]byte, error) {
 			}
 			params = append(params, pm)
 		}
+		if publishes(r) {
+			params = append(params, idempotencyParam)
+			r.Responses = withErrors(r.Responses, 409, 422)
+		}
 		if len(params) > 0 {
 			op["parameters"] = params
 		}

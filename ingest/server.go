@@ -34,6 +34,7 @@ type Server struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	images jetstream.ObjectStore
+	idem   jetstream.KeyValue // first answers by Idempotency-Key
 	mongo  *mongo.Client
 	users  *userStore
 
@@ -122,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.images, err = bus.ImageStore(ctx, s.js, cfg.Replicas); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
+	if s.idem, err = bus.IdempotencyStore(ctx, s.js, cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
 	s.models = newModelCache(5*time.Second, s.log)
 	// One subscription per server for all grade results; requests wait on
 	// it by grade id.
@@ -147,6 +151,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		handlers := []fiber.Handler{}
 		if r.Auth {
 			handlers = append(handlers, s.authenticate)
+		}
+		if publishes(r) {
+			handlers = append(handlers, s.idempotent)
 		}
 		handlers = append(handlers, r.Handler)
 		s.app.Add(r.Method, r.Path, handlers...)
