@@ -172,7 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.MongoURI == "" {
 		log.Info("starting embedded FerretDB (MongoDB wire protocol)", "dir", filepath.Join(dir, "mongo"))
-		ms, err := localmongo.Start(ctx, localmongo.Options{Dir: filepath.Join(dir, "mongo"), Addr: "127.0.0.1:0"})
+		ms, err := localmongo.Start(ctx, localmongo.Options{Dir: filepath.Join(dir, "mongo"), Addr: "127.0.0.1:0", Log: log})
 		if err != nil {
 			return err
 		}
@@ -328,7 +328,7 @@ func displayAddr(a net.Addr) string {
 func readiness(cfg Config, natsURL string) map[string]admin.Check {
 	return map[string]admin.Check{
 		"nats":       admin.NATSCheck(natsURL),
-		"mongo":      annotator.MongoCheck(cfg.MongoURI),
+		"mongo":      annotator.MongoCheck(cfg.MongoURI, annotator.DefaultDatabase),
 		"clickhouse": analytics.ClickHouseCheck(cfg.ClickHouseDSN),
 	}
 }
@@ -342,12 +342,15 @@ func waitServices(ctx context.Context, natsURL string) error {
 	}
 	defer nc.Close()
 	deadline := time.Now().Add(2 * time.Minute)
-	for _, subject := range []string{bus.SvcAnnotationsList, bus.SvcModelsList, bus.SvcIrisStats} {
+	// Each probe is a bounded query: an annotation that cannot exist is
+	// looked up by _id (an index search, answered 404), never a listing
+	// that could scan a large store.
+	for _, subject := range []string{bus.SvcAnnotationsGet, bus.SvcModelsList, bus.SvcIrisStats} {
 		for {
 			var req any = struct{}{}
 			switch subject {
-			case bus.SvcAnnotationsList:
-				req = bus.AnnotationsQuery{Page: 1, PerPage: 1}
+			case bus.SvcAnnotationsGet:
+				req = bus.AnnotationGetQuery{ID: "readiness-probe"}
 			case bus.SvcIrisStats:
 				req = bus.IrisStatsQuery{Func: "count"}
 			}
