@@ -78,7 +78,7 @@ var Access = []ServiceAccess{
 		Follows:     []string{StreamGrades},
 		Calls:       []string{svcPrefix + ">"},
 		Objects:     ObjectsReadWrite,
-		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens},
+		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens, IdempotencyBucket},
 	},
 	{
 		User:        UserInference,
@@ -208,6 +208,8 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	for _, c := range Consumers {
 		pub = append(pub, consumerCreate(c.Stream, c.Durable)...)
 		pub = append(pub, jsAPI+"CONSUMER.INFO."+c.Stream+"."+c.Durable)
+		// A consumer left beyond its stream's end is reset in place (CheckPosition).
+		pub = append(pub, jsAPI+"CONSUMER.RESET."+c.Stream+"."+c.Durable)
 	}
 	// It pulls from, acks on and dead-letters for its own consumers only.
 	for _, c := range ConsumersOfUser(a.User) {

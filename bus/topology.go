@@ -300,8 +300,8 @@ func Replay(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, sinc
 // lost its tail (a damaged block file is cut at the damage when the server
 // recovers it): new events get sequences the consumer believes it has
 // already delivered, so none would ever reach it, silently. The consumer
-// is logged as an error (stream, consumer, the gap) and recreated to
-// deliver from the first message still in the stream; every consumer
+// is logged as an error (stream, consumer, the gap) and reset to deliver
+// from the first message still in the stream; every consumer
 // writes idempotently (event id as key), so the replay stores nothing twice.
 // info may be nil (it is then fetched). It reports whether it repositioned.
 func CheckPosition(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, info *jetstream.ConsumerInfo, log *slog.Logger) (bool, error) {
@@ -330,8 +330,15 @@ func CheckPosition(ctx context.Context, js jetstream.JetStream, spec ConsumerSpe
 		"stream_last_seq", state.LastSeq, "stream_first_seq", state.FirstSeq, "stream_msgs", state.Msgs,
 		"gap", delivered-state.LastSeq)
 	consumerRepositioned.WithLabelValues(spec.Durable).Inc()
-	if err := Replay(ctx, js, spec, time.Time{}); err != nil {
-		return false, err
+	// Reset in place (the consumer keeps its name, settings and pullers;
+	// a service may reset but never delete a consumer); a consumer whose
+	// replayed start forbids that sequence is recreated instead.
+	_, err = js.ResetConsumerToSequence(ctx, spec.Stream, spec.Durable, max(state.FirstSeq, 1))
+	if errors.Is(err, jetstream.ErrConsumerInvalidReset) {
+		err = Replay(ctx, js, spec, time.Time{})
+	}
+	if err != nil {
+		return false, fmt.Errorf("bus: reposition consumer %s/%s: %w", spec.Stream, spec.Durable, err)
 	}
 	return true, nil
 }
