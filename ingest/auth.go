@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"errors"
 	"fmt"
 	"math"
@@ -19,6 +20,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 // Names shared by handlers.
@@ -26,17 +29,37 @@ const (
 	// CookieName holds the token for browser clients.
 	CookieName = "gradeline_token"
 	localUser  = "user"
+	// localToken and localTokenExp hold the verified token and its expiry
+	// (for logout).
+	localToken    = "token"
+	localTokenExp = "token_exp"
 
 	usersCollection = "users"
 	minPassword     = 8
 	maxPassword     = 256 // bounds hashing work per request
 	maxUsername     = 128
-
-	// Login failures allowed per account and per client IP in the window.
-	accountFailures = 5
-	ipFailures      = 20
-	failureWindow   = 15 * time.Minute
 )
+
+// commonPasswords are refused at registration: the first guesses of every
+// attacker. Compared in lower case.
+//
+//go:embed common-passwords.txt
+var commonPasswordsText string
+
+var commonPasswords = func() map[string]struct{} {
+	m := map[string]struct{}{}
+	for _, l := range strings.Split(commonPasswordsText, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			m[l] = struct{}{}
+		}
+	}
+	return m
+}()
+
+func isCommonPassword(pw string) bool {
+	_, ok := commonPasswords[strings.ToLower(pw)]
+	return ok
+}
 
 // A username is 3..128 characters of letters, digits and . _ - @ +,
 // starting with a letter or digit; e-mail addresses qualify.
@@ -102,6 +125,9 @@ type tokens struct {
 	audience string
 	now      func() time.Time
 
+	// revoked is the logout list; nil in tests without a bus.
+	revoked *revocations
+
 	mu       sync.RWMutex
 	verified map[string]verifiedToken
 }
@@ -109,6 +135,8 @@ type tokens struct {
 type verifiedToken struct {
 	sub string
 	exp time.Time
+	// key is the token's revocation key, computed once per token.
+	key string
 }
 
 const maxVerifiedTokens = 10_000
@@ -120,31 +148,56 @@ func (t *tokens) issue(sub string) (string, error) {
 		Issuer:    t.issuer,
 		Audience:  jwt.ClaimStrings{t.audience},
 		IssuedAt:  jwt.NewNumericDate(now),
+		// A unique id: two tokens issued in the same second differ, so
+		// revoking one (logout) leaves the other valid.
+		ID: bus.NewID(),
 		ExpiresAt: jwt.NewNumericDate(now.Add(TokenTTL)),
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(t.secret)
 }
 
-// verify checks signature (HS256 only), iss, aud, exp and iat and returns sub.
+// verify checks signature (HS256 only), iss, aud, exp and iat and that the
+// token was not revoked, and returns sub.
 func (t *tokens) verify(token string) (string, error) {
+	v, err := t.verifyToken(token)
+	return v.sub, err
+}
+
+func (t *tokens) verifyToken(token string) (verifiedToken, error) {
 	now := t.now()
 	t.mu.RLock()
 	v, ok := t.verified[token]
 	t.mu.RUnlock()
 	if ok && now.Before(v.exp) {
-		return v.sub, nil
+		// The cache holds verification, not permission: a logout on any
+		// replica is seen here on the next request.
+		if t.revoked.isRevoked(v.key) {
+			return verifiedToken{}, errRevoked
+		}
+		return v, nil
 	}
 	sub, exp, err := t.parse(token)
 	if err != nil {
-		return "", err
+		return verifiedToken{}, err
+	}
+	v = verifiedToken{sub: sub, exp: exp, key: revocationKey(token)}
+	if t.revoked.isRevoked(v.key) {
+		return verifiedToken{}, errRevoked
 	}
 	t.mu.Lock()
 	if t.verified == nil || len(t.verified) >= maxVerifiedTokens {
 		t.verified = map[string]verifiedToken{}
 	}
-	t.verified[token] = verifiedToken{sub: sub, exp: exp}
+	t.verified[token] = v
 	t.mu.Unlock()
-	return sub, nil
+	return v, nil
+}
+
+// forget drops token from the verified cache.
+func (t *tokens) forget(token string) {
+	t.mu.Lock()
+	delete(t.verified, token)
+	t.mu.Unlock()
 }
 
 func (t *tokens) parse(token string) (string, time.Time, error) {
@@ -193,7 +246,7 @@ func parseCredentials(c *fiber.Ctx) (credentials, error) {
 	if isForm(c) {
 		if strings.HasPrefix(strings.ToLower(c.Get(fiber.HeaderContentType)), fiber.MIMEMultipartForm) {
 			if _, err := c.MultipartForm(); err != nil {
-				return cr, errorf(http.StatusBadRequest, "malformed multipart form: %v", err)
+				return cr, &apiError{Status: http.StatusBadRequest, Message: "malformed multipart form", Cause: err}
 			}
 		}
 		get := func(k string) *string {
@@ -243,6 +296,7 @@ func (s *Server) respondToken(c *fiber.Ctx, status int, username string) error {
 }
 
 func tooMany(wait time.Duration, what string) *apiError {
+	wait = max(wait, time.Second)
 	secs := int(math.Ceil(wait.Seconds()))
 	if secs < 1 {
 		secs = 1
@@ -254,8 +308,8 @@ func tooMany(wait time.Duration, what string) *apiError {
 
 // register: {username, password, signupCode} -> 201 {token, expiresIn}.
 func (s *Server) register(c *fiber.Ctx) error {
-	ip := c.IP()
-	if wait := s.ipLimiter.blocked(ip); wait > 0 {
+	ip := s.clientIP(c)
+	if wait := s.throttle.wait(c.UserContext(), addrRule, addrKey(ip)); wait > 0 {
 		return tooMany(wait, "from this client")
 	}
 	cr, err := parseCredentials(c)
@@ -284,7 +338,7 @@ func (s *Server) register(c *fiber.Ctx) error {
 		return invalid("missing fields", missing...)
 	}
 	if subtle.ConstantTimeCompare([]byte(code), []byte(s.cfg.SignupCode)) != 1 {
-		s.ipLimiter.fail(ip)
+		s.throttle.fail(c.UserContext(), addrKey(ip))
 		return errorf(http.StatusForbidden, "wrong signup code")
 	}
 	var bad []string
@@ -297,6 +351,8 @@ func (s *Server) register(c *fiber.Ctx) error {
 		bad = append(bad, fmt.Sprintf("password: at least %d characters", minPassword))
 	} else if len(pw) > maxPassword {
 		bad = append(bad, fmt.Sprintf("password: at most %d bytes", maxPassword))
+	} else if isCommonPassword(pw) {
+		bad = append(bad, "password: one of the most common passwords; choose another")
 	}
 	if len(bad) > 0 {
 		return invalid("invalid registration", bad...)
@@ -319,7 +375,7 @@ func (s *Server) register(c *fiber.Ctx) error {
 }
 
 func storeUnavailable(err error) error {
-	return &apiError{Status: http.StatusServiceUnavailable, Message: "user store (MongoDB) is unavailable", Details: []string{err.Error()}}
+	return &apiError{Status: http.StatusServiceUnavailable, Message: "user store (MongoDB) is unavailable", Cause: err}
 }
 
 // login: {username|email, password} as JSON or form -> 200 {token, expiresIn}
@@ -344,20 +400,24 @@ func (s *Server) login(c *fiber.Ctx) error {
 	if len(missing) > 0 {
 		return invalid("missing fields", missing...)
 	}
+	pw := str(cr.Password)
+	if len(pw) > maxPassword {
+		// As at registration, never truncated: no stored password is longer.
+		return invalid("invalid credentials", fmt.Sprintf("password: at most %d bytes", maxPassword))
+	}
 	norm := normalize(ident)
 	if len(norm) > maxUsername {
 		norm = norm[:maxUsername]
 	}
-	ip := c.IP()
-	if wait := s.ipLimiter.blocked(ip); wait > 0 {
+	// Throttled per (account, address) and per address with a growing
+	// delay; never per account alone, so nobody can lock an owner out.
+	ip := s.clientIP(c)
+	pk, ak := pairKey(norm, ip), addrKey(ip)
+	if wait := s.throttle.wait(c.UserContext(), addrRule, ak); wait > 0 {
 		return tooMany(wait, "from this client")
 	}
-	if wait := s.accountLimiter.blocked(norm); wait > 0 {
-		return tooMany(wait, "for this account")
-	}
-	pw := str(cr.Password)
-	if len(pw) > maxPassword {
-		pw = pw[:maxPassword]
+	if wait := s.throttle.wait(c.UserContext(), pairRule, pk); wait > 0 {
+		return tooMany(wait, "for this account from this client")
 	}
 	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)
 	defer cancel()
@@ -374,11 +434,11 @@ func (s *Server) login(c *fiber.Ctx) error {
 		return err
 	}
 	if !ok || u == nil {
-		s.ipLimiter.fail(ip)
-		s.accountLimiter.fail(norm)
+		s.throttle.fail(ctx, ak)
+		s.throttle.fail(ctx, pk)
 		return errorf(http.StatusUnauthorized, "invalid username or password")
 	}
-	s.accountLimiter.reset(norm)
+	s.throttle.reset(ctx, pk)
 	return s.respondToken(c, http.StatusOK, u.ID)
 }
 
@@ -398,14 +458,24 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 	if token == "" {
 		return unauthorized("authentication required: send a bearer token or the " + CookieName + " cookie")
 	}
-	sub, err := s.tokens.verify(token)
+	v, err := s.tokens.verifyToken(token)
 	if err != nil {
-		e := unauthorized("invalid token")
-		e.Details = []string{err.Error()}
+		// The parser's reason stays in the log: it helps an attacker
+		// probing tokens more than a user, who needs to log in again.
+		msg := "invalid or expired token; log in again"
+		if errors.Is(err, errRevoked) {
+			msg = "token revoked (logged out); log in again"
+		}
+		e := unauthorized(msg)
+		e.Cause = err
 		e.Headers[fiber.HeaderWWWAuthenticate] = `Bearer error="invalid_token"`
 		return e
 	}
-	c.Locals(localUser, sub)
+	c.Locals(localUser, v.sub)
+	c.Locals(localToken, token)
+	c.Locals(localTokenExp, v.exp)
+	// Everything behind authentication is the caller's own: no cache may keep it.
+	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.Next()
 }
 

@@ -122,6 +122,9 @@ func (s *Server) createImage(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if err := validateWholeImage(c.UserContext(), up); err != nil {
+		return err
+	}
 	tags, err := formTags(form.Value["tags"])
 	if err != nil {
 		return err
@@ -253,7 +256,7 @@ func parseTagsBody(c *fiber.Ctx) ([]string, error) {
 		if strings.HasPrefix(strings.ToLower(c.Get(fiber.HeaderContentType)), fiber.MIMEMultipartForm) {
 			form, err := c.MultipartForm()
 			if err != nil {
-				return nil, &apiError{Status: http.StatusBadRequest, Message: "malformed multipart form", Details: []string{err.Error()}}
+				return nil, &apiError{Status: http.StatusBadRequest, Message: "malformed multipart form", Cause: err}
 			}
 			return formTags(form.Value["tags"])
 		}

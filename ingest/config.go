@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,9 +42,13 @@ type Config struct {
 	// Logger receives access and error logs (default slog.Default()).
 	Logger *slog.Logger
 	// Registerer receives the Prometheus metrics (default
-	// prometheus.DefaultRegisterer). /metrics serves it when it is also a
-	// Gatherer (a *prometheus.Registry is both).
+	// prometheus.DefaultRegisterer). The edge does not serve them: the
+	// admin address does (GRADELINE_ADMIN_ADDR), never the public port.
 	Registerer prometheus.Registerer
+	// TrustedProxies are the peers whose X-Forwarded-For / Forwarded
+	// headers are believed (the ingress); from anyone else the direct peer
+	// is the client address (see ParseTrustedProxies).
+	TrustedProxies []netip.Prefix
 	// Local relaxes what only makes sense on one developer machine: the
 	// token cookie is not marked Secure (plain http://localhost) and the
 	// signup code defaults to CS193S.

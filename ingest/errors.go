@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -26,9 +27,14 @@ type apiError struct {
 	Extra map[string]any
 	// Headers set on the response (Retry-After, WWW-Authenticate).
 	Headers map[string]string
+	// Cause is the underlying error (driver, library, bus): logged with the
+	// request id, never sent. The client gets the request id in X-Request-Id.
+	Cause error
 }
 
 func (e *apiError) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Message) }
+
+func (e *apiError) Unwrap() error { return e.Cause }
 
 func errorf(status int, format string, args ...any) *apiError {
 	return &apiError{Status: status, Message: fmt.Sprintf(format, args...)}
@@ -49,6 +55,19 @@ type errorBody struct {
 // 413, parse errors and recovered panics, leaves as errorBody JSON.
 func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	e := s.classify(c, err)
+	if e.Cause != nil || (e.Status >= 500 && len(e.Details) > 0) {
+		// Server-side failures carry driver, library or subject text: it
+		// goes to the log under the request id, the client keeps the message.
+		level := slog.LevelWarn
+		if e.Status >= 500 {
+			level = slog.LevelError
+		}
+		s.log.Log(c.UserContext(), level, "request failed", "method", c.Method(), "path", c.Path(), "status", e.Status,
+			"message", e.Message, "details", e.Details, "cause", e.Cause, "request_id", bus.RequestID(c.UserContext()))
+		if e.Status >= 500 {
+			e = &apiError{Status: e.Status, Message: e.Message, Extra: e.Extra, Headers: e.Headers}
+		}
+	}
 	for k, v := range e.Headers {
 		c.Set(k, v)
 	}
@@ -101,7 +120,7 @@ func (s *Server) classify(c *fiber.Ctx, err error) *apiError {
 		return &apiError{Status: fe.Code, Message: msg}
 	}
 	if errors.Is(err, bus.ErrUnavailable) {
-		return errorf(http.StatusServiceUnavailable, "%s", err.Error())
+		return &apiError{Status: http.StatusServiceUnavailable, Message: "a backing service is unavailable", Cause: err}
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return errorf(http.StatusServiceUnavailable, "a backing service did not answer in time")
@@ -203,7 +222,7 @@ func jsonError(err error) error {
 		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
 		return invalid("invalid request body", fmt.Sprintf("%s: unknown field", strings.Trim(name, `"`)))
 	default:
-		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Details: []string{err.Error()}}
+		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Cause: err}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"image"
+	"image/color"
 	_ "image/gif" // register decoders for DecodeConfig
 	_ "image/jpeg"
 	_ "image/png"
@@ -54,7 +55,7 @@ func multipartForm(c *fiber.Ctx) (*multipart.Form, error) {
 	}
 	form, err := c.MultipartForm()
 	if err != nil {
-		return nil, &apiError{Status: http.StatusBadRequest, Message: "malformed multipart form", Details: []string{err.Error()}}
+		return nil, &apiError{Status: http.StatusBadRequest, Message: "malformed multipart form", Cause: err}
 	}
 	return form, nil
 }
@@ -81,12 +82,12 @@ func readUpload(form *multipart.Form, field string, limit int64) (*upload, error
 	fh := files[0]
 	f, err := fh.Open()
 	if err != nil {
-		return nil, &apiError{Status: http.StatusBadRequest, Message: "cannot read the uploaded file", Details: []string{err.Error()}}
+		return nil, &apiError{Status: http.StatusBadRequest, Message: "cannot read the uploaded file", Cause: err}
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, &apiError{Status: http.StatusBadRequest, Message: "cannot read the uploaded file", Details: []string{err.Error()}}
+		return nil, &apiError{Status: http.StatusBadRequest, Message: "cannot read the uploaded file", Cause: err}
 	}
 	if int64(len(data)) > limit {
 		return nil, errorf(http.StatusRequestEntityTooLarge, "image exceeds %d bytes", limit)
@@ -101,7 +102,8 @@ func readUpload(form *multipart.Form, field string, limit int64) (*upload, error
 	}
 	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
-		return nil, invalid("invalid image", fmt.Sprintf("%s: cannot decode the %s header: %v", field, ct, err))
+		return nil, &apiError{Status: http.StatusUnprocessableEntity, Message: "invalid image",
+			Details: []string{fmt.Sprintf("%s: the %s header cannot be decoded", field, ct)}, Cause: err}
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > maxImagePixels {
 		return nil, invalid("invalid image", fmt.Sprintf("%s: dimensions %dx%d outside 1..%d pixels", field, cfg.Width, cfg.Height, maxImagePixels))
@@ -109,6 +111,56 @@ func readUpload(form *multipart.Form, field string, limit int64) (*upload, error
 	sum := sha256.Sum256(data)
 	return &upload{Data: data, ContentType: ct, Filename: cleanFilename(fh.Filename),
 		Width: cfg.Width, Height: cfg.Height, SHA256: hex.EncodeToString(sum[:])}, nil
+}
+
+// maxValidateBytes bounds the memory of validating one catalogue image by
+// decoding it whole; validations run one at a time (fullDecodes), so the
+// edge's memory for them stays below this.
+const maxValidateBytes = 128 << 20
+
+var fullDecodes = make(chan struct{}, 1)
+
+// bytesPerPixel is what the decoder allocates per pixel for a colour model.
+func bytesPerPixel(m color.Model) int64 {
+	switch m {
+	case color.RGBA64Model, color.NRGBA64Model:
+		return 8
+	case color.Gray16Model:
+		return 2
+	case color.GrayModel, color.AlphaModel:
+		return 1
+	}
+	if _, ok := m.(color.Palette); ok {
+		return 1
+	}
+	return 4 // RGBA, NRGBA, CMYK; YCbCr needs less
+}
+
+// validateWholeImage decodes the whole image, so a truncated or corrupt
+// file is refused (422) instead of entering the catalogue with a valid
+// header; images whose decoding would need more than maxValidateBytes are
+// refused first (413), naming the limit.
+func validateWholeImage(ctx context.Context, up *upload) error {
+	cfg, _, err := image.DecodeConfig(bytes.NewReader(up.Data))
+	if err != nil {
+		return &apiError{Status: http.StatusUnprocessableEntity, Message: "invalid image",
+			Details: []string{fmt.Sprintf("image: the %s header cannot be decoded", up.ContentType)}, Cause: err}
+	}
+	if need := int64(cfg.Width) * int64(cfg.Height) * bytesPerPixel(cfg.ColorModel); need > maxValidateBytes {
+		return &apiError{Status: http.StatusRequestEntityTooLarge, Message: "image too large to catalogue",
+			Details: []string{fmt.Sprintf("image: %dx%d decodes to %d MiB, more than the limit of %d MiB", cfg.Width, cfg.Height, need>>20, maxValidateBytes>>20)}}
+	}
+	select {
+	case fullDecodes <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-fullDecodes }()
+	if _, _, err := image.Decode(bytes.NewReader(up.Data)); err != nil {
+		return &apiError{Status: http.StatusUnprocessableEntity, Message: "invalid image",
+			Details: []string{fmt.Sprintf("image: the %s data is truncated or corrupt", up.ContentType)}, Cause: err}
+	}
+	return nil
 }
 
 // cleanFilename keeps the base name, printable and bounded: it is metadata

@@ -46,43 +46,58 @@ func TestRecoveredPanicIsJSON(t *testing.T) {
 	}
 }
 
-func TestFailureLimiterSlidingWindow(t *testing.T) {
-	now := time.Unix(1000, 0)
-	l := newFailureLimiter(3, time.Minute)
-	l.now = func() time.Time { return now }
-	for i := 0; i < 3; i++ {
-		if l.blocked("k") != 0 {
-			t.Fatalf("blocked after %d failures", i)
+func TestThrottleDelayGrows(t *testing.T) {
+	r := throttleRule{free: 3, base: time.Second, max: time.Minute}
+	for n, want := range map[int]time.Duration{0: 0, 2: 0, 3: time.Second, 4: 2 * time.Second, 6: 8 * time.Second, 9: time.Minute, 1000: time.Minute} {
+		if got := r.delay(n); got != want {
+			t.Errorf("delay after %d failures: %v, want %v", n, got, want)
 		}
-		l.fail("k")
-		now = now.Add(10 * time.Second)
 	}
-	// Failures at 0s, 10s, 20s; now 30s: blocked until the first ages out at 60s.
-	if got := l.blocked("k"); got != 30*time.Second {
-		t.Fatalf("wait %v, want 30s", got)
+	if pairKey("ann", "1.2.3.4") == pairKey("ann", "1.2.3.5") || pairKey("ann", "1.2.3.4") == addrKey("1.2.3.4") {
+		t.Fatal("throttle keys collide")
 	}
-	if l.blocked("other") != 0 {
-		t.Fatal("keys are independent")
+}
+
+// The client address comes from the forwarding headers only when the
+// direct peer is a trusted proxy, read from the right.
+func TestClientIP(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		trusted string
+		headers map[string]string
+		want    string
+	}{
+		{"untrusted peer: headers ignored", "10.0.0.0/8", map[string]string{"X-Forwarded-For": "6.6.6.6"}, "0.0.0.0"},
+		{"trusted peer, one hop", "0.0.0.0/32", map[string]string{"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7"},
+		{"client-written entry on the left is ignored", "0.0.0.0/32, 10.0.0.0/8", map[string]string{"X-Forwarded-For": "6.6.6.6, 203.0.113.7, 10.1.2.3"}, "203.0.113.7"},
+		{"Forwarded header", "0.0.0.0", map[string]string{"Forwarded": `for=6.6.6.6, for="[2001:db8::7]:4711";proto=https`}, "2001:db8::7"},
+		{"garbage stops the walk", "0.0.0.0/32", map[string]string{"X-Forwarded-For": "6.6.6.6, not-an-ip"}, "0.0.0.0"},
+		{"trusted peer without headers", "0.0.0.0/32", nil, "0.0.0.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := bareServer(t)
+			var err error
+			if s.cfg.TrustedProxies, err = ParseTrustedProxies(tc.trusted); err != nil {
+				t.Fatal(err)
+			}
+			app := fiber.New()
+			app.Get("/", func(c *fiber.Ctx) error { return c.SendString(s.clientIP(c)) })
+			req := httptest.NewRequest("GET", "/", nil)
+			for k, v := range tc.headers {
+				req.Header.Set(k, v)
+			}
+			res, err := app.Test(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(res.Body)
+			if string(got) != tc.want {
+				t.Fatalf("client %q, want %q", got, tc.want)
+			}
+		})
 	}
-	now = now.Add(30 * time.Second)
-	if got := l.blocked("k"); got != 0 {
-		t.Fatalf("still blocked %v after the window slid", got)
-	}
-	l.fail("k") // 60s: failures at 10, 20, 60 -> blocked until 70s
-	if got := l.blocked("k"); got != 10*time.Second {
-		t.Fatalf("wait %v, want 10s", got)
-	}
-	l.reset("k")
-	if l.blocked("k") != 0 {
-		t.Fatal("reset")
-	}
-	// Key spraying is bounded.
-	l.maxKeys = 10
-	for i := 0; i < 100; i++ {
-		l.fail(strings.Repeat("x", i+1))
-	}
-	if len(l.keys) > 10 {
-		t.Fatalf("%d keys kept", len(l.keys))
+	if _, err := ParseTrustedProxies("10.0.0.0/8, nonsense"); err == nil {
+		t.Fatal("a bad entry must be an error")
 	}
 }
 

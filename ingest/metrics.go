@@ -1,10 +1,7 @@
 package ingest
 
 import (
-	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/gradeline/gradeline/bus/admin"
 )
@@ -14,7 +11,6 @@ type metrics struct {
 	latency     *prometheus.HistogramVec
 	publish     *prometheus.HistogramVec
 	requestsBus *prometheus.HistogramVec
-	gatherer    prometheus.Gatherer
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,18 +43,5 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"subject", "outcome"})); err != nil {
 		return nil, err
 	}
-	if g, ok := reg.(prometheus.Gatherer); ok {
-		m.gatherer = g
-	} else {
-		m.gatherer = prometheus.DefaultGatherer
-	}
 	return m, nil
-}
-
-func (s *Server) metricsHandler() fiber.Handler {
-	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.gatherer, promhttp.HandlerOpts{}))
-	return func(c *fiber.Ctx) error {
-		h(c.Context())
-		return nil
-	}
 }

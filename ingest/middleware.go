@@ -63,7 +63,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 			slog.String("method", c.Method()), slog.String("path", c.Path()), slog.String("route", route),
 			slog.Int("status", status), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 			slog.Int("bytes_in", len(c.Request().Body())), slog.Int("bytes_out", len(c.Response().Body())),
-			slog.String("ip", c.IP()), slog.String("user", user),
+			slog.String("ip", s.clientIP(c)), slog.String("user", user),
 			slog.String("request_id", rid), slog.String("traceparent", tp))
 	}
 	return nil

@@ -40,8 +40,8 @@ type Server struct {
 
 	tokens         *tokens
 	hasher         *hasher
-	ipLimiter      *failureLimiter
-	accountLimiter *failureLimiter
+	throttle       *throttle
+	revoked        *revocations
 	metrics        *metrics
 	grades         *gradeWaiters
 	models         *modelCache
@@ -95,8 +95,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg:            cfg,
 		log:            cfg.Logger.With("service", "ingest"),
 		tokens:         &tokens{secret: cfg.JWTSecret, issuer: cfg.JWTIssuer, audience: cfg.JWTAudience, now: time.Now},
-		ipLimiter:      newFailureLimiter(ipFailures, failureWindow),
-		accountLimiter: newFailureLimiter(accountFailures, failureWindow),
 		grades:         newGradeWaiters(),
 		stopping:       make(chan struct{}),
 	}
@@ -124,6 +122,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	if s.idem, err = bus.IdempotencyStore(ctx, s.js, cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	if err := s.startAuthState(ctx); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	s.models = newModelCache(5*time.Second, s.log)
@@ -158,6 +159,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		handlers = append(handlers, r.Handler)
 		s.app.Add(r.Method, r.Path, handlers...)
 		s.routeSet[r.Method+" "+r.Path] = struct{}{}
+		if r.Method == fiber.MethodGet { // HEAD answers wherever GET does
+			s.app.Add(fiber.MethodHead, r.Path, handlers...)
+			s.routeSet[fiber.MethodHead+" "+r.Path] = struct{}{}
+		}
 	}
 	if s.openapi, err = s.buildOpenAPI(); err != nil {
 		return nil, fmt.Errorf("ingest: openapi: %w", err)
@@ -208,6 +213,7 @@ func (s *Server) newApp() *fiber.App {
 		}
 		return err
 	})
+	app.Server().Handler = s.jsonForUnknownMethods(app, app.Server().Handler)
 	app.Use(s.observe)
 	app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
 		s.log.Error("panic in handler", "path", c.Path(), "panic", fmt.Sprint(e), "request_id", bus.RequestID(c.UserContext()))
@@ -278,6 +284,7 @@ func (s *Server) Shutdown(timeout time.Duration) error {
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.grades.unsubscribe()
+		s.revoked.stop()
 		if s.nc != nil {
 			_ = s.nc.Drain()
 			// Drain is asynchronous; wait briefly so published acks are not cut.
@@ -402,19 +409,21 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 	ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Second)
 	defer cancel()
 	if err := s.mongo.Ping(ctx, nil); err != nil {
-		checks["mongodb"] = "ping failed: " + err.Error()
+		// The driver's text goes to the log, not to whoever asks.
+		s.log.Warn("readiness: mongodb ping failed", "err", err, "request_id", bus.RequestID(c.UserContext()))
+		checks["mongodb"] = "ping failed"
 		ready = false
 	} else {
 		checks["mongodb"] = "ok"
 	}
 	if !ready {
-		details := []string{}
+		var failing []string
 		for k, v := range checks {
 			if v != "ok" {
-				details = append(details, k+": "+v)
+				failing = append(failing, k)
 			}
 		}
-		return &apiError{Status: http.StatusServiceUnavailable, Message: "not ready", Details: details, Extra: map[string]any{"checks": checks}}
+		return &apiError{Status: http.StatusServiceUnavailable, Message: "not ready: " + joinSorted(failing), Extra: map[string]any{"checks": checks}}
 	}
 	return c.JSON(fiber.Map{"status": "ready", "checks": checks})
 }
