@@ -2,15 +2,12 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
 // gradeDoc is one grade; _id is the ImageSubmitted event id. The pending
@@ -97,12 +94,17 @@ func (s *Store) InsertPending(ctx context.Context, evs []*bus.ImageSubmitted) ([
 func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, error) {
 	out := make([]error, len(evs))
 	var (
-		models []mongo.WriteModel
-		idx    []int
+		docs []any
+		ids  []string
+		sets []bson.D
+		idx  []int
 	)
 	for i, ev := range evs {
 		switch e := ev.(type) {
 		case *bus.GradeCompleted:
+			d := gradeDoc{ID: e.GradeID, Status: bus.GradeStatusCompleted, ImageID: e.ImageID, Owner: e.Owner,
+				Model: e.Model, ModelVersion: e.ModelVersion, Label: e.Label, Score: e.Score, Scores: scoreList(e.Scores),
+				InferenceMS: e.InferenceMS, BatchSize: e.BatchSize, CompletedAt: e.Time.UTC()}
 			set := bson.D{{Key: "status", Value: bus.GradeStatusCompleted}}
 			set = setIf(set, "image_id", e.ImageID)
 			set = setIf(set, "owner", e.Owner)
@@ -110,41 +112,40 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 			set = setIf(set, "model_version", e.ModelVersion)
 			set = append(set,
 				bson.E{Key: "label", Value: e.Label}, bson.E{Key: "score", Value: e.Score},
-				bson.E{Key: "scores", Value: scoreList(e.Scores)},
+				bson.E{Key: "scores", Value: d.Scores},
 				bson.E{Key: "inference_ms", Value: e.InferenceMS}, bson.E{Key: "batch_size", Value: e.BatchSize},
 				bson.E{Key: "completed_at", Value: e.Time.UTC()})
-			models = append(models, mongo.NewUpdateOneModel().
-				SetFilter(bson.D{{Key: "_id", Value: e.GradeID}}).
-				SetUpdate(bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}}).
-				SetUpsert(true))
-			idx = append(idx, i)
+			docs, ids, sets, idx = append(docs, d), append(ids, e.GradeID), append(sets, set), append(idx, i)
 		case *bus.GradeFailed:
 			// Handled below, one by one: failures are rare.
 		default:
 			out[i] = fmt.Errorf("store: unexpected grade event %T", ev)
 		}
 	}
-	if len(models) > 0 {
-		if err := s.EnsureIndexes(ctx); err != nil {
-			return nil, err
+	// A result is written once: a batch insert, which stays as fast at a
+	// million grades as on an empty store (an upsert per document does not).
+	// A grade already there is a redelivery, or a failure reported first:
+	// the completed result replaces anything but a completed result.
+	dup, item, err := s.insertMany(ctx, s.grades, ids, docs)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range idx {
+		out[i] = item[k]
+		if !dup[k] {
+			continue
 		}
 		start := time.Now()
-		res, err := s.grades.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
-		s.m.observe(CollGrades, "bulk_upsert", start)
+		_, err := s.grades.UpdateOne(ctx,
+			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}},
+			bson.D{{Key: "$set", Value: sets[k]}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}})
+		s.m.observe(CollGrades, "update_one", start)
 		if err != nil {
-			var bwe mongo.BulkWriteException
-			if !asBulk(err, &bwe) {
-				return nil, fmt.Errorf("store: grades: %w", err)
+			item, batch := itemOrBatch(CollGrades, ids[k], err)
+			if batch != nil {
+				return nil, batch
 			}
-			for _, we := range bwe.WriteErrors {
-				if we.Index < 0 || we.Index >= len(idx) {
-					return nil, fmt.Errorf("store: grades: write error for unknown index %d: %w", we.Index, err)
-				}
-				out[idx[we.Index]] = &ItemError{Collection: CollGrades, ID: evs[idx[we.Index]].EventMeta().ID, Err: we.WriteError}
-			}
-		}
-		if res != nil {
-			s.m.add(CollGrades, int(res.ModifiedCount+res.UpsertedCount), 0)
+			out[i] = item
 		}
 	}
 	for i, ev := range evs {
@@ -170,12 +171,6 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 		}
 	}
 	return out, nil
-}
-
-// asBulk reports whether err is a bulk write exception that holds only
-// per-document write errors.
-func asBulk(err error, bwe *mongo.BulkWriteException) bool {
-	return errors.As(err, bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0
 }
 
 func scoreList(m map[string]float64) []labelScore {
