@@ -149,10 +149,14 @@ func (s *Server) createAnnotationSeed(c *fiber.Ctx) error {
 	return c.Status(http.StatusOK).JSON(annotationAccepted{ID: ev.ID, Message: "Annotation received."})
 }
 
-// parsePage reads ?page=&per_page= with defaults and bounds.
-func parsePage(c *fiber.Ctx) (int, int, error) {
-	page, perPage := 1, bus.DefaultPerPage
+// parsePage reads ?page=&per_page=&cursor= with defaults and bounds. The
+// cursor (a listing's "next") is checked by the service that issued it.
+func parsePage(c *fiber.Ctx) (page, perPage int, cursor string, err error) {
+	page, perPage, cursor = 1, bus.DefaultPerPage, c.Query("cursor")
 	var details []string
+	if len(cursor) > 512 {
+		details = append(details, "cursor: not a cursor returned by a previous page")
+	}
 	if v := c.Query("page"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -170,20 +174,21 @@ func parsePage(c *fiber.Ctx) (int, int, error) {
 		}
 	}
 	if len(details) > 0 {
-		return 0, 0, invalid("invalid pagination", details...)
+		return 0, 0, "", invalid("invalid pagination", details...)
 	}
 	if err := bus.ValidatePage(page, perPage); err != nil {
-		return 0, 0, err
+		return 0, 0, "", err
 	}
-	return page, perPage, nil
+	return page, perPage, cursor, nil
 }
 
 func (s *Server) listAnnotations(c *fiber.Ctx) error {
-	page, perPage, err := parsePage(c)
+	page, perPage, cursor, err := parsePage(c)
 	if err != nil {
 		return err
 	}
-	q := bus.AnnotationsQuery{ImageID: c.Query("image_id"), Author: c.Query("author"), Page: page, PerPage: perPage}
+	q := bus.AnnotationsQuery{ImageID: c.Query("image_id"), Author: c.Query("author"), Cursor: cursor, Page: page, PerPage: perPage,
+		AfterSeq: s.writes.after(userOf(c), bus.ConsumerAnnotator.Stream)}
 	var details []string
 	if q.ImageID != "" && !validRef.MatchString(q.ImageID) {
 		details = append(details, "image_id: 1 to 128 characters of letters, digits and . _ : -")
@@ -197,7 +202,7 @@ func (s *Server) listAnnotations(c *fiber.Ctx) error {
 	if len(details) > 0 {
 		return invalid("invalid query", details...)
 	}
-	resp, err := request[bus.Page[bus.Annotation]](c.UserContext(), s, bus.SvcAnnotationsList, q)
+	resp, err := request[bus.List[bus.Annotation]](c.UserContext(), s, bus.SvcAnnotationsList, q)
 	if err != nil {
 		return err
 	}
@@ -212,7 +217,8 @@ func (s *Server) getAnnotation(c *fiber.Ctx) error {
 	if !validRef.MatchString(id) {
 		return errorf(http.StatusNotFound, "annotation %q not found", id)
 	}
-	resp, err := request[bus.Annotation](c.UserContext(), s, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{ID: id})
+	resp, err := request[bus.Annotation](c.UserContext(), s, bus.SvcAnnotationsGet,
+		bus.AnnotationGetQuery{ID: id, AfterSeq: s.writes.after(userOf(c), bus.ConsumerAnnotator.Stream)})
 	if err != nil {
 		return err
 	}

@@ -21,9 +21,6 @@ import (
 const (
 	maxTags   = 64
 	maxTagLen = 64
-	// readYourWrites bounds how long a write waits for the catalogue to
-	// show it, so the client's next read finds it.
-	readYourWrites = 2 * time.Second
 )
 
 // cleanTags trims, validates and de-duplicates tags, keeping their order.
@@ -75,7 +72,8 @@ func (s *Server) getImageMeta(ctx context.Context, owner, id string) (bus.Image,
 	if !validRef.MatchString(id) {
 		return bus.Image{}, errorf(http.StatusNotFound, "image %q not found", id)
 	}
-	return request[bus.Image](ctx, s, bus.SvcImagesGet, bus.ImageGetQuery{Owner: owner, ID: id})
+	return request[bus.Image](ctx, s, bus.SvcImagesGet, bus.ImageGetQuery{Owner: owner, ID: id,
+		AfterSeq: s.writes.after(owner, bus.ConsumerAnnotatorCatalog.Stream)})
 }
 
 func isNotFound(err error) bool {
@@ -85,31 +83,6 @@ func isNotFound(err error) bool {
 	}
 	var ae *apiError
 	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
-}
-
-// awaitCatalogue polls the catalogue until done reports the write visible,
-// the time is up, or the service is unreachable (the write stands: it is
-// in the stream).
-func (s *Server) awaitCatalogue(ctx context.Context, owner, id string, done func(bus.Image, error) bool) (bus.Image, bool) {
-	deadline := time.Now().Add(readYourWrites)
-	delay := 5 * time.Millisecond
-	for {
-		qctx, cancel := context.WithTimeout(ctx, readYourWrites)
-		img, err := s.getImageMeta(qctx, owner, id)
-		cancel()
-		if done(img, err) {
-			return img, true
-		}
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable {
-			return img, false
-		}
-		if time.Now().Add(delay).After(deadline) {
-			return img, false
-		}
-		time.Sleep(delay)
-		delay = min(delay*2, 200*time.Millisecond)
-	}
 }
 
 // createImage: multipart image + tags -> 201 with the catalogue entry.
@@ -145,11 +118,10 @@ func (s *Server) createImage(c *fiber.Ctx) error {
 		}
 		return err
 	}
-	img, ok := s.awaitCatalogue(ctx, user, id, func(_ bus.Image, err error) bool { return err == nil })
-	if !ok {
-		img = bus.Image{ID: id, Owner: user, Filename: up.Filename, ContentType: up.ContentType, SHA256: up.SHA256,
-			Size: ref.Size, Width: up.Width, Height: up.Height, Tags: tags, CreatedAt: ev.Time, UpdatedAt: ev.Time}
-	}
+	// The entry as the catalogue will hold it; the owner's next read waits
+	// for it to be stored (read-your-writes, see writeMarks).
+	img := bus.Image{ID: id, Owner: user, Filename: up.Filename, ContentType: up.ContentType, SHA256: up.SHA256,
+		Size: ref.Size, Width: up.Width, Height: up.Height, Tags: tags, CreatedAt: ev.Time.UTC(), UpdatedAt: ev.Time.UTC()}
 	if img.Tags == nil {
 		img.Tags = []string{}
 	}
@@ -205,7 +177,7 @@ func (s *Server) imageContent(c *fiber.Ctx) error {
 }
 
 func (s *Server) listImages(c *fiber.Ctx) error {
-	page, perPage, err := parsePage(c)
+	page, perPage, cursor, err := parsePage(c)
 	if err != nil {
 		return err
 	}
@@ -217,8 +189,10 @@ func (s *Server) listImages(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	resp, err := request[bus.Page[bus.Image]](c.UserContext(), s, bus.SvcImagesList,
-		bus.ImagesQuery{Owner: userOf(c), Tags: tags, Page: page, PerPage: perPage})
+	user := userOf(c)
+	resp, err := request[bus.List[bus.Image]](c.UserContext(), s, bus.SvcImagesList,
+		bus.ImagesQuery{Owner: user, Tags: tags, Cursor: cursor, Page: page, PerPage: perPage,
+			AfterSeq: s.writes.after(user, bus.ConsumerAnnotatorCatalog.Stream)})
 	if err != nil {
 		return err
 	}
@@ -300,9 +274,6 @@ func (s *Server) setTags(c *fiber.Ctx, tags []string) error {
 	if err := s.publish(ctx, ev); err != nil {
 		return err
 	}
-	s.awaitCatalogue(ctx, user, img.ID, func(got bus.Image, err error) bool {
-		return err != nil || slices.Equal(got.Tags, tags) || (len(got.Tags) == 0 && len(tags) == 0)
-	})
 	return c.JSON(tagsResponse{ID: img.ID, Tags: tags})
 }
 
@@ -331,6 +302,5 @@ func (s *Server) deleteImage(c *fiber.Ctx) error {
 	if err := s.images.Delete(ctx, img.ID); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		s.log.Warn("deleting image bytes", "id", img.ID, "err", err)
 	}
-	s.awaitCatalogue(ctx, user, img.ID, func(_ bus.Image, err error) bool { return isNotFound(err) })
 	return c.SendStatus(http.StatusNoContent)
 }

@@ -164,6 +164,14 @@ func schemas() M {
 	page := func(item string) M {
 		return obj([]string{"data", "total", "page", "per_page"}, M{"data": arrOf(ref(item)), "total": integer, "page": integer, "per_page": integer})
 	}
+	// A record listing pages by key and never counts: total only when the
+	// whole result is on this page (then it is exact for free).
+	list := func(item string) M {
+		return obj([]string{"data", "per_page"}, M{"data": arrOf(ref(item)),
+			"next":     M{"type": "string", "description": "Cursor of the following page: pass it as ?cursor=. Absent on the last page."},
+			"total":    M{"type": "integer", "description": "Present only when the whole result fits this page (exact). Larger results are not counted."},
+			"per_page": integer})
+	}
 	cols := M{"sepal_length": num, "sepal_width": num, "petal_length": num, "petal_width": num}
 	bounds := M{"type": "object", "description": "Column -> bound (inclusive).",
 		"properties": cols, "additionalProperties": false}
@@ -194,7 +202,7 @@ func schemas() M {
 		}},
 		"AnnotationAccepted": obj([]string{"id", "message"}, M{"id": str, "status": M{"type": "string", "example": "accepted"}, "message": M{"type": "string", "example": "Annotation received."}}),
 		"Annotation":         obj([]string{"id", "author", "annotation"}, M{"id": str, "image_id": str, "author": str, "annotation": M{"type": "object"}, "created_at": dt}),
-		"AnnotationPage":     page("Annotation"),
+		"AnnotationPage":     list("Annotation"),
 		"Grade": obj([]string{"id", "status", "model"}, M{
 			"id": str, "status": M{"type": "string", "enum": []string{"pending", "completed", "failed"}},
 			"image_id": str, "model": str, "model_version": str, "label": str, "score": num,
@@ -207,7 +215,7 @@ func schemas() M {
 		"ModelList": obj([]string{"data", "total"}, M{"data": arrOf(ref("ModelInfo")), "total": integer}),
 		"Image": obj([]string{"img_id", "owner", "tags"}, M{"img_id": str, "owner": str, "filename": str, "content_type": str,
 			"sha256": str, "size": integer, "width": integer, "height": integer, "tags": strs, "created_at": dt, "updated_at": dt}),
-		"ImagePage":   page("Image"),
+		"ImagePage":   list("Image"),
 		"Tags":        obj([]string{"img_id", "tags"}, M{"img_id": str, "tags": strs}),
 		"TagsRequest": obj([]string{"tags"}, M{"tags": strs}),
 		"IrisRow":     irisRow,

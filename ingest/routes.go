@@ -77,7 +77,8 @@ func withErrors(r map[int]resp, codes ...int) map[int]resp {
 
 var (
 	pageParams = []param{
-		{Name: "page", Description: "Page number, from 1.", Schema: M{"type": "integer", "minimum": 1, "default": 1}},
+		{Name: "cursor", Description: "The `next` of the previous page (keyset pagination, newest first). Preferred over page.", Schema: M{"type": "string"}},
+		{Name: "page", Description: "Page number, from 1 (skips the pages before it; ignored with cursor).", Schema: M{"type": "integer", "minimum": 1, "default": 1}},
 		{Name: "per_page", Description: "Items per page.", Schema: M{"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
 	}
 	credentialsBody = &reqBody{Required: true, Content: map[string]M{

@@ -30,6 +30,7 @@ type Server struct {
 	log *slog.Logger
 	app *fiber.App
 	// writes marks each user's last accepted events for read-your-writes.
+	writes writeMarks // each user's last accepted events, for read-your-writes
 
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -335,7 +336,12 @@ func (s *Server) publish(ctx context.Context, ev bus.Event) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err := bus.Publish(ctx, s.js, ev)
+	ack, err := bus.Publish(ctx, s.js, ev)
+	if err == nil {
+		if u := writerOf(ev); u != "" {
+			s.writes.note(u, ack.Stream, ack.Sequence)
+		}
+	}
 	outcome := "ok"
 	if err != nil {
 		outcome = "error"
