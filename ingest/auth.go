@@ -144,13 +144,13 @@ const maxVerifiedTokens = 10_000
 func (t *tokens) issue(sub string) (string, error) {
 	now := t.now()
 	claims := jwt.RegisteredClaims{
-		Subject:   sub,
-		Issuer:    t.issuer,
-		Audience:  jwt.ClaimStrings{t.audience},
-		IssuedAt:  jwt.NewNumericDate(now),
+		Subject:  sub,
+		Issuer:   t.issuer,
+		Audience: jwt.ClaimStrings{t.audience},
+		IssuedAt: jwt.NewNumericDate(now),
 		// A unique id: two tokens issued in the same second differ, so
 		// revoking one (logout) leaves the other valid.
-		ID: bus.NewID(),
+		ID:        bus.NewID(),
 		ExpiresAt: jwt.NewNumericDate(now.Add(TokenTTL)),
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(t.secret)

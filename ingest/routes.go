@@ -142,7 +142,7 @@ func (s *Server) routeTable() []route {
 				401: errResp("Invalid username or password.")}, 400, 422, 429, 503)},
 		{Method: "POST", Path: "/api/v1/auth/logout", Tag: "auth", Summary: "Log out: revoke the token of this request", Auth: true, Handler: s.logout,
 			Description: "The token (bearer or cookie) is revoked on every edge replica until it expires, and the cookie is cleared. Other tokens of the user stay valid.",
-			Responses: withErrors(map[int]resp{200: {Desc: "Revoked.", Schema: M{"type": "object", "properties": M{"status": M{"type": "string"}}}}}, 401, 503)},
+			Responses:   withErrors(map[int]resp{200: {Desc: "Revoked.", Schema: M{"type": "object", "properties": M{"status": M{"type": "string"}}}}}, 401, 503)},
 		{Method: "POST", Path: "/api/register", Tag: "seed", Summary: "Seed alias of POST /api/v1/auth/register", Handler: s.register, Body: credentialsBody,
 			Responses: withErrors(map[int]resp{201: {Desc: "Created.", Schema: ref("Token")}, 403: errResp("Wrong signup code."), 409: errResp("Username taken.")}, 400, 422, 429, 503)},
 		{Method: "POST", Path: "/api/user/register", Tag: "seed", Summary: "Seed alias of POST /api/v1/auth/register", Handler: s.register, Body: credentialsBody,

@@ -39,13 +39,13 @@ type Server struct {
 	mongo  *mongo.Client
 	users  *userStore
 
-	tokens         *tokens
-	hasher         *hasher
-	throttle       *throttle
-	revoked        *revocations
-	metrics        *metrics
-	grades         *gradeWaiters
-	models         *modelCache
+	tokens   *tokens
+	hasher   *hasher
+	throttle *throttle
+	revoked  *revocations
+	metrics  *metrics
+	grades   *gradeWaiters
+	models   *modelCache
 
 	routes   []route
 	routeSet map[string]struct{}
@@ -93,11 +93,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:            cfg,
-		log:            cfg.Logger.With("service", "ingest"),
-		tokens:         &tokens{secret: cfg.JWTSecret, issuer: cfg.JWTIssuer, audience: cfg.JWTAudience, now: time.Now},
-		grades:         newGradeWaiters(),
-		stopping:       make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("service", "ingest"),
+		tokens:   &tokens{secret: cfg.JWTSecret, issuer: cfg.JWTIssuer, audience: cfg.JWTAudience, now: time.Now},
+		grades:   newGradeWaiters(),
+		stopping: make(chan struct{}),
 	}
 	if s.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
