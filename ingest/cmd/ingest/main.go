@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/ingest"
@@ -33,10 +35,17 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Logger = log
-	cfg.Registerer = admin.NewRegistry() // bus, Go runtime and process metrics beside the edge's
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := ingest.Run(ctx, cfg); err != nil {
+	// Metrics are served on the admin address only (GRADELINE_ADMIN_ADDR),
+	// never through the public edge; bus, Go runtime and process metrics
+	// sit beside the edge's.
+	err = admin.RunService(ctx, os.Getenv("GRADELINE_ADMIN_ADDR"), map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL)},
+		func(ctx context.Context, reg prometheus.Registerer) error {
+			cfg.Registerer = reg
+			return ingest.Run(ctx, cfg)
+		})
+	if err != nil {
 		log.Error("ingest stopped", "err", err)
 		os.Exit(1)
 	}
@@ -86,6 +95,13 @@ func configFromEnv(getenv func(string) string) (ingest.Config, []string) {
 			problems = append(problems, "GRADELINE_GRADE_WAIT must be a positive duration such as 10s")
 		}
 		cfg.GradeWait = d
+	}
+	if v := getenv("GRADELINE_TRUSTED_PROXIES"); v != "" {
+		p, err := ingest.ParseTrustedProxies(v)
+		if err != nil {
+			problems = append(problems, "GRADELINE_TRUSTED_PROXIES: "+err.Error())
+		}
+		cfg.TrustedProxies = p
 	}
 	if n, err := bus.ParseReplicas(getenv(bus.EnvReplicas)); err != nil {
 		problems = append(problems, err.Error())
