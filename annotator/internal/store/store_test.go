@@ -21,14 +21,18 @@ import (
 	"github.com/gradeline/gradeline/bus"
 )
 
-var client *mongo.Client
+var (
+	client *mongo.Client
+	server *localmongo.Server
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "store-test-")
 	if err != nil {
 		panic(err)
 	}
-	srv, err := localmongo.Start(context.Background(), localmongo.Options{Dir: dir})
+	srv, err := localmongo.Start(context.Background(), localmongo.Options{Dir: dir, SharedBuffers: "64MB"})
+	server = srv
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "embedded FerretDB:", err)
 		os.Exit(1)
