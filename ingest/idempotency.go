@@ -42,7 +42,7 @@ const (
 	// A pending entry older than this is taken over by a retry: its edge
 	// crashed or the request is stuck. Running the request again is safe
 	// (the ids are the same); the 409 only saves doing the work twice.
-	idemPendingStale = 20 * time.Second
+	idemPendingStale = 10 * time.Second
 )
 
 // idempotentRoutes are the POSTs that publish events.
