@@ -352,7 +352,7 @@ func TestPoisonMessages(t *testing.T) {
 		{fmt.Sprintf(`{"id":%q,"type":"annotation.created","schema_version":99,"time":"2026-01-01T00:00:00Z","author":"a","annotation":{}}`, bus.NewID()),
 			"unsupported schema version 99"},
 		{fmt.Sprintf(`{"id":%q,"type":"annotation.created","schema_version":1,"time":"2026-01-01T00:00:00Z","author":"a","annotation":[1]}`, bus.NewID()),
-			"annotation must be a JSON object"},
+			"annotation: must be a JSON object"},
 		{fmt.Sprintf(`{"id":%q,"type":"grade.failed","schema_version":1,"time":"2026-01-01T00:00:00Z","grade_id":"g","reason":"r"}`, bus.NewID()),
 			`unexpected event type "grade.failed"`},
 	}

@@ -28,7 +28,7 @@ var (
 	ErrJSONDuplicateKey = errors.New("JSON object has a duplicate key")
 	ErrJSONNotUTF8      = errors.New("JSON is not valid UTF-8")
 	ErrJSONTooLarge     = errors.New("JSON is too large")
-	ErrJSONNotObject    = errors.New("JSON value is not an object")
+	ErrJSONNotObject    = errors.New("must be a JSON object")
 )
 
 // JSONError says what a JSON text breaks and where.
