@@ -103,8 +103,8 @@ func findCookie(r response, name string) string {
 func TestLocalModeCookieNotSecureAndSeedSignupCode(t *testing.T) {
 	s := startIngest(t, func(c *ingest.Config) { c.Local, c.SignupCode = true, "" })
 	c := s.client(t)
-	// The seed's exact request body.
-	r := c.json("POST", "/api/register", `{ "username": "user1", "password":"password1", "signupCode":"CS193S"}`)
+	// The seed's request body (its password "password1" is now refused as a common password).
+	r := c.json("POST", "/api/register", `{ "username": "user1", "password":"pass-word-17", "signupCode":"CS193S"}`)
 	if r.Status != http.StatusCreated {
 		t.Fatalf("seed register with CS193S in local mode: %d %s", r.Status, r.Body)
 	}
@@ -115,7 +115,7 @@ func TestLocalModeCookieNotSecureAndSeedSignupCode(t *testing.T) {
 	if !strings.Contains(strings.ToLower(cookie), "httponly") || !strings.Contains(strings.ToLower(cookie), "samesite=strict") {
 		t.Fatalf("cookie %q", cookie)
 	}
-	r = c.json("POST", "/api/login", `{ "username": "user1", "password":"password1"}`)
+	r = c.json("POST", "/api/login", `{ "username": "user1", "password":"pass-word-17"}`)
 	if r.Status != http.StatusOK {
 		t.Fatalf("seed login: %d %s", r.Status, r.Body)
 	}
