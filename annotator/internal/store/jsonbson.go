@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/gradeline/gradeline/bus"
 	"strconv"
 	"strings"
 
@@ -10,8 +11,9 @@ import (
 )
 
 // maxDepth bounds the nesting of an annotation stored as a document
-// (MongoDB allows 100 levels including the enclosing ones).
-const maxDepth = 64
+// (MongoDB allows 100 levels including the enclosing ones): the contract's
+// own limit, which every accepted annotation already meets.
+const maxDepth = bus.MaxAnnotationDepth
 
 // jsonToDoc converts a JSON object into a BSON document when MongoDB and
 // FerretDB can store it faithfully. It reports false for what they reject
