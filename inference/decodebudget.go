@@ -76,7 +76,7 @@ func checkBudget(format string, w, h int, budget int64) error {
 	if int64(w)*int64(h) <= budget {
 		return nil
 	}
-	return fmt.Errorf("%w: the %s is %dx%d (%d pixels), more than the %d pixels this model decodes (input.max_pixels; absolute cap %s=%d)",
+	return fmt.Errorf("%w: the %s is %dx%d (%d pixels), more than the limit of %d pixels this model decodes (input.max_pixels; absolute cap %s=%d)",
 		ErrTooLarge, format, w, h, int64(w)*int64(h), budget, EnvMaxImagePixels, MaxImagePixels)
 }
 
