@@ -335,6 +335,17 @@ func TestGradeAndAnnotationStats(t *testing.T) {
 	late := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), Model: "fashion", Label: "cat", Scores: map[string]float64{"cat": 1}}
 	late.Time = base.Add(4 * time.Hour)
 	evs = append(evs, late)
+	// Another owner's grades in the same window: counted for them and for
+	// all, never for "u".
+	wantV := map[gradeKey][]gradeSample{}
+	for i := range 4 {
+		ev := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), ImageID: "img", Owner: "v",
+			Model: "fashion", ModelVersion: "1", Label: "cat", Score: 1, Scores: map[string]float64{"cat": 1}, InferenceMS: 2, BatchSize: 1}
+		ev.Time = base.Add(time.Duration(i) * 30 * time.Minute)
+		evs = append(evs, ev)
+		k := gradeKey{ev.Time.Truncate(time.Hour), "fashion", "cat"}
+		wantV[k] = append(wantV[k], gradeSample{1, 2})
+	}
 
 	// Free-text fields travel as data, never as SQL.
 	authors := []string{"ann", "bob'); DROP TABLE annotations; --"}
@@ -351,15 +362,15 @@ func TestGradeAndAnnotationStats(t *testing.T) {
 	s.publishDuplicate(t, evs[len(evs)-1])
 	s.waitAcked(t, bus.ConsumerAnalyticsGrades)
 	s.waitAcked(t, bus.ConsumerAnalyticsAnnotations)
-	if n := s.count(t, "SELECT count() FROM "+schema.TableGrades+" FINAL"); n != 62 {
-		t.Fatalf("%d grade rows, want 62", n)
+	if n := s.count(t, "SELECT count() FROM "+schema.TableGrades+" FINAL"); n != 66 {
+		t.Fatalf("%d grade rows, want 66", n)
 	}
 	if n := s.count(t, "SELECT count() FROM "+schema.TableAnnotations+" FINAL"); n != 10 {
 		t.Fatalf("%d annotation rows, want 10", n)
 	}
 
 	got, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades,
-		bus.GradeStatsQuery{From: base, To: base.Add(4 * time.Hour), Bucket: time.Hour})
+		bus.GradeStatsQuery{Owner: "u", From: base, To: base.Add(4 * time.Hour), Bucket: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +404,7 @@ func TestGradeAndAnnotationStats(t *testing.T) {
 	for model, wantRows := range map[string]int{"digits": countModel(want, "digits"), "nope": 0,
 		"fashion' OR '1'='1": 0, "fashion) OR 1=1 --": 0, `fashion\' OR 1=1`: 0} {
 		rows, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades,
-			bus.GradeStatsQuery{Model: model, From: base, To: base.Add(4 * time.Hour), Bucket: time.Hour})
+			bus.GradeStatsQuery{Owner: "u", Model: model, From: base, To: base.Add(4 * time.Hour), Bucket: time.Hour})
 		if err != nil || len(rows) != wantRows {
 			t.Errorf("model %q: %d rows, %v; want %d", model, len(rows), err, wantRows)
 		}
@@ -404,18 +415,76 @@ func TestGradeAndAnnotationStats(t *testing.T) {
 		}
 	}
 
-	ann, err := bus.Request[[]bus.AnnotationStatsRow](ctx, s.nc, bus.SvcStatsAnnotations,
-		bus.AnnotationStatsQuery{From: base, To: base.Add(6 * time.Hour), Bucket: 2 * time.Hour})
-	if err != nil {
-		t.Fatal(err)
+	// The owner scope: each owner sees their own rows, All sees both, and
+	// an owner that is an injection attempt matches nothing.
+	for _, tc := range []struct {
+		name string
+		q    bus.GradeStatsQuery
+		want map[gradeKey][]gradeSample
+	}{
+		{"owner v", bus.GradeStatsQuery{Owner: "v"}, wantV},
+		{"all", bus.GradeStatsQuery{All: true}, mergeGrades(want, wantV)},
+		{"owner injection", bus.GradeStatsQuery{Owner: "u' OR '1'='1"}, nil},
+		{"owner nobody", bus.GradeStatsQuery{Owner: "nobody"}, nil},
+	} {
+		tc.q.From, tc.q.To, tc.q.Bucket = base, base.Add(4*time.Hour), time.Hour
+		rows, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades, tc.q)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		gotCounts := map[gradeKey]int{}
+		for _, r := range rows {
+			gotCounts[gradeKey{r.Bucket, r.Model, r.Label}] = int(r.Count)
+		}
+		wantCounts := map[gradeKey]int{}
+		for k, v := range tc.want {
+			wantCounts[k] = len(v)
+		}
+		if fmt.Sprint(gotCounts) != fmt.Sprint(wantCounts) {
+			t.Errorf("%s: counts %v, want %v", tc.name, gotCounts, wantCounts)
+		}
 	}
-	gotAnn := map[string]uint64{}
-	for _, r := range ann {
-		gotAnn[fmt.Sprintf("%s %s", r.Bucket.Format(time.RFC3339), r.Author)] = r.Count
+
+	for _, tc := range []struct {
+		name string
+		q    bus.AnnotationStatsQuery
+		keep func(author string) bool
+	}{
+		{"all", bus.AnnotationStatsQuery{All: true}, func(string) bool { return true }},
+		{"author ann", bus.AnnotationStatsQuery{Author: "ann"}, func(a string) bool { return a == "ann" }},
+		// Free text as the scope is data too: it matches only itself.
+		{"author injection", bus.AnnotationStatsQuery{Author: authors[1]}, func(a string) bool { return a == authors[1] }},
+		{"author nobody", bus.AnnotationStatsQuery{Author: "nobody"}, func(string) bool { return false }},
+	} {
+		tc.q.From, tc.q.To, tc.q.Bucket = base, base.Add(6*time.Hour), 2*time.Hour
+		ann, err := bus.Request[[]bus.AnnotationStatsRow](ctx, s.nc, bus.SvcStatsAnnotations, tc.q)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		gotAnn := map[string]uint64{}
+		for _, r := range ann {
+			gotAnn[fmt.Sprintf("%s %s", r.Bucket.Format(time.RFC3339), r.Author)] = r.Count
+		}
+		wantScoped := map[string]uint64{}
+		for k, n := range wantAnn {
+			if _, author, _ := strings.Cut(k, " "); tc.keep(author) {
+				wantScoped[k] = n
+			}
+		}
+		if fmt.Sprint(gotAnn) != fmt.Sprint(wantScoped) {
+			t.Errorf("%s: annotation counts %v, want %v", tc.name, gotAnn, wantScoped)
+		}
 	}
-	if fmt.Sprint(gotAnn) != fmt.Sprint(wantAnn) {
-		t.Fatalf("annotation counts %v, want %v", gotAnn, wantAnn)
+}
+
+func mergeGrades(a, b map[gradeKey][]gradeSample) map[gradeKey][]gradeSample {
+	out := map[gradeKey][]gradeSample{}
+	for _, m := range []map[gradeKey][]gradeSample{a, b} {
+		for k, v := range m {
+			out[k] = append(out[k], v...)
+		}
 	}
+	return out
 }
 
 func countModel(want map[gradeKey][]gradeSample, model string) int {
@@ -490,13 +559,22 @@ func TestBadInputOverNATS(t *testing.T) {
 		{"bad func", bus.SvcIrisStats, bus.IrisStatsQuery{Func: "sum"}, 422, "func"},
 		{"bad q", bus.SvcIrisStats, bus.IrisStatsQuery{Func: "quantile", Q: 2}, 422, "q"},
 		{"non-numeric bound", bus.SvcIrisRange, json.RawMessage(`{"lower":{"sepal_length":"5; DROP TABLE iris_measurements"}}`), 400, ""},
-		{"grades from > to", bus.SvcStatsGrades, bus.GradeStatsQuery{From: now, To: now.Add(-time.Hour), Bucket: time.Minute}, 422, "from"},
-		{"grades negative bucket", bus.SvcStatsGrades, bus.GradeStatsQuery{Bucket: -time.Hour}, 422, "bucket"},
-		{"grades bucket < 1ms", bus.SvcStatsGrades, bus.GradeStatsQuery{Bucket: time.Microsecond}, 422, "bucket"},
-		{"grades too many buckets", bus.SvcStatsGrades, bus.GradeStatsQuery{From: now.Add(-365 * 24 * time.Hour), To: now, Bucket: time.Second}, 422, "bucket"},
-		{"grades year 1600", bus.SvcStatsGrades, bus.GradeStatsQuery{From: time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC), To: now, Bucket: 24 * 365 * time.Hour}, 422, "from"},
-		{"annotations from > to", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{From: now, To: now.Add(-time.Second)}, 422, "from"},
-		{"annotations bucket 0 negative", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{Bucket: -1}, 422, "bucket"},
+		{"grades from > to", bus.SvcStatsGrades, bus.GradeStatsQuery{All: true, From: now, To: now.Add(-time.Hour), Bucket: time.Minute}, 422, "from"},
+		{"grades negative bucket", bus.SvcStatsGrades, bus.GradeStatsQuery{Owner: "u", Bucket: -time.Hour}, 422, "bucket"},
+		{"grades bucket < 1ms", bus.SvcStatsGrades, bus.GradeStatsQuery{All: true, Bucket: time.Microsecond}, 422, "bucket"},
+		{"grades too many buckets", bus.SvcStatsGrades, bus.GradeStatsQuery{All: true, From: now.Add(-365 * 24 * time.Hour), To: now, Bucket: time.Second}, 422, "bucket"},
+		{"grades year 1600", bus.SvcStatsGrades, bus.GradeStatsQuery{All: true, From: time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC), To: now, Bucket: 24 * 365 * time.Hour}, 422, "from"},
+		{"annotations from > to", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{All: true, From: now, To: now.Add(-time.Second)}, 422, "from"},
+		{"annotations bucket 0 negative", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{Author: "ann", Bucket: -1}, 422, "bucket"},
+		// The scope is never implied: without an owner/author or all the
+		// query is refused, not widened to every user.
+		{"grades without scope", bus.SvcStatsGrades, bus.GradeStatsQuery{}, 422, "owner"},
+		{"grades empty scope as JSON", bus.SvcStatsGrades, json.RawMessage(`{"owner":"","all":false}`), 422, "owner"},
+		{"grades owner and all", bus.SvcStatsGrades, bus.GradeStatsQuery{Owner: "u", All: true}, 422, "all"},
+		{"annotations without scope", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{}, 422, "author"},
+		{"annotations empty scope as JSON", bus.SvcStatsAnnotations, json.RawMessage(`{}`), 422, "author"},
+		{"annotations author and all", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{Author: "ann", All: true}, 422, "all"},
+		{"annotations without scope and bad window", bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{Bucket: -1}, 422, "author"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -521,8 +599,11 @@ func TestBadInputOverNATS(t *testing.T) {
 	if err != nil || reply.Header.Get(micro.ErrorCodeHeader) != "400" {
 		t.Fatalf("undecodable request: %v %v, want a 400 reply", reply, err)
 	}
-	// Defaults: an empty stats query is valid (last 24h, hourly).
-	if _, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades, bus.GradeStatsQuery{}); err != nil {
+	// Defaults: a stats query with only its scope is valid (last 24h, hourly).
+	if _, err := bus.Request[[]bus.GradeStatsRow](ctx, s.nc, bus.SvcStatsGrades, bus.GradeStatsQuery{Owner: "u"}); err != nil {
+		t.Fatalf("default window: %v", err)
+	}
+	if _, err := bus.Request[[]bus.AnnotationStatsRow](ctx, s.nc, bus.SvcStatsAnnotations, bus.AnnotationStatsQuery{All: true}); err != nil {
 		t.Fatalf("default window: %v", err)
 	}
 	if n := s.count(t, "SELECT count() FROM "+iris.Table); n != 150 {
@@ -568,7 +649,7 @@ func TestStatsResultBound(t *testing.T) {
 	if err := insertAnnotations(ctx, conn, rows); err != nil {
 		t.Fatal(err)
 	}
-	q := bus.AnnotationStatsQuery{From: base, To: base.Add(2 * time.Hour), Bucket: time.Second}
+	q := bus.AnnotationStatsQuery{Author: "ann", From: base, To: base.Add(2 * time.Hour), Bucket: time.Second}
 	_, err := AnnotationStats(ctx, conn, q)
 	var be *bus.Error
 	if !errors.As(err, &be) || be.Code != http.StatusUnprocessableEntity || !strings.HasPrefix(be.Details[0], "bucket:") {

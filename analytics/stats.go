@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -80,6 +82,43 @@ func normalizeWindow(from, to *time.Time, bucket *time.Duration, now time.Time) 
 	return nil
 }
 
+// scopeCondition is the SQL condition of a statistics query's scope: the
+// rows of one user (column = {user:String}, the name bound as a parameter)
+// or, when the query says All, every row. A query naming neither, or both,
+// is a 422: leaving the user out must never widen the answer to everyone.
+func scopeCondition(field, column, user string, all bool, params clickhouse.Parameters) (string, []string) {
+	switch {
+	case all && user != "":
+		return "", []string{fmt.Sprintf("all: excludes %s (%q); send one of them", field, user)}
+	case all:
+		return "", nil
+	case user == "":
+		return "", []string{fmt.Sprintf("%s: required: the user whose activity to count (or all: true for every user)", field)}
+	}
+	params["user"] = user
+	return " AND " + column + " = {user:String}", nil
+}
+
+// validateStats applies the window defaults and checks the window and the
+// scope together, so one 422 names every offending field.
+func validateStats(from, to *time.Time, bucket *time.Duration, scopeDetails []string) error {
+	err := normalizeWindow(from, to, bucket, time.Now())
+	if len(scopeDetails) == 0 {
+		return err
+	}
+	d := slices.Clone(scopeDetails)
+	var be *bus.Error
+	if errors.As(err, &be) {
+		d = append(d, be.Details...)
+	}
+	slices.Sort(d)
+	msg := "invalid statistics scope"
+	if err != nil {
+		msg = "invalid statistics query"
+	}
+	return &bus.Error{Code: http.StatusUnprocessableEntity, Message: msg, Details: d}
+}
+
 func chTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000") }
 
 func windowParams(from, to time.Time, bucket time.Duration) clickhouse.Parameters {
@@ -95,16 +134,18 @@ func windowParams(from, to time.Time, bucket time.Duration) clickhouse.Parameter
 // grades, the mean top score and the p50/p99 inference time (exact
 // quantiles). Grades count in [from, to). Failed grades are reported under
 // an empty label with zero score and time. Every redelivered event counts
-// once (FINAL collapses rows of the same event id).
+// once (FINAL collapses rows of the same event id). The query counts the
+// grades of q.Owner, or of everyone when q.All; naming neither is a 422.
 func GradeStats(ctx context.Context, conn driver.Conn, q bus.GradeStatsQuery) ([]bus.GradeStatsRow, error) {
-	if err := normalizeWindow(&q.From, &q.To, &q.Bucket, time.Now()); err != nil {
+	params := clickhouse.Parameters{}
+	cond, scopeErr := scopeCondition("owner", "owner", q.Owner, q.All, params)
+	if err := validateStats(&q.From, &q.To, &q.Bucket, scopeErr); err != nil {
 		return nil, err
 	}
-	params := windowParams(q.From, q.To, q.Bucket)
-	cond := ""
+	maps.Copy(params, windowParams(q.From, q.To, q.Bucket))
 	if q.Model != "" {
 		params["model"] = q.Model
-		cond = " AND model = {model:String}"
+		cond += " AND model = {model:String}"
 	}
 	sql := `SELECT toStartOfInterval(time, toIntervalMillisecond({bucket:UInt64})) AS b,
 			toString(model), toString(label), count(),
@@ -143,18 +184,22 @@ func GradeStats(ctx context.Context, conn driver.Conn, q bus.GradeStatsQuery) ([
 }
 
 // AnnotationStats answers the number of annotations per time bucket and
-// author, for annotations created in [from, to).
+// author, for annotations created in [from, to): those of q.Author, or of
+// everyone when q.All; naming neither is a 422.
 func AnnotationStats(ctx context.Context, conn driver.Conn, q bus.AnnotationStatsQuery) ([]bus.AnnotationStatsRow, error) {
-	if err := normalizeWindow(&q.From, &q.To, &q.Bucket, time.Now()); err != nil {
+	params := clickhouse.Parameters{}
+	cond, scopeErr := scopeCondition("author", "author", q.Author, q.All, params)
+	if err := validateStats(&q.From, &q.To, &q.Bucket, scopeErr); err != nil {
 		return nil, err
 	}
+	maps.Copy(params, windowParams(q.From, q.To, q.Bucket))
 	sql := `SELECT toStartOfInterval(time, toIntervalMillisecond({bucket:UInt64})) AS b, author, count()
 		FROM ` + schema.TableAnnotations + ` FINAL
-		WHERE time >= {from:DateTime64(3, 'UTC')} AND time < {to:DateTime64(3, 'UTC')}
+		WHERE time >= {from:DateTime64(3, 'UTC')} AND time < {to:DateTime64(3, 'UTC')}` + cond + `
 		GROUP BY b, author
 		ORDER BY b, author
 		LIMIT {limit:UInt64}`
-	ctx = clickhouse.Context(ctx, clickhouse.WithParameters(windowParams(q.From, q.To, q.Bucket)))
+	ctx = clickhouse.Context(ctx, clickhouse.WithParameters(params))
 	rows, err := conn.Query(ctx, sql)
 	if err != nil {
 		return nil, fmt.Errorf("analytics: annotation stats: %w", err)

@@ -229,8 +229,17 @@ func ValidatePage(page, perPage int) error {
 }
 
 // Statistics (answered by analytics).
+//
+// Every statistics query names whose activity it counts: one user's
+// (GradeStatsQuery.Owner, AnnotationStatsQuery.Author) or, only when it says
+// so, everyone's (All). A query naming neither is refused with 422, so a
+// caller on the bus never gets every user's activity by leaving a field out.
 
 type GradeStatsQuery struct {
+	// Owner counts the grades this user submitted.
+	Owner string `json:"owner,omitempty"`
+	// All counts every user's grades; it excludes Owner.
+	All    bool          `json:"all,omitempty"`
 	Model  string        `json:"model,omitempty"`
 	From   time.Time     `json:"from"`
 	To     time.Time     `json:"to"`
@@ -248,6 +257,10 @@ type GradeStatsRow struct {
 }
 
 type AnnotationStatsQuery struct {
+	// Author counts the annotations this user made.
+	Author string `json:"author,omitempty"`
+	// All counts every user's annotations; it excludes Author.
+	All    bool          `json:"all,omitempty"`
 	From   time.Time     `json:"from"`
 	To     time.Time     `json:"to"`
 	Bucket time.Duration `json:"bucket"`

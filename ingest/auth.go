@@ -77,6 +77,7 @@ type userDoc struct {
 	UsernameNorm string    `bson:"username_norm"`
 	PasswordHash string    `bson:"password_hash"`
 	CreatedAt    time.Time `bson:"created_at"`
+	Roles        []string  `bson:"roles,omitempty"` // RoleAdmin; set by SetRole
 }
 
 type userStore struct{ coll *mongo.Collection }

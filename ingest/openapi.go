@@ -172,6 +172,7 @@ func schemas() M {
 			"total":    M{"type": "integer", "description": "Present only when the whole result fits this page (exact). Larger results are not counted."},
 			"per_page": integer})
 	}
+	allScope := M{"type": "boolean", "description": "true: every user's activity (admin, all=1); false: the caller's own."}
 	cols := M{"sepal_length": num, "sepal_width": num, "petal_length": num, "petal_width": num}
 	bounds := M{"type": "object", "description": "Column -> bound (inclusive).",
 		"properties": cols, "additionalProperties": false}
@@ -237,9 +238,9 @@ func schemas() M {
 			"mean_petal_length": num, "mean_petal_width": num}),
 		"GradeStatsRow": obj(nil, M{"bucket": dt, "model": str, "label": str, "count": integer, "mean_score": num,
 			"p50_inference_ms": num, "p99_inference_ms": num}),
-		"GradeStats":         obj([]string{"data"}, M{"model": str, "from": dt, "to": dt, "bucket": str, "data": arrOf(ref("GradeStatsRow"))}),
+		"GradeStats":         obj([]string{"data"}, M{"model": str, "all": allScope, "from": dt, "to": dt, "bucket": str, "data": arrOf(ref("GradeStatsRow"))}),
 		"AnnotationStatsRow": obj(nil, M{"bucket": dt, "author": str, "count": integer}),
-		"AnnotationStats":    obj([]string{"data"}, M{"from": dt, "to": dt, "bucket": str, "data": arrOf(ref("AnnotationStatsRow"))}),
+		"AnnotationStats":    obj([]string{"data"}, M{"all": allScope, "from": dt, "to": dt, "bucket": str, "data": arrOf(ref("AnnotationStatsRow"))}),
 	}
 }
 

@@ -104,6 +104,8 @@ var (
 	irisQueryExample = M{"species": []string{"setosa", "versicolor"}, "lower": M{"sepal_width": 3.0}, "upper": M{"sepal_length": 6.1}}
 	gradeWaitParam   = param{Name: "wait", Description: "How long to wait for the grade: seconds or a duration (0 = answer 202 at once). Default 10s, at most 60s.",
 		Schema: M{"type": "string", "example": "5s"}}
+	statsAllParam = param{Name: "all", Description: "1: every user's activity, for admins only (a non-admin gets 403; `gradeline admin grant USER` makes an admin). Default 0: the caller's own, admins included.",
+		Schema: M{"type": "string", "enum": []string{"0", "1", "true", "false"}, "example": "1"}}
 	windowParams = []param{
 		{Name: "from", Description: "Start (RFC 3339), default to minus 24h.", Schema: M{"type": "string", "format": "date-time"}},
 		{Name: "to", Description: "End (RFC 3339), default now.", Schema: M{"type": "string", "format": "date-time"}},
@@ -235,10 +237,14 @@ func (s *Server) routeTable() []route {
 
 		// Statistics.
 		{Method: "GET", Path: "/api/v1/stats/grades", Tag: "stats", Summary: "Grades per time bucket and label", Auth: true, Handler: s.gradeStats,
-			Query:     append([]param{{Name: "model", Schema: M{"type": "string"}}}, windowParams...),
-			Responses: withErrors(map[int]resp{200: {Desc: "Count, mean top score, p50/p99 inference time per bucket and label.", Schema: ref("GradeStats")}}, 401, 422, 503)},
+			Description: "Counts the grades the caller submitted. An admin may pass all=1 for every user's grades.",
+			Query:       append([]param{{Name: "model", Schema: M{"type": "string"}}, statsAllParam}, windowParams...),
+			Responses: withErrors(map[int]resp{200: {Desc: "Count, mean top score, p50/p99 inference time per bucket and label.", Schema: ref("GradeStats")},
+				403: errResp("all=1 from a user without the admin role.")}, 401, 422, 503)},
 		{Method: "GET", Path: "/api/v1/stats/annotations", Tag: "stats", Summary: "Annotations per time bucket and author", Auth: true, Handler: s.annotationStats,
-			Query:     windowParams,
-			Responses: withErrors(map[int]resp{200: {Desc: "Counts per bucket and author.", Schema: ref("AnnotationStats")}}, 401, 422, 503)},
+			Description: "Counts the annotations the caller made. An admin may pass all=1 for every user's annotations, per author.",
+			Query:       append([]param{statsAllParam}, windowParams...),
+			Responses: withErrors(map[int]resp{200: {Desc: "Counts per bucket and author.", Schema: ref("AnnotationStats")},
+				403: errResp("all=1 from a user without the admin role.")}, 401, 422, 503)},
 	}
 }

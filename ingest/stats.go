@@ -1,0 +1,152 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// Statistics routes count the caller's own activity: the grades they
+// submitted and the annotations they made. An admin (a role on the user
+// record, granted by `gradeline admin grant USER`) may ask for everyone's
+// with ?all=1; without it an admin sees their own like anyone else, so a
+// dashboard never widens by surprise when its user is made an admin.
+
+// timeWindow parses ?from=&to=&bucket= (RFC 3339 times, Go durations).
+func timeWindow(c *fiber.Ctx) (time.Time, time.Time, time.Duration, error) {
+	var details []string
+	to := time.Now().UTC()
+	from := to.Add(-24 * time.Hour)
+	bucket := time.Hour
+	if v := c.Query("to"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			details = append(details, "to: must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z")
+		} else {
+			to = t.UTC()
+			if c.Query("from") == "" {
+				from = to.Add(-24 * time.Hour)
+			}
+		}
+	}
+	if v := c.Query("from"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			details = append(details, "from: must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z")
+		} else {
+			from = t.UTC()
+		}
+	}
+	if v := c.Query("bucket"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			details = append(details, "bucket: must be a duration such as 5m, 1h or 24h")
+		} else {
+			bucket = d
+		}
+	}
+	// Mirrors the analytics service's bounds so a bad window is 422 even
+	// when analytics is down.
+	if len(details) == 0 {
+		switch {
+		case bucket < time.Millisecond:
+			details = append(details, "bucket: must be at least 1ms")
+		case from.After(to):
+			details = append(details, "from: must not be after to")
+		case to.Sub(from)/bucket > 100_000:
+			details = append(details, "bucket: too small for the window (more than 100000 buckets)")
+		}
+	}
+	if len(details) > 0 {
+		return from, to, bucket, invalid("invalid query", details...)
+	}
+	return from, to, bucket, nil
+}
+
+// statsList accepts a bare list or an object holding it under "data".
+func statsList(raw json.RawMessage) json.RawMessage {
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		return trimmed
+	}
+	var wrapped struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if json.Unmarshal(trimmed, &wrapped) == nil && len(wrapped.Data) > 0 && !bytes.Equal(wrapped.Data, []byte("null")) {
+		return wrapped.Data
+	}
+	return json.RawMessage("[]")
+}
+
+// statsScope resolves whose activity a statistics request counts: the
+// caller's own, or everyone's with ?all=1, which only an admin may ask for
+// (403 otherwise). The role is read from the user record on every such
+// request rather than carried in the token, so a revoke takes effect at once.
+func (s *Server) statsScope(c *fiber.Ctx) (user string, all bool, err error) {
+	user = userOf(c)
+	if v := c.Query("all"); v != "" {
+		all, err = strconv.ParseBool(v)
+		if err != nil {
+			return "", false, invalid("invalid query", "all: must be 1 or 0 (or true or false)")
+		}
+	}
+	if !all {
+		return user, false, nil
+	}
+	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)
+	defer cancel()
+	admin, err := s.users.hasRole(ctx, user, RoleAdmin)
+	if err != nil {
+		return "", false, storeUnavailable(err)
+	}
+	if !admin {
+		return "", false, &apiError{Status: http.StatusForbidden, Message: "only an admin may see every user's statistics",
+			Details: []string{"all: needs the admin role (granted with `gradeline admin grant USER`); without all you see your own"}}
+	}
+	return "", true, nil
+}
+
+func (s *Server) gradeStats(c *fiber.Ctx) error {
+	from, to, bucket, err := timeWindow(c)
+	if err != nil {
+		return err
+	}
+	model := c.Query("model")
+	if model != "" && !validModel.MatchString(model) {
+		return invalid("invalid query", "model: 1 to 128 characters of letters, digits and . _ : -")
+	}
+	owner, all, err := s.statsScope(c)
+	if err != nil {
+		return err
+	}
+	raw, err := request[json.RawMessage](c.UserContext(), s, bus.SvcStatsGrades,
+		bus.GradeStatsQuery{Owner: owner, All: all, Model: model, From: from, To: to, Bucket: bucket})
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"model": model, "all": all, "from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
+}
+
+func (s *Server) annotationStats(c *fiber.Ctx) error {
+	from, to, bucket, err := timeWindow(c)
+	if err != nil {
+		return err
+	}
+	author, all, err := s.statsScope(c)
+	if err != nil {
+		return err
+	}
+	raw, err := request[json.RawMessage](c.UserContext(), s, bus.SvcStatsAnnotations,
+		bus.AnnotationStatsQuery{Author: author, All: all, From: from, To: to, Bucket: bucket})
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"all": all, "from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
+}
