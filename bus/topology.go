@@ -85,7 +85,7 @@ func IdempotencyStore(ctx context.Context, js jetstream.JetStream, replicas int)
 		TTL:         IdempotencyTTL,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(1, replicas),
-		MaxBytes:    256 << 20,
+		MaxBytes:    IdempotencyBucketMaxBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: key-value bucket %s: %w", IdempotencyBucket, err)
@@ -372,7 +372,7 @@ func ImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 		Description: "image bytes referenced by events (claim check)",
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
-		MaxBytes:    5 << 30,
+		MaxBytes:    ImageBucketMaxBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)

@@ -60,7 +60,14 @@ type Server struct {
 	ln       *onceListener
 	// active counts connections reading or answering a request.
 	active atomic.Int64
+	// storageProblem names why the event store cannot store now (a full
+	// disk), for the 503 of a failed publish; nil when not known here.
+	storageProblem atomic.Pointer[func() string]
 }
+
+// SetStorageProblem gives the edge a way to say why the event store
+// refuses events (the local stack's guard of the embedded server's disk).
+func (s *Server) SetStorageProblem(f func() string) { s.storageProblem.Store(&f) }
 
 // ShutdownTimeout bounds how long Shutdown waits for in-flight requests.
 const ShutdownTimeout = 10 * time.Second
@@ -333,6 +340,13 @@ func Run(ctx context.Context, cfg Config) error {
 
 // publish stores ev in JetStream and returns once the PubAck arrived.
 func (s *Server) publish(ctx context.Context, ev bus.Event) error {
+	if f := s.storageProblem.Load(); f != nil {
+		// A full disk refuses at once; a publish would wait out its timeout.
+		if p := (*f)(); p != "" {
+			s.metrics.publish.WithLabelValues(ev.EventMeta().Type, "error").Observe(0)
+			return &apiError{Status: http.StatusServiceUnavailable, Message: "nothing was accepted: " + p}
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -350,8 +364,13 @@ func (s *Server) publish(ctx context.Context, ev bus.Event) error {
 	if err != nil {
 		s.log.Error("publish failed", "type", ev.EventMeta().Type, "id", ev.EventMeta().ID, "err", err,
 			"request_id", bus.RequestID(ctx))
-		return &apiError{Status: http.StatusServiceUnavailable, Message: "the event store (NATS JetStream) did not acknowledge the event; nothing was accepted",
-			Details: []string{err.Error()}}
+		msg := "the event store (NATS JetStream) did not acknowledge the event; nothing was accepted"
+		if f := s.storageProblem.Load(); f != nil {
+			if p := (*f)(); p != "" {
+				msg = "nothing was accepted: " + p
+			}
+		}
+		return &apiError{Status: http.StatusServiceUnavailable, Message: msg, Details: []string{err.Error()}}
 	}
 	return nil
 }

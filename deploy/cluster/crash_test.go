@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -334,15 +335,15 @@ func TestCrashesLoseAndDoubleNothing(t *testing.T) {
 	var stored map[string]int
 	eventually(t, 90*time.Second, "every accepted annotation in MongoDB", func() bool {
 		stored = map[string]int{}
-		for page := 1; ; page++ {
+		for cursor := ""; ; {
 			var p struct {
 				Data []struct {
 					ID         string          `json:"id"`
 					Annotation json.RawMessage `json:"annotation"`
 				} `json:"data"`
-				Total int `json:"total"`
+				Next string `json:"next"`
 			}
-			if l.get(fmt.Sprintf("/api/v1/annotations?author=crash&image_id=crash&per_page=1000&page=%d", page), &p) != http.StatusOK {
+			if l.get("/api/v1/annotations?author=crash&image_id=crash&per_page=1000&cursor="+url.QueryEscape(cursor), &p) != http.StatusOK {
 				return false
 			}
 			for _, a := range p.Data {
@@ -350,7 +351,7 @@ func TestCrashesLoseAndDoubleNothing(t *testing.T) {
 				_ = json.Unmarshal(a.Annotation, &m)
 				stored[m.Marker]++
 			}
-			if len(p.Data) < 1000 {
+			if cursor = p.Next; cursor == "" {
 				return len(stored) >= want
 			}
 		}

@@ -51,6 +51,9 @@ type Config struct {
 	// NATSSync is the embedded NATS's JetStream sync_interval
 	// (GRADELINE_NATS_SYNC; zero keeps the server default).
 	NATSSync bus.Sync
+	// NATSMaxStore overrides how much file storage the embedded JetStream
+	// may use (default 75% of the space free in its directory).
+	NATSMaxStore int64
 
 	JWTSecret  []byte // default: generated once and kept in DataDir
 	SignupCode string // default DefaultSignupCode
@@ -134,6 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// Servers, embedded only where no URL was given.
 	urls := natsURLs{cfg.NATSURL, cfg.NATSURL, cfg.NATSURL, cfg.NATSURL, cfg.NATSURL}
 	var natsFiles [2]string
+	var storage *bus.StorageGuard
 	if cfg.NATSURL == "" {
 		host, port, err := natsAddr(cfg.NATSAddr)
 		if err != nil {
@@ -150,11 +154,19 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: natsDir, Host: host, Port: port, Name: "gradeline-local",
-			Logger: log, Sync: cfg.NATSSync, Users: natscreds.List(creds)})
+			Logger: log, Sync: cfg.NATSSync, Users: natscreds.List(creds), MaxStore: cfg.NATSMaxStore})
 		if err != nil {
 			return err
 		}
 		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
+		// Too little space is said at start, naming the directory and what
+		// the streams reserve, not as a bare error of the first service.
+		if err := bus.CheckStoreReservation(ns, bus.TopologyOptions{}); err != nil {
+			return fmt.Errorf("local: %w", err)
+		}
+		// A disk that fills later stops JetStream; the guard names the
+		// directory in the edge's 503s and resumes once space returns.
+		storage = bus.GuardStorage(ctx, ns, log, 0)
 		cfg.NATSURL = ns.ClientURL()
 		if err := natscreds.WriteURLs(natsDir, cfg.NATSURL, creds); err != nil {
 			return err
@@ -195,6 +207,9 @@ func Run(ctx context.Context, cfg Config) error {
 		JWTSecret: cfg.JWTSecret, SignupCode: cfg.SignupCode, GradeWait: cfg.GradeWait,
 		Logger: log, Registerer: cfg.Registry, Local: true,
 	})
+	if err == nil && storage != nil {
+		edge.SetStorageProblem(storage.Problem)
+	}
 	if err != nil {
 		return err
 	}

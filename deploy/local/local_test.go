@@ -41,20 +41,22 @@ func requireEnv(t *testing.T, names ...string) {
 }
 
 // startStack runs Run on dir and waits until it is up.
-func startStack(t *testing.T, dir string) *stack {
+func startStack(t *testing.T, dir string, mutate ...func(*Config)) *stack {
 	t.Helper()
 	requireEnv(t, "ONNXRUNTIME_LIB", "GRADELINE_CHDB_LAUNCHER", "GRADELINE_DATASETS_DIR")
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Endpoints, 1)
 	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
-			DataDir: dir, HTTPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0",
-			ORTLib: os.Getenv("ONNXRUNTIME_LIB"), ChdbLauncher: os.Getenv("GRADELINE_CHDB_LAUNCHER"),
-			Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-			OnReady: func(ep Endpoints) { ready <- ep },
-		})
-	}()
+	cfg := Config{
+		DataDir: dir, HTTPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0",
+		ORTLib: os.Getenv("ONNXRUNTIME_LIB"), ChdbLauncher: os.Getenv("GRADELINE_CHDB_LAUNCHER"),
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnReady: func(ep Endpoints) { ready <- ep },
+	}
+	for _, f := range mutate {
+		f(&cfg)
+	}
+	go func() { done <- Run(ctx, cfg) }()
 	s := &stack{t: t}
 	select {
 	case s.ep = <-ready:
