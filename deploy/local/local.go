@@ -27,6 +27,7 @@ import (
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
+	"github.com/gradeline/gradeline/deploy/internal/mongouri"
 	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 	"github.com/gradeline/gradeline/inference"
 	"github.com/gradeline/gradeline/ingest"
@@ -190,6 +191,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		closers = append(closers, func() { _ = ms.Close() })
 		cfg.MongoURI = ms.URI()
+		// For `gradeline admin grant|revoke`, as nats/admin.url is for the bus.
+		if err := mongouri.Write(dir, cfg.MongoURI); err != nil {
+			return err
+		}
 	}
 	if cfg.ClickHouseDSN == "" {
 		log.Info("starting the ClickHouse engine", "dir", filepath.Join(dir, "clickhouse"))

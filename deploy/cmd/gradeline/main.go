@@ -3,6 +3,7 @@
 //	gradeline streams                          list streams and consumer lag
 //	gradeline replay STREAM [--consumer NAME] [--since 2h | --since 2026-11-25T10:00:00Z]
 //	gradeline nats-config [--bcrypt]           the nats-server users and permissions
+//	gradeline admin grant|revoke USER          give or take the admin role
 //
 // replay makes the durable consumers of STREAM (all of them, or the one
 // named) deliver the stream again from the start or from a time. The
@@ -16,8 +17,15 @@
 // secret: deploy/k8s and docker-compose.yml use it so); with --bcrypt they
 // are read from those variables now and written as bcrypt hashes.
 //
+// admin grant USER gives a registered user the admin role (stored on the
+// user record in MongoDB), which lets them see every user's statistics
+// (GET /api/v1/stats/...?all=1); admin revoke USER takes it back. Both take
+// effect on the user's next request, without a new login.
+//
 // The CLI connects as the operator: NATS_URL, or else the URL local mode
-// wrote to $GRADELINE_DATA_DIR/nats/admin.url (default ./data).
+// wrote to $GRADELINE_DATA_DIR/nats/admin.url (default ./data); for admin,
+// MONGO_URI (database GRADELINE_MONGO_DB, default gradeline), or else the
+// URI local mode wrote to $GRADELINE_DATA_DIR/mongo/uri.
 package main
 
 import (
@@ -33,10 +41,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/mongouri"
 	"github.com/gradeline/gradeline/deploy/internal/natscreds"
+	"github.com/gradeline/gradeline/ingest"
 )
 
 func main() {
@@ -52,8 +64,11 @@ const usage = `usage:
   gradeline streams
   gradeline replay STREAM [--consumer NAME] [--since DURATION|RFC3339]
   gradeline nats-config [--bcrypt]
+  gradeline admin grant|revoke USER
 environment: NATS_URL (default: the operator URL in $GRADELINE_DATA_DIR/nats/admin.url,
-written by local mode; GRADELINE_DATA_DIR defaults to ./data)`
+written by local mode; GRADELINE_DATA_DIR defaults to ./data); for admin: MONGO_URI
+(default: the URI in $GRADELINE_DATA_DIR/mongo/uri, written by local mode) and
+GRADELINE_MONGO_DB (default gradeline)`
 
 func run(ctx context.Context, args []string, out io.Writer, now time.Time) error {
 	if len(args) == 0 {
@@ -61,6 +76,9 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 	}
 	if args[0] == "nats-config" {
 		return natsConfig(args[1:], out)
+	}
+	if args[0] == "admin" {
+		return adminRole(ctx, args[1:], out)
 	}
 	switch args[0] {
 	case "streams":
@@ -109,16 +127,74 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }
 
+// dataDir is GRADELINE_DATA_DIR, default ./data as in local mode.
+func dataDir() string {
+	if dir := os.Getenv("GRADELINE_DATA_DIR"); dir != "" {
+		return dir
+	}
+	return "data"
+}
+
+// storeURI is MONGO_URI, else the URI local mode wrote for its embedded store.
+func storeURI() (string, error) {
+	if u := os.Getenv("MONGO_URI"); u != "" {
+		return u, nil
+	}
+	u, err := mongouri.Read(dataDir())
+	if err != nil {
+		return "", fmt.Errorf("no MONGO_URI and no local stack's store URI: %w (start `make run`, or set MONGO_URI)", err)
+	}
+	return u, nil
+}
+
+// adminRole runs `admin grant|revoke USER`: the admin role on the user
+// record, which the edge reads at every ?all=1 statistics request.
+func adminRole(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) != 2 || (args[0] != "grant" && args[0] != "revoke") || strings.HasPrefix(args[1], "-") {
+		return errors.New("admin: want `admin grant USER` or `admin revoke USER`\n" + usage)
+	}
+	grant, user := args[0] == "grant", args[1]
+	uri, err := storeURI()
+	if err != nil {
+		return err
+	}
+	db := os.Getenv("GRADELINE_MONGO_DB")
+	if db == "" {
+		db = ingest.DefaultDatabase
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetServerSelectionTimeout(10 * time.Second))
+	if err != nil {
+		return fmt.Errorf("admin: connect to MongoDB: %w", err)
+	}
+	defer func() { _ = client.Disconnect(context.Background()) }()
+	changed, err := ingest.SetRole(ctx, client.Database(db), user, ingest.RoleAdmin, grant)
+	if errors.Is(err, ingest.ErrNoUser) {
+		return fmt.Errorf("admin %s: %w (usernames are those of /api/v1/auth/register; database %s)", args[0], err, db)
+	}
+	if err != nil {
+		return fmt.Errorf("admin %s: %w (is the stack running? set MONGO_URI)", args[0], err)
+	}
+	switch {
+	case grant && changed:
+		fmt.Fprintf(out, "granted admin to %s\n", user)
+	case grant:
+		fmt.Fprintf(out, "%s is already an admin\n", user)
+	case changed:
+		fmt.Fprintf(out, "revoked admin from %s\n", user)
+	default:
+		fmt.Fprintf(out, "%s was not an admin\n", user)
+	}
+	return nil
+}
+
 // operatorURL is NATS_URL, else the operator URL of local mode.
 func operatorURL() (string, error) {
 	if u := os.Getenv("NATS_URL"); u != "" {
 		return u, nil
 	}
-	dir := os.Getenv("GRADELINE_DATA_DIR")
-	if dir == "" {
-		dir = "data"
-	}
-	u, err := natscreds.AdminURL(dir)
+	u, err := natscreds.AdminURL(dataDir())
 	if err != nil {
 		return "", fmt.Errorf("no NATS_URL and no local stack's operator URL: %w (start `make run`, or set NATS_URL)", err)
 	}
