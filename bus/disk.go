@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -85,7 +86,7 @@ func HumanBytes(n int64) string {
 // space has returned, restarts JetStream, which reloads every stream from
 // disk with its write error cleared.
 type StorageGuard struct {
-	ns  *server.Server
+	ns  *server.Server // nil until Start
 	cfg server.JetStreamConfig
 	log *slog.Logger
 	// full: below this much free space the disk counts as full; JetStream
@@ -100,33 +101,55 @@ type StorageGuard struct {
 // counts as full.
 const DefaultFullBelow = 1 << 20
 
-// GuardStorage starts a StorageGuard for ns until ctx ends; fullBelow 0
-// means DefaultFullBelow.
-func GuardStorage(ctx context.Context, ns *server.Server, log *slog.Logger, fullBelow uint64) *StorageGuard {
+// NewStorageGuard returns a guard to Start once the server runs; give its
+// WriteFailed to the server first (EmbeddedConfig.OnOutOfSpace). fullBelow
+// 0 means DefaultFullBelow.
+func NewStorageGuard(log *slog.Logger, fullBelow uint64) *StorageGuard {
 	if log == nil {
 		log = slog.Default()
 	}
 	if fullBelow == 0 {
 		fullBelow = DefaultFullBelow
 	}
-	g := &StorageGuard{ns: ns, log: log, full: fullBelow}
+	return &StorageGuard{log: log, full: fullBelow}
+}
+
+// Start watches ns until ctx ends.
+func (g *StorageGuard) Start(ctx context.Context, ns *server.Server) {
+	g.mu.Lock()
+	g.ns = ns
 	if cfg := ns.JetStreamConfig(); cfg != nil {
 		g.cfg = *cfg
 	}
+	g.mu.Unlock()
 	go g.run(ctx)
-	return g
+}
+
+// WriteFailed records that a write failed for want of space: even with
+// more than fullBelow free (a large write failed), the stream that failed
+// keeps failing until JetStream is restarted.
+func (g *StorageGuard) WriteFailed() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.filled {
+		g.filled = true
+		g.log.Error("event store: a write failed, its disk is full; events are refused (503) until space is freed", "dir", g.cfg.StoreDir)
+	}
 }
 
 // Problem describes why events cannot be stored now, or is "". It looks
 // at the disk itself, so the first refused event is already explained.
 func (g *StorageGuard) Problem() string {
-	free, err := FreeBytes(g.cfg.StoreDir)
+	g.mu.Lock()
+	filled, dir := g.filled, g.cfg.StoreDir
+	g.mu.Unlock()
+	if dir == "" {
+		return ""
+	}
+	free, err := FreeBytes(dir)
 	if err != nil {
 		return ""
 	}
-	g.mu.Lock()
-	filled := g.filled
-	g.mu.Unlock()
 	if free >= g.full && !filled {
 		return ""
 	}
@@ -169,6 +192,11 @@ func (g *StorageGuard) run(ctx context.Context) {
 				}
 			}
 			cfg := g.cfg
+			// The server reports its store with "jetstream" appended, and
+			// appends it again to what it is given.
+			if filepath.Base(cfg.StoreDir) == server.JetStreamStoreDir {
+				cfg.StoreDir = filepath.Dir(cfg.StoreDir)
+			}
 			if err := g.ns.EnableJetStream(&cfg); err != nil {
 				g.log.Warn("event store: starting JetStream again failed; retrying", "dir", g.cfg.StoreDir, "err", err)
 				continue

@@ -41,6 +41,9 @@ type EmbeddedConfig struct {
 	// fsynced. Zero keeps the server default (2 minutes); see ParseSync
 	// and GRADELINE_NATS_SYNC.
 	Sync Sync
+	// OnOutOfSpace is called when the server reports a write that failed
+	// for want of disk space (see StorageGuard.WriteFailed).
+	OnOutOfSpace func()
 }
 
 // EnvNATSSync sets the durability of the embedded server's file storage:
@@ -88,10 +91,20 @@ func ParseSync(v string) (Sync, error) {
 }
 
 // natsLogger hands the server's log lines to slog.
-type natsLogger struct{ log *slog.Logger }
+type natsLogger struct {
+	log        *slog.Logger
+	outOfSpace func()
+}
 
 func (l natsLogger) emit(level slog.Level, format string, v []any) {
 	ctx := context.Background()
+	if level >= slog.LevelWarn && l.outOfSpace != nil {
+		// A stream whose write failed for want of space keeps failing:
+		// whoever guards the disk must know, not only the log.
+		if msg := fmt.Sprintf(format, v...); strings.Contains(msg, "no space left on device") {
+			l.outOfSpace()
+		}
+	}
 	if !l.log.Enabled(ctx, level) {
 		return
 	}
@@ -160,10 +173,15 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded nats: %w", err)
 	}
-	if cfg.Logger != nil {
+	if cfg.Logger != nil || cfg.OnOutOfSpace != nil {
 		// Set before Start, so stream recovery at start (where a damaged
 		// block file shows) is logged too.
-		ns.SetLoggerV2(NATSLogger(cfg.Logger), cfg.Logger.Enabled(context.Background(), slog.LevelDebug), false, false)
+		log := cfg.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		l := natsLogger{log: log.With("component", "nats-server"), outOfSpace: cfg.OnOutOfSpace}
+		ns.SetLoggerV2(l, log.Enabled(context.Background(), slog.LevelDebug), false, false)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {

@@ -185,6 +185,10 @@ func cleanFilename(name string) string {
 // storeImage puts the bytes in the object store under name (the claim
 // check every event refers to).
 func (s *Server) storeImage(ctx context.Context, name string, up *upload) (bus.ImageRef, error) {
+	// A full disk refuses at once; a put would wait out its timeout.
+	if p := s.storageProblemText(); p != "" {
+		return bus.ImageRef{}, &apiError{Status: http.StatusServiceUnavailable, Message: "the image was not stored: " + p}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -198,8 +202,11 @@ func (s *Server) storeImage(ctx context.Context, name string, up *upload) (bus.I
 	}
 	s.metrics.publish.WithLabelValues("object.put", outcome).Observe(time.Since(start).Seconds())
 	if err != nil {
-		return bus.ImageRef{}, &apiError{Status: http.StatusServiceUnavailable, Message: "the object store (NATS JetStream) did not store the image",
-			Details: []string{err.Error()}}
+		msg := "the object store (NATS JetStream) did not store the image"
+		if p := s.storageProblemText(); p != "" {
+			msg = "the image was not stored: " + p
+		}
+		return bus.ImageRef{}, &apiError{Status: http.StatusServiceUnavailable, Message: msg, Details: []string{err.Error()}}
 	}
 	return bus.ImageRef{Object: name, SHA256: up.SHA256, ContentType: up.ContentType, Size: int64(len(up.Data))}, nil
 }

@@ -69,6 +69,14 @@ type Server struct {
 // refuses events (the local stack's guard of the embedded server's disk).
 func (s *Server) SetStorageProblem(f func() string) { s.storageProblem.Store(&f) }
 
+// storageProblemText is why the event store refuses events now, or "".
+func (s *Server) storageProblemText() string {
+	if f := s.storageProblem.Load(); f != nil {
+		return (*f)()
+	}
+	return ""
+}
+
 // ShutdownTimeout bounds how long Shutdown waits for in-flight requests.
 const ShutdownTimeout = 10 * time.Second
 
@@ -340,12 +348,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 // publish stores ev in JetStream and returns once the PubAck arrived.
 func (s *Server) publish(ctx context.Context, ev bus.Event) error {
-	if f := s.storageProblem.Load(); f != nil {
-		// A full disk refuses at once; a publish would wait out its timeout.
-		if p := (*f)(); p != "" {
-			s.metrics.publish.WithLabelValues(ev.EventMeta().Type, "error").Observe(0)
-			return &apiError{Status: http.StatusServiceUnavailable, Message: "nothing was accepted: " + p}
-		}
+	// A full disk refuses at once; a publish would wait out its timeout.
+	if p := s.storageProblemText(); p != "" {
+		s.metrics.publish.WithLabelValues(ev.EventMeta().Type, "error").Observe(0)
+		return &apiError{Status: http.StatusServiceUnavailable, Message: "nothing was accepted: " + p}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -365,10 +371,8 @@ func (s *Server) publish(ctx context.Context, ev bus.Event) error {
 		s.log.Error("publish failed", "type", ev.EventMeta().Type, "id", ev.EventMeta().ID, "err", err,
 			"request_id", bus.RequestID(ctx))
 		msg := "the event store (NATS JetStream) did not acknowledge the event; nothing was accepted"
-		if f := s.storageProblem.Load(); f != nil {
-			if p := (*f)(); p != "" {
-				msg = "nothing was accepted: " + p
-			}
+		if p := s.storageProblemText(); p != "" {
+			msg = "nothing was accepted: " + p
 		}
 		return &apiError{Status: http.StatusServiceUnavailable, Message: msg, Details: []string{err.Error()}}
 	}

@@ -3,8 +3,11 @@ package local
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/png"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,18 +69,19 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 	smallDisk(t, natsDir, "24m")
 	// JetStream's reservations are bookkeeping: let them exceed the small
 	// disk, so that the disk itself fills.
+	logs := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("stack log:\n%s", logs.String())
+		}
+	})
 	s := startStack(t, dir, func(c *Config) {
 		c.NATSMaxStore = 64 << 30
-		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	})
 	// Leave a little room: a ballast file takes the rest.
 	ballast := filepath.Join(natsDir, "ballast")
-	free := freeBytes(t, natsDir)
-	if free > 3<<20 {
-		if err := os.WriteFile(ballast, make([]byte, free-3<<20), 0o600); err != nil && !strings.Contains(err.Error(), "no space") {
-			t.Fatal(err)
-		}
-	}
+	fill(t, ballast, natsDir, 3<<20)
 	c := s.user("disk")
 	big := strings.Repeat("x", 48<<10)
 	accepted := 0
@@ -116,6 +121,37 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		return false
 	})
+	// A write larger than the space left fails inside NATS ("no space left
+	// on device"); the stream it failed on keeps failing until the guard
+	// reloads the streams once space is back.
+	fill(t, ballast, natsDir, 3<<20)
+	img := noisePNG(t, 1100, 1100) // about 3.5 MiB that do not compress
+	code, msg := c.upload(img)
+	if code != http.StatusServiceUnavailable || !strings.Contains(msg, natsDir) {
+		t.Fatalf("image larger than the space left: %d %q; want 503 naming %s", code, msg, natsDir)
+	}
+	t.Logf("image refused: %s", msg)
+	if code, msg := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": "after image"}}); code != http.StatusServiceUnavailable {
+		t.Fatalf("annotation while the image bucket is broken: %d %s", code, msg)
+	}
+	if err := os.Remove(ballast); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "images stored again once space returned", func() bool {
+		code, _ := c.upload(img)
+		time.Sleep(200 * time.Millisecond)
+		return code == http.StatusCreated
+	})
+	eventually(t, "annotations accepted again", func() bool {
+		code, _ := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": "end"}})
+		if code == http.StatusAccepted {
+			accepted++
+			return true
+		}
+		time.Sleep(200 * time.Millisecond)
+		return false
+	})
+
 	// Every 2xx is stored.
 	var total int
 	t.Cleanup(func() {
@@ -147,6 +183,65 @@ func (c *client) post(path string, body any) (int, string) {
 	var e struct{ Message string }
 	_ = json.NewDecoder(resp.Body).Decode(&e)
 	return resp.StatusCode, e.Message
+}
+
+// fill writes a ballast file so that about leave bytes stay free.
+func fill(t *testing.T, ballast, dir string, leave uint64) {
+	t.Helper()
+	if free := freeBytes(t, dir); free > leave {
+		if err := os.WriteFile(ballast, make([]byte, free-leave), 0o600); err != nil && !strings.Contains(err.Error(), "no space") {
+			t.Fatal(err)
+		}
+	}
+}
+
+// noisePNG is an image of random pixels: its PNG is about w*h*3 bytes.
+func noisePNG(t *testing.T, w, h int) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	_, _ = rand.Read(img.Pix)
+	for i := 3; i < len(img.Pix); i += 4 {
+		img.Pix[i] = 255
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// upload adds an image to the catalogue; a 5xx is an answer here.
+func (c *client) upload(img []byte) (int, string) {
+	c.t.Helper()
+	mb := multipartOf(c.t, nil, "image", "noise.png", img)
+	req, _ := http.NewRequest(http.MethodPost, c.base+"/api/v1/images", bytes.NewReader(mb.buf.Bytes()))
+	req.Header.Set("Content-Type", mb.ctype)
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("POST /api/v1/images: %v", err)
+	}
+	defer resp.Body.Close()
+	var e struct{ Message string }
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Message
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func freeBytes(t *testing.T, dir string) uint64 {

@@ -154,8 +154,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		// A disk that fills later stops JetStream's streams; the guard names
+		// the directory in the edge's 503s and restarts them once space returns.
+		storage = bus.NewStorageGuard(log, 0)
 		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: natsDir, Host: host, Port: port, Name: "gradeline-local",
-			Logger: log, Sync: cfg.NATSSync, Users: natscreds.List(creds), MaxStore: cfg.NATSMaxStore})
+			Logger: log, Sync: cfg.NATSSync, Users: natscreds.List(creds), MaxStore: cfg.NATSMaxStore,
+			OnOutOfSpace: storage.WriteFailed})
 		if err != nil {
 			return err
 		}
@@ -165,9 +169,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := bus.CheckStoreReservation(ns, bus.TopologyOptions{}); err != nil {
 			return fmt.Errorf("local: %w", err)
 		}
-		// A disk that fills later stops JetStream; the guard names the
-		// directory in the edge's 503s and resumes once space returns.
-		storage = bus.GuardStorage(ctx, ns, log, 0)
+		storage.Start(ctx, ns)
 		cfg.NATSURL = ns.ClientURL()
 		if err := natscreds.WriteURLs(natsDir, cfg.NATSURL, creds); err != nil {
 			return err
