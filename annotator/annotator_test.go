@@ -428,7 +428,7 @@ func TestMongoOutage(t *testing.T) {
 			fmt.Sprintf("ack_pending=%d ack_floor=%d", info.NumAckPending, info.AckFloor.Stream)
 	})
 	// Queries answer 503 meanwhile, not 500 and not silence.
-	_, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{})
+	_, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "u"})
 	wantCode(t, err, http.StatusServiceUnavailable)
 	e.startMongo(addr)
 	e.waitCount("annotations", 60)
@@ -577,19 +577,22 @@ func TestGrades(t *testing.T) {
 			t.Fatalf("grade %s: %+v", s.ID, g)
 		}
 	}
-	g, err := request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: pending.ID})
+	g, err := request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: pending.ID, Owner: "frank"})
 	if err != nil || g.Status != bus.GradeStatusPending || g.Owner != "frank" {
 		t.Fatalf("pending grade: %+v %v", g, err)
 	}
-	g, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: failedID})
+	g, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: failedID, Owner: "frank"})
 	if err != nil || g.Status != bus.GradeStatusFailed || g.Reason != "cannot decode image" {
 		t.Fatalf("failed grade: %+v %v", g, err)
 	}
 	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: first.ID, Owner: "mallory"})
 	wantCode(t, err, http.StatusNotFound)
-	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: bus.NewID()})
+	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: bus.NewID(), Owner: "frank"})
 	wantCode(t, err, http.StatusNotFound)
 	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{})
+	wantCode(t, err, http.StatusUnprocessableEntity)
+	// No owner is no grade, never "any owner's".
+	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: first.ID})
 	wantCode(t, err, http.StatusUnprocessableEntity)
 	// One result per graded image, one submission per submitted image.
 	if c := e.count("grades", bson.D{}); c != 3 {
@@ -622,15 +625,17 @@ func TestQueryService(t *testing.T) {
 		e.publish(catalogued(fmt.Sprintf("pic-%02d", i), "gina", tags...))
 	}
 	e.publish(catalogued("pic-hank", "hank", "all", "five"))
+	e.publish(catalogued("img-3", "gina"))
 	e.waitIdle(bus.ConsumerAnnotator)
 	e.waitIdle(bus.ConsumerAnnotatorCatalog)
 
-	// Walk every page by cursor: no overlap, no gap, newest first.
+	// Walk gina's own annotations by cursor: no overlap, no gap, newest first.
 	seen := map[string]bool{}
 	var prev time.Time
 	cursor := ""
+	mine := byAuthor["gina"]
 	for p := 1; ; p++ {
-		page, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Cursor: cursor, PerPage: 10})
+		page, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "gina", Cursor: cursor, PerPage: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -638,8 +643,8 @@ func TestQueryService(t *testing.T) {
 			t.Fatalf("page %d header: total=%v per_page=%d", p, page.Total, page.PerPage)
 		}
 		for _, a := range page.Data {
-			if seen[a.ID] {
-				t.Fatalf("annotation %s on two pages", a.ID)
+			if seen[a.ID] || a.Author != "gina" {
+				t.Fatalf("annotation %s (by %s) on two pages or not gina's", a.ID, a.Author)
 			}
 			if !prev.IsZero() && a.CreatedAt.After(prev) {
 				t.Fatal("not sorted newest first")
@@ -647,24 +652,24 @@ func TestQueryService(t *testing.T) {
 			seen[a.ID], prev = true, a.CreatedAt
 		}
 		if cursor = page.Next; cursor == "" {
-			if p != (n+9)/10 {
+			if p != (mine+9)/10 {
 				t.Fatalf("ran out at page %d", p)
 			}
 			break
 		}
 	}
-	if len(seen) != n {
-		t.Fatalf("walk saw %d annotations, want %d", len(seen), n)
+	if len(seen) != mine {
+		t.Fatalf("walk saw %d annotations, want %d", len(seen), mine)
 	}
-	_, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Cursor: "not-a-cursor"})
+	_, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "gina", Cursor: "not-a-cursor"})
 	wantCode(t, err, http.StatusUnprocessableEntity)
 
 	// Filters and defaults; a result that fits one page carries its total.
-	page, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Author: "hank", PerPage: 1000})
+	page, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "hank", Author: "hank", PerPage: 1000})
 	if err != nil || page.Total == nil || *page.Total != int64(byAuthor["hank"]) || len(page.Data) != byAuthor["hank"] || page.Next != "" {
 		t.Fatalf("author filter: total=%v len=%d err=%v", page.Total, len(page.Data), err)
 	}
-	page, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{ImageID: "img-3", Author: "gina"})
+	page, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "gina", ImageID: "img-3", Author: "gina"})
 	if err != nil || page.PerPage != bus.DefaultPerPage {
 		t.Fatalf("defaults: %+v %v", page, err)
 	}
@@ -676,12 +681,45 @@ func TestQueryService(t *testing.T) {
 	if page.Total == nil || *page.Total == 0 || *page.Total != int64(len(page.Data)) {
 		t.Fatalf("image+author filter total %v len %d", page.Total, len(page.Data))
 	}
-	page, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Page: 1 << 40, PerPage: 1000})
+	page, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "gina", Page: 1 << 40, PerPage: 1000})
 	if err != nil || len(page.Data) != 0 || page.Next != "" {
 		t.Fatalf("far page: %+v %v", page, err)
 	}
 
-	got, err := request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{ID: last.ID})
+	// Visibility: hank sees none of gina's annotations on img-3 (hers, not
+	// shared) nor lists another author without an image; nobody lists
+	// without saying who asks.
+	_, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "hank", ImageID: "img-3"})
+	wantCode(t, err, http.StatusNotFound)
+	_, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "hank", Author: "gina"})
+	wantCode(t, err, http.StatusUnprocessableEntity)
+	_, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{})
+	wantCode(t, err, http.StatusUnprocessableEntity)
+	img3, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "gina", ImageID: "img-3", Author: "gina", PerPage: 1})
+	if err != nil || len(img3.Data) != 1 {
+		t.Fatalf("img-3 as its owner: %+v %v", img3, err)
+	}
+	onImg3 := img3.Data[0]
+	_, err = request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{Viewer: "hank", ID: onImg3.ID})
+	wantCode(t, err, http.StatusNotFound)
+	// Shared with hank: he sees every annotation on img-3, gina's included.
+	e.publish(&bus.ImageSharesSet{Meta: bus.NewMeta(bus.TypeImageSharesSet), ImageID: "img-3", Owner: "gina", Shares: []string{"hank"}})
+	e.waitIdle(bus.ConsumerAnnotatorCatalog)
+	shared, err := request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, bus.AnnotationsQuery{Viewer: "hank", ImageID: "img-3", PerPage: 1000})
+	if err != nil || len(shared.Data) != n/5+1 && len(shared.Data) != n/5 {
+		t.Fatalf("shared image: %d annotations, %v", len(shared.Data), err)
+	}
+	if got, err := request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{Viewer: "hank", ID: onImg3.ID}); err != nil || got.ID != onImg3.ID {
+		t.Fatalf("shared annotation: %+v %v", got, err)
+	}
+	if img, err := request[bus.Image](t, e, bus.SvcImagesGet, bus.ImageGetQuery{Owner: "hank", ID: "img-3"}); err != nil || img.Shares != nil {
+		t.Fatalf("shared image as seen by hank: %+v %v (the share list is the owner's)", img, err)
+	}
+	if img, err := request[bus.Image](t, e, bus.SvcImagesGet, bus.ImageGetQuery{Owner: "gina", ID: "img-3"}); err != nil || len(img.Shares) != 1 {
+		t.Fatalf("shared image as seen by gina: %+v %v", img, err)
+	}
+
+	got, err := request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{Viewer: last.Author, ID: last.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -689,11 +727,11 @@ func TestQueryService(t *testing.T) {
 	if err := json.Unmarshal(got.Annotation, &body); err != nil || body["i"] != float64(n-1) || got.Author != last.Author {
 		t.Fatalf("get: %+v (%s) %v", got, got.Annotation, err)
 	}
-	_, err = request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{ID: bus.NewID()})
+	_, err = request[bus.Annotation](t, e, bus.SvcAnnotationsGet, bus.AnnotationGetQuery{Viewer: last.Author, ID: bus.NewID()})
 	wantCode(t, err, http.StatusNotFound)
 
 	// Bad pagination and missing fields: 422.
-	for _, q := range []bus.AnnotationsQuery{{Page: -1}, {PerPage: -5}, {PerPage: bus.MaxPerPage + 1}} {
+	for _, q := range []bus.AnnotationsQuery{{Viewer: "gina", Page: -1}, {Viewer: "gina", PerPage: -5}, {Viewer: "gina", PerPage: bus.MaxPerPage + 1}} {
 		_, err = request[bus.List[bus.Annotation]](t, e, bus.SvcAnnotationsList, q)
 		wantCode(t, err, http.StatusUnprocessableEntity)
 	}

@@ -65,11 +65,12 @@ func anyOf(types ...string) func(bus.Event) (bus.Event, bool) {
 }
 
 func (a *app) handleAnnotations(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, is[*bus.AnnotationCreated], a.store.InsertAnnotations, a.storedBy(bus.ConsumerAnnotator))
+	return handle(ctx, batch, anyOf(bus.TypeAnnotationCreated, bus.TypeAnnotationUpdated, bus.TypeAnnotationDeleted),
+		a.store.ApplyAnnotations, a.storedBy(bus.ConsumerAnnotator))
 }
 
 func (a *app) handleCatalog(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, anyOf(bus.TypeImageCatalogued, bus.TypeImageTagsSet, bus.TypeImageDeleted), a.store.ApplyCatalog, a.storedBy(bus.ConsumerAnnotatorCatalog))
+	return handle(ctx, batch, anyOf(bus.TypeImageCatalogued, bus.TypeImageTagsSet, bus.TypeImageDeleted, bus.TypeImageSharesSet), a.store.ApplyCatalog, a.storedBy(bus.ConsumerAnnotatorCatalog))
 }
 
 func (a *app) handleSubmissions(ctx context.Context, batch []*bus.Delivery) error {

@@ -77,12 +77,27 @@ func notFound(what string) error {
 }
 
 func (a *app) listAnnotations(ctx context.Context, q bus.AnnotationsQuery) (bus.List[bus.Annotation], error) {
+	if err := required([2]string{"viewer", q.Viewer}); err != nil {
+		return bus.List[bus.Annotation]{}, err
+	}
 	p, err := page(q.Page, q.PerPage, q.Cursor)
 	if err != nil {
 		return bus.List[bus.Annotation]{}, err
 	}
+	// Visibility is part of the query: an image the viewer may see, or the
+	// viewer's own annotations.
+	f := store.AnnotationFilter{ImageID: q.ImageID, Author: q.Author}
+	if q.ImageID == "" {
+		if q.Author != "" && q.Author != q.Viewer {
+			return bus.List[bus.Annotation]{}, &bus.Error{Code: http.StatusUnprocessableEntity, Message: "another author's annotations are listed per image",
+				Details: []string{"image_id: required with an author other than yourself"}}
+		}
+		f.Author = q.Viewer
+	} else if err := a.visibleImage(ctx, q.Viewer, q.ImageID); err != nil {
+		return bus.List[bus.Annotation]{}, err
+	}
 	a.applied.wait(ctx, bus.ConsumerAnnotator, q.AfterSeq)
-	list, err := a.store.ListAnnotations(ctx, store.AnnotationFilter{ImageID: q.ImageID, Author: q.Author}, p,
+	list, err := a.store.ListAnnotations(ctx, f, p,
 		func(id string, err error) {
 			a.log.Error("annotation skipped in a listing: stored document unreadable", "id", id, "err", err, "request_id", bus.RequestID(ctx))
 		})
@@ -93,7 +108,7 @@ func (a *app) listAnnotations(ctx context.Context, q bus.AnnotationsQuery) (bus.
 }
 
 func (a *app) getAnnotation(ctx context.Context, q bus.AnnotationGetQuery) (bus.Annotation, error) {
-	if err := required([2]string{"id", q.ID}); err != nil {
+	if err := required([2]string{"viewer", q.Viewer}, [2]string{"id", q.ID}); err != nil {
 		return bus.Annotation{}, err
 	}
 	a.applied.wait(ctx, bus.ConsumerAnnotator, q.AfterSeq)
@@ -104,7 +119,36 @@ func (a *app) getAnnotation(ctx context.Context, q bus.AnnotationGetQuery) (bus.
 	if !ok {
 		return bus.Annotation{}, notFound("annotation")
 	}
+	if an.Author != q.Viewer {
+		if an.ImageID == "" {
+			return bus.Annotation{}, notFound("annotation")
+		}
+		if err := a.visibleImage(ctx, q.Viewer, an.ImageID); err != nil {
+			if isNotFound(err) {
+				return bus.Annotation{}, notFound("annotation")
+			}
+			return bus.Annotation{}, err
+		}
+	}
 	return an, nil
+}
+
+// visibleImage is nil when viewer owns image id or it is shared with them,
+// a 404 otherwise.
+func (a *app) visibleImage(ctx context.Context, viewer, id string) error {
+	_, ok, err := a.store.GetImage(ctx, viewer, id)
+	if err != nil {
+		return a.dbError(ctx, err)
+	}
+	if !ok {
+		return notFound("image")
+	}
+	return nil
+}
+
+func isNotFound(err error) bool {
+	var be *bus.Error
+	return errors.As(err, &be) && be.Code == http.StatusNotFound
 }
 
 func (a *app) listImages(ctx context.Context, q bus.ImagesQuery) (bus.List[bus.Image], error) {
@@ -139,7 +183,7 @@ func (a *app) getImage(ctx context.Context, q bus.ImageGetQuery) (bus.Image, err
 }
 
 func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, error) {
-	if err := required([2]string{"id", q.ID}); err != nil {
+	if err := required([2]string{"owner", q.Owner}, [2]string{"id", q.ID}); err != nil {
 		return bus.Grade{}, err
 	}
 	g, ok, err := a.store.GetGrade(ctx, q.ID, q.Owner)

@@ -10,6 +10,9 @@ import (
 // Event type names. The subject of each is fixed in the init below.
 const (
 	TypeAnnotationCreated = "annotation.created"
+	TypeAnnotationUpdated = "annotation.updated"
+	TypeAnnotationDeleted = "annotation.deleted"
+	TypeImageSharesSet    = "image.shares_set"
 	TypeImageSubmitted    = "image.submitted"
 	TypeGradeCompleted    = "grade.completed"
 	TypeGradeFailed       = "grade.failed"
@@ -22,6 +25,9 @@ const (
 
 func init() {
 	register(TypeAnnotationCreated, 1, SubjectAnnotationCreated, &AnnotationCreated{})
+	register(TypeAnnotationUpdated, 1, SubjectAnnotationUpdated, &AnnotationUpdated{})
+	register(TypeAnnotationDeleted, 1, SubjectAnnotationDeleted, &AnnotationDeleted{})
+	register(TypeImageSharesSet, 1, SubjectImageSharesSet, &ImageSharesSet{})
 	register(TypeImageSubmitted, 1, SubjectImageSubmitted, &ImageSubmitted{})
 	register(TypeGradeCompleted, 1, SubjectGradeCompleted, &GradeCompleted{})
 	register(TypeGradeFailed, 1, SubjectGradeFailed, &GradeFailed{})
@@ -47,6 +53,38 @@ func (e *AnnotationCreated) Validate() error {
 	}
 	if err := ValidateAnnotation(e.Annotation); err != nil {
 		return fmt.Errorf("annotation: %w", err)
+	}
+	return nil
+}
+
+// AnnotationUpdated: the author replaced the body of an annotation.
+type AnnotationUpdated struct {
+	Meta
+	AnnotationID string          `json:"annotation_id"`
+	Author       string          `json:"author"`
+	Annotation   json.RawMessage `json:"annotation"`
+}
+
+func (e *AnnotationUpdated) Validate() error {
+	if e.AnnotationID == "" || e.Author == "" {
+		return errors.New("annotation_id and author are required")
+	}
+	if err := ValidateAnnotation(e.Annotation); err != nil {
+		return fmt.Errorf("annotation: %w", err)
+	}
+	return nil
+}
+
+// AnnotationDeleted: the author removed an annotation.
+type AnnotationDeleted struct {
+	Meta
+	AnnotationID string `json:"annotation_id"`
+	Author       string `json:"author"`
+}
+
+func (e *AnnotationDeleted) Validate() error {
+	if e.AnnotationID == "" || e.Author == "" {
+		return errors.New("annotation_id and author are required")
 	}
 	return nil
 }
@@ -161,6 +199,28 @@ func (e *ImageTagsSet) Validate() error {
 	}
 	return nil
 }
+
+// ImageSharesSet: the owner replaced the list of users an image is
+// shared with. They may see the image and its annotations, and annotate it.
+type ImageSharesSet struct {
+	Meta
+	ImageID string   `json:"image_id"`
+	Owner   string   `json:"owner"`
+	Shares  []string `json:"shares"`
+}
+
+func (e *ImageSharesSet) Validate() error {
+	if e.ImageID == "" || e.Owner == "" {
+		return errors.New("image_id and owner are required")
+	}
+	if len(e.Shares) > MaxShares {
+		return fmt.Errorf("at most %d shares", MaxShares)
+	}
+	return nil
+}
+
+// MaxShares bounds the users one image is shared with.
+const MaxShares = 100
 
 // ImageDeleted: the owner removed an image from the catalogue.
 type ImageDeleted struct {

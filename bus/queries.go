@@ -21,7 +21,12 @@ const (
 
 // Annotations (answered by annotator).
 
+// AnnotationsQuery lists what Viewer may see: the annotations on an image
+// the viewer owns or is shared (ImageID), or the viewer's own (no ImageID;
+// Author, when set, must then be the viewer). Viewer is required: an empty
+// one is an error, never "everyone".
 type AnnotationsQuery struct {
+	Viewer  string `json:"viewer"`
 	ImageID string `json:"image_id,omitempty"`
 	Author  string `json:"author,omitempty"`
 	// Cursor is List.Next of the previous page; Page (1-based) is the
@@ -39,7 +44,10 @@ type AnnotationsQuery struct {
 // writes before it answers with what is stored.
 const ReadYourWritesWait = 2 * time.Second
 
+// AnnotationGetQuery finds an annotation Viewer may see: one the viewer
+// wrote, or one on an image the viewer owns or is shared.
 type AnnotationGetQuery struct {
+	Viewer   string `json:"viewer"`
 	ID       string `json:"id"`
 	AfterSeq uint64 `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
@@ -50,6 +58,7 @@ type Annotation struct {
 	Author     string          `json:"author"`
 	Annotation json.RawMessage `json:"annotation"`
 	CreatedAt  time.Time       `json:"created_at"`
+	UpdatedAt  time.Time       `json:"updated_at,omitzero"`
 }
 
 // Image catalogue (answered by annotator). Every query is scoped to its
@@ -64,6 +73,8 @@ type ImagesQuery struct {
 	AfterSeq uint64   `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
 
+// ImageGetQuery finds an image its owner, or a user it is shared with,
+// may see (Owner is the caller).
 type ImageGetQuery struct {
 	Owner    string `json:"owner"`
 	ID       string `json:"id"`
@@ -71,25 +82,27 @@ type ImageGetQuery struct {
 }
 
 type Image struct {
-	ID          string    `json:"img_id"`
-	Owner       string    `json:"owner"`
-	Filename    string    `json:"filename,omitempty"`
-	ContentType string    `json:"content_type"`
-	SHA256      string    `json:"sha256"`
-	Object      string    `json:"-"`
-	Size        int64     `json:"size"`
-	Width       int       `json:"width"`
-	Height      int       `json:"height"`
-	Tags        []string  `json:"tags"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	ID          string   `json:"img_id"`
+	Owner       string   `json:"owner"`
+	Filename    string   `json:"filename,omitempty"`
+	ContentType string   `json:"content_type"`
+	SHA256      string   `json:"sha256"`
+	Object      string   `json:"-"`
+	Size        int64    `json:"size"`
+	Width       int      `json:"width"`
+	Height      int      `json:"height"`
+	Tags        []string `json:"tags"`
+	// Shares lists the users the image is shared with; only its owner sees it.
+	Shares    []string  `json:"shares,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Grades (answered by annotator from the grade history).
 
 type GradeGetQuery struct {
 	ID    string `json:"id"`
-	Owner string `json:"owner,omitempty"` // empty: any owner
+	Owner string `json:"owner"` // required: another owner's grade is not found
 }
 
 // Grade statuses.

@@ -16,6 +16,9 @@ import (
 // Subjects of events. Streams capture them; any NATS client may subscribe.
 const (
 	SubjectAnnotationCreated = "gradeline.annotations.created"
+	SubjectAnnotationUpdated = "gradeline.annotations.updated"
+	SubjectAnnotationDeleted = "gradeline.annotations.deleted"
+	SubjectImageSharesSet    = "gradeline.catalog.images.shares_set"
 	SubjectImageSubmitted    = "gradeline.images.submitted"
 	SubjectGradeCompleted    = "gradeline.grades.completed"
 	SubjectGradeFailed       = "gradeline.grades.failed"
@@ -134,7 +137,7 @@ var (
 	ConsumerInference = ConsumerSpec{StreamImages, "inference", "grades submitted images",
 		[]string{SubjectImageSubmitted}, 60 * time.Second, 1024}
 	ConsumerAnnotator = ConsumerSpec{StreamAnnotations, "annotator", "stores annotations in MongoDB",
-		[]string{SubjectAnnotationCreated}, 30 * time.Second, 4096}
+		[]string{SubjectAnnotationCreated, SubjectAnnotationUpdated, SubjectAnnotationDeleted}, 30 * time.Second, 4096}
 	ConsumerAnnotatorCatalog = ConsumerSpec{StreamCatalog, "annotator-catalog", "stores the image catalogue in MongoDB",
 		[]string{"gradeline.catalog.>"}, 30 * time.Second, 4096}
 	ConsumerAnnotatorSubmissions = ConsumerSpec{StreamImages, "annotator-submissions", "records pending grades in MongoDB",

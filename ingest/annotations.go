@@ -88,7 +88,35 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 	if req.Username != nil && normalize(*req.Username) != user {
 		return nil, errorf(http.StatusForbidden, "username %q does not match the authenticated user", *req.Username)
 	}
-	raw := bytes.TrimSpace(req.Annotation)
+	ann, err := annotationBody(req.Annotation)
+	if err != nil {
+		return nil, err
+	}
+	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: user, Annotation: ann}
+	ev.ID = idFor(c.UserContext(), "annotation")
+	if req.ImageID != nil {
+		if !validRef.MatchString(*req.ImageID) {
+			return nil, invalid("invalid request body", "image_id: 1 to 128 characters of letters, digits and . _ : -")
+		}
+		ev.ImageID = *req.ImageID
+		// Only an image the user owns or is shared may be annotated: any
+		// other id is not found, as the image itself would be.
+		if _, err := s.getImageMeta(c.UserContext(), user, ev.ImageID); err != nil {
+			return nil, err
+		}
+	}
+	if err := ev.Validate(); err != nil {
+		// Unreachable for a body that passed the checks above; kept so the
+		// edge never publishes what consumers would dead-letter.
+		return nil, invalid("invalid annotation", err.Error())
+	}
+	return ev, nil
+}
+
+// annotationBody checks an annotation by the contract's one rule
+// (bus.ValidateAnnotation) and returns it compacted.
+func annotationBody(js json.RawMessage) ([]byte, error) {
+	raw := bytes.TrimSpace(js)
 	switch {
 	case len(raw) == 0 || bytes.Equal(raw, []byte("null")):
 		return nil, invalid("missing fields", "annotation: required (a JSON object)")
@@ -106,20 +134,7 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 		}
 		return nil, invalid("invalid annotation", "annotation: "+err.Error())
 	}
-	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: user, Annotation: buf.Bytes()}
-	ev.ID = idFor(c.UserContext(), "annotation")
-	if req.ImageID != nil {
-		if !validRef.MatchString(*req.ImageID) {
-			return nil, invalid("invalid request body", "image_id: 1 to 128 characters of letters, digits and . _ : -")
-		}
-		ev.ImageID = *req.ImageID
-	}
-	if err := ev.Validate(); err != nil {
-		// Unreachable for a body that passed the checks above; kept so the
-		// edge never publishes what consumers would dead-letter.
-		return nil, invalid("invalid annotation", err.Error())
-	}
-	return ev, nil
+	return buf.Bytes(), nil
 }
 
 // createAnnotation answers 202 only after JetStream acknowledged the event.
@@ -187,7 +202,7 @@ func (s *Server) listAnnotations(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	q := bus.AnnotationsQuery{ImageID: c.Query("image_id"), Author: c.Query("author"), Cursor: cursor, Page: page, PerPage: perPage,
+	q := bus.AnnotationsQuery{Viewer: userOf(c), ImageID: c.Query("image_id"), Author: c.Query("author"), Cursor: cursor, Page: page, PerPage: perPage,
 		AfterSeq: s.writes.after(userOf(c), bus.ConsumerAnnotator.Stream)}
 	var details []string
 	if q.ImageID != "" && !validRef.MatchString(q.ImageID) {
@@ -213,14 +228,80 @@ func (s *Server) listAnnotations(c *fiber.Ctx) error {
 }
 
 func (s *Server) getAnnotation(c *fiber.Ctx) error {
-	id := c.Params("id")
-	if !validRef.MatchString(id) {
-		return errorf(http.StatusNotFound, "annotation %q not found", id)
-	}
-	resp, err := request[bus.Annotation](c.UserContext(), s, bus.SvcAnnotationsGet,
-		bus.AnnotationGetQuery{ID: id, AfterSeq: s.writes.after(userOf(c), bus.ConsumerAnnotator.Stream)})
+	an, err := s.annotationOf(c)
 	if err != nil {
 		return err
 	}
-	return c.JSON(resp)
+	return c.JSON(an)
+}
+
+// annotationOf reads the annotation named in the path as the caller may
+// see it: their own, or one on an image they own or are shared.
+func (s *Server) annotationOf(c *fiber.Ctx) (bus.Annotation, error) {
+	id := c.Params("id")
+	if !validRef.MatchString(id) {
+		return bus.Annotation{}, errorf(http.StatusNotFound, "annotation %q not found", id)
+	}
+	user := userOf(c)
+	return request[bus.Annotation](c.UserContext(), s, bus.SvcAnnotationsGet,
+		bus.AnnotationGetQuery{Viewer: user, ID: id, AfterSeq: s.writes.after(user, bus.ConsumerAnnotator.Stream)})
+}
+
+// authoredAnnotation is annotationOf for a change: only the author may.
+func (s *Server) authoredAnnotation(c *fiber.Ctx) (bus.Annotation, error) {
+	an, err := s.annotationOf(c)
+	if err != nil {
+		return an, err
+	}
+	if an.Author != userOf(c) {
+		return an, errorf(http.StatusForbidden, "only the author (%s) may change annotation %s", an.Author, an.ID)
+	}
+	return an, nil
+}
+
+// updateAnnotation replaces the body of the caller's annotation:
+// PATCH /api/v1/annotations/{id} with {"annotation": {...}}.
+func (s *Server) updateAnnotation(c *fiber.Ctx) error {
+	if len(c.Body()) > maxAnnotationBody {
+		return errorf(http.StatusRequestEntityTooLarge, "annotation request body exceeds %d bytes", maxAnnotationBody)
+	}
+	if err := requireJSON(c); err != nil {
+		return err
+	}
+	if err := bus.CheckJSON(c.Body(), bus.MaxAnnotationDepth+1); err != nil {
+		return checkJSONBody(c.Body(), bus.MaxAnnotationDepth+1, "body")
+	}
+	var req struct {
+		Annotation json.RawMessage `json:"annotation"`
+	}
+	if err := decodeCheckedJSON(c.Body(), &req, true); err != nil {
+		return err
+	}
+	ann, err := annotationBody(req.Annotation)
+	if err != nil {
+		return err
+	}
+	an, err := s.authoredAnnotation(c)
+	if err != nil {
+		return err
+	}
+	ev := &bus.AnnotationUpdated{Meta: bus.NewMeta(bus.TypeAnnotationUpdated), AnnotationID: an.ID, Author: an.Author, Annotation: ann}
+	if err := s.publish(c.UserContext(), ev); err != nil {
+		return err
+	}
+	an.Annotation, an.UpdatedAt = ann, ev.Time.UTC()
+	return c.JSON(an)
+}
+
+// deleteAnnotation removes the caller's annotation.
+func (s *Server) deleteAnnotation(c *fiber.Ctx) error {
+	an, err := s.authoredAnnotation(c)
+	if err != nil {
+		return err
+	}
+	ev := &bus.AnnotationDeleted{Meta: bus.NewMeta(bus.TypeAnnotationDeleted), AnnotationID: an.ID, Author: an.Author}
+	if err := s.publish(c.UserContext(), ev); err != nil {
+		return err
+	}
+	return c.SendStatus(http.StatusNoContent)
 }

@@ -3,7 +3,6 @@ package ingest_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -32,7 +31,7 @@ func TestAnnotationsEndToEnd(t *testing.T) {
 	}
 	bearer.token = r.JSON(t)["token"].(string)
 	bearer.hc.Jar = nil // the bearer client must not ride on the cookie
-	imageID := fmt.Sprintf("img-%d", time.Now().UnixNano())
+	imageID := newImage(t, bearer)
 	r = bearer.json("POST", "/api/v1/annotations", map[string]any{"image_id": imageID, "annotation": map[string]any{"label": "cat", "box": []int{1, 2, 3, 4}}})
 	if r.Status != http.StatusAccepted {
 		t.Fatalf("annotate: %d %s", r.Status, r.Body)

@@ -23,7 +23,7 @@ func BenchmarkAnnotations(b *testing.B) {
 	const clients, total = 64, 20000
 	s := startIngest(b)
 	c, _ := s.newUser(b)
-	payload := []byte(`{"image_id":"img-1","annotation":{"label":"cat","box":[10,20,30,40],"note":"benchmark"}}`)
+	payload := []byte(`{"annotation":{"label":"cat","box":[10,20,30,40],"note":"benchmark"}}`)
 	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}
 	hc := &http.Client{Transport: tr}
 	var next atomic.Int64

@@ -76,6 +76,19 @@ func (s *Server) getImageMeta(ctx context.Context, owner, id string) (bus.Image,
 		AfterSeq: s.writes.after(owner, bus.ConsumerAnnotatorCatalog.Stream)})
 }
 
+// ownImage is getImageMeta for a change: a user the image is shared with
+// may read it, only its owner may change it.
+func (s *Server) ownImage(ctx context.Context, user, id string) (bus.Image, error) {
+	img, err := s.getImageMeta(ctx, user, id)
+	if err != nil {
+		return img, err
+	}
+	if img.Owner != user {
+		return img, errorf(http.StatusForbidden, "image %s is shared with you; only its owner (%s) may change it", img.ID, img.Owner)
+	}
+	return img, nil
+}
+
 func isNotFound(err error) bool {
 	var be *bus.Error
 	if errors.As(err, &be) && be.Code == http.StatusNotFound {
@@ -266,7 +279,7 @@ func parseTagsBody(c *fiber.Ctx) ([]string, error) {
 func (s *Server) setTags(c *fiber.Ctx, tags []string) error {
 	ctx := c.UserContext()
 	user := userOf(c)
-	img, err := s.getImageMeta(ctx, user, c.Params("id"))
+	img, err := s.ownImage(ctx, user, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -291,7 +304,7 @@ func (s *Server) deleteTags(c *fiber.Ctx) error { return s.setTags(c, []string{}
 func (s *Server) deleteImage(c *fiber.Ctx) error {
 	ctx := c.UserContext()
 	user := userOf(c)
-	img, err := s.getImageMeta(ctx, user, c.Params("id"))
+	img, err := s.ownImage(ctx, user, c.Params("id"))
 	if err != nil {
 		return err
 	}

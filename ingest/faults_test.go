@@ -64,7 +64,7 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 	s := startIngest(t)
 	c, _ := s.newUser(t)
 	const n = 6
-	body, _ := json.Marshal(map[string]any{"image_id": "shutdown-1", "annotation": map[string]any{"label": "in flight"}})
+	body, _ := json.Marshal(map[string]any{"annotation": map[string]any{"label": "in flight"}})
 	half := len(body) / 2
 	shuttingDown := make(chan struct{})
 	var sent, wg sync.WaitGroup

@@ -69,7 +69,11 @@ func TestIdempotencyKeyStoresOnceAndReplaysTheFirstAnswer(t *testing.T) {
 	s := startIngest(t)
 	ada, adaName := s.newUser(t)
 	bob, bobName := s.newUser(t)
-	imageID := fmt.Sprintf("idem-%d", time.Now().UnixNano())
+	imageID := newImage(t, ada)
+	share(t, ada, imageID, bobName)
+	eventually(t, "the share to be stored", 10*time.Second, func() bool {
+		return bob.do("GET", "/api/v1/images/"+imageID, nil, nil).Status == http.StatusOK
+	})
 	key := "3f1c1a4e-retry-" + imageID
 	body := fmt.Sprintf(`{"image_id":%q,"annotation":{"label":"cat","box":[1,2,3,4]}}`, imageID)
 	post := func(c *client, key, body string) response {

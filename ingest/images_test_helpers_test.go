@@ -8,6 +8,7 @@ import (
 	"image/color"
 	"image/jpeg"
 	"image/png"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -84,3 +85,21 @@ func datasetImage(t *testing.T, name string) []byte {
 }
 
 func crc32IEEE(b []byte) uint32 { return crc32.ChecksumIEEE(b) }
+
+// newImage catalogues a small PNG for c and returns its id.
+func newImage(t *testing.T, c *client) string {
+	t.Helper()
+	r := c.multipart("POST", "/api/v1/images", nil, filePart{"image", "a.png", pngImage(t, 8, 6)})
+	if r.Status != http.StatusCreated {
+		t.Fatalf("catalogue an image: %d %s", r.Status, r.Body)
+	}
+	return r.JSON(t)["img_id"].(string)
+}
+
+// share shares owner's image with user.
+func share(t *testing.T, owner *client, image, user string) {
+	t.Helper()
+	if r := owner.do("PUT", "/api/v1/images/"+image+"/shares/"+user, nil, nil); r.Status != http.StatusOK {
+		t.Fatalf("share %s with %s: %d %s", image, user, r.Status, r.Body)
+	}
+}

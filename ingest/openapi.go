@@ -204,6 +204,8 @@ func schemas() M {
 		"AnnotationAccepted": obj([]string{"id", "message"}, M{"id": str, "status": M{"type": "string", "example": "accepted"}, "message": M{"type": "string", "example": "Annotation received."}}),
 		"Annotation":         obj([]string{"id", "author", "annotation"}, M{"id": str, "image_id": str, "author": str, "annotation": M{"type": "object"}, "created_at": dt}),
 		"AnnotationPage":     list("Annotation"),
+		"AnnotationPatch":    obj([]string{"annotation"}, M{"annotation": M{"type": "object"}}),
+		"Shares":             obj([]string{"img_id", "shares"}, M{"img_id": str, "shares": strs}),
 		"Grade": obj([]string{"id", "status", "model"}, M{
 			"id": str, "status": M{"type": "string", "enum": []string{"pending", "completed", "failed"}},
 			"image_id": str, "model": str, "model_version": str, "label": str, "score": num,

@@ -68,6 +68,12 @@ func writerOf(ev bus.Event) string {
 	switch e := ev.(type) {
 	case *bus.AnnotationCreated:
 		return e.Author
+	case *bus.AnnotationUpdated:
+		return e.Author
+	case *bus.AnnotationDeleted:
+		return e.Author
+	case *bus.ImageSharesSet:
+		return e.Owner
 	case *bus.ImageCatalogued:
 		return e.Owner
 	case *bus.ImageTagsSet:

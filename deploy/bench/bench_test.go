@@ -222,7 +222,7 @@ func BenchmarkAnnotations(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	body, _ := json.Marshal(map[string]any{"image_id": "img-1", "annotation": annotation})
+	body, _ := json.Marshal(map[string]any{"annotation": annotation})
 	// Rounds alternate the two paths, as single runs on a shared 2-core
 	// machine vary by 10-20%.
 	rounds := envInt("GRADELINE_BENCH_ROUNDS", 3)

@@ -24,8 +24,9 @@ import (
 )
 
 // BenchmarkScale fills the record store the way issue 9 describes — 1M
-// annotations over 10,000 images by 1,000 authors, 100,000 catalogue
-// images, 100,000 grades, loaded through the bus for speed — then
+// annotations over 10,000 catalogue images by 1,000 authors (each image's
+// owner), 100,000 catalogue images, 100,000 grades, loaded through the
+// bus for speed — then
 // measures, on the stack as `make run` ships it:
 //   - the annotator's write rate at that size against the rate on the
 //     empty store (annotations and grade results);
@@ -55,7 +56,7 @@ func BenchmarkScale(b *testing.B) {
 
 	ann := func(i int) bus.Event {
 		return &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated),
-			Author: fmt.Sprintf("bench-u%d", i%authors), ImageID: fmt.Sprintf("img-%d", i%images),
+			Author: fmt.Sprintf("bench-u%d", i%authors), ImageID: fmt.Sprintf("cat-%d", i%images),
 			Annotation: json.RawMessage(`{"label":"cat","boxes":[{"label":"cat","x":10,"y":12,"width":30,"height":40}]}`)}
 	}
 	grade := func(i int) bus.Event {
@@ -105,17 +106,18 @@ func BenchmarkScale(b *testing.B) {
 				default:
 				}
 				code, _ := httpDo(writer, "POST", st.ep.HTTP+"/api/v1/annotations",
-					`{"image_id":"img-42","annotation":{"label":"dog"}}`)
+					`{"annotation":{"label":"dog"}}`)
 				if code == http.StatusAccepted {
 					posted.Add(1)
 				}
 			}
 		}()
 	}
-	anID := firstID(b, reader, st.ep.HTTP+"/api/v1/annotations?image_id=img-7&per_page=1")
+	// cat-7 is bench-u7's image (catalogue image i belongs to bench-u(i mod 1000)).
+	anID := firstID(b, reader, st.ep.HTTP+"/api/v1/annotations?image_id=cat-7&per_page=1")
 	imgID := firstID(b, reader, st.ep.HTTP+"/api/v1/images?per_page=1")
 	routes := []struct{ name, path string }{
-		{"annotations by image", "/api/v1/annotations?image_id=img-7&per_page=50"},
+		{"annotations by image", "/api/v1/annotations?image_id=cat-7&per_page=50"},
 		{"annotations by author", "/api/v1/annotations?author=bench-u7&per_page=50"},
 		{"annotation by id", "/api/v1/annotations/" + anID},
 		{"images by owner", "/api/v1/images?per_page=50"},

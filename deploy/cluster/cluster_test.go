@@ -291,7 +291,7 @@ func (l *load) run(t *testing.T, e *edge, workers int, stop <-chan struct{}) *sy
 					return
 				default:
 				}
-				body, _ := json.Marshal(map[string]any{"image_id": fmt.Sprintf("w%d", w), "annotation": map[string]any{"n": i}})
+				body, _ := json.Marshal(map[string]any{"annotation": map[string]any{"n": i, "w": w}})
 				code, out, took, err := e.post("/api/v1/annotations", "application/json", body)
 				l.mu.Lock()
 				l.slowest = max(l.slowest, took)

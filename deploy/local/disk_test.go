@@ -87,7 +87,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 	accepted := 0
 	var refused string
 	for i := 0; i < 400 && refused == ""; i++ {
-		code, msg := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": i, "pad": big}})
+		code, msg := c.post("/api/v1/annotations", map[string]any{"annotation": map[string]any{"n": i, "pad": big}})
 		switch {
 		case code == http.StatusAccepted:
 			accepted++
@@ -105,7 +105,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 	}
 	t.Logf("disk full after %d accepted annotations: %s", accepted, refused)
 	// Still refused, never 2xx, while the disk stays full.
-	if code, msg := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": "full", "pad": big}}); code != http.StatusServiceUnavailable {
+	if code, msg := c.post("/api/v1/annotations", map[string]any{"annotation": map[string]any{"n": "full", "pad": big}}); code != http.StatusServiceUnavailable {
 		t.Fatalf("while full: %d %s", code, msg)
 	}
 
@@ -113,7 +113,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the edge accepting again once space returned", func() bool {
-		code, _ := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": "after"}})
+		code, _ := c.post("/api/v1/annotations", map[string]any{"annotation": map[string]any{"n": "after"}})
 		if code == http.StatusAccepted {
 			accepted++
 			return true
@@ -131,7 +131,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 		t.Fatalf("image larger than the space left: %d %q; want 503 naming %s", code, msg, natsDir)
 	}
 	t.Logf("image refused: %s", msg)
-	if code, msg := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": "after image"}}); code != http.StatusServiceUnavailable {
+	if code, msg := c.post("/api/v1/annotations", map[string]any{"annotation": map[string]any{"n": "after image"}}); code != http.StatusServiceUnavailable {
 		t.Fatalf("annotation while the image bucket is broken: %d %s", code, msg)
 	}
 	if err := os.Remove(ballast); err != nil {
@@ -143,7 +143,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 		return code == http.StatusCreated
 	})
 	eventually(t, "annotations accepted again", func() bool {
-		code, _ := c.post("/api/v1/annotations", map[string]any{"image_id": "disk", "annotation": map[string]any{"n": "end"}})
+		code, _ := c.post("/api/v1/annotations", map[string]any{"annotation": map[string]any{"n": "end"}})
 		if code == http.StatusAccepted {
 			accepted++
 			return true
@@ -161,7 +161,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 	})
 	eventually(t, fmt.Sprintf("all %d accepted annotations stored", accepted), func() bool {
 		var p struct{ Data []json.RawMessage }
-		code, _ := c.do("GET", "/api/v1/annotations?image_id=disk&author=disk&per_page=1000", nil, &p)
+		code, _ := c.do("GET", "/api/v1/annotations?per_page=1000", nil, &p)
 		total = len(p.Data)
 		return code == http.StatusOK && total == accepted
 	})

@@ -230,7 +230,7 @@ func TestLocalStackEndToEnd(t *testing.T) {
 	var ids []string
 	for i := range 5 {
 		var r struct{ ID, Status string }
-		code, _ := ada.do("POST", "/api/v1/annotations", map[string]any{"image_id": "img-1", "annotation": map[string]any{"box": []int{i, i, 10, 10}, "label": "cat"}}, &r)
+		code, _ := ada.do("POST", "/api/v1/annotations", map[string]any{"annotation": map[string]any{"box": []int{i, i, 10, 10}, "label": "cat"}}, &r)
 		if code != http.StatusAccepted || r.Status != "accepted" || r.ID == "" {
 			t.Fatalf("annotate: %d %+v", code, r)
 		}
@@ -243,8 +243,12 @@ func TestLocalStackEndToEnd(t *testing.T) {
 		t.Fatalf("listing right after the writes: %d, %d listed", code, len(listed.Data))
 	}
 	var one bus.Annotation
-	if code, _ := bob.do("GET", "/api/v1/annotations/"+ids[2], nil, &one); code != 200 || one.Author != "ada@example.com" {
+	if code, _ := ada.do("GET", "/api/v1/annotations/"+ids[2], nil, &one); code != 200 || one.Author != "ada@example.com" {
 		t.Fatalf("get annotation: %d %+v", code, one)
+	}
+	// An annotation without an image is its author's alone.
+	if code, _ := bob.do("GET", "/api/v1/annotations/"+ids[2], nil, nil); code != 404 {
+		t.Fatalf("another user's annotation: %d, want 404", code)
 	}
 
 	// Grading real photographs and a drawn digit.

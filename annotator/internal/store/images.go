@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
@@ -31,6 +32,8 @@ type imageDoc struct {
 	Height      int       `bson:"height"`
 	Tags        []string  `bson:"tags"`
 	TagsEvent   string    `bson:"tags_event"`
+	Shares      []string  `bson:"shares,omitempty"`
+	SharesEvent string    `bson:"shares_event,omitempty"`
 	Catalogued  bool      `bson:"catalogued"`
 	Deleted     bool      `bson:"deleted"`
 	CreatedAt   time.Time `bson:"created_at"`
@@ -47,7 +50,7 @@ func (d imageDoc) toBus() bus.Image {
 	return bus.Image{
 		ID: d.ID, Owner: d.Owner, Filename: d.Filename, ContentType: d.ContentType,
 		SHA256: d.SHA256, Object: d.Object, Size: d.Size, Width: d.Width, Height: d.Height,
-		Tags: tags, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		Tags: tags, Shares: d.Shares, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}
 }
 
@@ -85,6 +88,8 @@ func (s *Store) ApplyCatalog(ctx context.Context, evs []bus.Event) ([]error, err
 			err = s.setTags(ctx, e.ID, e.ImageID, e.Owner, e.Tags, e.Time)
 		case *bus.ImageDeleted:
 			err = s.deleteImage(ctx, e)
+		case *bus.ImageSharesSet:
+			err = s.setShares(ctx, e)
 		default:
 			out[i] = fmt.Errorf("store: unexpected catalogue event %T", ev)
 			continue
@@ -168,6 +173,28 @@ func (s *Store) setTags(ctx context.Context, eventID, imageID, owner string, tag
 	return err
 }
 
+// setShares replaces the shares when the event is newer than the one that
+// set them last, creating a placeholder when the image is not catalogued
+// yet (as setTags does).
+func (s *Store) setShares(ctx context.Context, e *bus.ImageSharesSet) error {
+	shares := nonNil(e.Shares)
+	_, err := s.updateNewer(ctx, s.images, e.ImageID,
+		bson.D{{Key: "$or", Value: bson.A{
+			bson.D{{Key: "shares_event", Value: bson.D{{Key: "$exists", Value: false}}}},
+			bson.D{{Key: "shares_event", Value: bson.D{{Key: "$lt", Value: e.ID}}}},
+		}}},
+		bson.D{
+			{Key: "$set", Value: bson.D{{Key: "shares", Value: shares}, {Key: "shares_event", Value: e.ID}}},
+			{Key: "$max", Value: bson.D{{Key: "updated_at", Value: e.Time.UTC()}}},
+		},
+		bson.D{
+			{Key: "_id", Value: e.ImageID}, {Key: "owner", Value: e.Owner}, {Key: "tags", Value: []string{}},
+			{Key: "tags_event", Value: ""}, {Key: "shares", Value: shares}, {Key: "shares_event", Value: e.ID},
+			{Key: "catalogued", Value: false}, {Key: "deleted", Value: false}, {Key: "updated_at", Value: e.Time.UTC()},
+		})
+	return err
+}
+
 func (s *Store) deleteImage(ctx context.Context, e *bus.ImageDeleted) error {
 	start := time.Now()
 	res, err := s.images.UpdateOne(ctx, bson.D{{Key: "_id", Value: e.ImageID}}, bson.D{
@@ -222,10 +249,21 @@ func (s *Store) ListImages(ctx context.Context, f ImageFilter, p Page) (bus.List
 	return out, nil
 }
 
-// GetImage returns the owner's live image; false for an unknown, deleted
-// or other owner's image.
-func (s *Store) GetImage(ctx context.Context, owner, id string) (bus.Image, bool, error) {
-	filter := append(bson.D{{Key: "_id", Value: id}}, liveImages(owner)...)
-	d, ok, err := findOne[imageDoc](ctx, s.images, filter)
-	return d.toBus(), ok, err
+// GetImage returns the live image id when viewer owns it or it is shared
+// with viewer; false for an unknown or deleted image, or one the viewer
+// may not see. Only the owner is told whom the image is shared with.
+func (s *Store) GetImage(ctx context.Context, viewer, id string) (bus.Image, bool, error) {
+	d, ok, err := findOne[imageDoc](ctx, s.images, bson.D{
+		{Key: "_id", Value: id}, {Key: "catalogued", Value: true}, {Key: "deleted", Value: false}})
+	if err != nil || !ok {
+		return bus.Image{}, false, err
+	}
+	if d.Owner != viewer && !slices.Contains(d.Shares, viewer) {
+		return bus.Image{}, false, nil
+	}
+	img := d.toBus()
+	if d.Owner != viewer {
+		img.Shares = nil
+	}
+	return img, true, nil
 }

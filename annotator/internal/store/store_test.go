@@ -564,3 +564,37 @@ func TestInsertManyItemErrors(t *testing.T) {
 		t.Fatalf("written %v, want 2", w)
 	}
 }
+
+func TestAnnotationChanges(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	a := annotation("ann", "img", `{"v":1}`)
+	upd := func(id, author, body string) *bus.AnnotationUpdated {
+		return &bus.AnnotationUpdated{Meta: bus.NewMeta(bus.TypeAnnotationUpdated), AnnotationID: id, Author: author, Annotation: json.RawMessage(body)}
+	}
+	// A change to an annotation not stored yet is retried, not lost.
+	early := upd(a.ID, "ann", `{"v":0}`)
+	res, err := s.ApplyAnnotations(ctx, []bus.Event{early})
+	if err != nil || !errors.Is(res[0], ErrNotStoredYet) {
+		t.Fatalf("update before create: %v %v", res, err)
+	}
+	u2, u3 := upd(a.ID, "ann", `{"v":2}`), upd(a.ID, "ann", `{"v":3,"deep":{"x":[1,2]}}`)
+	check(t)(s.ApplyAnnotations(ctx, []bus.Event{a, u2, u3}))
+	// Redelivered older update, and another author's: no effect.
+	check(t)(s.ApplyAnnotations(ctx, []bus.Event{u2, upd(a.ID, "mallory", `{"v":666}`)}))
+	got, ok, err := s.GetAnnotation(ctx, a.ID)
+	if err != nil || !ok || string(got.Annotation) != `{"v":3,"deep":{"x":[1,2]}}` || got.UpdatedAt.IsZero() {
+		t.Fatalf("after updates: %s %v %v", got.Annotation, ok, err)
+	}
+	del := &bus.AnnotationDeleted{Meta: bus.NewMeta(bus.TypeAnnotationDeleted), AnnotationID: a.ID, Author: "ann"}
+	check(t)(s.ApplyAnnotations(ctx, []bus.Event{del}))
+	// Replayed creation and update after the deletion: it stays deleted.
+	check(t)(s.ApplyAnnotations(ctx, []bus.Event{a, upd(a.ID, "ann", `{"v":4}`)}))
+	if _, ok, err := s.GetAnnotation(ctx, a.ID); ok || err != nil {
+		t.Fatalf("deleted annotation still found: %v", err)
+	}
+	l, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img"}, Page{Limit: 10}, nil)
+	if err != nil || len(l.Data) != 0 {
+		t.Fatalf("deleted annotation listed: %+v %v", l, err)
+	}
+}
