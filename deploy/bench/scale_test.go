@@ -67,7 +67,7 @@ func BenchmarkScale(b *testing.B) {
 	img := func(i int) bus.Event {
 		return &bus.ImageCatalogued{Meta: bus.NewMeta(bus.TypeImageCatalogued), ImageID: fmt.Sprintf("cat-%d", i),
 			Owner: fmt.Sprintf("bench-u%d", i%authors), Filename: "x.png", Width: 28, Height: 28,
-			Tags: []string{fmt.Sprintf("tag-%d", i%50), "all"},
+			Tags:  []string{fmt.Sprintf("tag-%d", i%50), "all"},
 			Image: bus.ImageRef{Object: fmt.Sprintf("obj-%d", i), SHA256: strings.Repeat("ab", 32), ContentType: "image/png", Size: 100}}
 	}
 
