@@ -72,6 +72,12 @@ func (d annotationDoc) toBus() (bus.Annotation, error) {
 	default:
 		a.Annotation = json.RawMessage("{}")
 	}
+	// A record stored before the contract bounded annotations (a 10,000-deep
+	// one broke every listing that held it) is not served: readers could
+	// not decode it.
+	if err := bus.ValidateAnnotation(a.Annotation); err != nil {
+		return a, fmt.Errorf("store: annotation %s breaks the contract: %w", d.ID, err)
+	}
 	return a, nil
 }
 

@@ -598,3 +598,25 @@ func TestAnnotationChanges(t *testing.T) {
 		t.Fatalf("deleted annotation listed: %+v %v", l, err)
 	}
 }
+
+// A hostile record already in the store (written before the contract
+// bounded annotations) is skipped and reported, and the rest of the
+// listing is served; a lookup of it fails alone.
+func TestHostileStoredAnnotationSkipped(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{annotation("u", "img", `{"ok":1}`), annotation("u", "img", `{"ok":2}`)}))
+	deep := strings.Repeat(`{"a":`, 9999) + "1" + strings.Repeat("}", 9999)
+	if _, err := s.annotations.InsertOne(ctx, bson.D{{Key: "_id", Value: "hostile"}, {Key: "image_id", Value: "img"},
+		{Key: "author", Value: "u"}, {Key: "annotation_json", Value: deep}, {Key: "created_at", Value: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	var skipped []string
+	l, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img"}, Page{Limit: 10}, func(id string, err error) { skipped = append(skipped, id) })
+	if err != nil || len(l.Data) != 2 || len(skipped) != 1 || skipped[0] != "hostile" {
+		t.Fatalf("listing: %d served, skipped %v, %v", len(l.Data), skipped, err)
+	}
+	if _, _, err := s.GetAnnotation(ctx, "hostile"); err == nil {
+		t.Fatal("the hostile record was served")
+	}
+}
