@@ -143,7 +143,7 @@ type consumer struct {
 
 // positionCheckEvery is how often an idle consumer checks that it is not
 // beyond the end of its stream, a state in which it would wait forever.
-const positionCheckEvery = 30 * time.Second
+var positionCheckEvery = 30 * time.Second
 
 // checkPosition repositions an idle consumer left beyond its stream's end
 // (for example after the stream was cut while this service kept running).

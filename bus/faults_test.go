@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,23 +96,7 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 	ns.Shutdown()
 	ns.WaitForShutdown()
 
-	blk := filepath.Join(dir, "jetstream", "$G", "streams", StreamAnnotations, "msgs", "1.blk")
-	fi, err := os.Stat(blk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(blk, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	garbage := make([]byte, 4096)
-	_, _ = rand.Read(garbage)
-	if _, err := f.WriteAt(garbage, fi.Size()/2); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	damageMiddle(t, filepath.Join(dir, "jetstream", "$G", "streams", StreamAnnotations, "msgs", "1.blk"))
 
 	_, js = faultNATS(t, dir, logs)
 	st, err := js.Stream(context.Background(), StreamAnnotations)
@@ -136,5 +121,77 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 	if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "stream="+StreamAnnotations) ||
 		!strings.Contains(l, "consumer="+ConsumerAnnotator.Durable) || !strings.Contains(l, "gap=") {
 		t.Fatalf("the cut stream was not logged as an error:\n%s", logs.String())
+	}
+}
+
+// TestRunningConsumerRepositionsAfterStreamCut: a service that keeps running
+// while the server restarts with a cut stream is not restarted itself, so
+// its consumer must notice on its own (idle check) and pick new events up.
+func TestRunningConsumerRepositionsAfterStreamCut(t *testing.T) {
+	old := positionCheckEvery
+	positionCheckEvery = time.Second
+	t.Cleanup(func() { positionCheckEvery = old })
+	dir := t.TempDir()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", logs.String())
+		}
+	})
+	ns, js := faultNATS(t, dir, logs)
+	port := ns.Addr().(*net.TCPAddr).Port
+	seen := &collector{ids: map[string]int{}}
+	stop := consumeInto(t, js, seen, log)
+	defer stop()
+	first := publishN(t, js, 3000)
+	waitFor(t, "events before the damage consumed", func() bool { return len(seen.seen()) == len(first) })
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	damageMiddle(t, filepath.Join(dir, "jetstream", "$G", "streams", StreamAnnotations, "msgs", "1.blk"))
+
+	// Same address: the running consumer's connection reconnects. Nothing
+	// ensures the topology, so only the consumer's own check can help.
+	ns2, err := StartEmbedded(EmbeddedConfig{Dir: dir, Port: port, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns2.Shutdown)
+	nc2, js2, err := Connect(context.Background(), ns2.ClientURL(), "publisher", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc2.Close)
+	later := publishN(t, js2, 200)
+	waitFor(t, "every event published after the damage consumed by the running consumer", func() bool {
+		s := seen.seen()
+		for _, id := range later {
+			if s[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if !strings.Contains(logs.String(), "beyond the end of its stream") {
+		t.Fatal("the cut stream was not logged")
+	}
+}
+
+// damageMiddle overwrites 4 KB in the middle of a block file with garbage.
+func damageMiddle(t *testing.T, blk string) {
+	t.Helper()
+	fi, err := os.Stat(blk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(blk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	garbage := make([]byte, 4096)
+	_, _ = rand.Read(garbage)
+	if _, err := f.WriteAt(garbage, fi.Size()/2); err != nil {
+		t.Fatal(err)
 	}
 }
