@@ -118,6 +118,10 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 		}
 		return true
 	})
+	// The server's own log reaches ours (it warns about the damaged block).
+	if !strings.Contains(logs.String(), "component=nats-server") {
+		t.Fatalf("no line of the embedded server's log:\n%s", logs.String())
+	}
 	if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "stream="+StreamAnnotations) ||
 		!strings.Contains(l, "consumer="+ConsumerAnnotator.Durable) || !strings.Contains(l, "gap=") {
 		t.Fatalf("the cut stream was not logged as an error:\n%s", logs.String())
@@ -193,5 +197,47 @@ func damageMiddle(t *testing.T, blk string) {
 	_, _ = rand.Read(garbage)
 	if _, err := f.WriteAt(garbage, fi.Size()/2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestNATSSyncSetting(t *testing.T) {
+	tests := []struct {
+		env          string
+		wantInterval time.Duration
+		wantAlways   bool
+		wantErr      bool
+	}{
+		{"", 2 * time.Minute, false, false}, // the server's default
+		{"always", 2 * time.Minute, true, false},
+		{"ALWAYS", 2 * time.Minute, true, false},
+		{"1s", time.Second, false, false},
+		{"250ms", 250 * time.Millisecond, false, false},
+		{"0s", 0, false, true},
+		{"-1s", 0, false, true},
+		{"sometimes", 0, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env, func(t *testing.T) {
+			sync, err := ParseSync(tt.env)
+			if tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), EnvNATSSync) {
+					t.Fatalf("ParseSync(%q) = %v, want an error naming %s", tt.env, err, EnvNATSSync)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), Sync: sync})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ns.Shutdown()
+			cfg := ns.JetStreamConfig()
+			if cfg.SyncInterval != tt.wantInterval || cfg.SyncAlways != tt.wantAlways {
+				t.Fatalf("%s=%q: server sync_interval %v always %v, want %v %v", EnvNATSSync, tt.env,
+					cfg.SyncInterval, cfg.SyncAlways, tt.wantInterval, tt.wantAlways)
+			}
+		})
 	}
 }
