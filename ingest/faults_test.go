@@ -1,11 +1,14 @@
 package ingest_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,5 +130,69 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 		t.Fatal("a request after shutdown was answered")
 	} else {
 		t.Logf("after shutdown: %v", fmt.Sprint(err))
+	}
+}
+
+// TestShutdownUnderKeepAliveLoad: clients reusing connections keep sending
+// while the edge shuts down. Each gets its answer (2xx, the last with
+// Connection: close) or a refused connection for a request it never got to
+// send; no request that reached the edge ends in EOF or a reset.
+func TestShutdownUnderKeepAliveLoad(t *testing.T) {
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	body := []byte(`{"annotation":{"label":"keep-alive"}}`)
+	const clients = 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, refused := 0, 0
+	var bad []error
+	started := make(chan struct{}, clients)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			defer hc.CloseIdleConnections()
+			for i := 0; ; i++ {
+				req, _ := http.NewRequest("POST", s.URL+"/api/v1/annotations", bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+c.token)
+				res, err := hc.Do(req)
+				if i == 0 {
+					started <- struct{}{}
+				}
+				mu.Lock()
+				switch {
+				case err == nil && res.StatusCode == http.StatusAccepted:
+					ok++
+				case err != nil && errors.Is(err, syscall.ECONNREFUSED):
+					refused++ // never sent: the listener was closed
+				case err != nil:
+					bad = append(bad, err)
+				default:
+					bad = append(bad, fmt.Errorf("status %d", res.StatusCode))
+				}
+				mu.Unlock()
+				if res != nil {
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for range clients {
+		<-started
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := s.Shutdown(ingest.ShutdownTimeout); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	wg.Wait()
+	t.Logf("answered %d, refused before sending %d", ok, refused)
+	if len(bad) > 0 {
+		t.Fatalf("%d requests failed after reaching the edge, e.g. %v", len(bad), bad[0])
 	}
 }
