@@ -191,6 +191,25 @@ func (s *Server) storeImage(ctx context.Context, name string, up *upload) (bus.I
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if s.storageProblem.Load() != nil {
+		// A write that fails for want of space is never acknowledged: stop
+		// waiting as soon as the disk is known to be full.
+		go func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if s.storageProblemText() != "" {
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
 	start := time.Now()
 	_, err := s.images.Put(ctx, jetstream.ObjectMeta{
 		Name:    name,
