@@ -97,7 +97,7 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{pg: pg, log: info, done: make(chan struct{})}
-	if s.pool, err = pgxpool.New(ctx, pg.url(pgDatabase)); err != nil {
+	if s.pool, err = mirrorPool(ctx, pg.url(pgDatabase)); err != nil {
 		pg.stop()
 		return nil, fmt.Errorf("localmongo: pool: %w", err)
 	}
@@ -146,6 +146,21 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 	return s, nil
 }
 
+// mirrorPool connects the index mirror. Its lock waits are short: the
+// mirror builds indexes while FerretDB may be changing the same tables
+// (creating a collection or an index), and a mirror that gives up and
+// tries at the next tick can never be the side of a deadlock that makes
+// an application's own createIndexes fail.
+func mirrorPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "200ms"
+	cfg.MaxConns = 2
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
 // mirrorInterval is how soon a MongoDB index an application creates gets
 // its PostgreSQL twin; applications that need it at once call SyncIndexes.
 const mirrorInterval = time.Second
@@ -160,7 +175,12 @@ func (s *Server) mirrorIndexes(ctx context.Context) {
 			return
 		case <-t.C:
 			if err := s.SyncIndexes(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("index mirror", "err", err)
+				// A lock wait given up (55P03) is tried again at the next tick.
+				lv := slog.LevelWarn
+				if strings.Contains(err.Error(), "55P03") {
+					lv = slog.LevelDebug
+				}
+				s.log.Log(ctx, lv, "index mirror", "err", err)
 			}
 		}
 	}
