@@ -14,6 +14,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
 // Ids and references clients pass: printable, bounded, no whitespace.
@@ -85,7 +86,7 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 		return nil, err
 	}
 	user := userOf(c)
-	if req.Username != nil && normalize(*req.Username) != user {
+	if req.Username != nil && auth.Normalize(*req.Username) != user {
 		return nil, errorf(http.StatusForbidden, "username %q does not match the authenticated user", *req.Username)
 	}
 	ann, err := annotationBody(req.Annotation)
@@ -209,8 +210,8 @@ func (s *Server) listAnnotations(c *fiber.Ctx) error {
 		details = append(details, "image_id: 1 to 128 characters of letters, digits and . _ : -")
 	}
 	if q.Author != "" {
-		q.Author = normalize(q.Author)
-		if !validUsername.MatchString(q.Author) {
+		q.Author = auth.Normalize(q.Author)
+		if !auth.ValidUsername(q.Author) {
 			details = append(details, "author: not a valid username")
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
 // Config holds already-resolved settings of the HTTP edge. Parsing the
@@ -69,7 +71,7 @@ const (
 	// MinSecretBytes is the shortest acceptable HS256 secret.
 	MinSecretBytes = 32
 	// TokenTTL is the lifetime of an issued token (expiresIn 43200).
-	TokenTTL = 12 * time.Hour
+	TokenTTL = auth.TokenTTL
 
 	maxAnnotationBody = 1 << 20
 	maxGradeWait      = 60 * time.Second

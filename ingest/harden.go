@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
 // jsonForUnknownMethods answers a method Fiber does not route (PROPFIND,
@@ -47,18 +48,18 @@ func (s *Server) startAuthState(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.throttle = &throttle{kv: kv, log: s.log, now: time.Now}
+	s.throttle = auth.NewThrottle(kv, s.log)
 	rkv, err := bus.KVBucket(ctx, s.js, bus.RevokedTokensBucket, bus.RevokedTokensTTL, s.cfg.Replicas)
 	if err != nil {
 		return err
 	}
-	s.revoked = &revocations{kv: rkv, log: s.log, now: time.Now}
+	s.revoked = auth.NewRevocations(rkv)
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := s.revoked.start(lctx); err != nil {
+	if err := s.revoked.Start(lctx); err != nil {
 		return err
 	}
-	s.tokens.revoked = s.revoked
+	s.tokens = auth.NewTokens(s.cfg.JWTSecret, s.cfg.JWTIssuer, s.cfg.JWTAudience, s.revoked)
 	return nil
 }
 

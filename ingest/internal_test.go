@@ -46,18 +46,6 @@ func TestRecoveredPanicIsJSON(t *testing.T) {
 	}
 }
 
-func TestThrottleDelayGrows(t *testing.T) {
-	r := throttleRule{free: 3, base: time.Second, max: time.Minute}
-	for n, want := range map[int]time.Duration{0: 0, 2: 0, 3: time.Second, 4: 2 * time.Second, 6: 8 * time.Second, 9: time.Minute, 1000: time.Minute} {
-		if got := r.delay(n); got != want {
-			t.Errorf("delay after %d failures: %v, want %v", n, got, want)
-		}
-	}
-	if pairKey("ann", "1.2.3.4") == pairKey("ann", "1.2.3.5") || pairKey("ann", "1.2.3.4") == addrKey("1.2.3.4") {
-		t.Fatal("throttle keys collide")
-	}
-}
-
 // The client address comes from the forwarding headers only when the
 // direct peer is a trusted proxy, read from the right.
 func TestClientIP(t *testing.T) {
@@ -98,36 +86,6 @@ func TestClientIP(t *testing.T) {
 	}
 	if _, err := ParseTrustedProxies("10.0.0.0/8, nonsense"); err == nil {
 		t.Fatal("a bad entry must be an error")
-	}
-}
-
-func TestPasswordHash(t *testing.T) {
-	h, err := newHasher(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	phc, err := h.hash(ctx, "correct horse")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(phc, "$argon2id$v=19$m=19456,t=2,p=1$") {
-		t.Fatalf("PHC %q", phc)
-	}
-	other, _ := h.hash(ctx, "correct horse")
-	if other == phc {
-		t.Fatal("salt is not random")
-	}
-	if ok, err := h.verify(ctx, phc, "correct horse"); !ok || err != nil {
-		t.Fatalf("verify: %v %v", ok, err)
-	}
-	if ok, _ := h.verify(ctx, phc, "correct horsE"); ok {
-		t.Fatal("wrong password verified")
-	}
-	for _, bad := range []string{"", "plain", "$argon2i$v=19$m=1,t=1,p=1$AA$AA", "$argon2id$v=19$m=99999999,t=1,p=1$AAAA$AAAA", strings.Replace(phc, "v=19", "v=16", 1)} {
-		if ok, err := h.verify(ctx, bad, "x"); ok || err == nil {
-			t.Fatalf("malformed hash %q accepted", bad)
-		}
 	}
 }
 
@@ -203,26 +161,5 @@ func TestParseWait(t *testing.T) {
 		if _, err := parseWait(in, time.Second); err == nil {
 			t.Fatalf("%q accepted", in)
 		}
-	}
-}
-
-func TestVerifiedTokenCacheHonoursExpiry(t *testing.T) {
-	now := time.Unix(1_000_000, 0)
-	tk := &tokens{secret: make([]byte, 32), issuer: "i", audience: "a", now: func() time.Time { return now }}
-	tok, err := tk.issue("ann")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 2; i++ { // second time from the cache
-		if sub, err := tk.verify(tok); err != nil || sub != "ann" {
-			t.Fatalf("verify %d: %q %v", i, sub, err)
-		}
-	}
-	now = now.Add(TokenTTL + time.Minute)
-	if _, err := tk.verify(tok); err == nil {
-		t.Fatal("expired token accepted from the cache")
-	}
-	if _, err := tk.verify(tok[:len(tok)-2] + "xx"); err == nil {
-		t.Fatal("tampered signature accepted")
 	}
 }

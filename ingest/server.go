@@ -21,6 +21,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
 // Server is the HTTP edge: a Fiber app wired to NATS JetStream (events,
@@ -37,12 +38,12 @@ type Server struct {
 	images jetstream.ObjectStore
 	idem   jetstream.KeyValue // first answers by Idempotency-Key
 	mongo  *mongo.Client
-	users  *userStore
+	users  *auth.Users
 
-	tokens   *tokens
-	hasher   *hasher
-	throttle *throttle
-	revoked  *revocations
+	tokens   *auth.Tokens
+	hasher   *auth.Hasher
+	throttle *auth.Throttle
+	revoked  *auth.Revocations
 	metrics  *metrics
 	grades   *gradeWaiters
 	models   *modelCache
@@ -110,14 +111,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger.With("service", "ingest"),
-		tokens:   &tokens{secret: cfg.JWTSecret, issuer: cfg.JWTIssuer, audience: cfg.JWTAudience, now: time.Now},
 		grades:   newGradeWaiters(),
 		stopping: make(chan struct{}),
 	}
 	if s.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
-	if s.hasher, err = newHasher(max(2, runtime.NumCPU())); err != nil {
+	if s.hasher, err = auth.NewHasher(max(2, runtime.NumCPU())); err != nil {
 		return nil, fmt.Errorf("ingest: hasher: %w", err)
 	}
 	ok := false
@@ -157,8 +157,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if s.users, err = newUserStore(ictx, s.mongo.Database(cfg.Database)); err != nil {
-		return nil, err
+	if s.users, err = auth.OpenUsers(ictx, s.mongo.Database(cfg.Database)); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
 	}
 
 	s.app = s.newApp()
@@ -300,7 +300,9 @@ func (s *Server) Shutdown(timeout time.Duration) error {
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.grades.unsubscribe()
-		s.revoked.stop()
+		if s.revoked != nil {
+			s.revoked.Stop()
+		}
 		if s.nc != nil {
 			_ = s.nc.Drain()
 			// Drain is asynchronous; wait briefly so published acks are not cut.

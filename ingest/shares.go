@@ -7,6 +7,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
 type sharesResponse struct {
@@ -49,8 +50,8 @@ func (s *Server) deleteShare(c *fiber.Ctx) error {
 func (s *Server) changeShares(c *fiber.Ctx, change func([]string, string) ([]string, error), mustExist bool) error {
 	ctx := c.UserContext()
 	user := userOf(c)
-	who := normalize(c.Params("username"))
-	if !validUsername.MatchString(who) {
+	who := auth.Normalize(c.Params("username"))
+	if !auth.ValidUsername(who) {
 		return errorf(http.StatusNotFound, "user %q not found", c.Params("username"))
 	}
 	img, err := s.ownImage(ctx, user, c.Params("id"))
@@ -61,7 +62,7 @@ func (s *Server) changeShares(c *fiber.Ctx, change func([]string, string) ([]str
 		return invalid("invalid share", "username: the owner always sees the image")
 	}
 	if mustExist {
-		u, err := s.users.find(ctx, who)
+		u, err := s.users.Find(ctx, who)
 		if err != nil {
 			return storeUnavailable(err)
 		}

@@ -102,7 +102,7 @@ func (s *Server) statsScope(c *fiber.Ctx) (user string, all bool, err error) {
 	}
 	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)
 	defer cancel()
-	admin, err := s.users.hasRole(ctx, user, RoleAdmin)
+	admin, err := s.users.HasRole(ctx, user, RoleAdmin)
 	if err != nil {
 		return "", false, storeUnavailable(err)
 	}

@@ -1,4 +1,4 @@
-package ingest
+package auth
 
 import (
 	"context"
@@ -23,7 +23,7 @@ var ErrNoUser = errors.New("no such user")
 // users collection. It reports whether the record changed: granting a role
 // the user has, or revoking one they lack, changes nothing and is no error.
 func SetRole(ctx context.Context, db *mongo.Database, username, role string, grant bool) (bool, error) {
-	norm := normalize(username)
+	norm := Normalize(username)
 	if norm == "" {
 		return false, fmt.Errorf("%w: empty username", ErrNoUser)
 	}
@@ -36,7 +36,7 @@ func SetRole(ctx context.Context, db *mongo.Database, username, role string, gra
 	res, err := db.Collection(usersCollection).UpdateOne(ctx, bson.D{{Key: "_id", Value: norm}},
 		bson.D{{Key: op, Value: bson.D{{Key: "roles", Value: role}}}})
 	if err != nil {
-		return false, fmt.Errorf("ingest: set role %s of %s: %w", role, norm, err)
+		return false, fmt.Errorf("set role %s of %s: %w", role, norm, err)
 	}
 	if res.MatchedCount == 0 {
 		return false, fmt.Errorf("%w: %q", ErrNoUser, norm)
@@ -44,10 +44,10 @@ func SetRole(ctx context.Context, db *mongo.Database, username, role string, gra
 	return res.ModifiedCount > 0, nil
 }
 
-// hasRole reports whether the user norm (already normalised) has role; an
+// HasRole reports whether the user norm (already normalised) has role; an
 // unknown user has none.
-func (u *userStore) hasRole(ctx context.Context, norm, role string) (bool, error) {
-	doc, err := u.find(ctx, norm)
+func (u *Users) HasRole(ctx context.Context, norm, role string) (bool, error) {
+	doc, err := u.Find(ctx, norm)
 	if err != nil || doc == nil {
 		return false, err
 	}

@@ -1,4 +1,4 @@
-package ingest
+package auth
 
 import (
 	"context"
@@ -23,28 +23,31 @@ const (
 
 var b64 = base64.RawStdEncoding
 
-// hasher hashes and verifies passwords, bounding how many run at once so a
+// Hasher hashes and verifies passwords, bounding how many run at once so a
 // burst of logins cannot allocate unbounded memory.
-type hasher struct {
-	sem   chan struct{}
-	dummy string // verified when the user does not exist, to equalise time
+type Hasher struct {
+	sem chan struct{}
+	// Dummy is a hash of a random password, verified when the user does
+	// not exist so that unknown users cost the same time as known ones.
+	Dummy string
 }
 
-func newHasher(concurrency int) (*hasher, error) {
-	h := &hasher{sem: make(chan struct{}, concurrency)}
+// NewHasher returns a Hasher running at most concurrency hashes at once.
+func NewHasher(concurrency int) (*Hasher, error) {
+	h := &Hasher{sem: make(chan struct{}, concurrency)}
 	pw := make([]byte, 24)
 	if _, err := rand.Read(pw); err != nil {
 		return nil, err
 	}
-	d, err := h.hash(context.Background(), string(pw))
+	d, err := h.Hash(context.Background(), string(pw))
 	if err != nil {
 		return nil, err
 	}
-	h.dummy = d
+	h.Dummy = d
 	return h, nil
 }
 
-func (h *hasher) acquire(ctx context.Context) error {
+func (h *Hasher) acquire(ctx context.Context) error {
 	select {
 	case h.sem <- struct{}{}:
 		return nil
@@ -53,10 +56,10 @@ func (h *hasher) acquire(ctx context.Context) error {
 	}
 }
 
-func (h *hasher) release() { <-h.sem }
+func (h *Hasher) release() { <-h.sem }
 
-// hash returns a PHC string: $argon2id$v=19$m=...,t=...,p=...$salt$key.
-func (h *hasher) hash(ctx context.Context, password string) (string, error) {
+// Hash returns a PHC string: $argon2id$v=19$m=...,t=...,p=...$salt$key.
+func (h *Hasher) Hash(ctx context.Context, password string) (string, error) {
 	salt := make([]byte, argonSaltLen)
 	if _, err := rand.Read(salt); err != nil {
 		return "", err
@@ -70,35 +73,36 @@ func (h *hasher) hash(ctx context.Context, password string) (string, error) {
 		b64.EncodeToString(salt), b64.EncodeToString(key)), nil
 }
 
-var errBadHash = errors.New("malformed password hash")
+// ErrBadHash is Verify's error for a stored hash it cannot read.
+var ErrBadHash = errors.New("malformed password hash")
 
-// verify reports whether password matches the PHC string, in constant time
+// Verify reports whether password matches the PHC string, in constant time
 // with respect to the key comparison.
-func (h *hasher) verify(ctx context.Context, phc, password string) (bool, error) {
+func (h *Hasher) Verify(ctx context.Context, phc, password string) (bool, error) {
 	parts := strings.Split(phc, "$")
 	if len(parts) != 6 || parts[1] != "argon2id" {
-		return false, errBadHash
+		return false, ErrBadHash
 	}
 	var version int
 	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
-		return false, errBadHash
+		return false, ErrBadHash
 	}
 	var mem, iters uint32
 	var threads uint8
 	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &mem, &iters, &threads); err != nil {
-		return false, errBadHash
+		return false, ErrBadHash
 	}
 	// Bound the parameters so a tampered store cannot make us allocate GiBs.
 	if mem == 0 || mem > 256*1024 || iters == 0 || iters > 16 || threads == 0 {
-		return false, errBadHash
+		return false, ErrBadHash
 	}
 	salt, err := b64.DecodeString(parts[4])
 	if err != nil {
-		return false, errBadHash
+		return false, ErrBadHash
 	}
 	want, err := b64.DecodeString(parts[5])
 	if err != nil || len(want) == 0 || len(want) > 128 {
-		return false, errBadHash
+		return false, ErrBadHash
 	}
 	if err := h.acquire(ctx); err != nil {
 		return false, err

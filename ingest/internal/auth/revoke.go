@@ -1,4 +1,4 @@
-package ingest
+package auth
 
 import (
 	"context"
@@ -6,31 +6,40 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net/http"
 	"sync"
 	"time"
 
-	"github.com/gofiber/fiber/v2"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// errRevoked is the verification error of a logged-out token.
-var errRevoked = errors.New("token revoked")
+// ErrRevoked is the verification error of a logged-out token.
+var ErrRevoked = errors.New("token revoked")
 
-// revocations is the set of tokens revoked by logout. The list lives in a
+// Revocations is the set of tokens revoked by logout. The list lives in a
 // NATS KV bucket (bus.RevokedTokensBucket) holding each token's expiry;
 // every edge replica watches the bucket and keeps the set in memory, so a
 // request checks a map, not the network, and a logout on one replica
 // reaches the others as fast as NATS delivers it.
-type revocations struct {
-	kv  jetstream.KeyValue
-	log *slog.Logger
+type Revocations struct {
+	kv  revocationStore
 	now func() time.Time
 
 	mu      sync.RWMutex
 	revoked map[string]time.Time // revocation key -> token expiry
 	watcher jetstream.KeyWatcher
+}
+
+// revocationStore is the part of a JetStream key-value bucket the
+// revocation list uses: puts, and a watch of every key.
+type revocationStore interface {
+	Put(ctx context.Context, key string, value []byte) (uint64, error)
+	WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error)
+}
+
+// NewRevocations keeps the list in kv (bus.RevokedTokensBucket); call
+// Start before use.
+func NewRevocations(kv revocationStore) *Revocations {
+	return &Revocations{kv: kv, now: time.Now}
 }
 
 // revocationKey names a token in the bucket: a digest of the whole token,
@@ -40,15 +49,16 @@ func revocationKey(token string) string {
 	return "t." + hex.EncodeToString(h[:])
 }
 
-// start loads the current list and keeps following it. It returns once the
-// existing entries are loaded, so no revoked token passes after a restart.
-func (r *revocations) start(ctx context.Context) error {
+// Start loads the current list and keeps following it until Stop. It
+// returns once the existing entries are loaded, so no revoked token passes
+// after a restart.
+func (r *Revocations) Start(ctx context.Context) error {
 	r.revoked = map[string]time.Time{}
 	// The watch lives until stop, not until ctx (which bounds the loading):
 	// a cancelled context ends a watcher.
 	w, err := r.kv.WatchAll(context.WithoutCancel(ctx))
 	if err != nil {
-		return fmt.Errorf("ingest: watch revoked tokens: %w", err)
+		return fmt.Errorf("watch revoked tokens: %w", err)
 	}
 	r.watcher = w
 	loaded := make(chan struct{})
@@ -68,11 +78,11 @@ func (r *revocations) start(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		_ = w.Stop()
-		return fmt.Errorf("ingest: load revoked tokens: %w", ctx.Err())
+		return fmt.Errorf("load revoked tokens: %w", ctx.Err())
 	}
 }
 
-func (r *revocations) apply(e jetstream.KeyValueEntry) {
+func (r *Revocations) apply(e jetstream.KeyValueEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {
@@ -95,7 +105,7 @@ func (r *revocations) apply(e jetstream.KeyValueEntry) {
 	}
 }
 
-func (r *revocations) isRevoked(key string) bool {
+func (r *Revocations) isRevoked(key string) bool {
 	if r == nil {
 		return false
 	}
@@ -105,9 +115,9 @@ func (r *revocations) isRevoked(key string) bool {
 	return ok
 }
 
-// revoke records the token as revoked until exp, in the bucket (durable,
+// Revoke records the token as revoked until exp, in the bucket (durable,
 // seen by every replica) and at once in this replica's set.
-func (r *revocations) revoke(ctx context.Context, token string, exp time.Time) error {
+func (r *Revocations) Revoke(ctx context.Context, token string, exp time.Time) error {
 	key := revocationKey(token)
 	if _, err := r.kv.Put(ctx, key, []byte(exp.UTC().Format(time.RFC3339))); err != nil {
 		return err
@@ -118,24 +128,9 @@ func (r *revocations) revoke(ctx context.Context, token string, exp time.Time) e
 	return nil
 }
 
-func (r *revocations) stop() {
+// Stop ends the watch of the bucket.
+func (r *Revocations) Stop() {
 	if r != nil && r.watcher != nil {
 		_ = r.watcher.Stop()
 	}
-}
-
-// logout revokes the token the request was authenticated with and clears
-// the cookie. Other tokens of the same user stay valid.
-func (s *Server) logout(c *fiber.Ctx) error {
-	token, _ := c.Locals(localToken).(string)
-	exp, _ := c.Locals(localTokenExp).(time.Time)
-	ctx, cancel := context.WithTimeout(c.UserContext(), 5*time.Second)
-	defer cancel()
-	if err := s.revoked.revoke(ctx, token, exp); err != nil {
-		return &apiError{Status: http.StatusServiceUnavailable, Message: "the token could not be revoked; try again", Cause: err}
-	}
-	s.tokens.forget(token)
-	c.Cookie(&fiber.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, Expires: time.Unix(0, 0),
-		HTTPOnly: true, Secure: !s.cfg.Local, SameSite: fiber.CookieSameSiteStrictMode})
-	return c.JSON(fiber.Map{"status": "logged out"})
 }
