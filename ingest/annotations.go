@@ -5,20 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
-	"regexp"
-	"strconv"
-	"strings"
 
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
-
-// Ids and references clients pass: printable, bounded, no whitespace.
-var validRef = regexp.MustCompile(`^[A-Za-z0-9._:\-]{1,128}$`)
 
 type annotationRequest struct {
 	ImageID    *string         `json:"image_id"`
@@ -30,37 +23,6 @@ type annotationAccepted struct {
 	ID      string `json:"id"`
 	Status  string `json:"status,omitempty"`
 	Message string `json:"message"`
-}
-
-func requireJSON(c *fiber.Ctx) error {
-	ct := strings.ToLower(strings.TrimSpace(c.Get(fiber.HeaderContentType)))
-	if ct == "" || strings.HasPrefix(ct, fiber.MIMEApplicationJSON) || strings.Contains(ct, "+json") {
-		return checkJSONCharset(ct)
-	}
-	return errorf(http.StatusUnsupportedMediaType, "Content-Type must be application/json, not %q", ct)
-}
-
-// checkJSONCharset refuses a JSON media type declaring a charset other
-// than UTF-8: JSON is UTF-8 (RFC 8259), and decoding UTF-16 bytes as UTF-8
-// would silently store something else than the client sent.
-func checkJSONCharset(ct string) error {
-	if !isJSONType(ct) {
-		return nil
-	}
-	_, params, err := mime.ParseMediaType(ct)
-	if err != nil {
-		return errorf(http.StatusUnsupportedMediaType, "malformed Content-Type %q", ct)
-	}
-	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "utf8") {
-		return errorf(http.StatusUnsupportedMediaType, "JSON must be UTF-8, not charset=%s", cs)
-	}
-	return nil
-}
-
-func isJSONType(ct string) bool {
-	mt, _, _ := strings.Cut(strings.ToLower(ct), ";")
-	mt = strings.TrimSpace(mt)
-	return mt == fiber.MIMEApplicationJSON || strings.HasSuffix(mt, "+json")
 }
 
 // parseAnnotation validates an annotation body and builds its event. The
@@ -149,53 +111,6 @@ func (s *Server) createAnnotation(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderLocation, "/api/v1/annotations/"+ev.ID)
 	return c.Status(http.StatusAccepted).JSON(annotationAccepted{ID: ev.ID, Status: "accepted", Message: "Annotation received."})
-}
-
-// createAnnotationSeed is the seed's POST /api/annotation: same body
-// ({username, annotation}), the seed's answer {"message": "Annotation
-// received."} plus the id, with the seed's status 200.
-func (s *Server) createAnnotationSeed(c *fiber.Ctx) error {
-	ev, err := s.parseAnnotation(c, false)
-	if err != nil {
-		return err
-	}
-	if err := s.publish(c.UserContext(), ev); err != nil {
-		return err
-	}
-	return c.Status(http.StatusOK).JSON(annotationAccepted{ID: ev.ID, Message: "Annotation received."})
-}
-
-// parsePage reads ?page=&per_page=&cursor= with defaults and bounds. The
-// cursor (a listing's "next") is checked by the service that issued it.
-func parsePage(c *fiber.Ctx) (page, perPage int, cursor string, err error) {
-	page, perPage, cursor = 1, bus.DefaultPerPage, c.Query("cursor")
-	var details []string
-	if len(cursor) > 512 {
-		details = append(details, "cursor: not a cursor returned by a previous page")
-	}
-	if v := c.Query("page"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			details = append(details, "page: must be an integer")
-		} else {
-			page = n
-		}
-	}
-	if v := c.Query("per_page"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			details = append(details, "per_page: must be an integer")
-		} else {
-			perPage = n
-		}
-	}
-	if len(details) > 0 {
-		return 0, 0, "", invalid("invalid pagination", details...)
-	}
-	if err := bus.ValidatePage(page, perPage); err != nil {
-		return 0, 0, "", err
-	}
-	return page, perPage, cursor, nil
 }
 
 func (s *Server) listAnnotations(c *fiber.Ctx) error {
@@ -305,4 +220,32 @@ func (s *Server) deleteAnnotation(c *fiber.Ctx) error {
 		return err
 	}
 	return c.SendStatus(http.StatusNoContent)
+}
+
+// annotationRoutes submit, list, read, change and delete annotations.
+func (s *Server) annotationRoutes() []route {
+	return []route{
+		{Method: "POST", Path: "/api/v1/annotations", Tag: "annotations", Summary: "Submit an annotation", Auth: true, Handler: s.createAnnotation,
+			Description: "Answers 202 only after JetStream acknowledged the event. The author is the token's user; a body username that differs is 403. Unknown fields are rejected.",
+			Body: &reqBody{Required: true, Content: map[string]M{"application/json": ref("AnnotationRequest")},
+				Example: M{"image_id": "retina-001", "annotation": M{"label": "microaneurysm", "box": []int{10, 20, 30, 40}}}},
+			Responses: withErrors(map[int]resp{202: {Desc: "Accepted (durably stored in the stream).", Schema: ref("AnnotationAccepted"),
+				Headers: map[string]string{"Location": "URL of the annotation."}},
+				403: errResp("Body username differs from the token's user."), 413: errResp("Body over 1 MiB or annotation over 64 KiB.")}, 400, 401, 415, 422, 503)},
+		{Method: "GET", Path: "/api/v1/annotations", Tag: "annotations", Summary: "List annotations", Auth: true, Handler: s.listAnnotations,
+			Query:     append([]param{{Name: "image_id", Schema: M{"type": "string"}}, {Name: "author", Schema: M{"type": "string"}}}, pageParams...),
+			Responses: withErrors(map[int]resp{200: {Desc: "A page of annotations.", Schema: ref("AnnotationPage")}}, 401, 422, 503)},
+		{Method: "GET", Path: "/api/v1/annotations/:id", Tag: "annotations", Summary: "Get an annotation", Auth: true, Handler: s.getAnnotation,
+			Description: "Visible to its author, and to the owner of its image and the users the image is shared with; any other is 404.",
+			Responses:   withErrors(map[int]resp{200: {Desc: "The annotation.", Schema: ref("Annotation")}}, 401, 404, 503)},
+		{Method: "PATCH", Path: "/api/v1/annotations/:id", Tag: "annotations", Summary: "Replace the body of your annotation", Auth: true, Handler: s.updateAnnotation,
+			Description: "Only the author. Recorded as an annotation.updated event; the author's next read shows it.",
+			Body: &reqBody{Required: true, Content: map[string]M{"application/json": ref("AnnotationPatch")},
+				Example: M{"annotation": M{"label": "haemorrhage"}}},
+			Responses: withErrors(map[int]resp{200: {Desc: "The annotation as it now reads.", Schema: ref("Annotation")},
+				403: errResp("Not the author.")}, 400, 401, 404, 413, 415, 422, 503)},
+		{Method: "DELETE", Path: "/api/v1/annotations/:id", Tag: "annotations", Summary: "Delete your annotation", Auth: true, Handler: s.deleteAnnotation,
+			Description: "Only the author. Recorded as an annotation.deleted event.",
+			Responses:   withErrors(map[int]resp{204: {Desc: "Deleted."}, 403: errResp("Not the author.")}, 401, 404, 503)},
+	}
 }

@@ -317,3 +317,36 @@ func (s *Server) deleteImage(c *fiber.Ctx) error {
 	}
 	return c.SendStatus(http.StatusNoContent)
 }
+
+// catalogRoutes are the image catalogue: images, their bytes, tags and shares.
+func (s *Server) catalogRoutes() []route {
+	return []route{
+		{Method: "POST", Path: "/api/v1/images", Tag: "images", Summary: "Add an image to your catalogue", Auth: true, Handler: s.createImage, Body: imageBody,
+			Responses: withErrors(map[int]resp{201: {Desc: "Catalogued.", Schema: ref("Image"), Headers: map[string]string{"Location": "URL of the image."}}}, 400, 401, 413, 415, 422, 503)},
+		{Method: "GET", Path: "/api/v1/images", Tag: "images", Summary: "List your images, filtered by tags (all must match)", Auth: true, Handler: s.listImages,
+			Query:     append([]param{{Name: "tag", Description: "Repeat for several tags.", Schema: arrOf(M{"type": "string"}), Explode: true}}, pageParams...),
+			Responses: withErrors(map[int]resp{200: {Desc: "A page of images.", Schema: ref("ImagePage")}}, 401, 422, 503)},
+		{Method: "GET", Path: "/api/v1/images/:id", Tag: "images", Summary: "Image metadata", Auth: true, Handler: s.getImage,
+			Responses: withErrors(map[int]resp{200: {Desc: "The image.", Schema: ref("Image")}}, 401, 404, 503)},
+		{Method: "DELETE", Path: "/api/v1/images/:id", Tag: "images", Summary: "Delete an image", Auth: true, Handler: s.deleteImage,
+			Responses: withErrors(map[int]resp{204: {Desc: "Deleted."}}, 401, 404, 503)},
+		{Method: "GET", Path: "/api/v1/images/:id/content", Tag: "images", Summary: "Image bytes", Auth: true, Handler: s.imageContent,
+			Description: "ETag is the sha256 of the bytes; If-None-Match answers 304.",
+			Responses: withErrors(map[int]resp{200: {Desc: "The bytes.", Media: "image/*", Schema: M{"type": "string", "format": "binary"},
+				Headers: map[string]string{"ETag": "Quoted sha256 of the bytes."}}, 304: {Desc: "Not modified."}}, 401, 404, 503)},
+		{Method: "GET", Path: "/api/v1/images/:id/shares", Tag: "images", Summary: "Users your image is shared with", Auth: true, Handler: s.listShares,
+			Responses: withErrors(map[int]resp{200: {Desc: "The share list.", Schema: ref("Shares")}, 403: errResp("Shared with you; only the owner sees the list.")}, 401, 404, 503)},
+		{Method: "PUT", Path: "/api/v1/images/:id/shares/:username", Tag: "images", Summary: "Share your image with a user", Auth: true, Handler: s.putShare,
+			Description: "They may then see the image and its annotations, and annotate it. Idempotent.",
+			Responses:   withErrors(map[int]resp{200: {Desc: "The share list.", Schema: ref("Shares")}, 403: errResp("Not the owner.")}, 401, 404, 422, 503)},
+		{Method: "DELETE", Path: "/api/v1/images/:id/shares/:username", Tag: "images", Summary: "Stop sharing your image with a user", Auth: true, Handler: s.deleteShare,
+			Responses: withErrors(map[int]resp{200: {Desc: "The share list.", Schema: ref("Shares")}, 403: errResp("Not the owner.")}, 401, 404, 503)},
+		{Method: "GET", Path: "/api/v1/images/:id/tags", Tag: "images", Summary: "Tags of an image", Auth: true, Handler: s.getTags,
+			Responses: withErrors(map[int]resp{200: {Desc: "Tags.", Schema: ref("Tags")}}, 401, 404, 503)},
+		{Method: "PUT", Path: "/api/v1/images/:id/tags", Tag: "images", Summary: "Replace the tags of an image", Auth: true, Handler: s.putTags,
+			Body:      &reqBody{Required: true, Content: map[string]M{"application/json": ref("TagsRequest")}, Example: M{"tags": []string{"retina", "left-eye"}}},
+			Responses: withErrors(map[int]resp{200: {Desc: "Tags set.", Schema: ref("Tags")}}, 400, 401, 404, 415, 422, 503)},
+		{Method: "DELETE", Path: "/api/v1/images/:id/tags", Tag: "images", Summary: "Remove all tags of an image", Auth: true, Handler: s.deleteTags,
+			Responses: withErrors(map[int]resp{200: {Desc: "Tags removed.", Schema: ref("Tags")}}, 401, 404, 503)},
+	}
+}

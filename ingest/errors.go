@@ -1,15 +1,12 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -154,91 +151,4 @@ func (s *Server) drainRejectedBody(c *fiber.Ctx) {
 		}
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-}
-
-// maxBodyDepth bounds the nesting of every JSON body: an annotation
-// (bus.MaxAnnotationDepth levels) inside its request object is the deepest
-// body a client has reason to send.
-const maxBodyDepth = bus.MaxAnnotationDepth + 1
-
-// decodeJSON decodes one JSON value from data into v. Syntax errors are 400;
-// wrong types and (when strict) unknown fields are 422 naming the field, as
-// are duplicate keys and nesting beyond maxBodyDepth.
-func decodeJSON(data []byte, v any, strict bool) error {
-	if err := checkJSONBody(data, maxBodyDepth, "body"); err != nil {
-		return err
-	}
-	return decodeCheckedJSON(data, v, strict)
-}
-
-// checkJSONBody applies bus.CheckJSON and turns its findings into client
-// errors naming what (the body, or the part of it being checked).
-func checkJSONBody(data []byte, depth int, what string) error {
-	err := bus.CheckJSON(data, depth)
-	if err == nil {
-		return nil
-	}
-	var je *bus.JSONError
-	if errors.As(err, &je) && je.Err == bus.ErrJSONNotUTF8 {
-		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON: the body must be UTF-8", Details: []string{what + ": " + err.Error()}}
-	}
-	return invalid("invalid JSON", what+": "+err.Error())
-}
-
-// decodeCheckedJSON is decodeJSON for data checkJSONBody already passed.
-func decodeCheckedJSON(data []byte, v any, strict bool) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		data = []byte("{}")
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if strict {
-		dec.DisallowUnknownFields()
-	}
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errorf(http.StatusBadRequest, "malformed JSON: unexpected data after the JSON value")
-	}
-	return nil
-}
-
-// jsonError maps an encoding/json error to a client error.
-func jsonError(err error) error {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Details: []string{fmt.Sprintf("offset %d: %v", syn.Offset, syn)}}
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Details: []string{"unexpected end of input"}}
-	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			field = "body"
-		}
-		return invalid("invalid request body", fmt.Sprintf("%s: must be %s, not %s", field, jsonKind(typ.Type.Kind().String()), typ.Value))
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
-		return invalid("invalid request body", fmt.Sprintf("%s: unknown field", strings.Trim(name, `"`)))
-	default:
-		return &apiError{Status: http.StatusBadRequest, Message: "malformed JSON", Cause: err}
-	}
-}
-
-func jsonKind(k string) string {
-	switch k {
-	case "string":
-		return "a string"
-	case "float64", "float32", "int", "int64", "int32", "uint64", "uint32", "uint":
-		return "a number"
-	case "bool":
-		return "a boolean"
-	case "slice", "array":
-		return "an array"
-	case "map", "struct":
-		return "an object"
-	default:
-		return "of type " + k
-	}
 }

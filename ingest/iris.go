@@ -314,9 +314,6 @@ var (
 	seedFields  = []string{"species", "lower", "upper", "page", "per_page"}
 )
 
-// seedPerPage is the seed API's default page size.
-const seedPerPage = 150
-
 func (s *Server) irisRange(ctx context.Context, b irisBody) (json.RawMessage, error) {
 	return request[json.RawMessage](ctx, s, bus.SvcIrisRange,
 		bus.IrisRangeQuery{IrisFilter: b.Filter, Page: b.Page, PerPage: b.PerPage, Sort: b.Sort})
@@ -337,38 +334,6 @@ func (s *Server) rangeV1(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 	return c.Send(raw)
-}
-
-// rangeSeed is the seed's POST /range/: a bare list of rows with the
-// species under "label".
-func (s *Server) rangeSeed(c *fiber.Ctx) error {
-	b, err := parseIrisBody(c.Body(), seedFields, seedPerPage)
-	if err != nil {
-		return err
-	}
-	raw, err := s.irisRange(c.UserContext(), b)
-	if err != nil {
-		return err
-	}
-	var page struct {
-		Data []map[string]any `json:"data"`
-	}
-	if err := json.Unmarshal(raw, &page); err != nil {
-		return fmt.Errorf("decode range reply: %w", err)
-	}
-	out := make([]map[string]any, 0, len(page.Data))
-	for _, r := range page.Data {
-		label := r["label"]
-		if label == nil {
-			label = r["species"]
-		}
-		row := map[string]any{"label": label}
-		for _, col := range bus.IrisColumns {
-			row[col] = r[col]
-		}
-		out = append(out, row)
-	}
-	return c.JSON(out)
 }
 
 // decodeStats accepts a bare list or {"data": [...]}.
@@ -453,19 +418,24 @@ func (s *Server) statsV1(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"func": fn, "data": statsRows(stats, fn, q, true)})
 }
 
-// meanSeed is the seed's POST /stats/mean/: a bare list of
-// {label, mean_sepal_length, ...}, paginated over species as the seed did.
-func (s *Server) meanSeed(c *fiber.Ctx) error {
-	b, err := parseIrisBody(c.Body(), seedFields, seedPerPage)
-	if err != nil {
-		return err
+// irisRoutes add iris measurements and query them.
+func (s *Server) irisRoutes() []route {
+	return []route{
+		{Method: "POST", Path: "/api/v1/iris/measurements", Tag: "iris", Summary: "Add iris measurements", Auth: true, Handler: s.createMeasurements,
+			Description: "Validates every row, publishes events of at most 10000 rows, answers 202 once all were acknowledged.",
+			Body: &reqBody{Required: true, Content: map[string]M{"application/json": ref("IrisMeasurements")},
+				Example: M{"rows": []M{{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, "species": "setosa"}}}},
+			Responses: withErrors(map[int]resp{202: {Desc: "Accepted.", Schema: ref("IrisAccepted")}}, 400, 401, 413, 415, 422, 503)},
+		{Method: "POST", Path: "/api/v1/iris/range", Tag: "iris", Summary: "Rows within bounds", Auth: true, Handler: s.rangeV1,
+			Description: "lower <= value <= upper, both inclusive. Stable order (sort column, then row id) so pages never overlap or skip.",
+			Body:        &reqBody{Content: map[string]M{"application/json": ref("IrisRangeQuery")}, Example: irisQueryExample},
+			Responses:   withErrors(map[int]resp{200: {Desc: "A page of rows.", Schema: ref("IrisRangePage")}}, 400, 401, 415, 422, 503)},
+		{Method: "POST", Path: "/api/v1/iris/stats/mean", Tag: "iris", Summary: "Mean per species", Auth: true, Handler: s.statsV1,
+			Body:      &reqBody{Content: map[string]M{"application/json": ref("IrisFilter")}, Example: irisQueryExample},
+			Responses: withErrors(map[int]resp{200: {Desc: "Per species {label, mean_<column>..., count}.", Schema: ref("IrisStatsResult")}}, 400, 401, 415, 422, 503)},
+		{Method: "POST", Path: "/api/v1/iris/stats/:fn", Tag: "iris", Summary: "Statistic per species: min, max, median, stddev, count, quantile (?q=)", Auth: true, Handler: s.statsV1,
+			Query:     []param{{Name: "q", Description: "Quantile in [0, 1]; required for quantile.", Schema: M{"type": "number", "minimum": 0, "maximum": 1}}},
+			Body:      &reqBody{Content: map[string]M{"application/json": ref("IrisFilter")}, Example: irisQueryExample},
+			Responses: withErrors(map[int]resp{200: {Desc: "Per species {label, <fn>_<column>..., count}.", Schema: ref("IrisStatsResult")}}, 400, 401, 415, 422, 503)},
 	}
-	stats, err := s.irisStats(c.UserContext(), b.Filter, "mean", 0)
-	if err != nil {
-		return err
-	}
-	rows := statsRows(stats, "mean", nil, false)
-	start := min((b.Page-1)*b.PerPage, len(rows))
-	end := min(start+b.PerPage, len(rows))
-	return c.JSON(rows[start:end])
 }

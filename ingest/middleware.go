@@ -3,13 +3,17 @@ package ingest
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 
 	"github.com/gradeline/gradeline/bus"
 )
@@ -99,4 +103,29 @@ func newRequestID() string {
 	binary.LittleEndian.PutUint64(b[0:], rand.Uint64())
 	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	return hex.EncodeToString(b[:])
+}
+
+// jsonForUnknownMethods answers a method Fiber does not route (PROPFIND,
+// BREW, ...) with the JSON error every other response has: Fiber itself
+// would answer a text/plain 400 before any middleware runs.
+func (s *Server) jsonForUnknownMethods(app *fiber.App, next fasthttp.RequestHandler) fasthttp.RequestHandler {
+	known := map[string]bool{}
+	for _, m := range app.Config().RequestMethods {
+		known[m] = true
+	}
+	return func(ctx *fasthttp.RequestCtx) {
+		if known[string(ctx.Method())] {
+			next(ctx)
+			return
+		}
+		rid := newRequestID()
+		body, _ := json.Marshal(errorBody{Code: http.StatusMethodNotAllowed,
+			Message: fmt.Sprintf("method %.32q is not supported", ctx.Method())})
+		ctx.Response.Header.Set(fiber.HeaderXRequestID, rid)
+		ctx.Response.Header.Set(fiber.HeaderXContentTypeOptions, "nosniff")
+		ctx.Response.Header.Set(fiber.HeaderAllow, "GET, HEAD, POST, PUT, PATCH, DELETE")
+		ctx.SetContentType(fiber.MIMEApplicationJSONCharsetUTF8)
+		ctx.SetStatusCode(http.StatusMethodNotAllowed)
+		ctx.SetBody(body)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -457,4 +459,10 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 		return &apiError{Status: http.StatusServiceUnavailable, Message: "not ready: " + joinSorted(failing), Extra: map[string]any{"checks": checks}}
 	}
 	return c.JSON(fiber.Map{"status": "ready", "checks": checks})
+}
+
+// joinSorted lists names in a stable order for messages.
+func joinSorted(names []string) string {
+	slices.Sort(names)
+	return strings.Join(names, ", ")
 }

@@ -150,3 +150,19 @@ func (s *Server) annotationStats(c *fiber.Ctx) error {
 	}
 	return c.JSON(fiber.Map{"all": all, "from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
 }
+
+// statsRoutes count the caller's (or, for admins, everyone's) grades and annotations.
+func (s *Server) statsRoutes() []route {
+	return []route{
+		{Method: "GET", Path: "/api/v1/stats/grades", Tag: "stats", Summary: "Grades per time bucket and label", Auth: true, Handler: s.gradeStats,
+			Description: "Counts the grades the caller submitted. An admin may pass all=1 for every user's grades.",
+			Query:       append([]param{{Name: "model", Schema: M{"type": "string"}}, statsAllParam}, windowParams...),
+			Responses: withErrors(map[int]resp{200: {Desc: "Count, mean top score, p50/p99 inference time per bucket and label.", Schema: ref("GradeStats")},
+				403: errResp("all=1 from a user without the admin role.")}, 401, 422, 503)},
+		{Method: "GET", Path: "/api/v1/stats/annotations", Tag: "stats", Summary: "Annotations per time bucket and author", Auth: true, Handler: s.annotationStats,
+			Description: "Counts the annotations the caller made. An admin may pass all=1 for every user's annotations, per author.",
+			Query:       append([]param{statsAllParam}, windowParams...),
+			Responses: withErrors(map[int]resp{200: {Desc: "Counts per bucket and author.", Schema: ref("AnnotationStats")},
+				403: errResp("all=1 from a user without the admin role.")}, 401, 422, 503)},
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
@@ -54,18 +55,6 @@ type credentials struct {
 	Password    *string `json:"password"`
 	SignupCode  *string `json:"signupCode"`
 	SignupCode2 *string `json:"signup_code"`
-}
-
-func str(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
-}
-
-func isForm(c *fiber.Ctx) bool {
-	ct := strings.ToLower(c.Get(fiber.HeaderContentType))
-	return strings.HasPrefix(ct, fiber.MIMEApplicationForm) || strings.HasPrefix(ct, fiber.MIMEMultipartForm)
 }
 
 func parseCredentials(c *fiber.Ctx) (credentials, error) {
@@ -327,4 +316,45 @@ func (s *Server) logout(c *fiber.Ctx) error {
 	c.Cookie(&fiber.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, Expires: time.Unix(0, 0),
 		HTTPOnly: true, Secure: !s.cfg.Local, SameSite: fiber.CookieSameSiteStrictMode})
 	return c.JSON(fiber.Map{"status": "logged out"})
+}
+
+// userRoutes are registration, login and logout.
+func (s *Server) userRoutes() []route {
+	return []route{
+		{Method: "POST", Path: "/api/v1/auth/register", Tag: "auth", Summary: "Create an account", Handler: s.register,
+			Description: "Needs the signup code. Usernames are unique case-insensitively; e-mail addresses are valid usernames. Passwords have at least 8 characters.",
+			Body:        credentialsBody,
+			Responses: withErrors(map[int]resp{201: {Desc: "Created; the token is also set as an HttpOnly cookie.", Schema: ref("Token")},
+				403: errResp("Wrong signup code."), 409: errResp("Username taken (case-insensitive).")}, 400, 422, 429, 503)},
+		{Method: "POST", Path: "/api/v1/auth/login", Tag: "auth", Summary: "Log in with username (or email) and password", Handler: s.login,
+			Description: "Accepts JSON or a form. Unknown user and wrong password answer the same 401. Repeated failures for one account from one client address, or from one address overall, answer 429 with Retry-After and a delay that grows with each further failure; the account is never locked as a whole.",
+			Body:        credentialsBody,
+			Responses: withErrors(map[int]resp{200: {Desc: "Logged in; the token is also set as an HttpOnly, SameSite=Strict cookie.", Schema: ref("Token")},
+				401: errResp("Invalid username or password.")}, 400, 422, 429, 503)},
+		{Method: "POST", Path: "/api/v1/auth/logout", Tag: "auth", Summary: "Log out: revoke the token of this request", Auth: true, Handler: s.logout,
+			Description: "The token (bearer or cookie) is revoked on every edge replica until it expires, and the cookie is cleared. Other tokens of the user stay valid.",
+			Responses:   withErrors(map[int]resp{200: {Desc: "Revoked.", Schema: M{"type": "object", "properties": M{"status": M{"type": "string"}}}}}, 401, 503)},
+	}
+}
+
+// startAuthState opens the key-value buckets of login throttling and token
+// revocation and loads the revocation list.
+func (s *Server) startAuthState(ctx context.Context) error {
+	kv, err := bus.KVBucket(ctx, s.js, bus.LoginThrottleBucket, bus.LoginThrottleTTL, s.cfg.Replicas)
+	if err != nil {
+		return err
+	}
+	s.throttle = auth.NewThrottle(kv, s.log)
+	rkv, err := bus.KVBucket(ctx, s.js, bus.RevokedTokensBucket, bus.RevokedTokensTTL, s.cfg.Replicas)
+	if err != nil {
+		return err
+	}
+	s.revoked = auth.NewRevocations(rkv)
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := s.revoked.Start(lctx); err != nil {
+		return err
+	}
+	s.tokens = auth.NewTokens(s.cfg.JWTSecret, s.cfg.JWTIssuer, s.cfg.JWTAudience, s.revoked)
+	return nil
 }
