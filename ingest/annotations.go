@@ -25,38 +25,47 @@ type annotationAccepted struct {
 	Message string `json:"message"`
 }
 
-// parseAnnotation validates an annotation body and builds its event. The
-// author is always the token's user.
-func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCreated, error) {
+// decodeAnnotationRequest reads an annotation request body (JSON, at most
+// maxAnnotationBody bytes) into v.
+func decodeAnnotationRequest(c *fiber.Ctx, v any, strict bool) error {
 	if len(c.Body()) > maxAnnotationBody {
-		return nil, errorf(http.StatusRequestEntityTooLarge, "annotation request body exceeds %d bytes", maxAnnotationBody)
+		return errorf(http.StatusRequestEntityTooLarge, "annotation request body exceeds %d bytes", maxAnnotationBody)
 	}
 	if err := requireJSON(c); err != nil {
-		return nil, err
+		return err
 	}
 	// The annotation is level 2 of the body: the body check names the
 	// annotation's own limit, the one rule bus.ValidateAnnotation applies.
 	if err := bus.CheckJSON(c.Body(), bus.MaxAnnotationDepth+1); err != nil {
 		var je *bus.JSONError
 		if errors.As(err, &je) && je.Err == bus.ErrJSONTooDeep {
-			return nil, invalid("annotation too deep", fmt.Sprintf("annotation: nested deeper than %d levels", bus.MaxAnnotationDepth))
+			return invalid("annotation too deep", fmt.Sprintf("annotation: nested deeper than %d levels", bus.MaxAnnotationDepth))
 		}
-		return nil, checkJSONBody(c.Body(), bus.MaxAnnotationDepth+1, "body")
+		return checkJSONBody(c.Body(), bus.MaxAnnotationDepth+1, "body")
 	}
+	return decodeCheckedJSON(c.Body(), v, strict)
+}
+
+// parseAnnotation validates an annotation body and builds its event. The
+// author is always the token's user.
+func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCreated, error) {
 	var req annotationRequest
-	if err := decodeCheckedJSON(c.Body(), &req, strict); err != nil {
+	if err := decodeAnnotationRequest(c, &req, strict); err != nil {
 		return nil, err
 	}
 	user := userOf(c)
 	if req.Username != nil && auth.Normalize(*req.Username) != user {
 		return nil, errorf(http.StatusForbidden, "username %q does not match the authenticated user", *req.Username)
 	}
-	ann, err := annotationBody(req.Annotation)
+	ann, err := compactAnnotation(req.Annotation)
 	if err != nil {
 		return nil, err
 	}
 	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: user, Annotation: ann}
 	ev.ID = idFor(c.UserContext(), "annotation")
+	if err := validAnnotationEvent(ev, ann); err != nil {
+		return nil, err
+	}
 	if req.ImageID != nil {
 		if !validRef.MatchString(*req.ImageID) {
 			return nil, invalid("invalid request body", "image_id: 1 to 128 characters of letters, digits and . _ : -")
@@ -68,17 +77,13 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 			return nil, err
 		}
 	}
-	if err := ev.Validate(); err != nil {
-		// Unreachable for a body that passed the checks above; kept so the
-		// edge never publishes what consumers would dead-letter.
-		return nil, invalid("invalid annotation", err.Error())
-	}
 	return ev, nil
 }
 
-// annotationBody checks an annotation by the contract's one rule
-// (bus.ValidateAnnotation) and returns it compacted.
-func annotationBody(js json.RawMessage) ([]byte, error) {
+// compactAnnotation checks that the annotation is present and a JSON
+// object, and returns it compacted; what an annotation may hold is the
+// contract's rule, applied by validAnnotationEvent.
+func compactAnnotation(js json.RawMessage) ([]byte, error) {
 	raw := bytes.TrimSpace(js)
 	switch {
 	case len(raw) == 0 || bytes.Equal(raw, []byte("null")):
@@ -90,14 +95,24 @@ func annotationBody(js json.RawMessage) ([]byte, error) {
 	if err := json.Compact(&buf, raw); err != nil {
 		return nil, invalid("invalid request body", "annotation: not valid JSON")
 	}
-	if err := bus.ValidateAnnotation(buf.Bytes()); err != nil {
-		if errors.Is(err, bus.ErrJSONTooLarge) {
-			return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Message: "annotation too large",
-				Details: []string{fmt.Sprintf("annotation: %d bytes, at most %d", buf.Len(), bus.MaxAnnotationBytes)}}
-		}
-		return nil, invalid("invalid annotation", "annotation: "+err.Error())
-	}
 	return buf.Bytes(), nil
+}
+
+// validAnnotationEvent checks an annotation event by the contract's one
+// rule (its Validate, which applies bus.ValidateAnnotation), so the edge
+// accepts exactly what consumers accept and never publishes what they
+// would dead-letter.
+func validAnnotationEvent(ev bus.Event, ann []byte) error {
+	err := ev.Validate()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, bus.ErrJSONTooLarge):
+		return &apiError{Status: http.StatusRequestEntityTooLarge, Message: "annotation too large",
+			Details: []string{fmt.Sprintf("annotation: %d bytes, at most %d", len(ann), bus.MaxAnnotationBytes)}}
+	default:
+		return invalid("invalid annotation", err.Error())
+	}
 }
 
 // createAnnotation answers 202 only after JetStream acknowledged the event.
@@ -178,30 +193,27 @@ func (s *Server) authoredAnnotation(c *fiber.Ctx) (bus.Annotation, error) {
 // updateAnnotation replaces the body of the caller's annotation:
 // PATCH /api/v1/annotations/{id} with {"annotation": {...}}.
 func (s *Server) updateAnnotation(c *fiber.Ctx) error {
-	if len(c.Body()) > maxAnnotationBody {
-		return errorf(http.StatusRequestEntityTooLarge, "annotation request body exceeds %d bytes", maxAnnotationBody)
-	}
-	if err := requireJSON(c); err != nil {
-		return err
-	}
-	if err := bus.CheckJSON(c.Body(), bus.MaxAnnotationDepth+1); err != nil {
-		return checkJSONBody(c.Body(), bus.MaxAnnotationDepth+1, "body")
-	}
 	var req struct {
 		Annotation json.RawMessage `json:"annotation"`
 	}
-	if err := decodeCheckedJSON(c.Body(), &req, true); err != nil {
+	if err := decodeAnnotationRequest(c, &req, true); err != nil {
 		return err
 	}
-	ann, err := annotationBody(req.Annotation)
+	ann, err := compactAnnotation(req.Annotation)
 	if err != nil {
+		return err
+	}
+	// Checked before the lookup, as a creation is: a bad body is 422
+	// whether or not the annotation exists.
+	ev := &bus.AnnotationUpdated{Meta: bus.NewMeta(bus.TypeAnnotationUpdated), AnnotationID: c.Params("id"), Author: userOf(c), Annotation: ann}
+	if err := validAnnotationEvent(ev, ann); err != nil {
 		return err
 	}
 	an, err := s.authoredAnnotation(c)
 	if err != nil {
 		return err
 	}
-	ev := &bus.AnnotationUpdated{Meta: bus.NewMeta(bus.TypeAnnotationUpdated), AnnotationID: an.ID, Author: an.Author, Annotation: ann}
+	ev.AnnotationID, ev.Author = an.ID, an.Author
 	if err := s.publish(c.UserContext(), ev); err != nil {
 		return err
 	}

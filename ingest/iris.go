@@ -314,9 +314,13 @@ var (
 	seedFields  = []string{"species", "lower", "upper", "page", "per_page"}
 )
 
-func (s *Server) irisRange(ctx context.Context, b irisBody) (json.RawMessage, error) {
-	return request[json.RawMessage](ctx, s, bus.SvcIrisRange,
+func (s *Server) irisRange(ctx context.Context, b irisBody) (bus.Page[bus.IrisRow], error) {
+	page, err := request[bus.Page[bus.IrisRow]](ctx, s, bus.SvcIrisRange,
 		bus.IrisRangeQuery{IrisFilter: b.Filter, Page: b.Page, PerPage: b.PerPage, Sort: b.Sort})
+	if page.Data == nil {
+		page.Data = []bus.IrisRow{}
+	}
+	return page, err
 }
 
 // rangeV1 answers {data, page, per_page, total} as the analytics service does.
@@ -328,27 +332,11 @@ func (s *Server) rangeV1(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	raw, err := s.irisRange(c.UserContext(), b)
+	page, err := s.irisRange(c.UserContext(), b)
 	if err != nil {
 		return err
 	}
-	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-	return c.Send(raw)
-}
-
-// decodeStats accepts a bare list or {"data": [...]}.
-func decodeStats(raw json.RawMessage) ([]bus.IrisStat, error) {
-	var list []bus.IrisStat
-	if err := json.Unmarshal(raw, &list); err == nil {
-		return list, nil
-	}
-	var wrapped struct {
-		Data []bus.IrisStat `json:"data"`
-	}
-	if err := json.Unmarshal(raw, &wrapped); err != nil {
-		return nil, fmt.Errorf("decode stats reply: %w", err)
-	}
-	return wrapped.Data, nil
+	return c.JSON(page)
 }
 
 // statsRows names every value "<fn>_<column>" next to label and count.
@@ -373,11 +361,7 @@ func statsRows(stats []bus.IrisStat, fn string, q *float64, withCount bool) []ma
 }
 
 func (s *Server) irisStats(ctx context.Context, f bus.IrisFilter, fn string, q float64) ([]bus.IrisStat, error) {
-	raw, err := request[json.RawMessage](ctx, s, bus.SvcIrisStats, bus.IrisStatsQuery{IrisFilter: f, Func: fn, Q: q})
-	if err != nil {
-		return nil, err
-	}
-	return decodeStats(raw)
+	return request[[]bus.IrisStat](ctx, s, bus.SvcIrisStats, bus.IrisStatsQuery{IrisFilter: f, Func: fn, Q: q})
 }
 
 // statsV1 serves /api/v1/iris/stats/mean and /api/v1/iris/stats/{fn}.

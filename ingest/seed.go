@@ -1,12 +1,9 @@
 package ingest
 
 import (
-	"encoding/json"
-	"fmt"
 	"net/http"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/gradeline/gradeline/bus"
 )
 
 // seedRoutes are the seed project's routes, with its bodies and answers.
@@ -57,6 +54,15 @@ func (s *Server) createAnnotationSeed(c *fiber.Ctx) error {
 // seedPerPage is the seed API's default page size.
 const seedPerPage = 150
 
+// seedIrisRow is a row as the seed's /range/ answers it: the species under "label".
+type seedIrisRow struct {
+	Label       string  `json:"label"`
+	SepalLength float64 `json:"sepal_length"`
+	SepalWidth  float64 `json:"sepal_width"`
+	PetalLength float64 `json:"petal_length"`
+	PetalWidth  float64 `json:"petal_width"`
+}
+
 // rangeSeed is the seed's POST /range/: a bare list of rows with the
 // species under "label".
 func (s *Server) rangeSeed(c *fiber.Ctx) error {
@@ -64,27 +70,13 @@ func (s *Server) rangeSeed(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	raw, err := s.irisRange(c.UserContext(), b)
+	page, err := s.irisRange(c.UserContext(), b)
 	if err != nil {
 		return err
 	}
-	var page struct {
-		Data []map[string]any `json:"data"`
-	}
-	if err := json.Unmarshal(raw, &page); err != nil {
-		return fmt.Errorf("decode range reply: %w", err)
-	}
-	out := make([]map[string]any, 0, len(page.Data))
-	for _, r := range page.Data {
-		label := r["label"]
-		if label == nil {
-			label = r["species"]
-		}
-		row := map[string]any{"label": label}
-		for _, col := range bus.IrisColumns {
-			row[col] = r[col]
-		}
-		out = append(out, row)
+	out := make([]seedIrisRow, len(page.Data))
+	for i, r := range page.Data {
+		out[i] = seedIrisRow{Label: r.Species, SepalLength: r.SepalLength, SepalWidth: r.SepalWidth, PetalLength: r.PetalLength, PetalWidth: r.PetalWidth}
 	}
 	return c.JSON(out)
 }

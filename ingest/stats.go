@@ -1,9 +1,7 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"time"
@@ -70,21 +68,6 @@ func timeWindow(c *fiber.Ctx) (time.Time, time.Time, time.Duration, error) {
 	return from, to, bucket, nil
 }
 
-// statsList accepts a bare list or an object holding it under "data".
-func statsList(raw json.RawMessage) json.RawMessage {
-	trimmed := bytes.TrimSpace(raw)
-	if len(trimmed) > 0 && trimmed[0] == '[' {
-		return trimmed
-	}
-	var wrapped struct {
-		Data json.RawMessage `json:"data"`
-	}
-	if json.Unmarshal(trimmed, &wrapped) == nil && len(wrapped.Data) > 0 && !bytes.Equal(wrapped.Data, []byte("null")) {
-		return wrapped.Data
-	}
-	return json.RawMessage("[]")
-}
-
 // statsScope resolves whose activity a statistics request counts: the
 // caller's own, or everyone's with ?all=1, which only an admin may ask for
 // (403 otherwise). The role is read from the user record on every such
@@ -126,12 +109,12 @@ func (s *Server) gradeStats(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	raw, err := request[json.RawMessage](c.UserContext(), s, bus.SvcStatsGrades,
+	rows, err := request[[]bus.GradeStatsRow](c.UserContext(), s, bus.SvcStatsGrades,
 		bus.GradeStatsQuery{Owner: owner, All: all, Model: model, From: from, To: to, Bucket: bucket})
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"model": model, "all": all, "from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
+	return c.JSON(fiber.Map{"model": model, "all": all, "from": from, "to": to, "bucket": bucket.String(), "data": nonNil(rows)})
 }
 
 func (s *Server) annotationStats(c *fiber.Ctx) error {
@@ -143,12 +126,12 @@ func (s *Server) annotationStats(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	raw, err := request[json.RawMessage](c.UserContext(), s, bus.SvcStatsAnnotations,
+	rows, err := request[[]bus.AnnotationStatsRow](c.UserContext(), s, bus.SvcStatsAnnotations,
 		bus.AnnotationStatsQuery{Author: author, All: all, From: from, To: to, Bucket: bucket})
 	if err != nil {
 		return err
 	}
-	return c.JSON(fiber.Map{"all": all, "from": from, "to": to, "bucket": bucket.String(), "data": statsList(raw)})
+	return c.JSON(fiber.Map{"all": all, "from": from, "to": to, "bucket": bucket.String(), "data": nonNil(rows)})
 }
 
 // statsRoutes count the caller's (or, for admins, everyone's) grades and annotations.
@@ -165,4 +148,12 @@ func (s *Server) statsRoutes() []route {
 			Responses: withErrors(map[int]resp{200: {Desc: "Counts per bucket and author.", Schema: ref("AnnotationStats")},
 				403: errResp("all=1 from a user without the admin role.")}, 401, 422, 503)},
 	}
+}
+
+// nonNil makes an empty reply a JSON [] rather than null.
+func nonNil[T any](rows []T) []T {
+	if rows == nil {
+		return []T{}
+	}
+	return rows
 }

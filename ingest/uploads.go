@@ -45,6 +45,8 @@ type upload struct {
 	Width       int
 	Height      int
 	SHA256      string
+	// colorModel is the header's, for what a full decode would allocate.
+	colorModel color.Model
 }
 
 // multipartForm parses the body as multipart/form-data; anything else is 415.
@@ -110,7 +112,7 @@ func readUpload(form *multipart.Form, field string, limit int64) (*upload, error
 	}
 	sum := sha256.Sum256(data)
 	return &upload{Data: data, ContentType: ct, Filename: cleanFilename(fh.Filename),
-		Width: cfg.Width, Height: cfg.Height, SHA256: hex.EncodeToString(sum[:])}, nil
+		Width: cfg.Width, Height: cfg.Height, SHA256: hex.EncodeToString(sum[:]), colorModel: cfg.ColorModel}, nil
 }
 
 // maxValidateBytes bounds the memory of validating one catalogue image by
@@ -141,14 +143,10 @@ func bytesPerPixel(m color.Model) int64 {
 // header; images whose decoding would need more than maxValidateBytes are
 // refused first (413), naming the limit.
 func validateWholeImage(ctx context.Context, up *upload) error {
-	cfg, _, err := image.DecodeConfig(bytes.NewReader(up.Data))
-	if err != nil {
-		return &apiError{Status: http.StatusUnprocessableEntity, Message: "invalid image",
-			Details: []string{fmt.Sprintf("image: the %s header cannot be decoded", up.ContentType)}, Cause: err}
-	}
-	if need := int64(cfg.Width) * int64(cfg.Height) * bytesPerPixel(cfg.ColorModel); need > maxValidateBytes {
+	// The header was decoded and its dimensions bounded once, by readUpload.
+	if need := int64(up.Width) * int64(up.Height) * bytesPerPixel(up.colorModel); need > maxValidateBytes {
 		return &apiError{Status: http.StatusRequestEntityTooLarge, Message: "image too large to catalogue",
-			Details: []string{fmt.Sprintf("image: %dx%d decodes to %d MiB, more than the limit of %d MiB", cfg.Width, cfg.Height, need>>20, maxValidateBytes>>20)}}
+			Details: []string{fmt.Sprintf("image: %dx%d decodes to %d MiB, more than the limit of %d MiB", up.Width, up.Height, need>>20, maxValidateBytes>>20)}}
 	}
 	select {
 	case fullDecodes <- struct{}{}:
