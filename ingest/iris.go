@@ -206,63 +206,7 @@ func parseIrisBody(body []byte, allowed []string, defPerPage int) (irisBody, err
 		if bytes.Equal(raw, []byte("null")) {
 			continue
 		}
-		switch k {
-		case "species":
-			var one string
-			var many []string
-			if json.Unmarshal(raw, &one) == nil {
-				out.Filter.Species = []string{one}
-			} else if json.Unmarshal(raw, &many) == nil {
-				out.Filter.Species = many
-			} else {
-				details = append(details, "species: must be a string or an array of strings")
-			}
-		case "lower", "upper":
-			var m map[string]json.RawMessage
-			if json.Unmarshal(raw, &m) != nil || raw[0] != '{' {
-				details = append(details, k+": must be an object mapping columns to numbers")
-				continue
-			}
-			bounds := map[string]float64{}
-			cols := make([]string, 0, len(m))
-			for col := range m {
-				cols = append(cols, col)
-			}
-			sort.Strings(cols)
-			for _, col := range cols {
-				v, err := jsonNumber(m[col])
-				if err != nil {
-					details = append(details, fmt.Sprintf("%s.%s: must be a number", k, quoteField(col)))
-					continue
-				}
-				bounds[col] = v
-			}
-			if k == "lower" {
-				out.Filter.Lower = bounds
-			} else {
-				out.Filter.Upper = bounds
-			}
-		case "page", "per_page":
-			v, err := jsonNumber(raw)
-			if err != nil || v != math.Trunc(v) || math.Abs(v) > 1e9 {
-				details = append(details, k+": must be an integer")
-				continue
-			}
-			if k == "page" {
-				out.Page = int(v)
-			} else {
-				out.PerPage = int(v)
-			}
-		case "sort":
-			var col string
-			if json.Unmarshal(raw, &col) != nil {
-				details = append(details, "sort: must be a string naming a column")
-			} else if !slices.Contains(bus.IrisColumns, col) {
-				details = append(details, fmt.Sprintf("sort: unknown column %s (known: %v)", quoteField(col), bus.IrisColumns))
-			} else {
-				out.Sort = col
-			}
-		}
+		details = setIrisField(&out, k, raw, details)
 	}
 	// Every offending field is named at once, not one check at a time.
 	var be *bus.Error
@@ -279,6 +223,69 @@ func parseIrisBody(body []byte, allowed []string, defPerPage int) (irisBody, err
 		return out, invalid("invalid iris query", details...)
 	}
 	return out, nil
+}
+
+// setIrisField parses one field of a range/stats body into out and
+// returns what is wrong with it, added to details.
+func setIrisField(out *irisBody, k string, raw json.RawMessage, details []string) []string {
+	switch k {
+	case "species":
+		var one string
+		var many []string
+		if json.Unmarshal(raw, &one) == nil {
+			out.Filter.Species = []string{one}
+		} else if json.Unmarshal(raw, &many) == nil {
+			out.Filter.Species = many
+		} else {
+			details = append(details, "species: must be a string or an array of strings")
+		}
+	case "lower", "upper":
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil || raw[0] != '{' {
+			details = append(details, k+": must be an object mapping columns to numbers")
+			return details
+		}
+		bounds := map[string]float64{}
+		cols := make([]string, 0, len(m))
+		for col := range m {
+			cols = append(cols, col)
+		}
+		sort.Strings(cols)
+		for _, col := range cols {
+			v, err := jsonNumber(m[col])
+			if err != nil {
+				details = append(details, fmt.Sprintf("%s.%s: must be a number", k, quoteField(col)))
+				continue
+			}
+			bounds[col] = v
+		}
+		if k == "lower" {
+			out.Filter.Lower = bounds
+		} else {
+			out.Filter.Upper = bounds
+		}
+	case "page", "per_page":
+		v, err := jsonNumber(raw)
+		if err != nil || v != math.Trunc(v) || math.Abs(v) > 1e9 {
+			details = append(details, k+": must be an integer")
+			return details
+		}
+		if k == "page" {
+			out.Page = int(v)
+		} else {
+			out.PerPage = int(v)
+		}
+	case "sort":
+		var col string
+		if json.Unmarshal(raw, &col) != nil {
+			details = append(details, "sort: must be a string naming a column")
+		} else if !slices.Contains(bus.IrisColumns, col) {
+			details = append(details, fmt.Sprintf("sort: unknown column %s (known: %v)", quoteField(col), bus.IrisColumns))
+		} else {
+			out.Sort = col
+		}
+	}
+	return details
 }
 
 // quoteField shows a client-supplied name safely inside a message.

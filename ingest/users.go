@@ -122,21 +122,14 @@ func tooMany(wait time.Duration, what string) *apiError {
 	return e
 }
 
-// register: {username, password, signupCode} -> 201 {token, expiresIn}.
-func (s *Server) register(c *fiber.Ctx) error {
-	ip := s.clientIP(c)
-	if wait := s.throttle.Wait(c.UserContext(), auth.AddrRule, auth.AddrKey(ip)); wait > 0 {
-		return tooMany(wait, "from this client")
-	}
-	cr, err := parseCredentials(c)
-	if err != nil {
-		return err
-	}
-	username := str(cr.Username)
+// registration returns the fields a registration needs, with the seed's
+// alternative names (email, signup_code), or 422 naming the missing ones.
+func (cr credentials) registration() (username, password, code string, err error) {
+	username = str(cr.Username)
 	if username == "" {
 		username = str(cr.Email)
 	}
-	code := str(cr.SignupCode)
+	code = str(cr.SignupCode)
 	if code == "" {
 		code = str(cr.SignupCode2)
 	}
@@ -151,22 +144,30 @@ func (s *Server) register(c *fiber.Ctx) error {
 		missing = append(missing, "signupCode: required")
 	}
 	if len(missing) > 0 {
-		return invalid("missing fields", missing...)
+		return "", "", "", invalid("missing fields", missing...)
+	}
+	return strings.TrimSpace(username), str(cr.Password), code, nil
+}
+
+// register: {username, password, signupCode} -> 201 {token, expiresIn}.
+func (s *Server) register(c *fiber.Ctx) error {
+	ip := s.clientIP(c)
+	if wait := s.throttle.Wait(c.UserContext(), auth.AddrRule, auth.AddrKey(ip)); wait > 0 {
+		return tooMany(wait, "from this client")
+	}
+	cr, err := parseCredentials(c)
+	if err != nil {
+		return err
+	}
+	username, pw, code, err := cr.registration()
+	if err != nil {
+		return err
 	}
 	if subtle.ConstantTimeCompare([]byte(code), []byte(s.cfg.SignupCode)) != 1 {
 		s.throttle.Fail(c.UserContext(), auth.AddrKey(ip))
 		return errorf(http.StatusForbidden, "wrong signup code")
 	}
-	var bad []string
-	username = strings.TrimSpace(username)
-	if !auth.ValidUsername(username) {
-		bad = append(bad, "username: "+auth.UsernameRule)
-	}
-	pw := str(cr.Password)
-	if p := auth.CheckPassword(pw); p != "" {
-		bad = append(bad, "password: "+p)
-	}
-	if len(bad) > 0 {
+	if bad := auth.CheckRegistration(username, pw); len(bad) > 0 {
 		return invalid("invalid registration", bad...)
 	}
 	ctx, cancel := context.WithTimeout(c.UserContext(), 10*time.Second)

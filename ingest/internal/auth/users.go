@@ -63,6 +63,19 @@ func ValidUsername(name string) bool { return validUsername.MatchString(name) }
 // Normalize is the form usernames are unique and looked up by.
 func Normalize(username string) string { return strings.ToLower(strings.TrimSpace(username)) }
 
+// CheckRegistration names what is wrong with a new user's name and
+// password, field by field; nil when both are acceptable.
+func CheckRegistration(username, password string) []string {
+	var bad []string
+	if !ValidUsername(username) {
+		bad = append(bad, "username: "+UsernameRule)
+	}
+	if p := CheckPassword(password); p != "" {
+		bad = append(bad, "password: "+p)
+	}
+	return bad
+}
+
 // CheckPassword returns what is wrong with a new password, or "".
 func CheckPassword(pw string) string {
 	switch {
