@@ -1,6 +1,7 @@
 package annotator_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -896,4 +897,77 @@ func stopChildren(t *testing.T, pid int) []int {
 		}
 	})
 	return out
+}
+
+// TestGradeReadYourWrites reads each grade right after its events were
+// accepted, without waiting for the consumers: a submission carried as
+// AfterSeq reads as pending (never unknown), and a published result reads
+// as the result (never pending), since the query waits for what the
+// streams already hold.
+func TestGradeReadYourWrites(t *testing.T) {
+	e := newEnv(t)
+	e.run()
+	// The query service is up before the timed reads.
+	_, err := request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: bus.NewID(), Owner: "heidi"})
+	wantCode(t, err, http.StatusNotFound)
+	ctx := context.Background()
+	submit := func(t *testing.T) (*bus.ImageSubmitted, uint64) {
+		s := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: "img-" + bus.NewID(), Owner: "heidi", Model: "digits",
+			Image: bus.ImageRef{Object: "o", SHA256: strings.Repeat("f", 64), ContentType: "image/png", Size: 9}}
+		ack, err := bus.Publish(ctx, e.js, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, ack.Sequence
+	}
+	for _, tc := range []struct {
+		name   string
+		result func(*bus.ImageSubmitted) bus.Event // nil: no result yet
+		owner  string                              // "" = the submitter
+		// stored: the submission is stored before the result is published,
+		// and the read carries no AfterSeq: only the result is waited for.
+		stored bool
+		want   string // status, or "404"
+	}{
+		{name: "submitted", want: bus.GradeStatusPending},
+		{name: "completed", result: func(s *bus.ImageSubmitted) bus.Event {
+			return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+				Model: s.Model, ModelVersion: "1", Label: "7", Score: 0.9, Scores: map[string]float64{"7": 0.9, "1": 0.1}, BatchSize: 1}
+		}, want: bus.GradeStatusCompleted},
+		{name: "failed", result: func(s *bus.ImageSubmitted) bus.Event {
+			return &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+				Model: s.Model, Reason: "cannot decode image"}
+		}, want: bus.GradeStatusFailed},
+		{name: "completed, submission stored", stored: true, result: func(s *bus.ImageSubmitted) bus.Event {
+			return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+				Model: s.Model, ModelVersion: "1", Label: "1", Score: 0.6, Scores: map[string]float64{"7": 0.4, "1": 0.6}, BatchSize: 2}
+		}, want: bus.GradeStatusCompleted},
+		{name: "another owner's", owner: "ivan", want: "404"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Repeated: one lucky read proves little about a race.
+			for range 20 {
+				s, seq := submit(t)
+				if tc.stored {
+					// A read with AfterSeq returns once the submission is stored.
+					if g, err := bus.Request[bus.Grade](ctx, e.nc, bus.SvcGradesGet, bus.GradeGetQuery{ID: s.ID, Owner: s.Owner, AfterSeq: seq}); err != nil || g.Status != bus.GradeStatusPending {
+						t.Fatalf("submitted grade: %+v %v", g, err)
+					}
+					seq = 0
+				}
+				if tc.result != nil {
+					e.publish(tc.result(s))
+				}
+				owner := cmp.Or(tc.owner, s.Owner)
+				g, err := bus.Request[bus.Grade](ctx, e.nc, bus.SvcGradesGet, bus.GradeGetQuery{ID: s.ID, Owner: owner, AfterSeq: seq})
+				if tc.want == "404" {
+					wantCode(t, err, http.StatusNotFound)
+					continue
+				}
+				if err != nil || g.Status != tc.want || g.ID != s.ID || g.ImageID != s.ImageID || g.Owner != s.Owner || g.SubmittedAt.IsZero() {
+					t.Fatalf("grade read at once: %+v %v; want %s", g, err, tc.want)
+				}
+			}
+		})
+	}
 }

@@ -182,11 +182,27 @@ func (a *app) getImage(ctx context.Context, q bus.ImageGetQuery) (bus.Image, err
 	return img, nil
 }
 
+// getGrade answers a grade from the one record the store keeps of it.
+// Read-your-writes: the query waits (together at most
+// bus.ReadYourWritesWait) for the owner's last submission to be stored
+// (AfterSeq), and, when the grade still reads as pending, for the results
+// the GRADES stream holds now: the edge may already have handed the
+// client the result, and the next read must not say pending.
 func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, error) {
 	if err := required([2]string{"owner", q.Owner}, [2]string{"id", q.ID}); err != nil {
 		return bus.Grade{}, err
 	}
+	wctx, cancel := context.WithTimeout(ctx, bus.ReadYourWritesWait)
+	defer cancel()
+	a.applied.wait(wctx, bus.ConsumerAnnotatorSubmissions, q.AfterSeq)
 	g, ok, err := a.store.GetGrade(ctx, q.ID, q.Owner)
+	if err == nil && ok && g.Status == bus.GradeStatusPending {
+		if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
+			a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
+			// Read again: the result may have been stored since the first read.
+			g, ok, err = a.store.GetGrade(ctx, q.ID, q.Owner)
+		}
+	}
 	if err != nil {
 		return bus.Grade{}, a.dbError(ctx, err)
 	}
@@ -194,4 +210,15 @@ func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, err
 		return bus.Grade{}, notFound("grade")
 	}
 	return g, nil
+}
+
+// streamLast is the last sequence of stream; 0 when it cannot be read (the
+// query then answers with what is stored).
+func (a *app) streamLast(ctx context.Context, stream string) uint64 {
+	st, err := a.applied.js.Stream(ctx, stream)
+	if err != nil {
+		a.log.Debug("stream info for read-your-writes", "stream", stream, "err", err, "request_id", bus.RequestID(ctx))
+		return 0
+	}
+	return st.CachedInfo().State.LastSeq
 }

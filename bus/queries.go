@@ -100,9 +100,17 @@ type Image struct {
 
 // Grades (answered by annotator from the grade history).
 
+// GradeGetQuery finds a grade of Owner. A pending grade is answered once
+// the results the GRADES stream holds at the time of the query are stored
+// (bounded by ReadYourWritesWait), so a result the edge has already handed
+// to the client is never read back as pending.
 type GradeGetQuery struct {
 	ID    string `json:"id"`
 	Owner string `json:"owner"` // required: another owner's grade is not found
+	// AfterSeq is the IMAGES stream sequence of the owner's last submission
+	// (as in AnnotationsQuery): a grade submitted a moment ago reads as
+	// pending, not as unknown.
+	AfterSeq uint64 `json:"after_seq,omitempty"`
 }
 
 // Grade statuses.
@@ -127,6 +135,46 @@ type Grade struct {
 	Reason       string             `json:"reason,omitempty"`
 	SubmittedAt  time.Time          `json:"submitted_at,omitzero"`
 	CompletedAt  time.Time          `json:"completed_at,omitzero"`
+}
+
+// GradeFrom is the one conversion of grade events into a Grade: the
+// submission (the grade id is its event id) and its result, a
+// *GradeCompleted or *GradeFailed. Either may be nil: a submission alone is
+// pending; a result alone (stored before its submission was seen) carries
+// no SubmittedAt. Fields the result leaves empty keep the submission's.
+func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
+	var g Grade
+	if submitted != nil {
+		g = Grade{ID: submitted.ID, Status: GradeStatusPending, ImageID: submitted.ImageID,
+			Owner: submitted.Owner, Model: submitted.Model, SubmittedAt: submitted.Time.UTC()}
+	}
+	// keep fills in what the result carries, leaving the submission's
+	// value where the result has none.
+	keep := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	switch e := result.(type) {
+	case *GradeCompleted:
+		keep(&g.ID, e.GradeID)
+		keep(&g.ImageID, e.ImageID)
+		keep(&g.Owner, e.Owner)
+		keep(&g.Model, e.Model)
+		g.Status = GradeStatusCompleted
+		g.ModelVersion, g.Label, g.Score, g.Scores = e.ModelVersion, e.Label, e.Score, e.Scores
+		g.InferenceMS, g.BatchSize = e.InferenceMS, e.BatchSize
+		g.CompletedAt = e.Time.UTC()
+	case *GradeFailed:
+		keep(&g.ID, e.GradeID)
+		keep(&g.ImageID, e.ImageID)
+		keep(&g.Owner, e.Owner)
+		keep(&g.Model, e.Model)
+		g.Status = GradeStatusFailed
+		g.Reason = e.Reason
+		g.CompletedAt = e.Time.UTC()
+	}
+	return g
 }
 
 // Models (answered by inference).

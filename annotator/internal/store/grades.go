@@ -10,10 +10,15 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
-// gradeDoc is one grade; _id is the ImageSubmitted event id. The pending
-// record (from image.submitted, in CollGradeSubmissions) and the result
-// (from the GRADES stream, in CollGrades) may arrive in either order, even
-// at once: they are kept apart and merged when read.
+// gradeDoc is one half of a grade; _id is the ImageSubmitted event id
+// (the grade id). The submission (from image.submitted, in
+// CollGradeSubmissions, written by annotator-submissions) and the result
+// (from the GRADES stream, in CollGrades, written by annotator-grades) may
+// arrive in either order, even at once. Each collection has one writer: two
+// consumers writing one document raced on FerretDB and lost a result
+// (TestGradeSubmissionAndResultAtOnce), and one consumer cannot read both
+// streams. GetGrade is the one place the halves meet, through
+// bus.GradeFrom.
 // Scores are a list, not a map, because labels are free text and MongoDB
 // keys may not contain '.' or start with '$'.
 type gradeDoc struct {
@@ -38,25 +43,43 @@ type labelScore struct {
 	Score float64 `bson:"score"`
 }
 
-func (d gradeDoc) toBus() bus.Grade {
-	g := bus.Grade{
-		ID: d.ID, Status: d.Status, ImageID: d.ImageID, Owner: d.Owner, Model: d.Model,
-		ModelVersion: d.ModelVersion, Label: d.Label, Score: d.Score, InferenceMS: d.InferenceMS,
-		BatchSize: d.BatchSize, Reason: d.Reason,
+// docOf is the stored form of a grade made by bus.GradeFrom.
+func docOf(g bus.Grade) gradeDoc {
+	return gradeDoc{
+		ID: g.ID, Status: g.Status, ImageID: g.ImageID, Owner: g.Owner, Model: g.Model,
+		ModelVersion: g.ModelVersion, Label: g.Label, Score: g.Score, Scores: scoreList(g.Scores),
+		InferenceMS: g.InferenceMS, BatchSize: g.BatchSize, Reason: g.Reason,
+		SubmittedAt: g.SubmittedAt, CompletedAt: g.CompletedAt,
 	}
-	if !d.SubmittedAt.IsZero() {
-		g.SubmittedAt = d.SubmittedAt.UTC()
-	}
-	if !d.CompletedAt.IsZero() {
-		g.CompletedAt = d.CompletedAt.UTC()
-	}
-	if len(d.Scores) > 0 {
-		g.Scores = make(map[string]float64, len(d.Scores))
-		for _, ls := range d.Scores {
-			g.Scores[ls.Label] = ls.Score
+}
+
+// submission rebuilds the image.submitted event a stored submission was
+// made from (the fields a grade keeps of it).
+func (d gradeDoc) submission() *bus.ImageSubmitted {
+	return &bus.ImageSubmitted{Meta: bus.Meta{ID: d.ID, Type: bus.TypeImageSubmitted, Time: d.SubmittedAt.UTC()},
+		ImageID: d.ImageID, Owner: d.Owner, Model: d.Model}
+}
+
+// result rebuilds the grade.completed or grade.failed event a stored result
+// was made from; nil for a document that holds no result.
+func (d gradeDoc) result() bus.Event {
+	switch d.Status {
+	case bus.GradeStatusCompleted:
+		var scores map[string]float64
+		if len(d.Scores) > 0 {
+			scores = make(map[string]float64, len(d.Scores))
+			for _, ls := range d.Scores {
+				scores[ls.Label] = ls.Score
+			}
 		}
+		return &bus.GradeCompleted{Meta: bus.Meta{Type: bus.TypeGradeCompleted, Time: d.CompletedAt.UTC()},
+			GradeID: d.ID, ImageID: d.ImageID, Owner: d.Owner, Model: d.Model, ModelVersion: d.ModelVersion,
+			Label: d.Label, Score: d.Score, Scores: scores, InferenceMS: d.InferenceMS, BatchSize: d.BatchSize}
+	case bus.GradeStatusFailed:
+		return &bus.GradeFailed{Meta: bus.Meta{Type: bus.TypeGradeFailed, Time: d.CompletedAt.UTC()},
+			GradeID: d.ID, ImageID: d.ImageID, Owner: d.Owner, Model: d.Model, Reason: d.Reason}
 	}
-	return g
+	return nil
 }
 
 // setIf appends field=value to d when value is not empty: a result fills
@@ -75,10 +98,7 @@ func (s *Store) InsertPending(ctx context.Context, evs []*bus.ImageSubmitted) ([
 	docs := make([]any, len(evs))
 	ids := make([]string, len(evs))
 	for i, e := range evs {
-		docs[i] = gradeDoc{
-			ID: e.ID, Status: bus.GradeStatusPending, ImageID: e.ImageID, Owner: e.Owner,
-			Model: e.Model, SubmittedAt: e.Time.UTC(),
-		}
+		docs[i] = docOf(bus.GradeFrom(e, nil))
 		ids[i] = e.ID
 	}
 	_, item, err := s.insertMany(ctx, s.submissions, ids, docs)
@@ -102,20 +122,18 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 	for i, ev := range evs {
 		switch e := ev.(type) {
 		case *bus.GradeCompleted:
-			d := gradeDoc{ID: e.GradeID, Status: bus.GradeStatusCompleted, ImageID: e.ImageID, Owner: e.Owner,
-				Model: e.Model, ModelVersion: e.ModelVersion, Label: e.Label, Score: e.Score, Scores: scoreList(e.Scores),
-				InferenceMS: e.InferenceMS, BatchSize: e.BatchSize, CompletedAt: e.Time.UTC()}
-			set := bson.D{{Key: "status", Value: bus.GradeStatusCompleted}}
-			set = setIf(set, "image_id", e.ImageID)
-			set = setIf(set, "owner", e.Owner)
-			set = setIf(set, "model", e.Model)
-			set = setIf(set, "model_version", e.ModelVersion)
+			d := docOf(bus.GradeFrom(nil, e))
+			set := bson.D{{Key: "status", Value: d.Status}}
+			set = setIf(set, "image_id", d.ImageID)
+			set = setIf(set, "owner", d.Owner)
+			set = setIf(set, "model", d.Model)
+			set = setIf(set, "model_version", d.ModelVersion)
 			set = append(set,
-				bson.E{Key: "label", Value: e.Label}, bson.E{Key: "score", Value: e.Score},
+				bson.E{Key: "label", Value: d.Label}, bson.E{Key: "score", Value: d.Score},
 				bson.E{Key: "scores", Value: d.Scores},
-				bson.E{Key: "inference_ms", Value: e.InferenceMS}, bson.E{Key: "batch_size", Value: e.BatchSize},
-				bson.E{Key: "completed_at", Value: e.Time.UTC()})
-			docs, ids, sets, idx = append(docs, d), append(ids, e.GradeID), append(sets, set), append(idx, i)
+				bson.E{Key: "inference_ms", Value: d.InferenceMS}, bson.E{Key: "batch_size", Value: d.BatchSize},
+				bson.E{Key: "completed_at", Value: d.CompletedAt})
+			docs, ids, sets, idx = append(docs, d), append(ids, d.ID), append(sets, set), append(idx, i)
 		case *bus.GradeFailed:
 			// Handled below, one by one: failures are rare.
 		default:
@@ -153,11 +171,12 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 		if !ok {
 			continue
 		}
-		set := bson.D{{Key: "status", Value: bus.GradeStatusFailed}, {Key: "reason", Value: e.Reason}}
-		set = setIf(set, "image_id", e.ImageID)
-		set = setIf(set, "owner", e.Owner)
-		set = setIf(set, "model", e.Model)
-		set = append(set, bson.E{Key: "completed_at", Value: e.Time.UTC()})
+		d := docOf(bus.GradeFrom(nil, e))
+		set := bson.D{{Key: "status", Value: d.Status}, {Key: "reason", Value: d.Reason}}
+		set = setIf(set, "image_id", d.ImageID)
+		set = setIf(set, "owner", d.Owner)
+		set = setIf(set, "model", d.Model)
+		set = append(set, bson.E{Key: "completed_at", Value: d.CompletedAt})
 		insert := append(bson.D{{Key: "_id", Value: e.GradeID}}, set...)
 		_, err := s.updateNewer(ctx, s.grades, e.GradeID,
 			bson.D{{Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}},
@@ -182,8 +201,8 @@ func scoreList(m map[string]float64) []labelScore {
 	return out
 }
 
-// GetGrade returns the grade with id: its result merged with its
-// submission, or the submission alone while pending. false when unknown
+// GetGrade returns the grade with id: bus.GradeFrom of its submission and
+// its result, either of which may not be stored yet. false when unknown
 // or, with a non-empty owner, owned by someone else.
 func (s *Store) GetGrade(ctx context.Context, id, owner string) (bus.Grade, bool, error) {
 	filter := bson.D{{Key: "_id", Value: id}}
@@ -195,22 +214,20 @@ func (s *Store) GetGrade(ctx context.Context, id, owner string) (bus.Grade, bool
 	if err != nil {
 		return bus.Grade{}, false, err
 	}
-	d := sub
-	if hasRes {
-		d = res
-		d.SubmittedAt = sub.SubmittedAt
-		if d.ImageID == "" {
-			d.ImageID = sub.ImageID
-		}
-		if d.Owner == "" {
-			d.Owner = sub.Owner
-		}
-		if d.Model == "" {
-			d.Model = sub.Model
-		}
-	}
-	if (!hasRes && !hasSub) || (owner != "" && d.Owner != owner) {
+	if !hasRes && !hasSub {
 		return bus.Grade{}, false, nil
 	}
-	return d.toBus(), true, nil
+	var submitted *bus.ImageSubmitted
+	if hasSub {
+		submitted = sub.submission()
+	}
+	var result bus.Event
+	if hasRes {
+		result = res.result()
+	}
+	g := bus.GradeFrom(submitted, result)
+	if owner != "" && g.Owner != owner {
+		return bus.Grade{}, false, nil
+	}
+	return g, true, nil
 }
