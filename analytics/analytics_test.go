@@ -18,6 +18,7 @@ import (
 	"github.com/gradeline/gradeline/analytics/iris"
 	"github.com/gradeline/gradeline/analytics/schema"
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -39,7 +40,7 @@ type stack struct {
 // database on the shared engine, and waits until it answers queries.
 func startStack(t testing.TB, afterInsert func(table string) error) *stack {
 	t.Helper()
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,7 +622,7 @@ func TestRunRequiresConfig(t *testing.T) {
 
 // An unreachable ClickHouse at start is retried, then reported.
 func TestRunGivesUpOnUnreachableClickHouse(t *testing.T) {
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/gradeline/gradeline/annotator"
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 )
 
 const dbName = "gradeline_test"
@@ -49,7 +50,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, reg: prometheus.NewRegistry(), mongoDir: t.TempDir()}
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

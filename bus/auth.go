@@ -64,7 +64,8 @@ type ServiceAccess struct {
 	// Buckets are the key-value buckets it reads and writes.
 	Buckets []string
 	// Its durable consumers are those of the consumer table named after
-	// it: the durable is the user name, or starts with the user name and "-".
+	// it (ConsumerSpec.Owner): the durable is the user name, or starts
+	// with the user name and "-".
 }
 
 // svcPrefix is the root of every query subject.
@@ -150,14 +151,17 @@ func accessOf(user string) (ServiceAccess, bool) {
 func ConsumersOfUser(user string) []ConsumerSpec {
 	var out []ConsumerSpec
 	for _, c := range Consumers {
-		if ownerOf(c) == user {
+		if c.Owner() == user {
 			out = append(out, c)
 		}
 	}
 	return out
 }
 
-func ownerOf(c ConsumerSpec) string {
+// Owner is the service (NATS user) the durable consumer belongs to: the
+// durable's name up to the first "-". Only its owner pulls from it and
+// ensures its settings (EnsureConsumers).
+func (c ConsumerSpec) Owner() string {
 	name, _, _ := strings.Cut(c.Durable, "-")
 	return name
 }

@@ -1,12 +1,9 @@
-package bus
+package bus_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,29 +22,29 @@ import (
 // permission table, with the topology applied by the operator.
 type authStack struct {
 	ns    *server.Server
-	creds map[string]Credential
+	creds map[string]bus.Credential
 }
 
 func startAuthNATS(t *testing.T) *authStack {
 	t.Helper()
-	st := &authStack{creds: map[string]Credential{}}
-	var creds []Credential
-	for _, u := range Users() {
-		pw, err := NewPassword()
+	st := &authStack{creds: map[string]bus.Credential{}}
+	var creds []bus.Credential
+	for _, u := range bus.Users() {
+		pw, err := bus.NewPassword()
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.creds[u] = Credential{User: u, Password: pw}
+		st.creds[u] = bus.Credential{User: u, Password: pw}
 		creds = append(creds, st.creds[u])
 	}
-	ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), Users: creds})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Users: creds})
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.ns = ns
 	t.Cleanup(ns.Shutdown)
-	_, js := st.connect(t, UserAdmin)
-	if err := EnsureTopology(context.Background(), js, TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+	_, js := st.connect(t, bus.UserAdmin)
+	if err := bus.EnsureTopology(context.Background(), js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -53,7 +52,7 @@ func startAuthNATS(t *testing.T) *authStack {
 
 func (st *authStack) url(t *testing.T, user string) string {
 	t.Helper()
-	u, err := URLWithUser(st.ns.ClientURL(), st.creds[user])
+	u, err := bus.URLWithUser(st.ns.ClientURL(), st.creds[user])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +62,7 @@ func (st *authStack) url(t *testing.T, user string) string {
 // connect dials as user the way every service does (bus.Connect).
 func (st *authStack) connect(t *testing.T, user string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, js, err := Connect(context.Background(), st.url(t, user), "auth-test-"+user, nil)
+	nc, js, err := bus.Connect(context.Background(), st.url(t, user), "auth-test-"+user, nil)
 	if err != nil {
 		t.Fatalf("connect as %s: %v", user, err)
 	}
@@ -111,8 +110,8 @@ func TestAnonymousAndWrongPasswordRefused(t *testing.T) {
 	st := startAuthNATS(t)
 	tests := []struct{ name, url string }{
 		{"anonymous", st.ns.ClientURL()},
-		{"wrong password", strings.Replace(st.url(t, UserIngest), st.creds[UserIngest].Password, "guess", 1)},
-		{"unknown user", strings.Replace(st.url(t, UserIngest), "ingest:", "mallory:", 1)},
+		{"wrong password", strings.Replace(st.url(t, bus.UserIngest), st.creds[bus.UserIngest].Password, "guess", 1)},
+		{"unknown user", strings.Replace(st.url(t, bus.UserIngest), "ingest:", "mallory:", 1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,14 +130,14 @@ func TestAnonymousAndWrongPasswordRefused(t *testing.T) {
 func TestSubscriberReadsStreamsAndNothingElse(t *testing.T) {
 	st := startAuthNATS(t)
 	ctx := context.Background()
-	_, ingestJS := st.connect(t, UserIngest)
+	_, ingestJS := st.connect(t, bus.UserIngest)
 	ev := newAnnotation("ada")
-	if _, err := Publish(ctx, ingestJS, ev); err != nil {
+	if _, err := bus.Publish(ctx, ingestJS, ev); err != nil {
 		t.Fatal(err)
 	}
 
-	_, js := st.connect(t, UserSubscriber)
-	cons, err := js.CreateOrUpdateConsumer(ctx, StreamAnnotations, jetstream.ConsumerConfig{
+	_, js := st.connect(t, bus.UserSubscriber)
+	cons, err := js.CreateOrUpdateConsumer(ctx, bus.StreamAnnotations, jetstream.ConsumerConfig{
 		Durable: "downstream", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
 		t.Fatalf("subscriber creates its durable consumer: %v", err)
@@ -149,7 +148,7 @@ func TestSubscriberReadsStreamsAndNothingElse(t *testing.T) {
 	}
 	var got []string
 	for m := range batch.Messages() {
-		e, err := Decode(m.Data())
+		e, err := bus.Decode(m.Data())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,55 +160,55 @@ func TestSubscriberReadsStreamsAndNothingElse(t *testing.T) {
 	if len(got) != 1 || got[0] != ev.ID {
 		t.Fatalf("subscriber read %v, want [%s]", got, ev.ID)
 	}
-	if err := js.DeleteConsumer(ctx, StreamAnnotations, "downstream"); err != nil {
+	if err := js.DeleteConsumer(ctx, bus.StreamAnnotations, "downstream"); err != nil {
 		t.Fatalf("subscriber deletes its own consumer: %v", err)
 	}
 
 	denied := []string{
-		SubjectAnnotationCreated,
-		SubjectGradeCompleted,
-		SubjectDeadLetterPrefix + "annotator",
-		SvcImagesGet, SvcGradesGet, SvcAnnotationsList,
-		"$JS.API.STREAM.DELETE." + StreamAnnotations,
-		"$JS.API.STREAM.PURGE." + StreamAnnotations,
-		"$JS.API.STREAM.UPDATE." + StreamAnnotations,
+		bus.SubjectAnnotationCreated,
+		bus.SubjectGradeCompleted,
+		bus.SubjectDeadLetterPrefix + "annotator",
+		bus.SvcImagesGet, bus.SvcGradesGet, bus.SvcAnnotationsList,
+		"$JS.API.STREAM.DELETE." + bus.StreamAnnotations,
+		"$JS.API.STREAM.PURGE." + bus.StreamAnnotations,
+		"$JS.API.STREAM.UPDATE." + bus.StreamAnnotations,
 		"$JS.API.STREAM.CREATE.EVIL",
-		"$JS.API.STREAM.MSG.DELETE." + StreamAnnotations,
-		"$JS.API.CONSUMER.CREATE." + StreamAnnotations, // legacy: name in the body
-		"$JS.API.CONSUMER.CREATE." + StreamAnnotations + ".annotator",
-		"$JS.API.CONSUMER.CREATE." + StreamAnnotations + ".annotator." + SubjectAnnotationCreated,
-		"$JS.API.CONSUMER.DURABLE.CREATE." + StreamAnnotations + ".annotator",
-		"$JS.API.CONSUMER.MSG.NEXT." + StreamAnnotations + ".annotator",
-		"$JS.API.CONSUMER.DELETE." + StreamAnnotations + ".annotator",
-		"$JS.API.STREAM.INFO." + ObjectStream(),
-		"$JS.API.DIRECT.GET." + ObjectStream(),
-		"$O." + ImageBucket + ".M.x",
-		"$JS.API.STREAM.INFO." + StreamDeadLetter,
+		"$JS.API.STREAM.MSG.DELETE." + bus.StreamAnnotations,
+		"$JS.API.CONSUMER.CREATE." + bus.StreamAnnotations, // legacy: name in the body
+		"$JS.API.CONSUMER.CREATE." + bus.StreamAnnotations + ".annotator",
+		"$JS.API.CONSUMER.CREATE." + bus.StreamAnnotations + ".annotator." + bus.SubjectAnnotationCreated,
+		"$JS.API.CONSUMER.DURABLE.CREATE." + bus.StreamAnnotations + ".annotator",
+		"$JS.API.CONSUMER.MSG.NEXT." + bus.StreamAnnotations + ".annotator",
+		"$JS.API.CONSUMER.DELETE." + bus.StreamAnnotations + ".annotator",
+		"$JS.API.STREAM.INFO." + bus.ObjectStream(),
+		"$JS.API.DIRECT.GET." + bus.ObjectStream(),
+		"$O." + bus.ImageBucket + ".M.x",
+		"$JS.API.STREAM.INFO." + bus.StreamDeadLetter,
 	}
 	for _, subj := range denied {
-		if st.publishAllowed(t, UserSubscriber, subj) {
+		if st.publishAllowed(t, bus.UserSubscriber, subj) {
 			t.Errorf("subscriber may publish to %s", subj)
 		}
 	}
-	for _, subj := range []string{"gradeline.svc.>", SvcImagesGet, "$SRV.>", ">", SubjectAnnotationCreated, "_INBOX.ingest.>"} {
-		if st.subscribeAllowed(t, UserSubscriber, subj) {
+	for _, subj := range []string{"gradeline.svc.>", bus.SvcImagesGet, "$SRV.>", ">", bus.SubjectAnnotationCreated, "_INBOX.ingest.>"} {
+		if st.subscribeAllowed(t, bus.UserSubscriber, subj) {
 			t.Errorf("subscriber may subscribe to %s", subj)
 		}
 	}
 	// And the real calls fail while the stream and the service's consumer stay.
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := js.DeleteStream(cctx, StreamAnnotations); err == nil {
+	if err := js.DeleteStream(cctx, bus.StreamAnnotations); err == nil {
 		t.Error("subscriber deleted a stream")
 	}
-	if _, err := Request[Page[Annotation]](cctx, mustConn(t, st, UserSubscriber), SvcAnnotationsList, AnnotationsQuery{}); err == nil {
+	if _, err := bus.Request[bus.Page[bus.Annotation]](cctx, mustConn(t, st, bus.UserSubscriber), bus.SvcAnnotationsList, bus.AnnotationsQuery{}); err == nil {
 		t.Error("subscriber called a query service")
 	}
-	_, admin := st.connect(t, UserAdmin)
-	if _, err := admin.Stream(ctx, StreamAnnotations); err != nil {
+	_, admin := st.connect(t, bus.UserAdmin)
+	if _, err := admin.Stream(ctx, bus.StreamAnnotations); err != nil {
 		t.Fatalf("stream gone: %v", err)
 	}
-	if _, err := admin.Consumer(ctx, StreamAnnotations, ConsumerAnnotator.Durable); err != nil {
+	if _, err := admin.Consumer(ctx, bus.StreamAnnotations, bus.ConsumerAnnotator.Durable); err != nil {
 		t.Fatalf("annotator consumer gone: %v", err)
 	}
 }
@@ -228,15 +227,15 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	defer cancel()
 	conns := map[string]*nats.Conn{}
 	jss := map[string]jetstream.JetStream{}
-	for _, a := range Access {
+	for _, a := range bus.Access {
 		conns[a.User], jss[a.User] = st.connect(t, a.User)
-		if err := EnsureTopology(ctx, jss[a.User], TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+		if err := bus.EnsureTopology(ctx, jss[a.User], bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
 			t.Fatalf("%s ensures the topology: %v", a.User, err)
 		}
 	}
 
 	// ingest: the image bucket and the KV buckets, events, queries.
-	images, err := ImageStore(ctx, jss[UserIngest], 1)
+	images, err := bus.ImageStore(ctx, jss[bus.UserIngest], 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,8 +245,8 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	if b, err := images.GetBytes(ctx, "img-1"); err != nil || string(b) != "pixels" {
 		t.Fatalf("ingest reads the image: %q %v", b, err)
 	}
-	for _, b := range []string{BucketLoginThrottle, BucketRevokedTokens} {
-		kv, err := jss[UserIngest].CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b, TTL: time.Hour})
+	for _, b := range []string{bus.BucketLoginThrottle, bus.BucketRevokedTokens} {
+		kv, err := jss[bus.UserIngest].CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b, TTL: time.Hour})
 		if err != nil {
 			t.Fatalf("ingest creates KV %s: %v", b, err)
 		}
@@ -259,26 +258,26 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		}
 	}
 	ann := newAnnotation("ada")
-	if _, err := Publish(ctx, jss[UserIngest], ann); err != nil {
+	if _, err := bus.Publish(ctx, jss[bus.UserIngest], ann); err != nil {
 		t.Fatalf("ingest publishes: %v", err)
 	}
 
 	// inference reads the image and publishes a grade.
-	infImages, err := ImageStore(ctx, jss[UserInference], 1)
+	infImages, err := bus.ImageStore(ctx, jss[bus.UserInference], 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b, err := infImages.GetBytes(ctx, "img-1"); err != nil || string(b) != "pixels" {
 		t.Fatalf("inference reads the image: %q %v", b, err)
 	}
-	grade := &GradeCompleted{Meta: NewMeta(TypeGradeCompleted), GradeID: "g1", Model: "m", Label: "cat", Scores: map[string]float64{"cat": 1}}
-	if _, err := Publish(ctx, jss[UserInference], grade); err != nil {
+	grade := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: "g1", Model: "m", Label: "cat", Scores: map[string]float64{"cat": 1}}
+	if _, err := bus.Publish(ctx, jss[bus.UserInference], grade); err != nil {
 		t.Fatalf("inference publishes a grade: %v", err)
 	}
 
 	// annotator and analytics consume their own consumers and dead-letter.
-	for _, c := range []ConsumerSpec{ConsumerAnnotator, ConsumerAnalyticsAnnotations, ConsumerAnnotatorGrades, ConsumerAnalyticsGrades} {
-		user := ownerOf(c)
+	for _, c := range []bus.ConsumerSpec{bus.ConsumerAnnotator, bus.ConsumerAnalyticsAnnotations, bus.ConsumerAnnotatorGrades, bus.ConsumerAnalyticsGrades} {
+		user := c.Owner()
 		cons, err := jss[user].Consumer(ctx, c.Stream, c.Durable)
 		if err != nil {
 			t.Fatal(err)
@@ -297,14 +296,14 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		if n != 1 || batch.Error() != nil {
 			t.Fatalf("%s read %d messages from %s (%v)", user, n, c.Durable, batch.Error())
 		}
-		dl := &DeadLetter{Meta: NewMeta(TypeDeadLetter), Stream: c.Stream, Consumer: c.Durable, Subject: c.FilterSubjects[0], Reason: "test", Data: []byte("{}")}
-		if _, err := Publish(ctx, jss[user], dl); err != nil {
+		dl := &bus.DeadLetter{Meta: bus.NewMeta(bus.TypeDeadLetter), Stream: c.Stream, Consumer: c.Durable, Subject: c.FilterSubjects[0], Reason: "test", Data: []byte("{}")}
+		if _, err := bus.Publish(ctx, jss[user], dl); err != nil {
 			t.Fatalf("%s dead-letters for %s: %v", user, c.Durable, err)
 		}
 	}
 
 	// Each query service answers; ingest calls them. Replies reach only the caller.
-	tap, err := nats.Connect(st.url(t, UserSubscriber), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	tap, err := nats.Connect(st.url(t, bus.UserSubscriber), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,10 +316,10 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []struct{ user, subject string }{
-		{UserAnnotator, SvcAnnotationsList}, {UserInference, SvcModelsList}, {UserAnalytics, SvcIrisStats},
+		{bus.UserAnnotator, bus.SvcAnnotationsList}, {bus.UserInference, bus.SvcModelsList}, {bus.UserAnalytics, bus.SvcIrisStats},
 	} {
-		svc, err := AddService(conns[q.user], q.user, "0.0.1", "test", Endpoint{Name: "q", Subject: q.subject,
-			Handler: Handle(nil, time.Second, func(context.Context, struct{}) (string, error) { return q.user, nil })})
+		svc, err := bus.AddService(conns[q.user], q.user, "0.0.1", "test", bus.Endpoint{Name: "q", Subject: q.subject,
+			Handler: bus.Handle(nil, time.Second, func(context.Context, struct{}) (string, error) { return q.user, nil })})
 		if err != nil {
 			t.Fatalf("%s answers %s: %v", q.user, q.subject, err)
 		}
@@ -331,7 +330,7 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		if errors.Is(conns[q.user].LastError(), nats.ErrPermissionViolation) {
 			t.Fatalf("%s: %v", q.user, conns[q.user].LastError())
 		}
-		got, err := Request[string](ctx, conns[UserIngest], q.subject, struct{}{})
+		got, err := bus.Request[string](ctx, conns[bus.UserIngest], q.subject, struct{}{})
 		if err != nil || got != q.user {
 			t.Fatalf("ingest calls %s: %q %v", q.subject, got, err)
 		}
@@ -344,28 +343,28 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	}
 
 	// The probe tells allowed from denied (else the denials below prove nothing).
-	if !st.publishAllowed(t, UserIngest, SubjectIrisMeasured) || !st.subscribeAllowed(t, UserAnnotator, SvcImagesGet) {
+	if !st.publishAllowed(t, bus.UserIngest, bus.SubjectIrisMeasured) || !st.subscribeAllowed(t, bus.UserAnnotator, bus.SvcImagesGet) {
 		t.Fatal("an allowed publish or subscription reads as denied")
 	}
 	// What the services may not do.
 	tests := []struct{ user, subject string }{
-		{UserIngest, "$JS.API.STREAM.DELETE." + StreamAnnotations},
-		{UserIngest, "$JS.API.STREAM.PURGE." + StreamAnnotations},
-		{UserIngest, "$JS.API.CONSUMER.DELETE." + StreamAnnotations + "." + ConsumerAnnotator.Durable},
-		{UserIngest, "$JS.API.CONSUMER.MSG.NEXT." + StreamAnnotations + "." + ConsumerAnnotator.Durable},
-		{UserIngest, "$JS.ACK." + StreamAnnotations + "." + ConsumerAnnotator.Durable + ".1.1.1.1.1"},
-		{UserIngest, SubjectGradeCompleted},
-		{UserInference, SubjectAnnotationCreated},
-		{UserInference, "$O." + ImageBucket + ".C.x"},
-		{UserInference, "$JS.API.STREAM.PURGE." + ObjectStream()},
-		{UserInference, SvcImagesGet},
-		{UserAnnotator, "$JS.API.CONSUMER.MSG.NEXT." + StreamIris + "." + ConsumerAnalyticsIris.Durable},
-		{UserAnnotator, SubjectAnnotationCreated},
-		{UserAnnotator, "$JS.API.STREAM.INFO." + ObjectStream() + ".x"},
-		{UserAnnotator, "$JS.API.DIRECT.GET." + ObjectStream()},
-		{UserAnalytics, SvcGradesGet},
-		{UserAnalytics, "$JS.API.CONSUMER.MSG.NEXT." + StreamAnnotations + "." + ConsumerAnnotator.Durable},
-		{UserAnalytics, "$KV." + BucketRevokedTokens + ".k"},
+		{bus.UserIngest, "$JS.API.STREAM.DELETE." + bus.StreamAnnotations},
+		{bus.UserIngest, "$JS.API.STREAM.PURGE." + bus.StreamAnnotations},
+		{bus.UserIngest, "$JS.API.CONSUMER.DELETE." + bus.StreamAnnotations + "." + bus.ConsumerAnnotator.Durable},
+		{bus.UserIngest, "$JS.API.CONSUMER.MSG.NEXT." + bus.StreamAnnotations + "." + bus.ConsumerAnnotator.Durable},
+		{bus.UserIngest, "$JS.ACK." + bus.StreamAnnotations + "." + bus.ConsumerAnnotator.Durable + ".1.1.1.1.1"},
+		{bus.UserIngest, bus.SubjectGradeCompleted},
+		{bus.UserInference, bus.SubjectAnnotationCreated},
+		{bus.UserInference, "$O." + bus.ImageBucket + ".C.x"},
+		{bus.UserInference, "$JS.API.STREAM.PURGE." + bus.ObjectStream()},
+		{bus.UserInference, bus.SvcImagesGet},
+		{bus.UserAnnotator, "$JS.API.CONSUMER.MSG.NEXT." + bus.StreamIris + "." + bus.ConsumerAnalyticsIris.Durable},
+		{bus.UserAnnotator, bus.SubjectAnnotationCreated},
+		{bus.UserAnnotator, "$JS.API.STREAM.INFO." + bus.ObjectStream() + ".x"},
+		{bus.UserAnnotator, "$JS.API.DIRECT.GET." + bus.ObjectStream()},
+		{bus.UserAnalytics, bus.SvcGradesGet},
+		{bus.UserAnalytics, "$JS.API.CONSUMER.MSG.NEXT." + bus.StreamAnnotations + "." + bus.ConsumerAnnotator.Durable},
+		{bus.UserAnalytics, "$KV." + bus.BucketRevokedTokens + ".k"},
 	}
 	for _, tt := range tests {
 		if st.publishAllowed(t, tt.user, tt.subject) {
@@ -373,8 +372,8 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		}
 	}
 	for _, tt := range []struct{ user, subject string }{
-		{UserIngest, SvcImagesGet}, {UserIngest, "_INBOX.annotator.>"}, {UserAnnotator, SvcIrisStats},
-		{UserInference, SubjectImageSubmitted}, {UserAnalytics, "_INBOX.>"},
+		{bus.UserIngest, bus.SvcImagesGet}, {bus.UserIngest, "_INBOX.annotator.>"}, {bus.UserAnnotator, bus.SvcIrisStats},
+		{bus.UserInference, bus.SubjectImageSubmitted}, {bus.UserAnalytics, "_INBOX.>"},
 	} {
 		if st.subscribeAllowed(t, tt.user, tt.subject) {
 			t.Errorf("%s may subscribe to %s", tt.user, tt.subject)
@@ -382,90 +381,16 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	}
 }
 
-// TestAccessTableCoversTheContract keeps the permission table in step with
-// the rest of bus: every durable consumer belongs to a service, every
-// query subject is answered by exactly one service, every stream named exists.
-func TestAccessTableCoversTheContract(t *testing.T) {
-	for _, c := range Consumers {
-		if _, ok := accessOf(ownerOf(c)); !ok {
-			t.Errorf("consumer %s belongs to no service (name it <service> or <service>-...)", c.Durable)
-		}
-	}
-	for _, subj := range svcConstants(t) {
-		var by []string
-		for _, a := range Access {
-			for _, pat := range a.Answers {
-				if server.SubjectMatchesFilter(subj, pat) {
-					by = append(by, a.User)
-				}
-			}
-		}
-		if len(by) != 1 {
-			t.Errorf("query subject %s is answered by %v, want exactly one service", subj, by)
-		}
-	}
-	for _, p := range Permissions() {
-		if len(p.Publish.Allow) == 0 || len(p.Subscribe.Allow) == 0 {
-			// An empty allow list means "everything" to the server.
-			t.Errorf("%s: empty allow list", p.User)
-		}
-	}
-}
-
-// svcConstants returns the value of every Svc* constant of the package, so
-// a new query subject cannot be added without an answering service.
-func svcConstants(t *testing.T) []string {
-	t.Helper()
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	fset := token.NewFileSet()
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		file, err := parser.ParseFile(fset, f, src, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ast.Inspect(file, func(n ast.Node) bool {
-			vs, ok := n.(*ast.ValueSpec)
-			if !ok {
-				return true
-			}
-			for i, name := range vs.Names {
-				if strings.HasPrefix(name.Name, "Svc") && i < len(vs.Values) {
-					if lit, ok := vs.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
-						v, _ := strconv.Unquote(lit.Value)
-						out = append(out, v)
-					}
-				}
-			}
-			return true
-		})
-	}
-	if len(out) == 0 {
-		t.Fatal("no Svc* constants found")
-	}
-	return out
-}
-
 // TestNATSServerAuthConfig loads the generated configuration with the
 // server's own parser, starts a server from it and checks that the users
 // and their permissions arrive: passwords from the environment.
 func TestNATSServerAuthConfig(t *testing.T) {
 	dir := t.TempDir()
-	for _, u := range Users() {
-		t.Setenv(PasswordEnv(u), "pw-"+u)
+	for _, u := range bus.Users() {
+		t.Setenv(bus.PasswordEnv(u), "pw-"+u)
 	}
 	conf := "listen: 127.0.0.1:-1\njetstream { store_dir: " + strconv.Quote(filepath.Join(dir, "js")) + " }\n" +
-		NATSServerAuthConfig(nil)
+		bus.NATSServerAuthConfig(nil)
 	path := filepath.Join(dir, "nats.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -474,13 +399,13 @@ func TestNATSServerAuthConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("server rejects the generated config: %v\n%s", err, conf)
 	}
-	if len(opts.Users) != len(Users()) {
-		t.Fatalf("%d users, want %d", len(opts.Users), len(Users()))
+	if len(opts.Users) != len(bus.Users()) {
+		t.Fatalf("%d users, want %d", len(opts.Users), len(bus.Users()))
 	}
 	for _, u := range opts.Users {
-		want, _ := PermissionsOf(u.Username)
+		want, _ := bus.PermissionsOf(u.Username)
 		if u.Password != "pw-"+u.Username {
-			t.Errorf("%s: password not taken from %s", u.Username, PasswordEnv(u.Username))
+			t.Errorf("%s: password not taken from %s", u.Username, bus.PasswordEnv(u.Username))
 		}
 		if got := u.Permissions.Publish.Allow; len(got) != len(compact(want.Publish.Allow)) {
 			t.Errorf("%s: %d publish allows, want %d", u.Username, len(got), len(compact(want.Publish.Allow)))
@@ -503,19 +428,19 @@ func TestNATSServerAuthConfig(t *testing.T) {
 		nc.Close()
 		t.Fatal("anonymous connection admitted")
 	}
-	u, _ := URLWithUser(ns.ClientURL(), Credential{User: UserSubscriber, Password: "pw-" + UserSubscriber})
+	u, _ := bus.URLWithUser(ns.ClientURL(), bus.Credential{User: bus.UserSubscriber, Password: "pw-" + bus.UserSubscriber})
 	nc, err := nats.Connect(u, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	_ = nc.Publish(SubjectAnnotationCreated, []byte("{}"))
+	_ = nc.Publish(bus.SubjectAnnotationCreated, []byte("{}"))
 	_ = nc.Flush()
 	if !errors.Is(nc.LastError(), nats.ErrPermissionViolation) {
 		t.Fatal("the subscriber published an event under the generated config")
 	}
 	// A literal (here a bcrypt-looking) password is quoted, not read as a variable.
-	if c := NATSServerAuthConfig(func(string) string { return "$2a$11$abc" }); !bytes.Contains([]byte(c), []byte(`password: "$2a$11$abc"`)) {
+	if c := bus.NATSServerAuthConfig(func(string) string { return "$2a$11$abc" }); !bytes.Contains([]byte(c), []byte(`password: "$2a$11$abc"`)) {
 		t.Fatal("literal password not quoted")
 	}
 }

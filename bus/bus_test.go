@@ -1,4 +1,4 @@
-package bus
+package bus_test
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -20,24 +22,24 @@ import (
 // startNATS runs an embedded server with the topology applied.
 func startNATS(t *testing.T) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns.Shutdown)
-	nc, js, err := Connect(context.Background(), ns.ClientURL(), "bus-test", nil)
+	nc, js, err := bus.Connect(context.Background(), ns.ClientURL(), "bus-test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	if err := EnsureTopology(context.Background(), js, TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+	if err := bus.EnsureTopology(context.Background(), js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
 		t.Fatal(err)
 	}
 	return nc, js
 }
 
-func newAnnotation(author string) *AnnotationCreated {
-	return &AnnotationCreated{Meta: NewMeta(TypeAnnotationCreated), Author: author, Annotation: json.RawMessage(`{"label":"cat"}`)}
+func newAnnotation(author string) *bus.AnnotationCreated {
+	return &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: author, Annotation: json.RawMessage(`{"label":"cat"}`)}
 }
 
 func TestDecodeRejectsPoison(t *testing.T) {
@@ -57,17 +59,17 @@ func TestDecodeRejectsPoison(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Decode([]byte(tt.data))
-			if !errors.Is(err, ErrPoison) || !strings.Contains(err.Error(), tt.wantErr) {
+			_, err := bus.Decode([]byte(tt.data))
+			if !errors.Is(err, bus.ErrPoison) || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Decode(%s) = %v, want ErrPoison containing %q", tt.data, err, tt.wantErr)
 			}
 		})
 	}
-	ev, err := Decode(goodJSON)
+	ev, err := bus.Decode(goodJSON)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := ev.(*AnnotationCreated); got.ID != good.ID || got.Author != "ada" {
+	if got := ev.(*bus.AnnotationCreated); got.ID != good.ID || got.Author != "ada" {
 		t.Fatalf("round trip: %+v", got)
 	}
 }
@@ -76,7 +78,7 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 	_, js := startNATS(t)
 	ctx := context.Background()
 	before := map[string]jetstream.StreamConfig{}
-	for _, s := range Streams {
+	for _, s := range bus.Streams {
 		st, err := js.Stream(ctx, s.Name)
 		if err != nil {
 			t.Fatal(err)
@@ -90,7 +92,7 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- EnsureTopology(ctx, js, TopologyOptions{MaxBytesScale: 0.01})
+			errs <- bus.EnsureTopology(ctx, js, bus.TopologyOptions{MaxBytesScale: 0.01})
 		}()
 	}
 	wg.Wait()
@@ -100,16 +102,16 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, s := range Streams {
+	for _, s := range bus.Streams {
 		st, err := js.Stream(ctx, s.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := st.CachedInfo().Config; got.MaxBytes != before[s.Name].MaxBytes || got.Duplicates != DuplicateWindow || len(got.Subjects) != len(s.Subjects) {
+		if got := st.CachedInfo().Config; got.MaxBytes != before[s.Name].MaxBytes || got.Duplicates != bus.DuplicateWindow || len(got.Subjects) != len(s.Subjects) {
 			t.Fatalf("stream %s changed: %+v", s.Name, got)
 		}
 	}
-	for _, c := range Consumers {
+	for _, c := range bus.Consumers {
 		if _, err := js.Consumer(ctx, c.Stream, c.Durable); err != nil {
 			t.Fatalf("consumer %s: %v", c.Durable, err)
 		}
@@ -120,18 +122,18 @@ func TestPublishDeduplicatesByEventID(t *testing.T) {
 	_, js := startNATS(t)
 	ctx := context.Background()
 	ev := newAnnotation("ada")
-	first, err := Publish(ctx, js, ev)
+	first, err := bus.Publish(ctx, js, ev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := Publish(ctx, js, ev)
+	second, err := bus.Publish(ctx, js, ev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if first.Duplicate || !second.Duplicate || first.Sequence != second.Sequence {
 		t.Fatalf("acks %+v %+v: want the retry reported as duplicate of the first", first, second)
 	}
-	st, _ := js.Stream(ctx, StreamAnnotations)
+	st, _ := js.Stream(ctx, bus.StreamAnnotations)
 	info, _ := st.Info(ctx)
 	if info.State.Msgs != 1 {
 		t.Fatalf("stream holds %d messages, want 1", info.State.Msgs)
@@ -139,12 +141,12 @@ func TestPublishDeduplicatesByEventID(t *testing.T) {
 }
 
 func TestPublishHonoursDeadline(t *testing.T) {
-	ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Shutdown()
-	nc, js, err := Connect(context.Background(), ns.ClientURL(), "t", nil)
+	nc, js, err := bus.Connect(context.Background(), ns.ClientURL(), "t", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +155,7 @@ func TestPublishHonoursDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { _, err := Publish(ctx, js, newAnnotation("ada")); done <- err }()
+	go func() { _, err := bus.Publish(ctx, js, newAnnotation("ada")); done <- err }()
 	select {
 	case err := <-done:
 		if err == nil {
@@ -166,9 +168,9 @@ func TestPublishHonoursDeadline(t *testing.T) {
 
 func TestPublishCarriesRequestContext(t *testing.T) {
 	_, js := startNATS(t)
-	ctx := WithTraceparent(WithRequestID(context.Background(), "req-42"), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	ctx := bus.WithTraceparent(bus.WithRequestID(context.Background(), "req-42"), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 	ev := newAnnotation("ada")
-	if _, err := Publish(ctx, js, ev); err != nil {
+	if _, err := bus.Publish(ctx, js, ev); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan context.Context, 1)
@@ -176,14 +178,14 @@ func TestPublishCarriesRequestContext(t *testing.T) {
 	defer cancel()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	go Consume(cctx, js, ConsumerAnnotator, ConsumeOptions{Logger: logger}, func(_ context.Context, b []*Delivery) error {
+	go bus.Consume(cctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{Logger: logger}, func(_ context.Context, b []*bus.Delivery) error {
 		got <- b[0].Ctx
 		return nil
 	})
 	select {
 	case c := <-got:
-		if RequestID(c) != "req-42" || !strings.HasPrefix(Traceparent(c), "00-0af7") {
-			t.Fatalf("request id %q traceparent %q", RequestID(c), Traceparent(c))
+		if bus.RequestID(c) != "req-42" || !strings.HasPrefix(bus.Traceparent(c), "00-0af7") {
+			t.Fatalf("request id %q traceparent %q", bus.RequestID(c), bus.Traceparent(c))
 		}
 		// The consuming service's log names the request that caused the event.
 		if !strings.Contains(logs.String(), "request_id=req-42") || !strings.Contains(logs.String(), "traceparent=00-0af7") {
@@ -239,7 +241,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func pending(t *testing.T, js jetstream.JetStream, spec ConsumerSpec) (uint64, int) {
+func pending(t *testing.T, js jetstream.JetStream, spec bus.ConsumerSpec) (uint64, int) {
 	t.Helper()
 	c, err := js.Consumer(context.Background(), spec.Stream, spec.Durable)
 	if err != nil {
@@ -258,7 +260,7 @@ func TestConsumeBatchesAcksAndRetries(t *testing.T) {
 	defer cancel()
 	const n = 200
 	for i := range n {
-		if _, err := Publish(ctx, js, newAnnotation(fmt.Sprint("u", i))); err != nil {
+		if _, err := bus.Publish(ctx, js, newAnnotation(fmt.Sprint("u", i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -266,9 +268,9 @@ func TestConsumeBatchesAcksAndRetries(t *testing.T) {
 	var failOnce sync.Once
 	done := make(chan error, 1)
 	go func() {
-		done <- Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{MaxBatch: 50, MaxQueueDelay: 50 * time.Millisecond,
+		done <- bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{MaxBatch: 50, MaxQueueDelay: 50 * time.Millisecond,
 			Backoff: func(uint64) time.Duration { return 10 * time.Millisecond }},
-			func(_ context.Context, b []*Delivery) error {
+			func(_ context.Context, b []*bus.Delivery) error {
 				var err error
 				failOnce.Do(func() { err = errors.New("dependency down") })
 				if err != nil {
@@ -284,7 +286,7 @@ func TestConsumeBatchesAcksAndRetries(t *testing.T) {
 			})
 	}()
 	waitFor(t, "all messages handled", func() bool { return len(c.seen()) == n })
-	waitFor(t, "all acked", func() bool { p, ack := pending(t, js, ConsumerAnnotator); return p == 0 && ack == 0 })
+	waitFor(t, "all acked", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 0 })
 	for id, k := range c.seen() {
 		if k != 1 {
 			t.Fatalf("event %s handled %d times after success", id, k)
@@ -313,9 +315,9 @@ func TestConsumeBatchesAcksAndRetries(t *testing.T) {
 	}
 }
 
-func deadLetters(t *testing.T, js jetstream.JetStream) []DeadLetter {
+func deadLetters(t *testing.T, js jetstream.JetStream) []bus.DeadLetter {
 	t.Helper()
-	st, err := js.Stream(context.Background(), StreamDeadLetter)
+	st, err := js.Stream(context.Background(), bus.StreamDeadLetter)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,13 +325,13 @@ func deadLetters(t *testing.T, js jetstream.JetStream) []DeadLetter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []DeadLetter
+	var out []bus.DeadLetter
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := st.GetMsg(context.Background(), seq)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var dl DeadLetter
+		var dl bus.DeadLetter
 		if err := json.Unmarshal(m.Data, &dl); err != nil {
 			t.Fatal(err)
 		}
@@ -343,22 +345,22 @@ func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Poison published raw, as a buggy or foreign publisher would.
-	_ = nc.Publish(SubjectAnnotationCreated, []byte(`{not json`))
-	_ = nc.Publish(SubjectAnnotationCreated, []byte(`{"id":"x1","type":"annotation.created","schema_version":9}`))
+	_ = nc.Publish(bus.SubjectAnnotationCreated, []byte(`{not json`))
+	_ = nc.Publish(bus.SubjectAnnotationCreated, []byte(`{"id":"x1","type":"annotation.created","schema_version":9}`))
 	rejected, retried, good := newAnnotation("reject-me"), newAnnotation("retry-me"), newAnnotation("fine")
-	for _, ev := range []Event{rejected, retried, good} {
-		if _, err := Publish(ctx, js, ev); err != nil {
+	for _, ev := range []bus.Event{rejected, retried, good} {
+		if _, err := bus.Publish(ctx, js, ev); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var mu sync.Mutex
 	handled := map[string]int{}
-	go Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{MaxDeliveries: 3, Backoff: func(uint64) time.Duration { return 5 * time.Millisecond }},
-		func(_ context.Context, b []*Delivery) error {
+	go bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{MaxDeliveries: 3, Backoff: func(uint64) time.Duration { return 5 * time.Millisecond }},
+		func(_ context.Context, b []*bus.Delivery) error {
 			mu.Lock()
 			defer mu.Unlock()
 			for _, d := range b {
-				a := d.Event.(*AnnotationCreated)
+				a := d.Event.(*bus.AnnotationCreated)
 				handled[a.Author]++
 				switch a.Author {
 				case "reject-me":
@@ -370,10 +372,10 @@ func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
 			return nil
 		})
 	waitFor(t, "four dead letters", func() bool { return len(deadLetters(t, js)) == 4 })
-	waitFor(t, "consumer drained", func() bool { p, ack := pending(t, js, ConsumerAnnotator); return p == 0 && ack == 0 })
+	waitFor(t, "consumer drained", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 0 })
 	reasons := map[string]bool{}
 	for _, dl := range deadLetters(t, js) {
-		if dl.Consumer != ConsumerAnnotator.Durable || dl.Stream != StreamAnnotations || dl.Sequence == 0 || len(dl.Data) == 0 {
+		if dl.Consumer != bus.ConsumerAnnotator.Durable || dl.Stream != bus.StreamAnnotations || dl.Sequence == 0 || len(dl.Data) == 0 {
 			t.Fatalf("incomplete dead letter %+v", dl)
 		}
 		switch {
@@ -392,7 +394,7 @@ func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
 	if len(reasons) != 4 {
 		t.Fatalf("reasons %v", reasons)
 	}
-	if n := testutil.ToFloat64(consumerDeadLettered.WithLabelValues(ConsumerAnnotator.Durable)); n < 4 {
+	if n := testutil.ToFloat64(bus.ConsumerDeadLettered.WithLabelValues(bus.ConsumerAnnotator.Durable)); n < 4 {
 		t.Fatalf("dead-letter metric %v, want >= 4", n)
 	}
 	mu.Lock()
@@ -405,7 +407,7 @@ func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
 func TestConsumeShutdownFinishesBatchInHand(t *testing.T) {
 	_, js := startNATS(t)
 	for range 20 {
-		if _, err := Publish(context.Background(), js, newAnnotation("u")); err != nil {
+		if _, err := bus.Publish(context.Background(), js, newAnnotation("u")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -415,8 +417,8 @@ func TestConsumeShutdownFinishesBatchInHand(t *testing.T) {
 	var once sync.Once
 	done := make(chan error, 1)
 	go func() {
-		done <- Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{MaxBatch: 5, MaxQueueDelay: time.Millisecond},
-			func(_ context.Context, b []*Delivery) error {
+		done <- bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{MaxBatch: 5, MaxQueueDelay: time.Millisecond},
+			func(_ context.Context, b []*bus.Delivery) error {
 				once.Do(func() { close(entered) })
 				<-release
 				return nil
@@ -430,7 +432,7 @@ func TestConsumeShutdownFinishesBatchInHand(t *testing.T) {
 	}
 	// The batch in hand was acked and nothing else is held by the stopped
 	// replica, so the rest is available at once, long before AckWait (30s).
-	if p, ack := pending(t, js, ConsumerAnnotator); ack != 0 || p != 15 {
+	if p, ack := pending(t, js, bus.ConsumerAnnotator); ack != 0 || p != 15 {
 		t.Fatalf("after shutdown: pending %d, ack-pending %d; want 15, 0", p, ack)
 	}
 	// A replica taking over gets exactly the 15 messages not yet handled.
@@ -438,7 +440,7 @@ func TestConsumeShutdownFinishesBatchInHand(t *testing.T) {
 	defer cancel2()
 	var mu sync.Mutex
 	got := 0
-	go Consume(ctx2, js, ConsumerAnnotator, ConsumeOptions{}, func(_ context.Context, b []*Delivery) error {
+	go bus.Consume(ctx2, js, bus.ConsumerAnnotator, bus.ConsumeOptions{}, func(_ context.Context, b []*bus.Delivery) error {
 		mu.Lock()
 		defer mu.Unlock()
 		got += len(b)
@@ -458,32 +460,32 @@ func TestRequestReply(t *testing.T) {
 	type echo struct {
 		Word string `json:"word"`
 	}
-	svc, err := AddService(nc, "test", "1.0.0", "echo", Endpoint{
+	svc, err := bus.AddService(nc, "test", "1.0.0", "echo", bus.Endpoint{
 		Name: "echo", Subject: "test.echo",
-		Handler: Handle(nil, time.Second, func(ctx context.Context, r echo) (echo, error) {
+		Handler: bus.Handle(nil, time.Second, func(ctx context.Context, r echo) (echo, error) {
 			switch r.Word {
 			case "missing":
-				return echo{}, Errorf(http.StatusNotFound, "no such word")
+				return echo{}, bus.Errorf(http.StatusNotFound, "no such word")
 			case "bad":
-				return echo{}, &Error{Code: http.StatusUnprocessableEntity, Message: "invalid", Details: []string{"word: bad"}}
+				return echo{}, &bus.Error{Code: http.StatusUnprocessableEntity, Message: "invalid", Details: []string{"word: bad"}}
 			case "boom":
 				return echo{}, errors.New("database exploded: secret detail")
 			}
-			return echo{Word: r.Word + RequestID(ctx)}, nil
+			return echo{Word: r.Word + bus.RequestID(ctx)}, nil
 		}),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer svc.Stop()
-	ctx := WithRequestID(context.Background(), "-r1")
-	got, err := Request[echo](ctx, nc, "test.echo", echo{"hi"})
+	ctx := bus.WithRequestID(context.Background(), "-r1")
+	got, err := bus.Request[echo](ctx, nc, "test.echo", echo{"hi"})
 	if err != nil || got.Word != "hi-r1" {
 		t.Fatalf("echo = %+v, %v", got, err)
 	}
 	for word, code := range map[string]int{"missing": 404, "bad": 422, "boom": 500} {
-		_, err := Request[echo](ctx, nc, "test.echo", echo{word})
-		var be *Error
+		_, err := bus.Request[echo](ctx, nc, "test.echo", echo{word})
+		var be *bus.Error
 		if !errors.As(err, &be) || be.Code != code {
 			t.Fatalf("%s: err %v, want *Error %d", word, err, code)
 		}
@@ -494,7 +496,7 @@ func TestRequestReply(t *testing.T) {
 			t.Fatalf("internal error leaked: %q", be.Message)
 		}
 	}
-	if _, err := Request[echo](ctx, nc, "test.nobody", echo{"x"}); !errors.Is(err, ErrUnavailable) {
+	if _, err := bus.Request[echo](ctx, nc, "test.nobody", echo{"x"}); !errors.Is(err, bus.ErrUnavailable) {
 		t.Fatalf("no responders: %v, want ErrUnavailable", err)
 	}
 }
@@ -502,15 +504,15 @@ func TestRequestReply(t *testing.T) {
 func TestIrisFilterValidate(t *testing.T) {
 	tests := []struct {
 		name    string
-		f       IrisFilter
+		f       bus.IrisFilter
 		details []string
 	}{
-		{"empty ok", IrisFilter{}, nil},
-		{"full ok", IrisFilter{Species: []string{"setosa"}, Lower: map[string]float64{"sepal_length": 1}, Upper: map[string]float64{"sepal_length": 1}}, nil},
-		{"unknown species", IrisFilter{Species: []string{"rose"}}, []string{"species:"}},
-		{"injection in species", IrisFilter{Species: []string{"setosa' OR 1=1 --"}}, []string{"species:"}},
-		{"unknown column", IrisFilter{Lower: map[string]float64{"height; DROP TABLE iris": 1}}, []string{"lower.height; DROP TABLE iris:"}},
-		{"lower above upper", IrisFilter{Lower: map[string]float64{"petal_width": 2}, Upper: map[string]float64{"petal_width": 1}}, []string{"lower.petal_width:"}},
+		{"empty ok", bus.IrisFilter{}, nil},
+		{"full ok", bus.IrisFilter{Species: []string{"setosa"}, Lower: map[string]float64{"sepal_length": 1}, Upper: map[string]float64{"sepal_length": 1}}, nil},
+		{"unknown species", bus.IrisFilter{Species: []string{"rose"}}, []string{"species:"}},
+		{"injection in species", bus.IrisFilter{Species: []string{"setosa' OR 1=1 --"}}, []string{"species:"}},
+		{"unknown column", bus.IrisFilter{Lower: map[string]float64{"height; DROP TABLE iris": 1}}, []string{"lower.height; DROP TABLE iris:"}},
+		{"lower above upper", bus.IrisFilter{Lower: map[string]float64{"petal_width": 2}, Upper: map[string]float64{"petal_width": 1}}, []string{"lower.petal_width:"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -521,7 +523,7 @@ func TestIrisFilterValidate(t *testing.T) {
 				}
 				return
 			}
-			var be *Error
+			var be *bus.Error
 			if !errors.As(err, &be) || be.Code != http.StatusUnprocessableEntity || len(be.Details) != len(tt.details) {
 				t.Fatalf("err %v", err)
 			}
@@ -532,7 +534,7 @@ func TestIrisFilterValidate(t *testing.T) {
 			}
 		})
 	}
-	if err := ValidatePage(0, 1001); err == nil || len(err.(*Error).Details) != 2 {
+	if err := bus.ValidatePage(0, 1001); err == nil || len(err.(*bus.Error).Details) != 2 {
 		t.Fatalf("ValidatePage(0, 1001) = %v", err)
 	}
 }
@@ -552,16 +554,16 @@ func TestReplayFromStartAndFromTime(t *testing.T) {
 		}
 		return n
 	}
-	go Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{}, func(_ context.Context, b []*Delivery) error {
+	go bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{}, func(_ context.Context, b []*bus.Delivery) error {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, d := range b {
-			seen[d.Event.(*AnnotationCreated).Author]++
+			seen[d.Event.(*bus.AnnotationCreated).Author]++
 		}
 		return nil
 	})
 	for _, a := range []string{"a", "b", "c"} {
-		if _, err := Publish(ctx, js, newAnnotation(a)); err != nil {
+		if _, err := bus.Publish(ctx, js, newAnnotation(a)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -570,19 +572,19 @@ func TestReplayFromStartAndFromTime(t *testing.T) {
 	mid := time.Now()
 	time.Sleep(20 * time.Millisecond)
 	for _, a := range []string{"d", "e"} {
-		if _, err := Publish(ctx, js, newAnnotation(a)); err != nil {
+		if _, err := bus.Publish(ctx, js, newAnnotation(a)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitFor(t, "second delivery", func() bool { return count() == 5 })
 
 	// From the start, into the running consumer: every event once more.
-	if err := Replay(ctx, js, ConsumerAnnotator, time.Time{}); err != nil {
+	if err := bus.Replay(ctx, js, bus.ConsumerAnnotator, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "replay from start", func() bool { return count() == 10 })
 	// From a time: only what was published after it.
-	if err := Replay(ctx, js, ConsumerAnnotator, mid); err != nil {
+	if err := bus.Replay(ctx, js, bus.ConsumerAnnotator, mid); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "replay since", func() bool { return count() == 12 })
@@ -592,10 +594,10 @@ func TestReplayFromStartAndFromTime(t *testing.T) {
 	}
 	mu.Unlock()
 	// A service restart after the replay keeps the replayed start.
-	if err := EnsureTopology(ctx, js, TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+	if err := bus.EnsureTopology(ctx, js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
 		t.Fatalf("EnsureTopology after replay: %v", err)
 	}
-	c, _ := js.Consumer(ctx, ConsumerAnnotator.Stream, ConsumerAnnotator.Durable)
+	c, _ := js.Consumer(ctx, bus.ConsumerAnnotator.Stream, bus.ConsumerAnnotator.Durable)
 	if c.CachedInfo().Config.DeliverPolicy != jetstream.DeliverByStartTimePolicy {
 		t.Fatalf("deliver policy reset to %v", c.CachedInfo().Config.DeliverPolicy)
 	}
@@ -603,11 +605,11 @@ func TestReplayFromStartAndFromTime(t *testing.T) {
 
 func TestReplicasFromEnv(t *testing.T) {
 	for v, want := range map[string]int{"": 1, "1": 1, "3": 3, "5": 5, "0": 0, "6": 0, "three": 0, "-1": 0} {
-		t.Setenv(EnvReplicas, v)
-		got, err := ReplicasFromEnv()
+		t.Setenv(bus.EnvReplicas, v)
+		got, err := bus.ReplicasFromEnv()
 		if want == 0 {
-			if err == nil || !strings.Contains(err.Error(), EnvReplicas) {
-				t.Errorf("%q: err %v, want an error naming %s", v, err, EnvReplicas)
+			if err == nil || !strings.Contains(err.Error(), bus.EnvReplicas) {
+				t.Errorf("%q: err %v, want an error naming %s", v, err, bus.EnvReplicas)
 			}
 			continue
 		}

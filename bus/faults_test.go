@@ -1,4 +1,4 @@
-package bus
+package bus_test
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -21,17 +23,17 @@ import (
 func faultNATS(t *testing.T, dir string, logs *syncBuffer) (*server.Server, jetstream.JetStream) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ns, err := StartEmbedded(EmbeddedConfig{Dir: dir, Logger: log})
+	ns, err := natsserver.Start(natsserver.Config{Dir: dir, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns.Shutdown)
-	nc, js, err := Connect(context.Background(), ns.ClientURL(), "bus-test", log)
+	nc, js, err := bus.Connect(context.Background(), ns.ClientURL(), "bus-test", log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	if err := EnsureTopology(context.Background(), js, TopologyOptions{MaxBytesScale: 0.01, Logger: log}); err != nil {
+	if err := bus.EnsureTopology(context.Background(), js, bus.TopologyOptions{MaxBytesScale: 0.01, Logger: log}); err != nil {
 		t.Fatal(err)
 	}
 	return ns, js
@@ -46,8 +48,8 @@ func consumeInto(t *testing.T, js jetstream.JetStream, c *collector, log *slog.L
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_ = Consume(ctx, js, ConsumerAnnotator, ConsumeOptions{Logger: log, MaxQueueDelay: 5 * time.Millisecond},
-			func(_ context.Context, b []*Delivery) error {
+		_ = bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{Logger: log, MaxQueueDelay: 5 * time.Millisecond},
+			func(_ context.Context, b []*bus.Delivery) error {
 				c.mu.Lock()
 				defer c.mu.Unlock()
 				for _, d := range b {
@@ -64,7 +66,7 @@ func publishN(t *testing.T, js jetstream.JetStream, n int) []string {
 	ids := make([]string, 0, n)
 	for i := range n {
 		ev := newAnnotation(fmt.Sprint("u", i))
-		if _, err := Publish(context.Background(), js, ev); err != nil {
+		if _, err := bus.Publish(context.Background(), js, ev); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, ev.ID)
@@ -96,10 +98,10 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 	ns.Shutdown()
 	ns.WaitForShutdown()
 
-	damageMiddle(t, filepath.Join(dir, "jetstream", "$G", "streams", StreamAnnotations, "msgs", "1.blk"))
+	damageMiddle(t, filepath.Join(dir, "jetstream", "$G", "streams", bus.StreamAnnotations, "msgs", "1.blk"))
 
 	_, js = faultNATS(t, dir, logs)
-	st, err := js.Stream(context.Background(), StreamAnnotations)
+	st, err := js.Stream(context.Background(), bus.StreamAnnotations)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +124,8 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 	if !strings.Contains(logs.String(), "component=nats-server") {
 		t.Fatalf("no line of the embedded server's log:\n%s", logs.String())
 	}
-	if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "stream="+StreamAnnotations) ||
-		!strings.Contains(l, "consumer="+ConsumerAnnotator.Durable) || !strings.Contains(l, "gap=") {
+	if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "stream="+bus.StreamAnnotations) ||
+		!strings.Contains(l, "consumer="+bus.ConsumerAnnotator.Durable) || !strings.Contains(l, "gap=") {
 		t.Fatalf("the cut stream was not logged as an error:\n%s", logs.String())
 	}
 }
@@ -132,9 +134,7 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 // while the server restarts with a cut stream is not restarted itself, so
 // its consumer must notice on its own (idle check) and pick new events up.
 func TestRunningConsumerRepositionsAfterStreamCut(t *testing.T) {
-	old := positionCheckEvery
-	positionCheckEvery = time.Second
-	t.Cleanup(func() { positionCheckEvery = old })
+	t.Cleanup(bus.SetPositionCheckEvery(time.Second))
 	dir := t.TempDir()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
@@ -152,16 +152,16 @@ func TestRunningConsumerRepositionsAfterStreamCut(t *testing.T) {
 	waitFor(t, "events before the damage consumed", func() bool { return len(seen.seen()) == len(first) })
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	damageMiddle(t, filepath.Join(dir, "jetstream", "$G", "streams", StreamAnnotations, "msgs", "1.blk"))
+	damageMiddle(t, filepath.Join(dir, "jetstream", "$G", "streams", bus.StreamAnnotations, "msgs", "1.blk"))
 
 	// Same address: the running consumer's connection reconnects. Nothing
 	// ensures the topology, so only the consumer's own check can help.
-	ns2, err := StartEmbedded(EmbeddedConfig{Dir: dir, Port: port, Logger: log})
+	ns2, err := natsserver.Start(natsserver.Config{Dir: dir, Port: port, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns2.Shutdown)
-	nc2, js2, err := Connect(context.Background(), ns2.ClientURL(), "publisher", log)
+	nc2, js2, err := bus.Connect(context.Background(), ns2.ClientURL(), "publisher", log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,47 +197,5 @@ func damageMiddle(t *testing.T, blk string) {
 	_, _ = rand.Read(garbage)
 	if _, err := f.WriteAt(garbage, fi.Size()/2); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestNATSSyncSetting(t *testing.T) {
-	tests := []struct {
-		env          string
-		wantInterval time.Duration
-		wantAlways   bool
-		wantErr      bool
-	}{
-		{"", 2 * time.Minute, false, false}, // the server's default
-		{"always", 2 * time.Minute, true, false},
-		{"ALWAYS", 2 * time.Minute, true, false},
-		{"1s", time.Second, false, false},
-		{"250ms", 250 * time.Millisecond, false, false},
-		{"0s", 0, false, true},
-		{"-1s", 0, false, true},
-		{"sometimes", 0, false, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.env, func(t *testing.T) {
-			sync, err := ParseSync(tt.env)
-			if tt.wantErr {
-				if err == nil || !strings.Contains(err.Error(), EnvNATSSync) {
-					t.Fatalf("ParseSync(%q) = %v, want an error naming %s", tt.env, err, EnvNATSSync)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			ns, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), Sync: sync})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ns.Shutdown()
-			cfg := ns.JetStreamConfig()
-			if cfg.SyncInterval != tt.wantInterval || cfg.SyncAlways != tt.wantAlways {
-				t.Fatalf("%s=%q: server sync_interval %v always %v, want %v %v", EnvNATSSync, tt.env,
-					cfg.SyncInterval, cfg.SyncAlways, tt.wantInterval, tt.wantAlways)
-			}
-		})
 	}
 }

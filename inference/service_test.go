@@ -17,12 +17,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	natsserver "github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/inference/internal/testenv"
 	"github.com/gradeline/gradeline/inference/onnxpb"
 )
@@ -30,7 +31,7 @@ import (
 // stack is an embedded NATS server with the inference service running on
 // it, shared by the tests of this file (started on first use).
 type stack struct {
-	ns      *natsserver.Server
+	ns      *natsd.Server
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	store   jetstream.ObjectStore
@@ -77,7 +78,7 @@ func startStack(lib string, delay time.Duration, modelsDirs ...string) (*stack, 
 	}
 	// The streams reserve their full size bounds (over 60 GB), more than a
 	// test machine may have free; nothing near that is written.
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: tmp, MaxStore: 1 << 40})
+	ns, err := natsserver.Start(natsserver.Config{Dir: tmp, MaxStore: 1 << 40})
 	if err != nil {
 		return nil, err
 	}

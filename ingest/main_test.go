@@ -26,6 +26,7 @@ import (
 	"github.com/gradeline/gradeline/annotator"
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/ingest"
 )
 
@@ -52,7 +53,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(testDir)
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(testDir, "nats")})
+	ns, err := natsserver.Start(natsserver.Config{Dir: filepath.Join(testDir, "nats")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "embedded NATS:", err)
 		return 1

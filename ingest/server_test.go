@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gradeline/gradeline/annotator/localmongo"
-	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/ingest"
 )
 
@@ -96,7 +96,7 @@ func TestReadyzFailsWithoutMongo(t *testing.T) {
 // With no query service on the bus, every query answers 503 naming the
 // service that is down.
 func TestServicesDownAre503(t *testing.T) {
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestDocsPageIsSelfContained(t *testing.T) {
 }
 
 func TestPublishFailureIs503(t *testing.T) {
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

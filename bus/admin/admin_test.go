@@ -15,7 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 )
 
 func TestHandler(t *testing.T) {
@@ -63,7 +63,7 @@ func TestFlagAndNATSCheck(t *testing.T) {
 	if err := f.Check(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

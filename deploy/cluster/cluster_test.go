@@ -31,6 +31,7 @@ import (
 	"github.com/gradeline/gradeline/annotator"
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/deploy/internal/fixture"
 	"github.com/gradeline/gradeline/inference"
 	"github.com/gradeline/gradeline/ingest"
@@ -51,7 +52,7 @@ func freePort(t *testing.T) int {
 // natsCluster is three embedded servers joined by routes.
 type natsCluster struct {
 	t       *testing.T
-	cfgs    []bus.EmbeddedConfig
+	cfgs    []natsserver.Config
 	servers []*server.Server
 }
 
@@ -64,7 +65,7 @@ func startCluster(t *testing.T) *natsCluster {
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
 	}
 	for i := range 3 {
-		c.cfgs = append(c.cfgs, bus.EmbeddedConfig{
+		c.cfgs = append(c.cfgs, natsserver.Config{
 			Dir: t.TempDir(), Port: freePort(t), Name: fmt.Sprintf("n%d", i),
 			ClusterName: "gradeline", ClusterPort: clusterPorts[i], Routes: routes,
 		})
@@ -74,7 +75,7 @@ func startCluster(t *testing.T) *natsCluster {
 	errs := make([]error, 3)
 	for i := range 3 {
 		wg.Add(1)
-		go func() { defer wg.Done(); c.servers[i], errs[i] = bus.StartEmbedded(c.cfgs[i]) }()
+		go func() { defer wg.Done(); c.servers[i], errs[i] = natsserver.Start(c.cfgs[i]) }()
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -115,7 +116,7 @@ func (c *natsCluster) kill(name string) {
 func (c *natsCluster) restart(name string) {
 	for i, cfg := range c.cfgs {
 		if cfg.Name == name {
-			s, err := bus.StartEmbedded(cfg)
+			s, err := natsserver.Start(cfg)
 			if err != nil {
 				c.t.Fatal(err)
 			}
@@ -423,7 +424,7 @@ func TestReplicasShareWork(t *testing.T) {
 	if os.Getenv("ONNXRUNTIME_LIB") == "" {
 		t.Fatal("ONNXRUNTIME_LIB is not set: run the tests with `make test`")
 	}
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 )
 
@@ -246,7 +246,7 @@ func (l *lockedBuffer) String() string {
 
 func freeBytes(t *testing.T, dir string) uint64 {
 	t.Helper()
-	n, err := bus.FreeBytes(dir)
+	n, err := natsserver.FreeBytes(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/deploy/internal/mongouri"
 	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 	"github.com/gradeline/gradeline/inference"
@@ -51,7 +52,7 @@ type Config struct {
 	NATSAddr string
 	// NATSSync is the embedded NATS's JetStream sync_interval
 	// (GRADELINE_NATS_SYNC; zero keeps the server default).
-	NATSSync bus.Sync
+	NATSSync natsserver.Sync
 	// NATSMaxStore overrides how much file storage the embedded JetStream
 	// may use (default 75% of the space free in its directory).
 	NATSMaxStore int64
@@ -138,7 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// Servers, embedded only where no URL was given.
 	urls := natsURLs{cfg.NATSURL, cfg.NATSURL, cfg.NATSURL, cfg.NATSURL, cfg.NATSURL}
 	var natsFiles [2]string
-	var storage *bus.StorageGuard
+	var storage *natsserver.StorageGuard
 	if cfg.NATSURL == "" {
 		host, port, err := natsAddr(cfg.NATSAddr)
 		if err != nil {
@@ -156,8 +157,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		// A disk that fills later stops JetStream's streams; the guard names
 		// the directory in the edge's 503s and restarts them once space returns.
-		storage = bus.NewStorageGuard(log, 0)
-		ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: natsDir, Host: host, Port: port, Name: "gradeline-local",
+		storage = natsserver.NewStorageGuard(log, 0)
+		ns, err := natsserver.Start(natsserver.Config{Dir: natsDir, Host: host, Port: port, Name: "gradeline-local",
 			Logger: log, Sync: cfg.NATSSync, Users: natscreds.List(creds), MaxStore: cfg.NATSMaxStore,
 			OnOutOfSpace: storage.WriteFailed})
 		if err != nil {
@@ -166,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 		closers = append(closers, func() { ns.Shutdown(); ns.WaitForShutdown() })
 		// Too little space is said at start, naming the directory and what
 		// the streams reserve, not as a bare error of the first service.
-		if err := bus.CheckStoreReservation(ns, bus.TopologyOptions{}); err != nil {
+		if err := natsserver.CheckStoreReservation(ns, bus.TopologyOptions{}); err != nil {
 			return fmt.Errorf("local: %w", err)
 		}
 		storage.Start(ctx, ns)

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/deploy/local"
 )
 
@@ -67,7 +67,7 @@ func main() {
 		}
 		cfg.MaxQueueDelay = d
 	}
-	if cfg.NATSSync, err = bus.SyncFromEnv(); err != nil {
+	if cfg.NATSSync, err = natsserver.SyncFromEnv(); err != nil {
 		fail(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/deploy/internal/natscreds"
 )
 
@@ -52,7 +53,7 @@ func TestParseSince(t *testing.T) {
 }
 
 func TestReplayAgainstRunningServer(t *testing.T) {
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func TestOperatorURLFromLocalDataDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir(), Users: natscreds.List(creds)})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Users: natscreds.List(creds)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,4 +159,3 @@ func TestNATSConfigCommand(t *testing.T) {
 		t.Fatalf("--bcrypt output carries no hashes or the plain passwords:\n%s", out.String())
 	}
 }
-

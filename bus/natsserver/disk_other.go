@@ -1,10 +1,10 @@
 //go:build !linux && !darwin
 
-package bus
+package natsserver
 
 import "errors"
 
 // FreeBytes is not implemented on this platform.
 func FreeBytes(string) (uint64, error) {
-	return 0, errors.New("bus: free space unknown on this platform")
+	return 0, errors.New("natsserver: free space unknown on this platform")
 }

@@ -1,6 +1,6 @@
 //go:build linux || darwin
 
-package bus
+package natsserver
 
 import "syscall"
 

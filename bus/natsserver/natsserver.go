@@ -1,4 +1,11 @@
-package bus
+// Package natsserver runs the NATS server with JetStream in-process for the
+// local stack (deploy/local) and for tests: Start, the users and
+// permissions of the contract's access table (Users), the durability of
+// its file storage (Sync), and a guard of the disk it writes to
+// (StorageGuard). Production connects to a real NATS cluster instead, so
+// no service binary imports this package: the nats-server module stays out
+// of them, and out of any downstream program that imports bus.
+package natsserver
 
 import (
 	"context"
@@ -9,11 +16,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// EmbeddedConfig configures an in-process NATS server with JetStream.
-type EmbeddedConfig struct {
+// Config configures an in-process NATS server with JetStream.
+type Config struct {
 	// Dir holds JetStream's file storage; data survives a restart.
 	Dir string
 	// Host defaults to 127.0.0.1: the embedded server is for one machine.
@@ -30,9 +38,9 @@ type EmbeddedConfig struct {
 	// MaxMemory and MaxStore bound JetStream (0 = server defaults).
 	MaxMemory, MaxStore int64
 	// Users, when set, are the only clients admitted, each held to the
-	// permissions of its role (PermissionsOf); anonymous connections are
+	// permissions of its role (bus.PermissionsOf); anonymous connections are
 	// refused. Empty: no authentication (tests of a single service).
-	Users []Credential
+	Users []bus.Credential
 	// Logger receives the server's own log (notices at info, warnings,
 	// errors; debug when the logger enables it). Nil: the server logs
 	// nothing, as before; a recovery that cut a stream would then go unseen.
@@ -121,14 +129,9 @@ func (l natsLogger) Fatalf(format string, v ...any)  { l.emit(slog.LevelError, "
 func (l natsLogger) Debugf(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
 func (l natsLogger) Tracef(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
 
-// NATSLogger adapts log to the embedded server's logger interface.
-func NATSLogger(log *slog.Logger) server.Logger {
-	return natsLogger{log: log.With("component", "nats-server")}
-}
-
-// StartEmbedded starts a NATS server with JetStream on file storage and
-// waits until it accepts connections.
-func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+// Start starts a NATS server with JetStream on file storage and waits
+// until it accepts connections. The caller shuts it down (Shutdown).
+func Start(cfg Config) (*server.Server, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
@@ -153,7 +156,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		opts.SyncInterval = cfg.Sync.Interval
 	}
 	if len(cfg.Users) > 0 {
-		users, err := ServerUsers(cfg.Users)
+		users, err := Users(cfg.Users)
 		if err != nil {
 			return nil, err
 		}
@@ -164,14 +167,14 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		for _, r := range cfg.Routes {
 			u, err := url.Parse(r)
 			if err != nil {
-				return nil, fmt.Errorf("bus: route %q: %w", r, err)
+				return nil, fmt.Errorf("natsserver: route %q: %w", r, err)
 			}
 			opts.Routes = append(opts.Routes, u)
 		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("bus: embedded nats: %w", err)
+		return nil, fmt.Errorf("natsserver: embedded nats: %w", err)
 	}
 	if cfg.Logger != nil || cfg.OnOutOfSpace != nil {
 		// Set before Start, so stream recovery at start (where a damaged
@@ -186,7 +189,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	go ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("bus: embedded nats did not become ready within 30s")
+		return nil, fmt.Errorf("natsserver: embedded nats did not become ready within 30s")
 	}
 	return ns, nil
 }

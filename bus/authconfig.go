@@ -6,45 +6,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
 )
 
-// responseExpiry bounds how long a query service may answer a request it
-// received (the server's allow_responses expiry); queries time out sooner.
-const responseExpiry = time.Minute
-
-// ServerUsers converts credentials into the embedded server's users, each
-// with the permissions of its role. Every user of Users must be given, so
-// a stack never runs with a role missing.
-func ServerUsers(creds []Credential) ([]*server.User, error) {
-	have := map[string]bool{}
-	var out []*server.User
-	for _, c := range creds {
-		p, ok := PermissionsOf(c.User)
-		if !ok {
-			return nil, fmt.Errorf("bus: NATS user %q has no role (want one of %s)", c.User, strings.Join(Users(), ", "))
-		}
-		if c.Password == "" {
-			return nil, fmt.Errorf("bus: NATS user %q has no password", c.User)
-		}
-		have[c.User] = true
-		perms := &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: p.Publish.Allow, Deny: p.Publish.Deny},
-			Subscribe: &server.SubjectPermission{Allow: p.Subscribe.Allow, Deny: p.Subscribe.Deny},
-		}
-		if p.Responses {
-			perms.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: responseExpiry}
-		}
-		out = append(out, &server.User{Username: c.User, Password: c.Password, Permissions: perms})
-	}
-	for _, u := range Users() {
-		if !have[u] {
-			return nil, fmt.Errorf("bus: no credential for NATS user %q", u)
-		}
-	}
-	return out, nil
-}
+// ResponseExpiry bounds how long a query service may answer a request it
+// received (the server's allow_responses expiry, for users whose
+// UserPermissions.Responses is set); queries time out sooner.
+const ResponseExpiry = time.Minute
 
 // PasswordEnv is the environment variable a generated server configuration
 // reads the password of user from (NATSServerAuthConfig with env
@@ -76,7 +43,7 @@ func NATSServerAuthConfig(password func(user string) string) string {
 		writeRules(&b, "publish", p.Publish)
 		writeRules(&b, "subscribe", p.Subscribe)
 		if p.Responses {
-			fmt.Fprintf(&b, "        allow_responses: {max: 1, expires: %q}\n", responseExpiry.String())
+			fmt.Fprintf(&b, "        allow_responses: {max: 1, expires: %q}\n", ResponseExpiry.String())
 		}
 		b.WriteString("      }\n    }\n")
 	}
