@@ -15,14 +15,20 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
 	"github.com/gradeline/gradeline/ingest/internal/auth"
 )
 
-// Config holds already-resolved settings of the HTTP edge. Parsing the
-// environment is the job of cmd/ingest (production) and deploy/local.
+// Config holds already-resolved settings of the HTTP edge. ConfigFromEnv
+// reads them from the environment (production, cmd/ingest); deploy/local
+// fills them for the local stack.
 type Config struct {
 	// Addr is the listen address of Run (default ":8080").
 	Addr string
+	// AdminAddr is where the binary serves /healthz, /readyz and /metrics
+	// (none when empty); Run does not use it.
+	AdminAddr string
 	// NATSURL and MongoURI locate the bus and the user store; Database is
 	// the MongoDB database holding the users collection (default "gradeline").
 	NATSURL, MongoURI, Database string
@@ -191,4 +197,49 @@ func readSecret(path string) ([]byte, error) {
 		return nil, fmt.Errorf("ingest: secret: %s holds %d bytes, want at least %d", path, len(secret), MinSecretBytes)
 	}
 	return secret, nil
+}
+
+// EnvVars are the environment variables ConfigFromEnv reads.
+var EnvVars = []admin.Var{
+	{Name: "GRADELINE_HTTP_ADDR", Default: "`" + DefaultAddr + "`", Meaning: "listen address of the HTTP edge"},
+	admin.VarNATSURL,
+	{Name: "MONGO_URI", Default: "embedded FerretDB on PostgreSQL 15 (local mode); **required** by the service binaries", Meaning: "a real MongoDB (replica set in production)"},
+	{Name: "GRADELINE_MONGO_DB", Default: "`" + DefaultDatabase + "`", Meaning: "MongoDB database of the users, annotations, image catalogue and grade history (ingest, annotator, `gradeline admin`)"},
+	{Name: "GRADELINE_JWT_SECRET", Default: "generated once, kept in the data dir", Meaning: fmt.Sprintf("HS256 signing secret, at least %d bytes; **required** outside local mode", MinSecretBytes)},
+	{Name: "GRADELINE_JWT_ISSUER", Default: "`" + DefaultIssuer + "`", Meaning: "`iss` claim of the tokens the edge issues and requires"},
+	{Name: "GRADELINE_JWT_AUDIENCE", Default: "`" + DefaultAudience + "`", Meaning: "`aud` claim of the tokens the edge issues and requires"},
+	{Name: "GRADELINE_SIGNUP_CODE", Default: "`" + LocalSignupCode + "` (local mode)", Meaning: "code needed to register; **required** outside local mode"},
+	{Name: "GRADELINE_MAX_BODY_BYTES", Default: fmt.Sprintf("`%d` (20 MiB)", DefaultMaxBodyBytes), Meaning: "largest request body the edge reads (an uploaded image included)"},
+	{Name: "GRADELINE_GRADE_WAIT", Default: "`" + DefaultGradeWait.String() + "`", Meaning: "how long `POST /api/v1/grades` waits for the grade before answering 202 with its `Location` (a request's `?wait=` overrides it)"},
+	{Name: "GRADELINE_TRUSTED_PROXIES", Default: "none", Meaning: "comma-separated CIDRs of the proxies (the ingress) whose `X-Forwarded-For` / `Forwarded` name the client address for login throttling; from any other peer the headers are ignored"},
+	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
+}
+
+// ConfigFromEnv reads the production configuration of the edge: every
+// dependency and secret must be given, nothing insecure is defaulted. The
+// error lists every problem at once.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	e := admin.NewEnv(getenv)
+	cfg := Config{
+		Addr:         e.Or("GRADELINE_HTTP_ADDR", DefaultAddr),
+		AdminAddr:    e.Get("GRADELINE_ADMIN_ADDR"),
+		NATSURL:      e.Required("NATS_URL", "e.g. nats://ingest:PASSWORD@nats:4222"),
+		MongoURI:     e.Required("MONGO_URI", "e.g. mongodb://mongo:27017/"),
+		Database:     e.Or("GRADELINE_MONGO_DB", DefaultDatabase),
+		JWTSecret:    e.Secret("GRADELINE_JWT_SECRET", MinSecretBytes, "random bytes, e.g. `openssl rand -hex 32`"),
+		JWTIssuer:    e.Or("GRADELINE_JWT_ISSUER", DefaultIssuer),
+		JWTAudience:  e.Or("GRADELINE_JWT_AUDIENCE", DefaultAudience),
+		SignupCode:   e.Required("GRADELINE_SIGNUP_CODE", "the code new users must present"),
+		MaxBodyBytes: e.Positive("GRADELINE_MAX_BODY_BYTES", DefaultMaxBodyBytes),
+		GradeWait:    e.Duration("GRADELINE_GRADE_WAIT", DefaultGradeWait, 0),
+		Logger:       e.Logger(false),
+	}
+	e.Parse("GRADELINE_TRUSTED_PROXIES", "comma-separated CIDRs or addresses, e.g. 10.0.0.0/8", func(v string) (err error) {
+		cfg.TrustedProxies, err = ParseTrustedProxies(v)
+		return err
+	})
+	var err error
+	cfg.Replicas, err = bus.ParseReplicas(e.Get(bus.EnvReplicas))
+	e.Add(err)
+	return cfg, e.Err()
 }
