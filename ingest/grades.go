@@ -21,27 +21,16 @@ import (
 )
 
 // gradeWaiters dispatches grade results from one core NATS subscription
-// to the requests waiting for them, keyed by grade id. It also remembers
-// recently submitted grades so a GET right after a submission sees
-// "pending" rather than a 404 while the history catches up.
+// to the requests waiting for them, keyed by grade id. It holds nothing
+// else: a grade is read from the annotator's record, never from here.
 type gradeWaiters struct {
 	mu      sync.Mutex
 	waiting map[string]chan bus.Event
 	subs    []*nats.Subscription
-	recent  map[string]recentGrade
-	order   []string
 }
-
-type recentGrade struct {
-	owner     string
-	submitted bus.Grade
-	outcome   bus.Event // nil while pending
-}
-
-const maxRecentGrades = 10_000
 
 func newGradeWaiters() *gradeWaiters {
-	return &gradeWaiters{waiting: map[string]chan bus.Event{}, recent: map[string]recentGrade{}}
+	return &gradeWaiters{waiting: map[string]chan bus.Event{}}
 }
 
 func (g *gradeWaiters) subscribe(nc *nats.Conn, log *slog.Logger) error {
@@ -87,10 +76,6 @@ func (g *gradeWaiters) deliver(ev bus.Event) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if r, ok := g.recent[id]; ok && r.outcome == nil {
-		r.outcome = ev
-		g.recent[id] = r
-	}
 	if ch, ok := g.waiting[id]; ok {
 		select {
 		case ch <- ev:
@@ -99,21 +84,11 @@ func (g *gradeWaiters) deliver(ev bus.Event) {
 	}
 }
 
-// add registers a waiter (and the recent submission) before the event is
-// published, so a result that comes back at once is not missed.
-func (g *gradeWaiters) add(id, owner string, submitted bus.Grade, wait bool) chan bus.Event {
+// add registers a waiter before the event is published, so a result that
+// comes back at once is not missed.
+func (g *gradeWaiters) add(id string) chan bus.Event {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.recent[id] = recentGrade{owner: owner, submitted: submitted}
-	g.order = append(g.order, id)
-	if len(g.order) > maxRecentGrades {
-		old := g.order[0]
-		g.order = g.order[1:]
-		delete(g.recent, old)
-	}
-	if !wait {
-		return nil
-	}
 	ch := make(chan bus.Event, 1)
 	g.waiting[id] = ch
 	return ch
@@ -123,22 +98,6 @@ func (g *gradeWaiters) remove(id string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.waiting, id)
-}
-
-func (g *gradeWaiters) forget(id string) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	delete(g.recent, id)
-}
-
-func (g *gradeWaiters) lookup(id, owner string) (recentGrade, bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	r, ok := g.recent[id]
-	if !ok || r.owner != owner {
-		return recentGrade{}, false
-	}
-	return r, true
 }
 
 // modelCache keeps the inference service's model list: every grade request
@@ -284,23 +243,8 @@ func (s *Server) listModels(c *fiber.Ctx) error {
 }
 
 // A grade document (POST and GET /api/v1/grades) is the annotator's
-// bus.Grade: one type for the history and the HTTP reply.
-
-func fromOutcome(submitted bus.Grade, ev bus.Event) bus.Grade {
-	r := submitted
-	switch e := ev.(type) {
-	case *bus.GradeCompleted:
-		r.Status = bus.GradeStatusCompleted
-		r.ModelVersion, r.Label, r.Score, r.Scores = e.ModelVersion, e.Label, e.Score, e.Scores
-		r.InferenceMS, r.BatchSize = e.InferenceMS, e.BatchSize
-		r.CompletedAt = e.Time
-	case *bus.GradeFailed:
-		r.Status = bus.GradeStatusFailed
-		r.Reason = e.Reason
-		r.CompletedAt = e.Time
-	}
-	return r
-}
+// bus.Grade, made by bus.GradeFrom: one type and one conversion for the
+// history and the HTTP reply.
 
 func failedGrade(r bus.Grade) *apiError {
 	return &apiError{Status: http.StatusUnprocessableEntity, Message: "grading failed: " + r.Reason,
@@ -381,13 +325,17 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	}
 	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: user, Model: model, Image: ref}
 	ev.ID = idFor(ctx, "grade")
-	submitted := bus.Grade{ID: ev.ID, Status: bus.GradeStatusPending, ImageID: imageID, Owner: user, Model: model, SubmittedAt: ev.Time}
-	ch := s.grades.add(ev.ID, user, submitted, wait > 0)
-	defer s.grades.remove(ev.ID)
+	var ch chan bus.Event
+	if wait > 0 {
+		ch = s.grades.add(ev.ID)
+		defer s.grades.remove(ev.ID)
+	}
+	// publish notes the submission's sequence for the owner (writerOf), so
+	// a GET right after this answer reads it as pending, not unknown.
 	if err := s.publish(ctx, ev); err != nil {
-		s.grades.forget(ev.ID)
 		return err
 	}
+	submitted := bus.GradeFrom(ev, nil)
 	location := "/api/v1/grades/" + ev.ID
 	pending := func() error {
 		c.Set(fiber.HeaderLocation, location)
@@ -401,7 +349,7 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	defer timer.Stop()
 	select {
 	case out := <-ch:
-		r := fromOutcome(submitted, out)
+		r := bus.GradeFrom(ev, out)
 		if r.Status == bus.GradeStatusFailed {
 			return failedGrade(r)
 		}
@@ -417,31 +365,26 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 }
 
 // getGrade answers the grade document: 200 when completed or failed (with
-// the reason), 202 while pending.
+// the reason), 202 while pending. The annotator's record is the only
+// source; AfterSeq makes a grade submitted a moment ago read as pending,
+// and the annotator waits for stored results before it says pending (see
+// bus.GradeGetQuery), so a result this edge returned is never read back
+// as pending, even by another replica or after a restart.
 func (s *Server) getGrade(c *fiber.Ctx) error {
 	id := c.Params("id")
 	user := userOf(c)
 	if !validRef.MatchString(id) {
 		return errorf(http.StatusNotFound, "grade %q not found", id)
 	}
-	recent, isRecent := s.grades.lookup(id, user)
-	if isRecent && recent.outcome != nil {
-		return c.JSON(fromOutcome(recent.submitted, recent.outcome))
-	}
-	g, err := request[bus.Grade](c.UserContext(), s, bus.SvcGradesGet, bus.GradeGetQuery{ID: id, Owner: user})
-	var be *bus.Error
-	if errors.As(err, &be) && be.Code == http.StatusNotFound && isRecent {
-		// Submitted here moments ago; the history has not caught up yet.
-		g, err = recent.submitted, nil
-	}
+	g, err := request[bus.Grade](c.UserContext(), s, bus.SvcGradesGet, bus.GradeGetQuery{ID: id, Owner: user,
+		AfterSeq: s.writes.after(user, bus.ConsumerAnnotatorSubmissions.Stream)})
 	if err != nil {
 		return err
 	}
-	r := g
-	if r.Status == bus.GradeStatusPending || r.Status == "" {
-		r.Status = bus.GradeStatusPending
+	if g.Status == bus.GradeStatusPending || g.Status == "" {
+		g.Status = bus.GradeStatusPending
 		c.Set(fiber.HeaderRetryAfter, "1")
-		return c.Status(http.StatusAccepted).JSON(r)
+		return c.Status(http.StatusAccepted).JSON(g)
 	}
-	return c.JSON(r)
+	return c.JSON(g)
 }

@@ -248,3 +248,76 @@ func TestGradeBadInputs(t *testing.T) {
 	expectError(t, c.do("GET", "/api/v1/grades/does-not-exist", nil, nil), 404)
 	expectError(t, c.do("GET", "/api/v1/grades/a%20b", nil, nil), 404)
 }
+
+// TestGradeReadAfterWrite reads each grade right after its answer, with no
+// retry: the edge keeps no copy of a grade, so what a GET sees is the
+// annotator's record, read once the owner's submission and the results on
+// the stream are stored. A grade submitted without waiting reads as
+// pending or already graded, never unknown; one answered 200 reads as
+// completed. A fresh edge (what a restart leaves: no memory of the
+// submissions) reads them the same; another user gets 404.
+func TestGradeReadAfterWrite(t *testing.T) {
+	needInference(t)
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	other, _ := s.newUser(t)
+	type answer struct {
+		id, label string
+		status    int // of the POST
+	}
+	var answers []answer
+	// check reads grade a through cl at once and compares with its POST.
+	check := func(t *testing.T, cl *client, a answer) {
+		t.Helper()
+		r := cl.do("GET", "/api/v1/grades/"+a.id, nil, nil)
+		switch {
+		case r.Status == http.StatusOK:
+			g := r.JSON(t)
+			checkCompleted(t, g, "fashion")
+			if g["id"] != a.id || (a.label != "" && g["label"] != a.label) {
+				t.Fatalf("GET %s after %d: %v, label want %q", a.id, a.status, g, a.label)
+			}
+		case r.Status == http.StatusAccepted && a.status == http.StatusAccepted:
+			if g := r.JSON(t); g["status"] != "pending" || g["id"] != a.id || g["model"] != "fashion" || g["submitted_at"] == nil {
+				t.Fatalf("pending grade %s: %s", a.id, r.Body)
+			}
+		default:
+			t.Fatalf("GET %s right after a %d: %d %s", a.id, a.status, r.Status, r.Body)
+		}
+	}
+	for _, tc := range []struct {
+		name, query string
+		want        int
+	}{
+		{"submitted, not waited for", "?wait=0", http.StatusAccepted},
+		{"graded before the answer", "", http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := range 8 {
+				r := c.multipart("POST", "/api/v1/grades"+tc.query, [][2]string{{"model", "fashion"}}, filePart{"image", "x.png", pngImage(t, 24+i, 28)})
+				if r.Status != tc.want {
+					t.Fatalf("POST: %d %s", r.Status, r.Body)
+				}
+				b := r.JSON(t)
+				a := answer{id: b["id"].(string), status: r.Status}
+				if r.Status == http.StatusOK {
+					a.label = b["label"].(string)
+				}
+				check(t, c, a)
+				expectError(t, other.do("GET", "/api/v1/grades/"+a.id, nil, nil), http.StatusNotFound)
+				answers = append(answers, a)
+			}
+		})
+	}
+	t.Run("fresh edge", func(t *testing.T) {
+		s2 := startIngest(t, func(cfg *ingest.Config) { cfg.Database = s.Cfg.Database })
+		c2 := s2.client(t)
+		c2.token = c.token
+		o2 := s2.client(t)
+		o2.token = other.token
+		for _, a := range answers {
+			check(t, c2, a)
+			expectError(t, o2.do("GET", "/api/v1/grades/"+a.id, nil, nil), http.StatusNotFound)
+		}
+	})
+}

@@ -80,6 +80,9 @@ func writerOf(ev bus.Event) string {
 		return e.Owner
 	case *bus.ImageDeleted:
 		return e.Owner
+	case *bus.ImageSubmitted:
+		// The grade it opens is read as the owner's (GradeGetQuery.AfterSeq).
+		return e.Owner
 	}
 	return ""
 }
