@@ -548,14 +548,14 @@ func (x *kubeIndex) checkAutoscalers() {
 			}
 			x.checkNATSTrigger(o, tr)
 			want, ok := LagScaled[ref.Name]
-			if ok && tr.Metadata["stream"] == want.Stream && tr.Metadata["consumer"] == want.Consumer {
+			if ok && tr.Metadata["stream"] == want.Stream && tr.Metadata["consumer"] == want.Durable {
 				lag[ref.Name] = true
 			}
 		}
 	}
 	for name, want := range LagScaled {
 		if !lag[name] {
-			x.fail("no ScaledObject scales %s on the lag of %s/%s (trigger nats-jetstream)", name, want.Stream, want.Consumer)
+			x.fail("no ScaledObject scales %s on the lag of %s/%s (trigger nats-jetstream)", name, want.Stream, want.Durable)
 		}
 	}
 	for _, w := range x.workloads {

@@ -1,5 +1,7 @@
 package manifests
 
+import "github.com/gradeline/gradeline/bus"
+
 // Service is one gradeline service as deployed: what it is built from and
 // which environment it needs. The table is the single place the checks of
 // docker-compose.yml, the Dockerfile and the Kubernetes manifests agree on.
@@ -50,12 +52,11 @@ const Edge = "ingest"
 // HealthProbe is the health check binary in every gradeline image.
 const HealthProbe = "/usr/local/bin/healthprobe"
 
-// LagScaled names the durable consumer whose backlog scales a worker
-// (stream/consumer as in bus.ConsumerInference and bus.ConsumerAnnotator;
-// not imported, to keep the NATS server out of this module's build).
-var LagScaled = map[string]struct{ Stream, Consumer string }{
-	"inference": {"IMAGES", "inference"},
-	"annotator": {"ANNOTATIONS", "annotator"},
+// LagScaled names the durable consumer whose backlog scales a worker:
+// KEDA's nats-jetstream trigger must name its stream and durable.
+var LagScaled = map[string]bus.ConsumerSpec{
+	"inference": bus.ConsumerInference,
+	"annotator": bus.ConsumerAnnotator,
 }
 
 // ServiceByName returns the row of the table, or false.
