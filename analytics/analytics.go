@@ -32,6 +32,9 @@ const Version = "1.0.0"
 
 // Config holds resolved settings for Run.
 type Config struct {
+	// AdminAddr is where the binary serves /healthz, /readyz and /metrics
+	// (none when empty); Run does not use it.
+	AdminAddr string
 	// NATSURL and ClickHouseDSN are required.
 	NATSURL       string
 	ClickHouseDSN string

@@ -32,6 +32,9 @@ const DefaultDatabase = "gradeline"
 // Config holds resolved settings; cmd/annotator reads them from the
 // environment.
 type Config struct {
+	// AdminAddr is where the binary serves /healthz, /readyz and /metrics
+	// (none when empty); Run does not use it.
+	AdminAddr string
 	// NATSURL and MongoURI are required.
 	NATSURL  string
 	MongoURI string

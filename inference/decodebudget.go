@@ -36,17 +36,28 @@ var ErrTooLarge = fmt.Errorf("%w: too many pixels", ErrUndecodable)
 // MaxImagePixels is the absolute cap in force (see EnvMaxImagePixels).
 var MaxImagePixels = maxImagePixelsFromEnv()
 
+// maxImagePixelsFromEnv is read when the package loads, since decoding
+// needs it everywhere; ConfigFromEnv refuses a bad value at start, here it
+// is warned about and ignored.
 func maxImagePixelsFromEnv() int64 {
 	v := os.Getenv(EnvMaxImagePixels)
 	if v == "" {
 		return DefaultMaxImagePixels
 	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 1 {
+	n, err := parseMaxImagePixels(v)
+	if err != nil {
 		slog.Warn("ignoring invalid "+EnvMaxImagePixels, "value", v, "default", DefaultMaxImagePixels)
 		return DefaultMaxImagePixels
 	}
 	return n
+}
+
+func parseMaxImagePixels(v string) (int64, error) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 1 {
+		return 0, errors.New("not a positive number of pixels")
+	}
+	return n, nil
 }
 
 // decodeBudget is the pixel budget of a model with input in.

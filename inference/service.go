@@ -25,8 +25,11 @@ import (
 	"github.com/gradeline/gradeline/bus"
 )
 
-// Config of the service; values are already resolved (see cmd/inference).
+// Config of the service; values are already resolved (see ConfigFromEnv).
 type Config struct {
+	// AdminAddr is where the binary serves /healthz, /readyz and /metrics
+	// (none when empty); Run does not use it.
+	AdminAddr string
 	// NATSURL of the NATS server with JetStream (required).
 	NATSURL string
 	// ModelsDirs are folders of model directories loaded after the

@@ -1,12 +1,14 @@
-package main
+package inference_test
 
 import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gradeline/gradeline/inference"
 )
 
-func TestConfig(t *testing.T) {
+func TestConfigFromEnv(t *testing.T) {
 	base := map[string]string{"NATS_URL": "nats://x:4222", "ONNXRUNTIME_LIB": "/lib/ort.so"}
 	tests := []struct {
 		name    string
@@ -14,26 +16,26 @@ func TestConfig(t *testing.T) {
 		wantErr string
 	}{
 		{"minimal", nil, ""},
-		{"no nats", map[string]string{"NATS_URL": ""}, "NATS_URL is required"},
+		{"no nats", map[string]string{"NATS_URL": ""}, `NATS_URL="": required`},
 		{"no ort", map[string]string{"ONNXRUNTIME_LIB": ""}, "make install"},
-		{"bad delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "soon"}, "GRADELINE_MAX_QUEUE_DELAY"},
-		{"negative delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "-1ms"}, "GRADELINE_MAX_QUEUE_DELAY"},
+		{"bad delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "soon"}, `GRADELINE_MAX_QUEUE_DELAY="soon"`},
+		{"negative delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "-1ms"}, `GRADELINE_MAX_QUEUE_DELAY="-1ms"`},
+		{"long delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "11s"}, `GRADELINE_MAX_QUEUE_DELAY="11s"`},
 		{"bad replicas", map[string]string{"GRADELINE_REPLICAS": "0"}, "GRADELINE_REPLICAS"},
+		{"bad pixel cap", map[string]string{"GRADELINE_MAX_IMAGE_PIXELS": "lots"}, `GRADELINE_MAX_IMAGE_PIXELS="lots"`},
 		{"all", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "3ms", "GRADELINE_REPLICAS": "3",
 			"GRADELINE_MODELS_DIR": "/a:: /b :", "GRADELINE_ADMIN_ADDR": ":9090"}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{"GRADELINE_MAX_QUEUE_DELAY", "GRADELINE_REPLICAS", "GRADELINE_MODELS_DIR", "GRADELINE_ADMIN_ADDR"} {
-				t.Setenv(k, "")
-			}
+			env := map[string]string{}
 			for k, v := range base {
-				t.Setenv(k, v)
+				env[k] = v
 			}
 			for k, v := range tc.env {
-				t.Setenv(k, v)
+				env[k] = v
 			}
-			cfg, admin, err := config()
+			cfg, err := inference.ConfigFromEnv(func(k string) string { return env[k] })
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want it to mention %q", err, tc.wantErr)
@@ -44,9 +46,9 @@ func TestConfig(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.name == "all" {
-				if cfg.MaxQueueDelay != 3*time.Millisecond || cfg.Replicas != 3 || admin != ":9090" ||
+				if cfg.MaxQueueDelay != 3*time.Millisecond || cfg.Replicas != 3 || cfg.AdminAddr != ":9090" ||
 					strings.Join(cfg.ModelsDirs, ",") != "/a,/b" {
-					t.Errorf("config %+v admin %q", cfg, admin)
+					t.Errorf("config %+v", cfg)
 				}
 			}
 		})

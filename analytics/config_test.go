@@ -1,9 +1,10 @@
-package main
+package analytics_test
 
 import (
-	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/gradeline/gradeline/analytics"
 )
 
 // Production mode never defaults a server address: missing settings stop
@@ -13,16 +14,14 @@ func TestRequiredEnvironment(t *testing.T) {
 		nats, dsn, replicas string
 		want                []string
 	}{
-		{"", "", "", []string{"NATS_URL", "CLICKHOUSE_DSN"}},
+		{"", "", "", []string{`NATS_URL="": required`, `CLICKHOUSE_DSN="": required`}},
 		{"nats://127.0.0.1:4222", "", "", []string{"CLICKHOUSE_DSN"}},
 		{"", "clickhouse://127.0.0.1:9000/default", "", []string{"NATS_URL"}},
-		{"nats://127.0.0.1:4222", "clickhouse://127.0.0.1:9000/default", "zero", []string{"GRADELINE_REPLICAS"}},
+		{"nats://127.0.0.1:4222", "clickhouse://127.0.0.1:9000/default", "zero", []string{`GRADELINE_REPLICAS="zero"`}},
 	}
 	for _, tc := range cases {
-		t.Setenv("NATS_URL", tc.nats)
-		t.Setenv("CLICKHOUSE_DSN", tc.dsn)
-		t.Setenv("GRADELINE_REPLICAS", tc.replicas)
-		err := run(slog.New(slog.DiscardHandler))
+		env := map[string]string{"NATS_URL": tc.nats, "CLICKHOUSE_DSN": tc.dsn, "GRADELINE_REPLICAS": tc.replicas}
+		_, err := analytics.ConfigFromEnv(func(k string) string { return env[k] })
 		if err == nil {
 			t.Fatalf("%+v: no error", tc)
 		}

@@ -1,0 +1,48 @@
+package inference
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/bus/admin"
+)
+
+// maxQueueDelayLimit bounds GRADELINE_MAX_QUEUE_DELAY: a longer wait only
+// adds latency.
+const maxQueueDelayLimit = 10 * time.Second
+
+// EnvVars are the environment variables ConfigFromEnv reads (and
+// GRADELINE_MAX_IMAGE_PIXELS, read when the package loads).
+var EnvVars = []admin.Var{
+	admin.VarNATSURL,
+	{Name: "ONNXRUNTIME_LIB", Default: "`.cache/onnxruntime/libonnxruntime.so.1` (`make`); **required** by the service binary", Meaning: "another copy of ONNX Runtime (≥ 1.24)"},
+	{Name: "GRADELINE_MODELS_DIR", Meaning: "colon-separated folders of extra model directories"},
+	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`)"},
+	{Name: EnvMaxImagePixels, Default: fmt.Sprintf("`%d` (16 MP)", DefaultMaxImagePixels), Meaning: "absolute cap on the pixels inference decodes; below it each model decodes at most `input.max_pixels` of its `model.yaml` (default 64× its input, at least 4 MP); larger images fail with a 422 naming the limit"},
+	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
+}
+
+// ConfigFromEnv reads the production configuration of inference; the
+// error lists every problem at once.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	e := admin.NewEnv(getenv)
+	cfg := Config{
+		AdminAddr:     e.Get("GRADELINE_ADMIN_ADDR"),
+		NATSURL:       e.Required("NATS_URL", "e.g. nats://inference:PASSWORD@nats:4222"),
+		ORTLib:        e.Required("ONNXRUNTIME_LIB", "the path of libonnxruntime.so.1; `make install` puts it in .cache/onnxruntime"),
+		ModelsDirs:    e.Paths("GRADELINE_MODELS_DIR"),
+		MaxQueueDelay: e.Duration("GRADELINE_MAX_QUEUE_DELAY", DefaultMaxQueueDelay, maxQueueDelayLimit),
+		Logger:        e.Logger(false),
+	}
+	e.Parse(EnvMaxImagePixels, fmt.Sprintf("use e.g. %d", DefaultMaxImagePixels), func(v string) error {
+		if _, err := parseMaxImagePixels(v); err != nil {
+			return err
+		}
+		return nil
+	})
+	var err error
+	cfg.Replicas, err = bus.ParseReplicas(e.Get(bus.EnvReplicas))
+	e.Add(err)
+	return cfg, e.Err()
+}
