@@ -25,9 +25,11 @@ func fashionPNGs(b *testing.B, n int) [][]byte {
 }
 
 // ONNX Runtime alone on preprocessed inputs, and decode + preprocess +
-// ONNX Runtime, at batch 1 and 32: the baselines of the pipeline.
+// ONNX Runtime through the service's batcher (Registry.Grade), at batch 1
+// and 32: the baselines of the pipeline.
 func BenchmarkFashion(b *testing.B) {
-	m := mustModel(b, testRegistry(b), "fashion")
+	r := testRegistry(b)
+	m := mustModel(b, r, "fashion")
 	pngs := fashionPNGs(b, 32)
 	inputs := make([][]float32, len(pngs))
 	for i, p := range pngs {
@@ -54,7 +56,7 @@ func BenchmarkFashion(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("grade/batch=%d", n), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := m.Grade(b.Context(), pngs[:n]); err != nil {
+				if _, err := r.Grade(b.Context(), "fashion", pngs[:n]); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,7 +1,6 @@
 package inference
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -85,42 +84,6 @@ func (m *Model) PreprocessImage(img image.Image) []float32 {
 	dst := make([]float32, m.pre.size())
 	m.pre.image(img, 1, dst)
 	return dst
-}
-
-// Grade decodes and preprocesses images in parallel, then runs them
-// through the model in chunks of MaxBatch, one ONNX Runtime call per chunk.
-// An image that cannot be decoded gets a Prediction with Err set; the
-// returned error is a failure of the runtime (worth retrying).
-func (m *Model) Grade(ctx context.Context, images [][]byte) ([]Prediction, error) {
-	inputs := make([][]float32, len(images))
-	preds := make([]Prediction, len(images))
-	parallel(ctx, len(images), func(i int) {
-		inputs[i], preds[i].Err = m.Preprocess(images[i])
-	})
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var ok []int
-	for i := range images {
-		if preds[i].Err == nil {
-			ok = append(ok, i)
-		}
-	}
-	for start := 0; start < len(ok); start += m.MaxBatch {
-		idx := ok[start:min(start+m.MaxBatch, len(ok))]
-		chunk := make([][]float32, len(idx))
-		for j, i := range idx {
-			chunk[j] = inputs[i]
-		}
-		out, err := m.Run(chunk)
-		if err != nil {
-			return nil, err
-		}
-		for j, i := range idx {
-			preds[i] = out[j]
-		}
-	}
-	return preds, nil
 }
 
 // Run makes one ONNX Runtime call on preprocessed inputs (at most MaxBatch,

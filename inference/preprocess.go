@@ -10,7 +10,6 @@ import (
 	_ "image/gif" // registered decoders: the formats the service accepts
 	_ "image/jpeg"
 	_ "image/png"
-	"runtime"
 	"sync"
 
 	_ "golang.org/x/image/bmp"
@@ -167,12 +166,6 @@ func (p *preprocessor) rgba(m *image.RGBA, dst []float32) {
 			}
 		}
 	}
-}
-
-// parallel runs f(i) for i in [0, n) on one goroutine per core: image
-// decoding is CPU-bound, so more workers only add memory.
-func parallel(ctx context.Context, n int, f func(i int)) {
-	parallelN(ctx, n, runtime.GOMAXPROCS(0), f)
 }
 
 // parallelN runs f(i) for i in [0, n) on up to workers goroutines. When

@@ -22,7 +22,6 @@ import (
 func TestFormatsDecodeToTheSameInput(t *testing.T) {
 	r := testRegistry(t)
 	digits := mustModel(t, r, "digits")
-	fashion := mustModel(t, r, "fashion")
 	set := heldOutDigits(t)
 	img := set.Image(0) // the digit the WebP test file holds
 	want := digits.PreprocessImage(img)
@@ -53,7 +52,7 @@ func TestFormatsDecodeToTheSameInput(t *testing.T) {
 					t.Fatalf("value %d: got %v, want %v (tolerance %v)", i, got[i], want[i], tol)
 				}
 			}
-			preds, err := digits.Grade(t.Context(), [][]byte{tc.data})
+			preds, err := r.Grade(t.Context(), "digits", [][]byte{tc.data})
 			if err != nil || preds[0].Err != nil {
 				t.Fatal(err, preds[0].Err)
 			}
@@ -65,7 +64,7 @@ func TestFormatsDecodeToTheSameInput(t *testing.T) {
 	t.Run("webp-lossy-resized", func(t *testing.T) {
 		// 112x112 lossy VP8 of Fashion-MNIST test image 0 (an ankle boot):
 		// resized to 28x28 by the preprocessing.
-		preds, err := fashion.Grade(t.Context(), [][]byte{readFile(t, filepath.Join("testdata", "ankle-boot-lossy.webp"))})
+		preds, err := r.Grade(t.Context(), "fashion", [][]byte{readFile(t, filepath.Join("testdata", "ankle-boot-lossy.webp"))})
 		if err != nil || preds[0].Err != nil {
 			t.Fatal(err, preds[0].Err)
 		}

@@ -12,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -148,21 +146,6 @@ func (s *server) modelInfos() []bus.ModelInfo {
 	return out
 }
 
-// job is one submitted image on its way through a batch.
-type job struct {
-	d     *bus.Delivery
-	ev    *bus.ImageSubmitted
-	model *Model
-	data  []byte
-	input []float32
-	// Exactly one outcome is set: fail (final, published as GradeFailed),
-	// pred (published as GradeCompleted), or retry/skip (nothing published).
-	fail     string
-	failKind string
-	pred     *Prediction
-	skip     bool
-}
-
 // handle grades one consumed batch: fetch and decode in parallel, one ONNX
 // Runtime call per model per chunk of max_batch, one event per image.
 func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
@@ -178,107 +161,22 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 		}
 		j.ev = ev
 		if j.model, ok = s.reg.Model(ev.Model); !ok {
-			j.failWith(failUnknownModel, fmt.Sprintf("unknown model %q (available: %s)", ev.Model, strings.Join(s.reg.Names(), ", ")))
+			j.failWith(failUnknownModel, fmt.Errorf("unknown model %q (available: %s)", ev.Model, strings.Join(s.reg.Names(), ", ")))
 		}
 	}
 
-	start := time.Now()
-	// Fetching is I/O, so many are in flight; decoding is CPU-bound, so a
-	// semaphore keeps one decode per core. An image is decoded as soon as
-	// it arrives, and at most fetchers raw images are held at once.
-	var fetchErr error
-	var mu sync.Mutex
-	decoders := make(chan struct{}, runtime.GOMAXPROCS(0))
-	parallelN(ctx, len(jobs), fetchers, func(i int) {
-		j := jobs[i]
-		if j.skip || j.fail != "" {
-			return
-		}
-		if err := s.fetch(ctx, j); err != nil {
-			mu.Lock()
-			fetchErr = errors.Join(fetchErr, err)
-			mu.Unlock()
-			return
-		}
-		if j.fail != "" {
-			return
-		}
-		decoders <- struct{}{}
-		defer func() { <-decoders }()
-		in := make([]float32, j.model.pre.size())
-		if err := j.model.pre.bytes(j.data, in); err != nil {
-			j.failWith(failUndecodable, err.Error())
-		} else {
-			j.input = in
-		}
-		j.data = nil
-	})
-	if fetchErr != nil {
-		// The object store is unreachable: nak the whole batch, with no
-		// delivery limit, so nothing is lost during an outage.
-		return fmt.Errorf("inference: fetch images: %w", fetchErr)
-	}
-	if err := ctx.Err(); err != nil {
+	// The batcher every grade goes through; the bytes come from the
+	// object store.
+	if err := gradeJobs(ctx, jobs, s.fetch, s.m, s.log); err != nil {
 		return err
 	}
-	s.m.preprocess.Observe(time.Since(start).Seconds())
-
-	// Group by model, keeping arrival order within a model.
-	var order []*Model
-	groups := map[*Model][]*job{}
 	for _, j := range jobs {
-		if j.skip || j.fail != "" {
-			continue
-		}
-		if _, ok := groups[j.model]; !ok {
-			order = append(order, j.model)
-		}
-		groups[j.model] = append(groups[j.model], j)
-	}
-	for _, m := range order {
-		g := groups[m]
-		for lo := 0; lo < len(g); lo += m.MaxBatch {
-			chunk := g[lo:min(lo+m.MaxBatch, len(g))]
-			inputs := make([][]float32, len(chunk))
-			for i, j := range chunk {
-				inputs[i] = j.input
-			}
-			preds, err := m.Run(inputs)
-			if err != nil {
-				s.log.Error("inference failed; will retry", "model", m.Name, "batch", len(chunk), "err", err)
-				for _, j := range chunk {
-					j.d.Retry(err)
-					j.skip = true
-				}
-				continue
-			}
-			s.m.batchSize.WithLabelValues(m.Name).Observe(float64(len(chunk)))
-			s.m.inference.WithLabelValues(m.Name).Observe(preds[0].Inference.Seconds())
-			for i, j := range chunk {
-				if bad := nonFinite(preds[i].Scores); bad >= 0 {
-					// The same input gives the same output: final, like an
-					// undecodable image (and NaN cannot be sent as JSON).
-					j.failWith(failModelOutput, fmt.Sprintf("model %s produced a non-finite score (%v) for label %q",
-						m.Name, preds[i].Scores[bad], m.Labels[bad]))
-					continue
-				}
-				j.pred = &preds[i]
-			}
+		if j.retry != nil {
+			j.d.Retry(j.retry)
+			j.skip = true
 		}
 	}
 	return s.publish(ctx, jobs)
-}
-
-func (j *job) failWith(kind, reason string) { j.failKind, j.fail = kind, reason }
-
-// nonFinite returns the index of the first NaN or infinite score, or -1.
-func nonFinite(v []float32) int {
-	for i, x := range v {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return i
-		}
-	}
-	return -1
 }
 
 // fetch reads the image bytes named by the event and checks their digest.
@@ -289,20 +187,20 @@ func (s *server) fetch(ctx context.Context, j *job) error {
 	data, err := s.objects.read(ctx, ref.Object, MaxImageBytes)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
-		j.failWith(failMissingObject, fmt.Sprintf("image object %q not found in bucket %s", ref.Object, bus.ImageBucket))
+		j.failWith(failMissingObject, fmt.Errorf("image object %q not found in bucket %s", ref.Object, bus.ImageBucket))
 		return nil
 	case errors.Is(err, errTooLarge):
-		j.failWith(failUndecodable, err.Error())
+		j.failWith(failUndecodable, err)
 		return nil
 	case errors.Is(err, jetstream.ErrDigestMismatch):
-		j.failWith(failChecksum, fmt.Sprintf("image object %q is corrupt: %v", ref.Object, err))
+		j.failWith(failChecksum, fmt.Errorf("image object %q is corrupt: %w", ref.Object, err))
 		return nil
 	case err != nil:
 		return fmt.Errorf("object %s: %w", ref.Object, err)
 	}
 	sum := sha256.Sum256(data)
 	if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
-		j.failWith(failChecksum, fmt.Sprintf("image object %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256))
+		j.failWith(failChecksum, fmt.Errorf("image object %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256))
 		return nil
 	}
 	j.data = data
@@ -322,9 +220,9 @@ func (s *server) publish(ctx context.Context, jobs []*job) error {
 		switch {
 		case j.skip:
 			return
-		case j.fail != "":
+		case j.fail != nil:
 			ev = &bus.GradeFailed{Meta: outcomeMeta(bus.TypeGradeFailed, j.ev.ID),
-				GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner, Model: j.ev.Model, Reason: j.fail}
+				GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner, Model: j.ev.Model, Reason: j.fail.Error()}
 		case j.pred != nil:
 			p := j.pred
 			ev = &bus.GradeCompleted{Meta: outcomeMeta(bus.TypeGradeCompleted, j.ev.ID),
@@ -341,9 +239,9 @@ func (s *server) publish(ctx context.Context, jobs []*job) error {
 			mu.Unlock()
 			return
 		}
-		if j.fail != "" {
+		if j.fail != nil {
 			s.m.failed.WithLabelValues(j.failKind).Inc()
-			s.log.Info("grade failed", "grade_id", j.ev.ID, "model", j.ev.Model, "reason", j.fail, "request_id", bus.RequestID(j.d.Ctx))
+			s.log.Info("grade failed", "grade_id", j.ev.ID, "model", j.ev.Model, "reason", j.fail.Error(), "request_id", bus.RequestID(j.d.Ctx))
 		} else {
 			s.m.completed.WithLabelValues(j.model.Name).Inc()
 		}

@@ -263,8 +263,9 @@ func BenchmarkAnnotations(b *testing.B) {
 
 // BenchmarkGrades: images graded per second through HTTP (upload, object
 // store, JetStream, dynamic batching, ONNX Runtime, grade event, reply)
-// with 32 concurrent clients, against raw ONNX Runtime grading the same
-// images in batches of the model's max_batch in this process.
+// with 32 concurrent clients, against the service's batcher grading the
+// same images in batches of the model's max_batch in this process
+// (inference.Registry.Grade: decode and ONNX Runtime, no transport).
 func BenchmarkGrades(b *testing.B) {
 	ep := startStack(b)
 	n := envInt("GRADELINE_BENCH_GRADES", 2000)
@@ -282,6 +283,8 @@ func BenchmarkGrades(b *testing.B) {
 	if !ok {
 		b.Fatal("no fashion model")
 	}
+	// The baseline runs the service's own batcher (decode, one ONNX Runtime
+	// call per max_batch chunk), without JetStream, the object store or HTTP.
 	batch := model.Info().MaxBatch
 	rawN := (n + batch - 1) / batch
 	raw := parallel(b, 2, rawN, func(int) error {
@@ -289,7 +292,7 @@ func BenchmarkGrades(b *testing.B) {
 		for i := range in {
 			in[i] = images[i%len(images)]
 		}
-		_, err := model.Grade(context.Background(), in)
+		_, err := reg.Grade(context.Background(), "fashion", in)
 		return err
 	})
 	bodies := make([][]byte, len(images))
