@@ -546,7 +546,7 @@ func TestBadInputOverNATS(t *testing.T) {
 		name    string
 		subject string
 		req     any
-		code    int
+		code    bus.Code
 		field   string
 	}{
 		{"unknown species", bus.SvcIrisRange, bus.IrisRangeQuery{IrisFilter: bus.IrisFilter{Species: []string{"rose"}}}, 422, "species"},

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"syscall"
 	"time"
 
@@ -52,7 +51,7 @@ func query[Req, Resp any](s *service, name string, f func(context.Context, Req) 
 				outcome = "invalid"
 			} else if unreachable(err) {
 				s.log.Warn("query failed: clickhouse unreachable", "query", name, "err", err)
-				err = &bus.Error{Code: http.StatusServiceUnavailable, Message: "analytics store unavailable"}
+				err = &bus.Error{Code: bus.CodeUnavailable, Message: "analytics store unavailable"}
 			}
 		}
 		s.metrics.querySeconds.WithLabelValues(name, outcome).Observe(time.Since(start).Seconds())

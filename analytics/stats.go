@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"slices"
 	"strconv"
 	"time"
@@ -31,7 +30,7 @@ const (
 )
 
 func tooManyRows(what string) error {
-	return &bus.Error{Code: http.StatusUnprocessableEntity, Message: "statistics result too large",
+	return &bus.Error{Code: bus.CodeUnprocessable, Message: "statistics result too large",
 		Details: []string{fmt.Sprintf("bucket: the window has more than %d %s rows; use a larger bucket or a shorter window", MaxStatsRows, what)}}
 }
 
@@ -77,7 +76,7 @@ func normalizeWindow(from, to *time.Time, bucket *time.Duration, now time.Time) 
 	}
 	if len(d) > 0 {
 		slices.Sort(d)
-		return &bus.Error{Code: http.StatusUnprocessableEntity, Message: "invalid statistics window", Details: d}
+		return &bus.Error{Code: bus.CodeUnprocessable, Message: "invalid statistics window", Details: d}
 	}
 	return nil
 }
@@ -116,7 +115,7 @@ func validateStats(from, to *time.Time, bucket *time.Duration, scopeDetails []st
 	if err != nil {
 		msg = "invalid statistics query"
 	}
-	return &bus.Error{Code: http.StatusUnprocessableEntity, Message: msg, Details: d}
+	return &bus.Error{Code: bus.CodeUnprocessable, Message: msg, Details: d}
 }
 
 func chTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000") }

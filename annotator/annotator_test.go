@@ -503,7 +503,7 @@ func request[Resp any](t *testing.T, e *env, subject string, req any) (Resp, err
 	return resp, err
 }
 
-func wantCode(t *testing.T, err error, code int) {
+func wantCode(t *testing.T, err error, code bus.Code) {
 	t.Helper()
 	var be *bus.Error
 	if !errors.As(err, &be) || be.Code != code {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"net/http"
 
 	"github.com/gradeline/gradeline/annotator/internal/store"
 	"github.com/gradeline/gradeline/bus"
@@ -36,7 +35,7 @@ func page(p, perPage int, cursor string) (store.Page, error) {
 	if cursor != "" {
 		c, err := store.ParseCursor(cursor)
 		if err != nil {
-			return store.Page{}, &bus.Error{Code: http.StatusUnprocessableEntity, Message: "invalid cursor",
+			return store.Page{}, &bus.Error{Code: bus.CodeUnprocessable, Message: "invalid cursor",
 				Details: []string{"cursor: " + err.Error()}}
 		}
 		out.After = c
@@ -57,7 +56,7 @@ func required(fields ...[2]string) error {
 		}
 	}
 	if len(details) > 0 {
-		return &bus.Error{Code: http.StatusUnprocessableEntity, Message: "missing fields", Details: details}
+		return &bus.Error{Code: bus.CodeUnprocessable, Message: "missing fields", Details: details}
 	}
 	return nil
 }
@@ -69,11 +68,11 @@ func (a *app) dbError(ctx context.Context, err error) error {
 		return err // bus answers 503 "query timed out"
 	}
 	a.log.Warn("query failed", "err", err, "request_id", bus.RequestID(ctx))
-	return &bus.Error{Code: http.StatusServiceUnavailable, Message: "database unavailable"}
+	return &bus.Error{Code: bus.CodeUnavailable, Message: "database unavailable"}
 }
 
 func notFound(what string) error {
-	return &bus.Error{Code: http.StatusNotFound, Message: what + " not found"}
+	return &bus.Error{Code: bus.CodeNotFound, Message: what + " not found"}
 }
 
 func (a *app) listAnnotations(ctx context.Context, q bus.AnnotationsQuery) (bus.List[bus.Annotation], error) {
@@ -89,7 +88,7 @@ func (a *app) listAnnotations(ctx context.Context, q bus.AnnotationsQuery) (bus.
 	f := store.AnnotationFilter{ImageID: q.ImageID, Author: q.Author}
 	if q.ImageID == "" {
 		if q.Author != "" && q.Author != q.Viewer {
-			return bus.List[bus.Annotation]{}, &bus.Error{Code: http.StatusUnprocessableEntity, Message: "another author's annotations are listed per image",
+			return bus.List[bus.Annotation]{}, &bus.Error{Code: bus.CodeUnprocessable, Message: "another author's annotations are listed per image",
 				Details: []string{"image_id: required with an author other than yourself"}}
 		}
 		f.Author = q.Viewer
@@ -146,10 +145,7 @@ func (a *app) visibleImage(ctx context.Context, viewer, id string) error {
 	return nil
 }
 
-func isNotFound(err error) bool {
-	var be *bus.Error
-	return errors.As(err, &be) && be.Code == http.StatusNotFound
-}
+func isNotFound(err error) bool { return bus.IsCode(err, bus.CodeNotFound) }
 
 func (a *app) listImages(ctx context.Context, q bus.ImagesQuery) (bus.List[bus.Image], error) {
 	if err := required([2]string{"owner", q.Owner}); err != nil {

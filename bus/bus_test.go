@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -465,9 +465,9 @@ func TestRequestReply(t *testing.T) {
 		Handler: bus.Handle(nil, time.Second, func(ctx context.Context, r echo) (echo, error) {
 			switch r.Word {
 			case "missing":
-				return echo{}, bus.Errorf(http.StatusNotFound, "no such word")
+				return echo{}, bus.Errorf(bus.CodeNotFound, "no such word")
 			case "bad":
-				return echo{}, &bus.Error{Code: http.StatusUnprocessableEntity, Message: "invalid", Details: []string{"word: bad"}}
+				return echo{}, &bus.Error{Code: bus.CodeUnprocessable, Message: "invalid", Details: []string{"word: bad"}}
 			case "boom":
 				return echo{}, errors.New("database exploded: secret detail")
 			}
@@ -483,7 +483,7 @@ func TestRequestReply(t *testing.T) {
 	if err != nil || got.Word != "hi-r1" {
 		t.Fatalf("echo = %+v, %v", got, err)
 	}
-	for word, code := range map[string]int{"missing": 404, "bad": 422, "boom": 500} {
+	for word, code := range map[string]bus.Code{"missing": 404, "bad": 422, "boom": 500} {
 		_, err := bus.Request[echo](ctx, nc, "test.echo", echo{word})
 		var be *bus.Error
 		if !errors.As(err, &be) || be.Code != code {
@@ -498,6 +498,21 @@ func TestRequestReply(t *testing.T) {
 	}
 	if _, err := bus.Request[echo](ctx, nc, "test.nobody", echo{"x"}); !errors.Is(err, bus.ErrUnavailable) {
 		t.Fatalf("no responders: %v, want ErrUnavailable", err)
+	}
+	// On the wire the code is the number a client of the previous version
+	// (or of any language) reads from the micro error header and the body.
+	reply, err := nc.Request("test.echo", []byte(`{"word":"bad"}`), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reply.Header.Get(micro.ErrorCodeHeader); got != "422" {
+		t.Fatalf("%s = %q, want 422", micro.ErrorCodeHeader, got)
+	}
+	var body struct {
+		Code int `json:"code"`
+	}
+	if err := json.Unmarshal(reply.Data, &body); err != nil || body.Code != 422 {
+		t.Fatalf("error body %s: code %d, %v; want 422", reply.Data, body.Code, err)
 	}
 }
 
@@ -524,7 +539,7 @@ func TestIrisFilterValidate(t *testing.T) {
 				return
 			}
 			var be *bus.Error
-			if !errors.As(err, &be) || be.Code != http.StatusUnprocessableEntity || len(be.Details) != len(tt.details) {
+			if !errors.As(err, &be) || be.Code != bus.CodeUnprocessable || len(be.Details) != len(tt.details) {
 				t.Fatalf("err %v", err)
 			}
 			for i, d := range tt.details {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"net/http"
 	"slices"
 	"sort"
 	"time"
@@ -268,7 +267,7 @@ func (f IrisFilter) Validate() error {
 	}
 	if len(details) > 0 {
 		sort.Strings(details)
-		return &Error{Code: http.StatusUnprocessableEntity, Message: "invalid iris filter", Details: details}
+		return &Error{Code: CodeUnprocessable, Message: "invalid iris filter", Details: details}
 	}
 	return nil
 }
@@ -284,7 +283,7 @@ func ValidatePage(page, perPage int) error {
 		details = append(details, fmt.Sprintf("per_page: must be between 1 and %d", MaxPerPage))
 	}
 	if len(details) > 0 {
-		return &Error{Code: http.StatusUnprocessableEntity, Message: "invalid pagination", Details: details}
+		return &Error{Code: CodeUnprocessable, Message: "invalid pagination", Details: details}
 	}
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -14,19 +13,49 @@ import (
 	"github.com/nats-io/nats.go/micro"
 )
 
-// Error is the error a query service answers with. Code is an HTTP status,
-// so the edge can pass it to the client unchanged.
+// Code says why a query service refused or failed a request, in the style
+// of nats.go/micro's Nats-Service-Error-Code header, which carries it. The
+// codes are transport-neutral: a service answering over NATS needs no
+// HTTP. Their values are HTTP's status numbers, so the edge maps them one
+// to one (and a reply from an older version reads the same).
+type Code int
+
+// The codes query services answer with.
+const (
+	// CodeBadRequest: the request could not be decoded.
+	CodeBadRequest Code = 400
+	// CodeNotFound: what the request names does not exist, or the caller
+	// may not see it (the two are not told apart).
+	CodeNotFound Code = 404
+	// CodeUnprocessable: the request was decoded but breaks a rule of the
+	// contract (a missing field, a bound out of range, an invalid cursor).
+	CodeUnprocessable Code = 422
+	// CodeInternal: the service failed; the message says no more.
+	CodeInternal Code = 500
+	// CodeUnavailable: a store behind the service is down or the query
+	// timed out; a retry may succeed.
+	CodeUnavailable Code = 503
+)
+
+// Error is the error a query service answers with.
 type Error struct {
-	Code    int      `json:"code"`
+	Code    Code     `json:"code"`
 	Message string   `json:"message"`
 	Details []string `json:"details,omitempty"`
 }
 
+// Error renders the code and the message, e.g. "404: annotation not found".
 func (e *Error) Error() string { return fmt.Sprintf("%d: %s", e.Code, e.Message) }
 
-// Errorf returns an *Error with the given status.
-func Errorf(code int, format string, args ...any) *Error {
+// Errorf returns an *Error with the given code.
+func Errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// IsCode reports whether err is (or wraps) an *Error with the given code.
+func IsCode(err error, code Code) bool {
+	var be *Error
+	return errors.As(err, &be) && be.Code == code
 }
 
 // ErrUnavailable is returned by Request when no service instance answered.
@@ -70,7 +99,7 @@ func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(conte
 		go func() {
 			var req Req
 			if err := json.Unmarshal(r.Data(), &req); err != nil {
-				respondError(r, &Error{Code: http.StatusBadRequest, Message: "malformed request", Details: []string{err.Error()}})
+				respondError(r, &Error{Code: CodeBadRequest, Message: "malformed request", Details: []string{err.Error()}})
 				return
 			}
 			ctx, cancel := context.WithTimeout(contextFrom(context.Background(), nats.Header(r.Headers())), timeout)
@@ -80,9 +109,9 @@ func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(conte
 				var be *Error
 				if !errors.As(err, &be) {
 					log.Error("query failed", "subject", r.Subject(), "err", err, "request_id", RequestID(ctx))
-					be = &Error{Code: http.StatusInternalServerError, Message: "query failed"}
+					be = &Error{Code: CodeInternal, Message: "query failed"}
 					if errors.Is(err, context.DeadlineExceeded) {
-						be = &Error{Code: http.StatusServiceUnavailable, Message: "query timed out"}
+						be = &Error{Code: CodeUnavailable, Message: "query timed out"}
 					}
 				}
 				respondError(r, be)
@@ -97,7 +126,7 @@ func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(conte
 
 func respondError(r micro.Request, e *Error) {
 	data, _ := json.Marshal(e)
-	_ = r.Error(strconv.Itoa(e.Code), e.Message, data)
+	_ = r.Error(strconv.Itoa(int(e.Code)), e.Message, data)
 }
 
 // AddService registers a queue-group service with its endpoints. Every
@@ -145,7 +174,7 @@ func Request[Resp any](ctx context.Context, nc *nats.Conn, subject string, req a
 		be := &Error{}
 		if json.Unmarshal(reply.Data, be) != nil || be.Code == 0 {
 			n, _ := strconv.Atoi(code)
-			be = &Error{Code: n, Message: reply.Header.Get(micro.ErrorHeader)}
+			be = &Error{Code: Code(n), Message: reply.Header.Get(micro.ErrorHeader)}
 		}
 		return resp, be
 	}

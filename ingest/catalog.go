@@ -91,7 +91,7 @@ func (s *Server) ownImage(ctx context.Context, user, id string) (bus.Image, erro
 
 func isNotFound(err error) bool {
 	var be *bus.Error
-	if errors.As(err, &be) && be.Code == http.StatusNotFound {
+	if errors.As(err, &be) && be.Code == bus.CodeNotFound {
 		return true
 	}
 	var ae *apiError

@@ -93,11 +93,7 @@ func (s *Server) classify(c *fiber.Ctx, err error) *apiError {
 	}
 	var be *bus.Error
 	if errors.As(err, &be) {
-		code := be.Code
-		if code < 400 || code > 599 {
-			code = http.StatusBadGateway
-		}
-		return &apiError{Status: code, Message: be.Message, Details: be.Details}
+		return &apiError{Status: httpStatus(be.Code), Message: be.Message, Details: be.Details}
 	}
 	var fe *fiber.Error
 	if errors.As(err, &fe) {
@@ -125,6 +121,17 @@ func (s *Server) classify(c *fiber.Ctx, err error) *apiError {
 	s.log.Error("request failed", "method", c.Method(), "path", c.Path(), "err", err,
 		"request_id", bus.RequestID(c.UserContext()))
 	return errorf(http.StatusInternalServerError, "internal server error")
+}
+
+// httpStatus maps the code of a query service's error to the edge's
+// answer, the one place the transport-neutral bus.Code meets HTTP: the
+// codes carry HTTP's numbers, so an error code passes unchanged; anything
+// else is a fault of the service behind the edge, a bad gateway.
+func httpStatus(c bus.Code) int {
+	if c < 400 || c > 599 {
+		return http.StatusBadGateway
+	}
+	return int(c)
 }
 
 // drainRejectedBody reads and discards the rest of a body fasthttp

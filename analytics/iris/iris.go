@@ -26,7 +26,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net/http"
 	"slices"
 	"sort"
 	"strconv"
@@ -82,12 +81,12 @@ var columnSQL = map[string]string{
 
 func unprocessable(msg string, details []string) error {
 	sort.Strings(details)
-	return &bus.Error{Code: http.StatusUnprocessableEntity, Message: msg, Details: details}
+	return &bus.Error{Code: bus.CodeUnprocessable, Message: msg, Details: details}
 }
 
 // details returns the Details of a 422 *bus.Error, or nil.
 func details(err error) []string {
-	if be, ok := err.(*bus.Error); ok && be.Code == http.StatusUnprocessableEntity {
+	if be, ok := err.(*bus.Error); ok && be.Code == bus.CodeUnprocessable {
 		return be.Details
 	}
 	return nil
