@@ -3,13 +3,14 @@ package ingest
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 )
 
 type metrics struct {
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
-	publish     *prometheus.HistogramVec
+	objectPut   *prometheus.HistogramVec
 	requestsBus *prometheus.HistogramVec
 }
 
@@ -29,11 +30,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"route", "method", "status"})); err != nil {
 		return nil, err
 	}
-	if m.publish, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "gradeline", Subsystem: "ingest", Name: "publish_duration_seconds",
-		Help:    "Time from publish to PubAck by event type and outcome.",
+	// An event's publish is timed by bus.Publish (gradeline_publish_seconds
+	// and gradeline_publish_errors_total, by subject), registered here so
+	// the edge's registry carries them whoever built it; the image put
+	// before a publish is the edge's own.
+	for _, c := range bus.Collectors() {
+		if _, err := admin.Register(reg, c); err != nil {
+			return nil, err
+		}
+	}
+	if m.objectPut, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "gradeline", Subsystem: "ingest", Name: "object_put_duration_seconds",
+		Help:    "Time to store an image in the object store, by outcome.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
-	}, []string{"type", "outcome"})); err != nil {
+	}, []string{"outcome"})); err != nil {
 		return nil, err
 	}
 	if m.requestsBus, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{

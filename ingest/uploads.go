@@ -217,7 +217,7 @@ func (s *Server) storeImage(ctx context.Context, name string, up *upload) (bus.I
 	if err != nil {
 		outcome = "error"
 	}
-	s.metrics.publish.WithLabelValues("object.put", outcome).Observe(time.Since(start).Seconds())
+	s.metrics.objectPut.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 	if err != nil {
 		msg := "the object store (NATS JetStream) did not store the image"
 		if p := s.storageProblemText(); p != "" {
