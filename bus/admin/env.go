@@ -201,10 +201,7 @@ func (c *ConfigError) Error() string {
 // SIGINT or SIGTERM, and exits 1 when run failed.
 func Main(name string, cfgErr error, log *slog.Logger, adminAddr string, checks func() map[string]Check,
 	run func(context.Context, prometheus.Registerer) error) {
-	if cfgErr != nil {
-		fmt.Fprintf(os.Stderr, "%s: refusing to start: %v\n", name, cfgErr)
-		os.Exit(2)
-	}
+	Refuse(name, cfgErr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := RunService(ctx, adminAddr, checks(), run)
 	stop()
@@ -212,4 +209,28 @@ func Main(name string, cfgErr error, log *slog.Logger, adminAddr string, checks 
 		log.Error(name+" stopped", "err", err)
 		os.Exit(1)
 	}
+}
+
+// Refuse stops a binary whose configuration is wrong: it prints every
+// problem of cfgErr and exits 2. A nil cfgErr does nothing.
+func Refuse(name string, cfgErr error) {
+	if cfgErr != nil {
+		fmt.Fprintf(os.Stderr, "%s: refusing to start: %v\n", name, cfgErr)
+		os.Exit(2)
+	}
+}
+
+// Markdown renders vars as the rows of a Markdown table with the columns
+// variable, default and meaning.
+func Markdown(vars []Var) string {
+	var b strings.Builder
+	b.WriteString("| variable | default (local mode) | meaning |\n|---|---|---|\n")
+	for _, v := range vars {
+		def := v.Default
+		if def == "" {
+			def = "—"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, v.Meaning)
+	}
+	return b.String()
 }

@@ -35,7 +35,7 @@ import (
 )
 
 // DefaultSignupCode is the signup code of local mode (the seed's).
-const DefaultSignupCode = "CS193S"
+const DefaultSignupCode = ingest.LocalSignupCode
 
 // Config of the local stack. Empty URLs mean "start the embedded server".
 type Config struct {
