@@ -38,9 +38,13 @@ const (
 // ObjectAccess is what a service may do in the image bucket.
 type ObjectAccess int
 
+// What a service may do in the image bucket.
 const (
+	// ObjectsNone: no access.
 	ObjectsNone ObjectAccess = iota
+	// ObjectsRead: read image bytes (inference).
 	ObjectsRead
+	// ObjectsReadWrite: store, read and remove image bytes (the edge).
 	ObjectsReadWrite
 )
 

@@ -42,6 +42,7 @@ type JSONError struct {
 	Key string
 }
 
+// Error says what the JSON text breaks, with the offset and limit.
 func (e *JSONError) Error() string {
 	switch e.Err {
 	case ErrJSONTooDeep:
@@ -56,6 +57,7 @@ func (e *JSONError) Error() string {
 	return e.Err.Error()
 }
 
+// Unwrap returns the sentinel (ErrJSONTooDeep, ...), for errors.Is.
 func (e *JSONError) Unwrap() error { return e.Err }
 
 // CheckJSON reports what encoding/json accepts silently but gradeline

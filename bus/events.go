@@ -47,6 +47,8 @@ type AnnotationCreated struct {
 	Annotation json.RawMessage `json:"annotation"`
 }
 
+// Validate requires an author and an annotation that is a JSON object
+// within the contract's bounds (ValidateAnnotation).
 func (e *AnnotationCreated) Validate() error {
 	if e.Author == "" {
 		return errors.New("author is required")
@@ -65,6 +67,8 @@ type AnnotationUpdated struct {
 	Annotation   json.RawMessage `json:"annotation"`
 }
 
+// Validate requires the annotation id, the author and a new body within
+// the contract's bounds (ValidateAnnotation).
 func (e *AnnotationUpdated) Validate() error {
 	if e.AnnotationID == "" || e.Author == "" {
 		return errors.New("annotation_id and author are required")
@@ -82,6 +86,7 @@ type AnnotationDeleted struct {
 	Author       string `json:"author"`
 }
 
+// Validate requires the annotation id and the author.
 func (e *AnnotationDeleted) Validate() error {
 	if e.AnnotationID == "" || e.Author == "" {
 		return errors.New("annotation_id and author are required")
@@ -115,6 +120,8 @@ type ImageSubmitted struct {
 	Image   ImageRef `json:"image"`
 }
 
+// Validate requires the image id, owner and model, and a complete image
+// reference (object name and sha256).
 func (e *ImageSubmitted) Validate() error {
 	if e.ImageID == "" || e.Model == "" || e.Owner == "" {
 		return errors.New("image_id, owner and model are required")
@@ -138,6 +145,7 @@ type GradeCompleted struct {
 	BatchSize    int                `json:"batch_size"`
 }
 
+// Validate requires the grade id, model and label, and a score for the label.
 func (e *GradeCompleted) Validate() error {
 	if e.GradeID == "" || e.Model == "" || e.Label == "" {
 		return errors.New("grade_id, model and label are required")
@@ -159,6 +167,7 @@ type GradeFailed struct {
 	Reason  string `json:"reason"`
 }
 
+// Validate requires the grade id and the reason.
 func (e *GradeFailed) Validate() error {
 	if e.GradeID == "" || e.Reason == "" {
 		return errors.New("grade_id and reason are required")
@@ -178,6 +187,7 @@ type ImageCatalogued struct {
 	Image    ImageRef `json:"image"`
 }
 
+// Validate requires the image id and owner and a complete image reference.
 func (e *ImageCatalogued) Validate() error {
 	if e.ImageID == "" || e.Owner == "" {
 		return errors.New("image_id and owner are required")
@@ -193,6 +203,7 @@ type ImageTagsSet struct {
 	Tags    []string `json:"tags"`
 }
 
+// Validate requires the image id and owner.
 func (e *ImageTagsSet) Validate() error {
 	if e.ImageID == "" || e.Owner == "" {
 		return errors.New("image_id and owner are required")
@@ -209,6 +220,7 @@ type ImageSharesSet struct {
 	Shares  []string `json:"shares"`
 }
 
+// Validate requires the image id and owner, and at most MaxShares users.
 func (e *ImageSharesSet) Validate() error {
 	if e.ImageID == "" || e.Owner == "" {
 		return errors.New("image_id and owner are required")
@@ -229,6 +241,7 @@ type ImageDeleted struct {
 	Owner   string `json:"owner"`
 }
 
+// Validate requires the image id and owner.
 func (e *ImageDeleted) Validate() error {
 	if e.ImageID == "" || e.Owner == "" {
 		return errors.New("image_id and owner are required")
@@ -274,6 +287,7 @@ type IrisMeasured struct {
 	Rows   []IrisRow `json:"rows"`
 }
 
+// Validate requires 1..MaxIrisRows rows, each valid (IrisRow.Validate).
 func (e *IrisMeasured) Validate() error {
 	if len(e.Rows) == 0 || len(e.Rows) > MaxIrisRows {
 		return fmt.Errorf("rows must hold 1..%d measurements", MaxIrisRows)
@@ -299,6 +313,7 @@ type DeadLetter struct {
 	Data       []byte            `json:"data"`
 }
 
+// Validate requires the reason.
 func (e *DeadLetter) Validate() error {
 	if e.Reason == "" {
 		return errors.New("reason is required")

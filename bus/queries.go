@@ -51,6 +51,7 @@ type AnnotationGetQuery struct {
 	AfterSeq uint64 `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
 
+// Annotation is one stored annotation as the annotator answers it.
 type Annotation struct {
 	ID         string          `json:"id"`
 	ImageID    string          `json:"image_id,omitempty"`
@@ -63,6 +64,8 @@ type Annotation struct {
 // Image catalogue (answered by annotator). Every query is scoped to its
 // owner: another user's image is not found.
 
+// ImagesQuery lists Owner's images, newest first, optionally only those
+// carrying every tag of Tags.
 type ImagesQuery struct {
 	Owner    string   `json:"owner"`
 	Tags     []string `json:"tags,omitempty"`   // all must match
@@ -80,6 +83,8 @@ type ImageGetQuery struct {
 	AfterSeq uint64 `json:"after_seq,omitempty"` // as in AnnotationsQuery
 }
 
+// Image is one catalogued image as the annotator answers it. Object, the
+// name of its bytes in the image bucket, stays inside the services.
 type Image struct {
 	ID          string   `json:"img_id"`
 	Owner       string   `json:"owner"`
@@ -119,6 +124,8 @@ const (
 	GradeStatusFailed    = "failed"
 )
 
+// Grade is one grade as the annotator answers it from the grade history:
+// pending until its result arrives, then completed or failed (Status).
 type Grade struct {
 	ID           string             `json:"id"`
 	Status       string             `json:"status"`
@@ -178,8 +185,11 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 
 // Models (answered by inference).
 
+// ModelsQuery asks inference for the models it serves; it has no fields.
 type ModelsQuery struct{}
 
+// ModelInput describes the tensor a model takes: its name, layout
+// (e.g. NCHW) and size.
 type ModelInput struct {
 	Name     string `json:"name"`
 	Layout   string `json:"layout"`
@@ -188,6 +198,7 @@ type ModelInput struct {
 	Channels int    `json:"channels"`
 }
 
+// ModelInfo describes one model inference serves (SvcModelsList).
 type ModelInfo struct {
 	Name     string     `json:"name"`
 	Version  string     `json:"version"`
@@ -211,6 +222,8 @@ type IrisFilter struct {
 	Upper   map[string]float64 `json:"upper,omitempty"`
 }
 
+// IrisRangeQuery pages through the iris rows the filter selects, sorted
+// by a column (SvcIrisRange).
 type IrisRangeQuery struct {
 	IrisFilter
 	Page    int    `json:"page"`
@@ -221,6 +234,8 @@ type IrisRangeQuery struct {
 // IrisStatsFuncs are the aggregate functions of IrisStatsQuery.
 var IrisStatsFuncs = []string{"mean", "min", "max", "median", "stddev", "count", "quantile"}
 
+// IrisStatsQuery aggregates the rows the filter selects per species with
+// one of IrisStatsFuncs (SvcIrisStats).
 type IrisStatsQuery struct {
 	IrisFilter
 	Func string  `json:"func"`
@@ -295,6 +310,8 @@ func ValidatePage(page, perPage int) error {
 // so, everyone's (All). A query naming neither is refused with 422, so a
 // caller on the bus never gets every user's activity by leaving a field out.
 
+// GradeStatsQuery counts grades per time bucket, model and label
+// (SvcStatsGrades).
 type GradeStatsQuery struct {
 	// Owner counts the grades this user submitted.
 	Owner string `json:"owner,omitempty"`
@@ -306,6 +323,7 @@ type GradeStatsQuery struct {
 	Bucket time.Duration `json:"bucket"`
 }
 
+// GradeStatsRow is one bucket, model and label of the grade statistics.
 type GradeStatsRow struct {
 	Bucket         time.Time `json:"bucket"`
 	Model          string    `json:"model"`
@@ -316,6 +334,8 @@ type GradeStatsRow struct {
 	P99InferenceMS float64   `json:"p99_inference_ms"`
 }
 
+// AnnotationStatsQuery counts annotations per time bucket and author
+// (SvcStatsAnnotations).
 type AnnotationStatsQuery struct {
 	// Author counts the annotations this user made.
 	Author string `json:"author,omitempty"`
@@ -326,6 +346,7 @@ type AnnotationStatsQuery struct {
 	Bucket time.Duration `json:"bucket"`
 }
 
+// AnnotationStatsRow is one bucket and author of the annotation statistics.
 type AnnotationStatsRow struct {
 	Bucket time.Time `json:"bucket"`
 	Author string    `json:"author"`
