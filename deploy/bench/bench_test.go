@@ -61,24 +61,13 @@ func startStack(b *testing.B) local.Endpoints {
 			stackErr = err
 			return
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		ready := make(chan local.Endpoints, 1)
-		done := make(chan error, 1)
-		go func() {
-			done <- local.Run(ctx, local.Config{
-				DataDir: dir, HTTPAddr: "127.0.0.1:0", AdminAddr: "-", NATSAddr: "127.0.0.1:0",
-				ORTLib: os.Getenv("ONNXRUNTIME_LIB"), ChdbLauncher: os.Getenv("GRADELINE_CHDB_LAUNCHER"),
-				Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-				OnReady: func(ep local.Endpoints) { ready <- ep },
-			})
-		}()
-		select {
-		case stackEP = <-ready:
-		case stackErr = <-done:
-			cancel()
+		st, err := launch(dir)
+		if err != nil {
+			stackErr = err
 			return
 		}
-		stopStack = func() { cancel(); <-done; _ = os.RemoveAll(dir) }
+		stackEP = st.ep
+		stopStack = func() { st.stop(); _ = os.RemoveAll(dir) }
 		token, stackErr = register(stackEP.HTTP)
 	})
 	if stackErr != nil {

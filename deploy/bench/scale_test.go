@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -173,6 +174,15 @@ type stack struct {
 // it is ready.
 func runStack(b *testing.B, dir string) stack {
 	b.Helper()
+	st, err := launch(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
+// launch starts the local stack on dir, quiet, on free ports.
+func launch(dir string) (stack, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan local.Endpoints, 1)
 	done := make(chan error, 1)
@@ -186,12 +196,14 @@ func runStack(b *testing.B, dir string) stack {
 	}()
 	select {
 	case ep := <-ready:
-		return stack{ep: ep, stop: func() { cancel(); <-done }}
+		return stack{ep: ep, stop: func() { cancel(); <-done }}, nil
 	case err := <-done:
 		cancel()
-		b.Fatal(err)
+		if err == nil {
+			err = errors.New("the local stack stopped before it was ready")
+		}
+		return stack{}, err
 	}
-	return stack{}
 }
 
 // loadAndDrain publishes n events from 64 goroutines, waits until the
