@@ -18,8 +18,9 @@
 //   - stats.go: grade and annotation statistics (own, or everyone's for admins)
 //   - seed.go: the seed project's routes, bodies and answers
 //
-// The HTTP plumbing every capability shares: server.go (lifecycle,
-// publish, bus requests, health), routes.go (the route table), request.go
+// The HTTP plumbing every capability shares: server.go (the app and its
+// lifecycle), backend.go (publishing events, querying services), health.go
+// (/healthz, /readyz), routes.go (the route table), request.go
 // (decoding and checking bodies and query parameters), errors.go (the one
 // JSON error shape), middleware.go (request ids, traces, access log,
 // metrics), clientip.go (trusted proxies), idempotency.go
