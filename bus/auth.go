@@ -207,21 +207,20 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	inbox := InboxPrefixOf(a.User)
 	p := UserPermissions{User: a.User, InboxPrefix: inbox, Responses: len(a.Answers) > 0}
 	pub := []string{jsAPI + "INFO"}
-	// Every service ensures the whole topology at start (EnsureTopology):
-	// it may read, create and update every stream and durable consumer of
-	// the table and the image bucket, but never delete or purge one.
+	// Every service ensures the streams and its own consumers at start
+	// (EnsureService): it may read, create and update every stream of the
+	// table and the image bucket, but never delete or purge one.
 	for _, s := range append(streamNames(), ObjectStream()) {
 		pub = append(pub, jsAPI+"STREAM.INFO."+s, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s)
 	}
-	for _, c := range Consumers {
-		pub = append(pub, consumerCreate(c.Stream, c.Durable)...)
-		pub = append(pub, jsAPI+"CONSUMER.INFO."+c.Stream+"."+c.Durable)
-		// A consumer left beyond its stream's end is reset in place (CheckPosition).
-		pub = append(pub, jsAPI+"CONSUMER.RESET."+c.Stream+"."+c.Durable)
-	}
-	// It pulls from, acks on and dead-letters for its own consumers only.
+	// It creates, updates, reads, resets (CheckPosition), pulls from, acks
+	// on and dead-letters for its own consumers only: another service's
+	// consumer settings are that service's to set.
 	for _, c := range ConsumersOfUser(a.User) {
+		pub = append(pub, consumerCreate(c.Stream, c.Durable)...)
 		pub = append(pub,
+			jsAPI+"CONSUMER.INFO."+c.Stream+"."+c.Durable,
+			jsAPI+"CONSUMER.RESET."+c.Stream+"."+c.Durable,
 			jsAPI+"CONSUMER.MSG.NEXT."+c.Stream+"."+c.Durable,
 			"$JS.ACK."+c.Stream+"."+c.Durable+".>",
 			SubjectDeadLetterPrefix+c.Durable)

@@ -229,8 +229,20 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	jss := map[string]jetstream.JetStream{}
 	for _, a := range bus.Access {
 		conns[a.User], jss[a.User] = st.connect(t, a.User)
-		if err := bus.EnsureTopology(ctx, jss[a.User], bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
-			t.Fatalf("%s ensures the topology: %v", a.User, err)
+		if err := bus.EnsureService(ctx, jss[a.User], a.User, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+			t.Fatalf("%s ensures its streams and consumers: %v", a.User, err)
+		}
+	}
+	// A consumer's settings are its owner's alone: another service can
+	// neither read nor rewrite them.
+	for _, c := range bus.Consumers {
+		for _, a := range bus.Access {
+			if a.User == c.Owner() {
+				continue
+			}
+			if st.publishAllowed(t, a.User, "$JS.API.CONSUMER.CREATE."+c.Stream+"."+c.Durable) {
+				t.Errorf("%s may create or update %s's consumer %s", a.User, c.Owner(), c.Durable)
+			}
 		}
 	}
 

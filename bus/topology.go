@@ -187,16 +187,39 @@ type TopologyOptions struct {
 	Logger *slog.Logger
 }
 
-// EnsureTopology creates or updates every stream, durable consumer and the
-// image bucket. It is idempotent: a second run, or a second replica
+func (o TopologyOptions) withDefaults() TopologyOptions {
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.MaxBytesScale <= 0 {
+		o.MaxBytesScale = 1
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// EnsureTopology creates or updates every stream, every durable consumer
+// and the image bucket: the operator's step (the local stack, `gradeline
+// topology`, tests). It is idempotent: a second run, or a second replica
 // starting at the same time, changes nothing.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOptions) error {
-	if opt.Replicas <= 0 {
-		opt.Replicas = 1
+	if err := EnsureStreams(ctx, js, opt); err != nil {
+		return err
 	}
-	if opt.MaxBytesScale <= 0 {
-		opt.MaxBytesScale = 1
+	for _, c := range Consumers {
+		if _, err := ensureConsumer(ctx, js, c, opt.withDefaults().Logger); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// EnsureStreams creates or updates every stream of the table and the image
+// bucket, leaving consumers alone.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, opt TopologyOptions) error {
+	opt = opt.withDefaults()
 	for _, s := range Streams {
 		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:        s.Name,
@@ -206,7 +229,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 			Storage:     jetstream.FileStorage,
 			Discard:     jetstream.DiscardOld,
 			MaxAge:      s.MaxAge,
-			MaxBytes:    int64(float64(s.MaxBytes) * opt.MaxBytesScale),
+			MaxBytes:    StreamMaxBytes(s, opt),
 			Duplicates:  DuplicateWindow,
 			Replicas:    opt.Replicas,
 		})
@@ -214,19 +237,34 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 			return fmt.Errorf("bus: stream %s: %w", s.Name, err)
 		}
 	}
-	log := opt.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	for _, c := range Consumers {
-		if _, err := ensureConsumer(ctx, js, c, log); err != nil {
-			return err
-		}
-	}
 	if _, err := ImageStore(ctx, js, opt.Replicas); err != nil {
 		return err
 	}
 	return nil
+}
+
+// EnsureConsumers creates or updates the durable consumers that belong to
+// owner (ConsumerSpec.Owner) and no others: a service sets the settings of
+// its own consumers only, so in a rolling upgrade an old replica of one
+// service never rewrites the consumers of another.
+func EnsureConsumers(ctx context.Context, js jetstream.JetStream, owner string, opt TopologyOptions) error {
+	opt = opt.withDefaults()
+	for _, c := range ConsumersOfUser(owner) {
+		if _, err := ensureConsumer(ctx, js, c, opt.Logger); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EnsureService is what the service user does at start: it ensures the
+// streams and the image bucket (EnsureStreams), then its own durable
+// consumers (EnsureConsumers).
+func EnsureService(ctx context.Context, js jetstream.JetStream, user string, opt TopologyOptions) error {
+	if err := EnsureStreams(ctx, js, opt); err != nil {
+		return err
+	}
+	return EnsureConsumers(ctx, js, user, opt)
 }
 
 // EnsureConsumer creates the durable consumer or brings an existing one to

@@ -40,7 +40,7 @@ type Config struct {
 	// that arrive while a batch runs are batched anyway; the delay only
 	// trades latency for batch size when traffic is light.
 	MaxQueueDelay time.Duration
-	// Replicas of streams and the object store (EnsureTopology).
+	// Replicas of streams and the object store (EnsureService).
 	Replicas int
 	Logger   *slog.Logger
 	// Registerer receives the metrics (nil = prometheus.DefaultRegisterer).
@@ -89,7 +89,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer nc.Close()
-	if err := bus.EnsureTopology(ctx, js, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
+	if err := bus.EnsureService(ctx, js, bus.UserInference, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
 		return err
 	}
 	store, err := bus.ImageStore(ctx, js, cfg.Replicas)

@@ -129,7 +129,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	if err := bus.EnsureTopology(ctx, s.js, bus.TopologyOptions{Replicas: cfg.Replicas, Logger: s.log}); err != nil {
+	if err := bus.EnsureService(ctx, s.js, bus.UserIngest, bus.TopologyOptions{Replicas: cfg.Replicas, Logger: s.log}); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	if s.images, err = bus.ImageStore(ctx, s.js, cfg.Replicas); err != nil {

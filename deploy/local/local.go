@@ -186,6 +186,13 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
+	// The stack is the operator: it creates the streams, every durable
+	// consumer and the image bucket (what `gradeline topology` does for a
+	// real cluster) before any service starts; each service then ensures
+	// only the consumers it owns.
+	if err := ensureTopology(ctx, urls.admin, log); err != nil {
+		return err
+	}
 	if cfg.MongoURI == "" {
 		log.Info("starting embedded FerretDB (MongoDB wire protocol)", "dir", filepath.Join(dir, "mongo"))
 		ms, err := localmongo.Start(ctx, localmongo.Options{Dir: filepath.Join(dir, "mongo"), Addr: "127.0.0.1:0", Log: log})
@@ -312,6 +319,20 @@ func Run(ctx context.Context, cfg Config) error {
 	stopServices()
 	wg.Wait()
 	return runErr
+}
+
+// ensureTopology applies the bus table as the operator (natsURL carries
+// the admin user).
+func ensureTopology(ctx context.Context, natsURL string, log *slog.Logger) error {
+	nc, js, err := bus.Connect(ctx, natsURL, "gradeline-local-topology", log)
+	if err != nil {
+		return fmt.Errorf("local: topology: %w", err)
+	}
+	defer nc.Close()
+	if err := bus.EnsureTopology(ctx, js, bus.TopologyOptions{Logger: log}); err != nil {
+		return fmt.Errorf("local: topology: %w", err)
+	}
+	return nil
 }
 
 // natsAddr resolves the embedded NATS listen address: the well-known port

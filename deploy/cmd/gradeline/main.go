@@ -1,6 +1,7 @@
 // Command gradeline operates a running pipeline through NATS:
 //
 //	gradeline streams                          list streams and consumer lag
+//	gradeline topology [--replicas N] [--max-bytes-scale F]
 //	gradeline replay STREAM [--consumer NAME] [--since 2h | --since 2026-11-25T10:00:00Z]
 //	gradeline nats-config [--bcrypt]           the nats-server users and permissions
 //	gradeline admin grant|revoke USER          give or take the admin role
@@ -9,6 +10,12 @@
 // named) deliver the stream again from the start or from a time. The
 // services pick the replay up while running; their writes are keyed by
 // event id, so events already stored are not stored twice.
+//
+// topology creates or updates every stream, durable consumer and the image
+// bucket of the bus table: the deploy step before the services start (and
+// after an upgrade that changes the table). It is idempotent. The replicas
+// default to GRADELINE_REPLICAS (1; 3 on a cluster). The local stack does
+// the same at its start.
 //
 // nats-config prints the authorization block of a nats-server configuration
 // with every NATS user and its permissions, derived from the bus table.
@@ -62,6 +69,7 @@ func main() {
 
 const usage = `usage:
   gradeline streams
+  gradeline topology [--replicas N] [--max-bytes-scale F]
   gradeline replay STREAM [--consumer NAME] [--since DURATION|RFC3339]
   gradeline nats-config [--bcrypt]
   gradeline admin grant|revoke USER
@@ -81,6 +89,8 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 		return adminRole(ctx, args[1:], out)
 	}
 	switch args[0] {
+	case "topology":
+		return topology(ctx, args[1:], out)
 	case "streams":
 		js, closeConn, err := connect(ctx)
 		if err != nil {
@@ -125,6 +135,43 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+}
+
+// topology runs `topology`: the streams, consumers and image bucket of the
+// bus table, created or brought to the table's settings by the operator.
+func topology(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("topology", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	replicas := fs.Int("replicas", 0, "replicas of every stream and the image bucket (default: GRADELINE_REPLICAS, else 1)")
+	scale := fs.Float64("max-bytes-scale", 1, "multiplies the size bound of every stream")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return fmt.Errorf("topology: %v\n%s", err, usage)
+	}
+	if *replicas == 0 {
+		n, err := bus.ReplicasFromEnv()
+		if err != nil {
+			return fmt.Errorf("topology: %w", err)
+		}
+		*replicas = n
+	}
+	js, closeConn, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	opt := bus.TopologyOptions{Replicas: *replicas, MaxBytesScale: *scale}
+	if err := bus.EnsureTopology(ctx, js, opt); err != nil {
+		return fmt.Errorf("topology: %w", err)
+	}
+	for _, st := range bus.Streams {
+		var durables []string
+		for _, c := range bus.ConsumersOf(st.Name) {
+			durables = append(durables, c.Durable)
+		}
+		fmt.Fprintf(out, "stream %s (%d replicas): consumers %s\n", st.Name, *replicas, strings.Join(durables, ", "))
+	}
+	fmt.Fprintf(out, "object store %s\n", bus.ImageBucket)
+	return nil
 }
 
 // dataDir is GRADELINE_DATA_DIR, default ./data as in local mode.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -49,6 +50,44 @@ func TestParseSince(t *testing.T) {
 		if err != nil || !got.Equal(want) {
 			t.Errorf("parseSince(%q) = %v, %v; want %v", in, got, err, want)
 		}
+	}
+}
+
+// TestTopologyCreatesTheTable: `gradeline topology` on an empty server
+// creates every stream and durable consumer of the table and the image
+// bucket, and a second run changes nothing.
+func TestTopologyCreatesTheTable(t *testing.T) {
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	t.Setenv("NATS_URL", ns.ClientURL())
+	ctx := context.Background()
+	for range 2 {
+		var out bytes.Buffer
+		if err := run(ctx, []string{"topology", "--max-bytes-scale", "0.01"}, &out, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "stream IMAGES (1 replicas): consumers inference, annotator-submissions") {
+			t.Fatalf("topology output %q", out.String())
+		}
+	}
+	nc, js, err := bus.Connect(ctx, ns.ClientURL(), "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, c := range bus.Consumers {
+		if _, err := js.Consumer(ctx, c.Stream, c.Durable); err != nil {
+			t.Errorf("consumer %s/%s: %v", c.Stream, c.Durable, err)
+		}
+	}
+	if _, err := js.ObjectStore(ctx, bus.ImageBucket); err != nil {
+		t.Errorf("image bucket: %v", err)
+	}
+	if err := run(ctx, []string{"topology", "--replicas", "x"}, io.Discard, time.Now()); err == nil {
+		t.Error("topology accepted --replicas x")
 	}
 }
 
