@@ -86,3 +86,58 @@ func svcConstants(t *testing.T) []string {
 	}
 	return out
 }
+
+// TestSubjectsOnTheWire pins the subjects and stream wildcards as earlier
+// versions published and captured them (they are derived from the roots
+// now), and checks that every event subject is captured by exactly one
+// stream and every consumer filter lies within its stream.
+func TestSubjectsOnTheWire(t *testing.T) {
+	want := map[string][]string{
+		StreamAnnotations: {"gradeline.annotations.>"},
+		StreamImages:      {"gradeline.images.>"},
+		StreamGrades:      {"gradeline.grades.>"},
+		StreamCatalog:     {"gradeline.catalog.>"},
+		StreamIris:        {"gradeline.iris.>"},
+		StreamDeadLetter:  {"gradeline.deadletter.>"},
+	}
+	for _, s := range Streams {
+		if strings.Join(s.Subjects, " ") != strings.Join(want[s.Name], " ") {
+			t.Errorf("stream %s captures %v, want %v", s.Name, s.Subjects, want[s.Name])
+		}
+	}
+	for subj, v := range map[string]string{
+		SubjectAnnotationCreated: "gradeline.annotations.created",
+		SubjectImageSharesSet:    "gradeline.catalog.images.shares_set",
+		SubjectImageSubmitted:    "gradeline.images.submitted",
+		SubjectGradeFailed:       "gradeline.grades.failed",
+		SubjectIrisMeasured:      "gradeline.iris.measurements",
+	} {
+		if subj != v {
+			t.Errorf("subject %q, want %q", subj, v)
+		}
+	}
+	for _, typ := range EventTypes() {
+		subj, err := SubjectOf(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var by []string
+		for _, s := range Streams {
+			for _, w := range s.Subjects {
+				if server.SubjectMatchesFilter(subj, w) {
+					by = append(by, s.Name)
+				}
+			}
+		}
+		if len(by) != 1 {
+			t.Errorf("event %s (%s) is captured by %v, want one stream", typ, subj, by)
+		}
+	}
+	for _, c := range Consumers {
+		for _, f := range c.FilterSubjects {
+			if !server.SubjectMatchesFilter(f, streamSubjects(c.Stream)[0]) {
+				t.Errorf("consumer %s filters %s, outside its stream %s", c.Durable, f, c.Stream)
+			}
+		}
+	}
+}

@@ -13,23 +13,37 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// Subject roots: each stream captures every subject under its root
+// (root + ">"), so the event subjects, the streams and the consumers'
+// filters below are written from them instead of repeating the wildcards.
+const (
+	rootAnnotations = "gradeline.annotations."
+	rootImages      = "gradeline.images."
+	rootGrades      = "gradeline.grades."
+	rootCatalog     = "gradeline.catalog."
+	rootIris        = "gradeline.iris."
+)
+
 // Subjects of events. Streams capture them; any NATS client may subscribe.
 const (
-	SubjectAnnotationCreated = "gradeline.annotations.created"
-	SubjectAnnotationUpdated = "gradeline.annotations.updated"
-	SubjectAnnotationDeleted = "gradeline.annotations.deleted"
-	SubjectImageSharesSet    = "gradeline.catalog.images.shares_set"
-	SubjectImageSubmitted    = "gradeline.images.submitted"
-	SubjectGradeCompleted    = "gradeline.grades.completed"
-	SubjectGradeFailed       = "gradeline.grades.failed"
-	SubjectImageCatalogued   = "gradeline.catalog.images.catalogued"
-	SubjectImageTagsSet      = "gradeline.catalog.images.tags_set"
-	SubjectImageDeleted      = "gradeline.catalog.images.deleted"
-	SubjectIrisMeasured      = "gradeline.iris.measurements"
+	SubjectAnnotationCreated = rootAnnotations + "created"
+	SubjectAnnotationUpdated = rootAnnotations + "updated"
+	SubjectAnnotationDeleted = rootAnnotations + "deleted"
+	SubjectImageSharesSet    = rootCatalog + "images.shares_set"
+	SubjectImageSubmitted    = rootImages + "submitted"
+	SubjectGradeCompleted    = rootGrades + "completed"
+	SubjectGradeFailed       = rootGrades + "failed"
+	SubjectImageCatalogued   = rootCatalog + "images.catalogued"
+	SubjectImageTagsSet      = rootCatalog + "images.tags_set"
+	SubjectImageDeleted      = rootCatalog + "images.deleted"
+	SubjectIrisMeasured      = rootIris + "measurements"
 	// SubjectDeadLetterPrefix is followed by the durable name of the
 	// consumer that gave up on the message.
 	SubjectDeadLetterPrefix = "gradeline.deadletter."
 )
+
+// under is the wildcard of every subject under root.
+func under(root string) []string { return []string{root + ">"} }
 
 // Subjects of request-reply query services (nats.go/micro, queue groups).
 const (
@@ -111,12 +125,12 @@ type StreamSpec struct {
 // 20 GiB) must fit the server's store; TopologyOptions.MaxBytesScale
 // grows or shrinks every bound together.
 var Streams = []StreamSpec{
-	{StreamAnnotations, "annotations created by users", []string{"gradeline.annotations.>"}, 365 * 24 * time.Hour, 2 << 30},
-	{StreamImages, "images submitted for grading", []string{"gradeline.images.>"}, 30 * 24 * time.Hour, 1 << 30},
-	{StreamGrades, "grades completed or failed", []string{"gradeline.grades.>"}, 365 * 24 * time.Hour, 2 << 30},
-	{StreamCatalog, "image catalogue changes", []string{"gradeline.catalog.>"}, 365 * 24 * time.Hour, 1 << 30},
-	{StreamIris, "iris measurement batches", []string{"gradeline.iris.>"}, 30 * 24 * time.Hour, 8 << 30},
-	{StreamDeadLetter, "messages consumers gave up on, with the reason", []string{SubjectDeadLetterPrefix + ">"}, 90 * 24 * time.Hour, 1 << 30},
+	{StreamAnnotations, "annotations created by users", under(rootAnnotations), 365 * 24 * time.Hour, 2 << 30},
+	{StreamImages, "images submitted for grading", under(rootImages), 30 * 24 * time.Hour, 1 << 30},
+	{StreamGrades, "grades completed or failed", under(rootGrades), 365 * 24 * time.Hour, 2 << 30},
+	{StreamCatalog, "image catalogue changes", under(rootCatalog), 365 * 24 * time.Hour, 1 << 30},
+	{StreamIris, "iris measurement batches", under(rootIris), 30 * 24 * time.Hour, 8 << 30},
+	{StreamDeadLetter, "messages consumers gave up on, with the reason", under(SubjectDeadLetterPrefix), 90 * 24 * time.Hour, 1 << 30},
 }
 
 // ConsumerSpec is one row of the durable consumer table.
@@ -139,15 +153,15 @@ var (
 	ConsumerAnnotator = ConsumerSpec{StreamAnnotations, "annotator", "stores annotations in MongoDB",
 		[]string{SubjectAnnotationCreated, SubjectAnnotationUpdated, SubjectAnnotationDeleted}, 30 * time.Second, 4096}
 	ConsumerAnnotatorCatalog = ConsumerSpec{StreamCatalog, "annotator-catalog", "stores the image catalogue in MongoDB",
-		[]string{"gradeline.catalog.>"}, 30 * time.Second, 4096}
+		under(rootCatalog), 30 * time.Second, 4096}
 	ConsumerAnnotatorSubmissions = ConsumerSpec{StreamImages, "annotator-submissions", "records pending grades in MongoDB",
 		[]string{SubjectImageSubmitted}, 30 * time.Second, 4096}
 	ConsumerAnnotatorGrades = ConsumerSpec{StreamGrades, "annotator-grades", "stores grade history in MongoDB",
-		[]string{"gradeline.grades.>"}, 30 * time.Second, 4096}
+		under(rootGrades), 30 * time.Second, 4096}
 	ConsumerAnalyticsIris = ConsumerSpec{StreamIris, "analytics-iris", "loads iris measurements into ClickHouse",
 		[]string{SubjectIrisMeasured}, 60 * time.Second, 256}
 	ConsumerAnalyticsGrades = ConsumerSpec{StreamGrades, "analytics-grades", "loads grades into ClickHouse",
-		[]string{"gradeline.grades.>"}, 60 * time.Second, 8192}
+		under(rootGrades), 60 * time.Second, 8192}
 	ConsumerAnalyticsAnnotations = ConsumerSpec{StreamAnnotations, "analytics-annotations", "loads annotation counts into ClickHouse",
 		[]string{SubjectAnnotationCreated}, 60 * time.Second, 8192}
 )
