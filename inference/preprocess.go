@@ -28,13 +28,15 @@ var Formats = []string{"jpeg", "png", "gif", "webp", "bmp"}
 // at most MaxImagePixels and returns the image with its format name.
 // Errors wrap ErrUndecodable.
 func DecodeImage(data []byte) (image.Image, string, error) {
-	return decodeImage(data, MaxImagePixels)
+	return decodeImage(data, MaxImagePixels, 0, 0)
 }
 
 // decodeImage decodes an image of at most budget pixels. The header is
 // read before any pixel is allocated, so a decompression bomb (a tiny PNG
-// that declares 100000×100000) is refused without allocating it.
-func decodeImage(data []byte, budget int64) (image.Image, string, error) {
+// that declares 100000×100000) is refused without allocating it. A JPEG
+// much larger than a tw×th input is decoded downscaled by DCT scaling
+// (up to 1/8), and the budget applies to the pixels actually decoded.
+func decodeImage(data []byte, budget int64, tw, th int) (image.Image, string, error) {
 	if len(data) == 0 {
 		return nil, "", fmt.Errorf("%w: empty file", ErrUndecodable)
 	}
@@ -47,6 +49,20 @@ func decodeImage(data []byte, budget int64) (image.Image, string, error) {
 	}
 	if cfg.Width <= 0 || cfg.Height <= 0 {
 		return nil, "", fmt.Errorf("%w: %s declares an empty %dx%d image", ErrUndecodable, format, cfg.Width, cfg.Height)
+	}
+	if format == "jpeg" {
+		if d := jpegScale(cfg.Width, cfg.Height, tw, th); d > 1 {
+			sw, sh := (cfg.Width+d-1)/d, (cfg.Height+d-1)/d
+			if err := checkBudget(format, sw, sh, budget); err != nil {
+				return nil, "", err
+			}
+			release := acquireDecode(int64(sw) * int64(sh))
+			img, err := decodeJPEGScaled(data, d)
+			release()
+			if !errors.Is(err, errJPEGColorSpace) {
+				return img, format, err
+			}
+		}
 	}
 	if err := checkBudget(format, cfg.Width, cfg.Height, budget); err != nil {
 		return nil, "", err
@@ -92,7 +108,7 @@ func (p *preprocessor) size() int { return p.in.Width * p.in.Height * p.in.Chann
 // bytes decodes data, applies its EXIF orientation and writes the tensor
 // of one image into dst (len p.size()).
 func (p *preprocessor) bytes(data []byte, dst []float32) error {
-	img, format, err := decodeImage(data, p.budget)
+	img, format, err := decodeImage(data, p.budget, p.in.Width, p.in.Height)
 	if err != nil {
 		return err
 	}
