@@ -19,15 +19,10 @@ func (a *app) endpoints() []bus.Endpoint {
 	}
 }
 
-// page applies the defaults (0 = page 1 / bus.DefaultPerPage), validates,
+// page applies the defaults (bus.PageDefaults), validates,
 // and reads the cursor, which wins over a page number.
 func page(p, perPage int, cursor string) (store.Page, error) {
-	if p == 0 {
-		p = 1
-	}
-	if perPage == 0 {
-		perPage = bus.DefaultPerPage
-	}
+	p, perPage = bus.PageDefaults(p, perPage)
 	if err := bus.ValidatePage(p, perPage); err != nil {
 		return store.Page{}, err
 	}

@@ -287,8 +287,21 @@ func (f IrisFilter) Validate() error {
 	return nil
 }
 
+// PageDefaults applies the defaults of a page request: page 0 is the
+// first page, per_page 0 is DefaultPerPage. The edge and every query
+// service apply them through this one function.
+func PageDefaults(page, perPage int) (int, int) {
+	if page == 0 {
+		page = 1
+	}
+	if perPage == 0 {
+		perPage = DefaultPerPage
+	}
+	return page, perPage
+}
+
 // ValidatePage checks page >= 1 and 1 <= perPage <= MaxPerPage, after
-// defaults (0 means page 1 / DefaultPerPage) were applied by the caller.
+// PageDefaults.
 func ValidatePage(page, perPage int) error {
 	var details []string
 	if page < 1 {

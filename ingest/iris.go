@@ -174,9 +174,11 @@ type irisBody struct {
 
 // parseIrisBody parses {species?, lower?, upper?, page?, per_page?, sort?}
 // by hand so that every wrong type is reported with its field. allowed
-// lists the keys this endpoint takes.
+// lists the keys this endpoint takes; defPerPage 0 is the contract's default
+// (the seed's routes page by 150).
 func parseIrisBody(body []byte, allowed []string, defPerPage int) (irisBody, error) {
-	out := irisBody{Page: 1, PerPage: defPerPage}
+	var out irisBody
+	out.Page, out.PerPage = bus.PageDefaults(0, defPerPage)
 	var fields map[string]json.RawMessage
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
@@ -335,7 +337,7 @@ func (s *Server) rangeV1(c *fiber.Ctx) error {
 	if err := requireJSON(c); err != nil {
 		return err
 	}
-	b, err := parseIrisBody(c.Body(), rangeFields, bus.DefaultPerPage)
+	b, err := parseIrisBody(c.Body(), rangeFields, 0)
 	if err != nil {
 		return err
 	}
@@ -394,7 +396,7 @@ func (s *Server) statsV1(c *fiber.Ctx) error {
 	if err := requireJSON(c); err != nil {
 		return err
 	}
-	b, err := parseIrisBody(c.Body(), statsFields, bus.DefaultPerPage)
+	b, err := parseIrisBody(c.Body(), statsFields, 0)
 	if err != nil {
 		return err
 	}

@@ -140,7 +140,8 @@ func isJSONType(ct string) bool {
 // parsePage reads ?page=&per_page=&cursor= with defaults and bounds. The
 // cursor (a listing's "next") is checked by the service that issued it.
 func parsePage(c *fiber.Ctx) (page, perPage int, cursor string, err error) {
-	page, perPage, cursor = 1, bus.DefaultPerPage, c.Query("cursor")
+	page, perPage = bus.PageDefaults(0, 0)
+	cursor = c.Query("cursor")
 	var details []string
 	if len(cursor) > 512 {
 		details = append(details, "cursor: not a cursor returned by a previous page")

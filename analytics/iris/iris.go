@@ -92,16 +92,10 @@ func details(err error) []string {
 	return nil
 }
 
-// NormalizeRange applies the defaults (page 0 = 1, per_page 0 =
-// bus.DefaultPerPage) and validates q. The error is a *bus.Error 422 that
+// NormalizeRange applies the defaults (bus.PageDefaults) and validates q. The error is a *bus.Error 422 that
 // names every offending field.
 func NormalizeRange(q *RangeQuery) error {
-	if q.Page == 0 {
-		q.Page = 1
-	}
-	if q.PerPage == 0 {
-		q.PerPage = bus.DefaultPerPage
-	}
+	q.Page, q.PerPage = bus.PageDefaults(q.Page, q.PerPage)
 	var d []string
 	d = append(d, details(q.IrisFilter.Validate())...)
 	d = append(d, details(bus.ValidatePage(q.Page, q.PerPage))...)
