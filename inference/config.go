@@ -19,7 +19,7 @@ var EnvVars = []admin.Var{
 	{Name: "ONNXRUNTIME_LIB", Default: "`.cache/onnxruntime/libonnxruntime.so.1` (`make`); **required** by the service binary", Meaning: "another copy of ONNX Runtime (≥ 1.24)"},
 	{Name: "GRADELINE_MODELS_DIR", Meaning: "colon-separated folders of extra model directories"},
 	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`)"},
-	{Name: EnvMaxImagePixels, Default: fmt.Sprintf("`%d` (16 MP)", DefaultMaxImagePixels), Meaning: "absolute cap on the pixels inference decodes; below it each model decodes at most `input.max_pixels` of its `model.yaml` (default 64× its input, at least 4 MP); larger images fail with a 422 naming the limit"},
+	{Name: EnvMaxImagePixels, Default: fmt.Sprintf("`%d` (16 MP)", DefaultMaxImagePixels), Meaning: "absolute cap on the pixels inference decodes; below it each model decodes at most `input.max_pixels` of its `model.yaml` (default 64× its input, at least 4 MP); a JPEG much larger than the input is decoded downscaled (libjpeg DCT scaling, up to 1/8) and the limit applies to what is decoded; other larger images fail with a 422 naming the limit"},
 	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }
 
