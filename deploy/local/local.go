@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/gradeline/gradeline/analytics"
 	"github.com/gradeline/gradeline/analytics/localch"
@@ -109,10 +108,9 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Registry == nil {
-		cfg.Registry = prometheus.NewRegistry()
-		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	}
-	if err := bus.RegisterMetrics(cfg.Registry); err != nil {
+		// The registry of a service binary: runtime, process and bus metrics.
+		cfg.Registry = admin.NewRegistry()
+	} else if err := bus.RegisterMetrics(cfg.Registry); err != nil {
 		return err
 	}
 	log := cfg.Logger
