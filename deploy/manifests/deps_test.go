@@ -14,14 +14,20 @@ import (
 var serverModules = []string{"github.com/nats-io/nats-server", "github.com/FerretDB"}
 
 // TestServiceBinariesLinkNoServer runs go list -deps for the main package
-// of every service and fails when one of them pulls in an embedded server.
+// of every service, and for the contract a downstream program imports
+// (bus and the process kit bus/admin), and fails when one of them pulls in
+// an embedded server.
 func TestServiceBinariesLinkNoServer(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go command")
 	}
+	pkgs := []string{"./bus", "./bus/admin"}
 	for _, svc := range Services {
-		t.Run(svc.Name, func(t *testing.T) {
-			cmd := exec.Command("go", "list", "-deps", svc.Package)
+		pkgs = append(pkgs, svc.Package)
+	}
+	for _, pkg := range pkgs {
+		t.Run(pkg, func(t *testing.T) {
+			cmd := exec.Command("go", "list", "-deps", pkg)
 			cmd.Dir = repoRoot
 			out, err := cmd.Output()
 			if err != nil {
@@ -29,12 +35,12 @@ func TestServiceBinariesLinkNoServer(t *testing.T) {
 				if ee, ok := err.(*exec.ExitError); ok {
 					msg = string(ee.Stderr)
 				}
-				t.Fatalf("go list -deps %s: %v\n%s", svc.Package, err, msg)
+				t.Fatalf("go list -deps %s: %v\n%s", pkg, err, msg)
 			}
-			for _, pkg := range strings.Fields(string(out)) {
+			for _, dep := range strings.Fields(string(out)) {
 				for _, m := range serverModules {
-					if strings.HasPrefix(pkg, m) {
-						t.Errorf("%s links %s: import the embedded server only from the local stack or tests", svc.Package, pkg)
+					if strings.HasPrefix(dep, m) {
+						t.Errorf("%s links %s: import the embedded server only from the local stack or tests", pkg, dep)
 						break
 					}
 				}
