@@ -92,8 +92,8 @@ func details(err error) []string {
 	return nil
 }
 
-// NormalizeRange applies the defaults (bus.PageDefaults) and validates q. The error is a *bus.Error 422 that
-// names every offending field.
+// NormalizeRange applies the defaults (bus.PageDefaults) and validates q.
+// The error is a *bus.Error 422 that names every offending field.
 func NormalizeRange(q *RangeQuery) error {
 	q.Page, q.PerPage = bus.PageDefaults(q.Page, q.PerPage)
 	var d []string
@@ -159,12 +159,18 @@ func where(f Filter, params clickhouse.Parameters) string {
 
 func formatFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 
-// RangeStatements returns the page query and the count query of a
-// normalized range query.
+// RangeStatements returns the page query and the count query of a range
+// query (normalized first).
 func RangeStatements(q RangeQuery) (page, count Statement, err error) {
 	if err := NormalizeRange(&q); err != nil {
 		return Statement{}, Statement{}, err
 	}
+	page, count = rangeStatements(q)
+	return page, count, nil
+}
+
+// rangeStatements is RangeStatements of a query NormalizeRange passed.
+func rangeStatements(q RangeQuery) (page, count Statement) {
 	params := clickhouse.Parameters{}
 	w := where(q.IrisFilter, params)
 	order := "event_id, row_idx"
@@ -179,19 +185,17 @@ func RangeStatements(q RangeQuery) (page, count Statement, err error) {
 		Params: params,
 	}
 	count = Statement{SQL: "SELECT count() FROM " + Table + w, Params: params}
-	return page, count, nil
+	return page, count
 }
 
 // Range returns one page of rows matching q and the total number of
 // matching rows. An invalid q gives a *bus.Error 422.
 func Range(ctx context.Context, conn driver.Conn, q RangeQuery) (Page, error) {
+	// Validated once, here: the statements are built from the result.
 	if err := NormalizeRange(&q); err != nil {
 		return Page{}, err
 	}
-	pageSt, countSt, err := RangeStatements(q)
-	if err != nil {
-		return Page{}, err
-	}
+	pageSt, countSt := rangeStatements(q)
 	// The count and the page are independent: run them side by side.
 	var total uint64
 	countErr := make(chan error, 1)
