@@ -252,14 +252,14 @@ func (s *service) handleGrades(ctx context.Context, batch []*bus.Delivery) error
 		if seen[m.ID] {
 			continue
 		}
-		switch ev := d.Event.(type) {
-		case *bus.GradeCompleted:
-			rows = append(rows, gradeRow{EventID: ev.ID, Time: ev.Time, Status: bus.GradeStatusCompleted,
-				GradeID: ev.GradeID, ImageID: ev.ImageID, Owner: ev.Owner, Model: ev.Model, ModelVersion: ev.ModelVersion,
-				Label: ev.Label, Score: ev.Score, InferenceMS: ev.InferenceMS, BatchSize: uint32(max(ev.BatchSize, 0))})
-		case *bus.GradeFailed:
-			rows = append(rows, gradeRow{EventID: ev.ID, Time: ev.Time, Status: bus.GradeStatusFailed,
-				GradeID: ev.GradeID, ImageID: ev.ImageID, Owner: ev.Owner, Model: ev.Model, Reason: ev.Reason})
+		switch d.Event.(type) {
+		case *bus.GradeCompleted, *bus.GradeFailed:
+			// The result as the grade history reads it (bus.GradeFrom, the
+			// one conversion of grade events), one row per result event.
+			g := bus.GradeFrom(nil, d.Event)
+			rows = append(rows, gradeRow{EventID: m.ID, Time: m.Time, Status: g.Status,
+				GradeID: g.ID, ImageID: g.ImageID, Owner: g.Owner, Model: g.Model, ModelVersion: g.ModelVersion,
+				Label: g.Label, Score: g.Score, InferenceMS: g.InferenceMS, BatchSize: uint32(max(g.BatchSize, 0)), Reason: g.Reason})
 		default:
 			d.Reject(fmt.Sprintf("unexpected event type %s on the grades consumer", m.Type))
 			continue
