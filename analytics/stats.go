@@ -18,12 +18,12 @@ import (
 	"github.com/gradeline/gradeline/bus"
 )
 
-// Statistics windows: zero values take defaults, the rest is validated.
+// Statistics windows: the contract's (bus.NormalizeStatsWindow).
 const (
-	DefaultWindow = 24 * time.Hour
-	DefaultBucket = time.Hour
-	MinBucket     = time.Millisecond
-	MaxBuckets    = 100000
+	DefaultWindow = bus.DefaultStatsWindow
+	DefaultBucket = bus.DefaultStatsBucket
+	MinBucket     = bus.MinStatsBucket
+	MaxBuckets    = bus.MaxStatsBuckets
 	// MaxStatsRows bounds one statistics reply (about 150 bytes a row), so
 	// it fits a NATS message (1 MiB by default).
 	MaxStatsRows = 5000
@@ -32,53 +32,6 @@ const (
 func tooManyRows(what string) error {
 	return &bus.Error{Code: bus.CodeUnprocessable, Message: "statistics result too large",
 		Details: []string{fmt.Sprintf("bucket: the window has more than %d %s rows; use a larger bucket or a shorter window", MaxStatsRows, what)}}
-}
-
-// Times DateTime64(3) holds on every ClickHouse version we support.
-var (
-	minTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
-	maxTime = time.Date(2261, 12, 31, 0, 0, 0, 0, time.UTC)
-)
-
-// normalizeWindow applies the defaults (to = now, from = to - 24h, bucket =
-// 1h) and validates the window: from <= to, bucket > 0 (at least 1ms) and at
-// most MaxBuckets buckets. The error is a *bus.Error 422 naming the fields.
-func normalizeWindow(from, to *time.Time, bucket *time.Duration, now time.Time) error {
-	if to.IsZero() {
-		*to = now
-	}
-	if from.IsZero() {
-		*from = to.Add(-DefaultWindow)
-	}
-	if *bucket == 0 {
-		*bucket = DefaultBucket
-	}
-	*from, *to = from.UTC(), to.UTC()
-	var d []string
-	for _, f := range []struct {
-		name string
-		t    time.Time
-	}{{"from", *from}, {"to", *to}} {
-		if f.t.Before(minTime) || f.t.After(maxTime) {
-			d = append(d, fmt.Sprintf("%s: %s is outside %d..%d", f.name, f.t.Format(time.RFC3339), minTime.Year(), maxTime.Year()))
-		}
-	}
-	if from.After(*to) {
-		d = append(d, fmt.Sprintf("from: %s is after to %s", from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano)))
-	}
-	switch {
-	case *bucket < 0:
-		d = append(d, fmt.Sprintf("bucket: %v must be positive", *bucket))
-	case *bucket < MinBucket:
-		d = append(d, fmt.Sprintf("bucket: %v is shorter than %v", *bucket, MinBucket))
-	case to.Sub(*from)/(*bucket) > MaxBuckets:
-		d = append(d, fmt.Sprintf("bucket: %v makes more than %d buckets between from and to", *bucket, MaxBuckets))
-	}
-	if len(d) > 0 {
-		slices.Sort(d)
-		return &bus.Error{Code: bus.CodeUnprocessable, Message: "invalid statistics window", Details: d}
-	}
-	return nil
 }
 
 // scopeCondition is the SQL condition of a statistics query's scope: the
@@ -101,7 +54,7 @@ func scopeCondition(field, column, user string, all bool, params clickhouse.Para
 // validateStats applies the window defaults and checks the window and the
 // scope together, so one 422 names every offending field.
 func validateStats(from, to *time.Time, bucket *time.Duration, scopeDetails []string) error {
-	err := normalizeWindow(from, to, bucket, time.Now())
+	err := bus.NormalizeStatsWindow(from, to, bucket, time.Now())
 	if len(scopeDetails) == 0 {
 		return err
 	}

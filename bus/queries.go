@@ -365,3 +365,64 @@ type AnnotationStatsRow struct {
 	Author string    `json:"author"`
 	Count  uint64    `json:"count"`
 }
+
+// Statistics windows (From, To, Bucket of GradeStatsQuery and
+// AnnotationStatsQuery): zero values take defaults, the rest is validated
+// by NormalizeStatsWindow.
+const (
+	DefaultStatsWindow = 24 * time.Hour
+	DefaultStatsBucket = time.Hour
+	MinStatsBucket     = time.Millisecond
+	MaxStatsBuckets    = 100000
+)
+
+// The times a statistics window may name (what ClickHouse's DateTime64(3)
+// holds on every version the analytics service supports).
+var (
+	minStatsTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxStatsTime = time.Date(2261, 12, 31, 0, 0, 0, 0, time.UTC)
+)
+
+// NormalizeStatsWindow applies the defaults of a statistics window (to =
+// now, from = to - DefaultStatsWindow, bucket = DefaultStatsBucket) and
+// validates it: from <= to, both within 1970..2261, bucket at least
+// MinStatsBucket and at most MaxStatsBuckets buckets. The error is a
+// *Error 422 naming every offending field. The edge and analytics apply
+// this one rule.
+func NormalizeStatsWindow(from, to *time.Time, bucket *time.Duration, now time.Time) error {
+	if to.IsZero() {
+		*to = now
+	}
+	if from.IsZero() {
+		*from = to.Add(-DefaultStatsWindow)
+	}
+	if *bucket == 0 {
+		*bucket = DefaultStatsBucket
+	}
+	*from, *to = from.UTC(), to.UTC()
+	var d []string
+	for _, f := range []struct {
+		name string
+		t    time.Time
+	}{{"from", *from}, {"to", *to}} {
+		if f.t.Before(minStatsTime) || f.t.After(maxStatsTime) {
+			d = append(d, fmt.Sprintf("%s: %s is outside %d..%d", f.name, f.t.Format(time.RFC3339), minStatsTime.Year(), maxStatsTime.Year()))
+		}
+	}
+	if from.After(*to) {
+		d = append(d, fmt.Sprintf("from: %s is after to %s", from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano)))
+	}
+	switch {
+	case *bucket < 0:
+		d = append(d, fmt.Sprintf("bucket: %v must be positive", *bucket))
+	case *bucket < MinStatsBucket:
+		d = append(d, fmt.Sprintf("bucket: %v is shorter than %v", *bucket, MinStatsBucket))
+	case to.Sub(*from)/(*bucket) > MaxStatsBuckets:
+		d = append(d, fmt.Sprintf("bucket: %v makes more than %d buckets between from and to", *bucket, MaxStatsBuckets))
+	}
+	if len(d) > 0 {
+		slices.Sort(d)
+		return &Error{Code: CodeUnprocessable, Message: "invalid statistics window", Details: d}
+	}
+	return nil
+}
