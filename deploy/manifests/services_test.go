@@ -9,14 +9,16 @@ import (
 
 // TestServicesReadTheirEnvironment keeps the deployment files and the
 // programs in step: every variable the manifests set for a service must be
-// read by that service's main package (or by the bus helpers it calls),
+// read by that service (its main package, the service package that owns
+// its ConfigFromEnv, or the bus helpers and process kit it calls),
 // else a deployment would configure nothing, e.g. streams left at one
 // replica or an admin port the probes cannot reach.
 func TestServicesReadTheirEnvironment(t *testing.T) {
-	bus := goSources(t, filepath.Join(repoRoot, "bus"))
+	shared := goSources(t, filepath.Join(repoRoot, "bus")) + goSources(t, filepath.Join(repoRoot, "bus", "admin"))
 	for _, svc := range Services {
 		t.Run(svc.Name, func(t *testing.T) {
-			src := goSources(t, filepath.Join(repoRoot, svc.Package)) + bus
+			main := filepath.Join(repoRoot, svc.Package)
+			src := goSources(t, main) + goSources(t, filepath.Dir(filepath.Dir(main))) + shared
 			for _, name := range svc.Env {
 				if !strings.Contains(src, `"`+name+`"`) {
 					t.Errorf("%s does not read %s, which docker-compose.yml and deploy/k8s set for it", svc.Package, name)
