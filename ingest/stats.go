@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -33,8 +34,11 @@ func timeWindow(c *fiber.Ctx) (from, to time.Time, bucket time.Duration, err err
 		}
 	}
 	if v := c.Query("bucket"); v != "" {
-		if bucket, err = time.ParseDuration(v); err != nil {
+		switch bucket, err = time.ParseDuration(v); {
+		case err != nil:
 			details = append(details, "bucket: must be a duration such as 5m, 1h or 24h")
+		case bucket == 0: // given, not left to the default
+			details = append(details, fmt.Sprintf("bucket: must be at least %v", bus.MinStatsBucket))
 		}
 	}
 	if len(details) > 0 {
