@@ -7,6 +7,7 @@ package inference
 #include <string.h>
 #include <setjmp.h>
 #include <jpeglib.h>
+#include <jerror.h>
 
 struct gl_err {
 	struct jpeg_error_mgr pub;
@@ -20,7 +21,15 @@ static void gl_error_exit(j_common_ptr cinfo) {
 	longjmp(e->jump, 1);
 }
 
-static void gl_silent(j_common_ptr cinfo, int level) { (void)cinfo; (void)level; }
+// gl_warning keeps the warning of a file that ends early (libjpeg pads it
+// with grey and goes on): the decode then fails, as Go's own decoder does
+// for the same bytes. Other warnings (extraneous bytes) are tolerated.
+static void gl_warning(j_common_ptr cinfo, int level) {
+	struct gl_err *e = (struct gl_err *)cinfo->err;
+	if (level < 0 && e->msg[0] == 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+		(*cinfo->err->format_message)(cinfo, e->msg);
+	}
+}
 
 // gl_decode_scaled decodes a JPEG at 1/denom of its size (libjpeg's DCT
 // scaling: the skipped coefficients are never computed). It returns 0 and
@@ -33,7 +42,8 @@ static int gl_decode_scaled(unsigned char *data, unsigned long size, int denom,
 	unsigned char *buf = NULL;
 	cinfo.err = jpeg_std_error(&jerr.pub);
 	jerr.pub.error_exit = gl_error_exit;
-	jerr.pub.emit_message = gl_silent;
+	jerr.pub.emit_message = gl_warning;
+	jerr.msg[0] = 0;
 	if (setjmp(jerr.jump)) {
 		strncpy(msg, jerr.msg, JMSG_LENGTH_MAX - 1);
 		jpeg_destroy_decompress(&cinfo);
@@ -68,6 +78,11 @@ static int gl_decode_scaled(unsigned char *data, unsigned long size, int denom,
 	}
 	jpeg_finish_decompress(&cinfo);
 	jpeg_destroy_decompress(&cinfo);
+	if (jerr.msg[0] != 0) {
+		strncpy(msg, jerr.msg, JMSG_LENGTH_MAX - 1);
+		free(buf);
+		return 1;
+	}
 	*out = buf;
 	return 0;
 }

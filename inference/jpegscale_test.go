@@ -96,13 +96,19 @@ func TestScaledJPEGCorruptAndGrey(t *testing.T) {
 	if _, ok := img.(*image.Gray); !ok || img.Bounds().Dx() != 100 {
 		t.Fatalf("grey JPEG decoded as %T %v", img, img.Bounds())
 	}
-	// Cut in the middle of the scan: an error, never a crash or a hang.
+	// Cut in the middle of the scan (libjpeg would pad it with grey and
+	// warn) or with a wrecked header: an error, never a picture, a crash
+	// or a hang.
 	cut := buf.Bytes()[:buf.Len()/2]
-	if _, err := decodeJPEGScaled(cut, 8); err == nil {
-		// libjpeg pads a truncated scan with grey and warns; a wrecked
-		// header must still fail.
-		if _, err := decodeJPEGScaled(append([]byte{0xff, 0xd8, 0xff, 0xc0, 0, 3}, cut[20:]...), 8); err == nil || !errors.Is(err, ErrUndecodable) {
-			t.Fatalf("wrecked JPEG: %v", err)
+	for name, data := range map[string][]byte{
+		"truncated":      cut,
+		"wrecked header": append([]byte{0xff, 0xd8, 0xff, 0xc0, 0, 3}, cut[20:]...),
+	} {
+		if _, err := decodeJPEGScaled(data, 8); !errors.Is(err, ErrUndecodable) {
+			t.Errorf("%s JPEG: %v, want ErrUndecodable", name, err)
+		}
+		if _, _, err := decodeImage(data, 1<<20, 28, 28); !errors.Is(err, ErrUndecodable) {
+			t.Errorf("%s JPEG through decodeImage: %v, want ErrUndecodable", name, err)
 		}
 	}
 }
