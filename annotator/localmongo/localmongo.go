@@ -273,6 +273,12 @@ func (f levelFilter) Enabled(ctx context.Context, lv slog.Level) bool {
 // (SQLSTATE 23505): the client gets it as the MongoDB duplicate key error
 // it expects, and idempotent inserts make it routine.
 func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
+	// FerretDB dumps every error response it sends (e.g. the driver's
+	// endSessions, which it does not implement) at warning level; the
+	// client gets the error itself.
+	if strings.HasPrefix(r.Message, "Response header:") || strings.HasPrefix(r.Message, "Response message:") {
+		return nil
+	}
 	dup := false
 	r.Attrs(func(a slog.Attr) bool {
 		if a.Key == "err" && strings.Contains(a.Value.String(), "SQLSTATE 23505") {
