@@ -11,6 +11,7 @@
 //     other route; the users, passwords, tokens, login throttle and
 //     revocation list themselves are internal/auth's
 //   - grades.go: grade an image with a model, read a grade, list models
+//     (their route entries are in routes.go until grades.go takes them)
 //   - annotations.go: submit, list, read, change and delete annotations
 //   - catalog.go, shares.go: the image catalogue, its tags and shares;
 //     uploads.go inspects and stores image bytes (claim check)
