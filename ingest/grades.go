@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -119,26 +118,6 @@ func newModelCache(ttl time.Duration, log *slog.Logger) *modelCache {
 	return &modelCache{ttl: ttl, log: log}
 }
 
-// decodeModels accepts a bare list or an object holding it under
-// "models" or "data".
-func decodeModels(raw json.RawMessage) ([]bus.ModelInfo, error) {
-	var list []bus.ModelInfo
-	if err := json.Unmarshal(raw, &list); err == nil {
-		return list, nil
-	}
-	var wrapped struct {
-		Models []bus.ModelInfo `json:"models"`
-		Data   []bus.ModelInfo `json:"data"`
-	}
-	if err := json.Unmarshal(raw, &wrapped); err != nil {
-		return nil, fmt.Errorf("decode model list: %w", err)
-	}
-	if wrapped.Models != nil {
-		return wrapped.Models, nil
-	}
-	return wrapped.Data, nil
-}
-
 // refreshAfter lets a miss refetch a list older than this, so a model
 // dropped in a moment ago is found without waiting out the whole ttl.
 const refreshAfter = time.Second
@@ -208,8 +187,8 @@ func (m *modelCache) fetch(ctx context.Context, s *Server) ([]bus.ModelInfo, err
 	var err error
 	for range modelFetchAttempts {
 		actx, cancel := context.WithTimeout(ctx, modelFetchAttempt)
-		var raw json.RawMessage
-		raw, err = request[json.RawMessage](actx, s, bus.SvcModelsList, bus.ModelsQuery{})
+		var models []bus.ModelInfo
+		models, err = request[[]bus.ModelInfo](actx, s, bus.SvcModelsList, bus.ModelsQuery{})
 		cancel()
 		if err != nil {
 			var be *bus.Error
@@ -217,10 +196,6 @@ func (m *modelCache) fetch(ctx context.Context, s *Server) ([]bus.ModelInfo, err
 				return nil, err
 			}
 			continue
-		}
-		models, derr := decodeModels(raw)
-		if derr != nil {
-			return nil, derr
 		}
 		slices.SortFunc(models, func(a, b bus.ModelInfo) int { return strings.Compare(a.Name, b.Name) })
 		m.mu.Lock()
