@@ -13,7 +13,7 @@ export GRADELINE_POSTGRES_BIN ?= $(CACHE)/postgresql/bin
 TEST_FLAGS ?= -count=1 -timeout=25m
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 
-.PHONY: install run test bench vet fmt build clean-cache
+.PHONY: install run test bench bench-scale vet fmt build clean-cache
 
 ## install: fetch ONNX Runtime, the ClickHouse engine and the datasets into .cache (idempotent)
 install:
@@ -30,7 +30,11 @@ test: install
 
 ## bench: benchmarks against the real local stack, each with its baseline
 bench: install
-	go test -run='^$$' -bench=. -benchtime=1x -timeout=60m ./deploy/bench/...
+	go test -run='^$$' -bench='^Benchmark(Annotations|Grades|Iris)$$' -benchtime=1x -timeout=60m ./deploy/bench/...
+
+## bench-scale: the record store at a million records (about 15 minutes; GRADELINE_BENCH_SCALE=0.05 for 5%)
+bench-scale: install
+	go test -run='^$$' -bench='^BenchmarkScale$$' -benchtime=1x -timeout=60m ./deploy/bench/...
 
 build:
 	mkdir -p bin
