@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/gradeline/gradeline/analytics/iris"
@@ -215,9 +217,8 @@ func (s *service) insert(table string, rows int, f func() error) error {
 // duplicates when the batch comes back.
 func (s *service) handleIris(ctx context.Context, batch []*bus.Delivery) error {
 	seen := make(map[string]bool, len(batch))
-	sem := make(chan struct{}, s.irisConcurrency)
-	errs := make(chan error, len(batch))
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(s.irisConcurrency)
 	for _, d := range batch {
 		ev, ok := d.Event.(*bus.IrisMeasured)
 		if !ok {
@@ -229,18 +230,11 @@ func (s *service) handleIris(ctx context.Context, batch []*bus.Delivery) error {
 		}
 		seen[ev.ID] = true
 		b := iris.Batch{EventID: ev.ID, Source: ev.Source, Time: ev.Time, Rows: ev.Rows}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := s.insert(schema.TableIris, len(b.Rows), func() error { return iris.Insert(ctx, s.conn, b) }); err != nil {
-				errs <- err
-			}
-		}()
+		g.Go(func() error {
+			return s.insert(schema.TableIris, len(b.Rows), func() error { return iris.Insert(ctx, s.conn, b) })
+		})
 	}
-	wg.Wait()
-	close(errs)
-	return <-errs // nil when none failed
+	return g.Wait() // the first error; nil when none failed
 }
 
 // handleGrades inserts the batch's grade events as one INSERT.

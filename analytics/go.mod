@@ -7,6 +7,7 @@ require (
 	github.com/gradeline/gradeline/bus v0.0.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
+	golang.org/x/sync v0.25.0
 )
 
 require (

@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,20 +50,6 @@ var (
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{publishSeconds, publishErrors, consumerPending, consumerRedeliveries,
 		consumerDeadLettered, consumerRepositioned, consumerBatchSize, consumerHandleSeconds}
-}
-
-// RegisterMetrics adds the bus metrics to reg; registering them twice on
-// the same registry is not an error.
-func RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range Collectors() {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 func observeSince(h prometheus.Observer, start time.Time) { h.Observe(time.Since(start).Seconds()) }

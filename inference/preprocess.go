@@ -10,7 +10,8 @@ import (
 	_ "image/gif" // registered decoders: the formats the service accepts
 	_ "image/jpeg"
 	_ "image/png"
-	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	_ "golang.org/x/image/bmp"
 	xdraw "golang.org/x/image/draw"
@@ -187,31 +188,13 @@ func (p *preprocessor) rgba(m *image.RGBA, dst []float32) {
 // parallelN runs f(i) for i in [0, n) on up to workers goroutines. When
 // ctx ends, the remaining indices are not run.
 func parallelN(ctx context.Context, n, workers int, f func(i int)) {
-	workers = min(workers, n)
-	if workers <= 1 {
-		for i := range n {
-			if ctx.Err() != nil {
-				return
-			}
-			f(i)
-		}
-		return
-	}
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for i := range next {
-				f(i)
-			}
-		})
-	}
+	var g errgroup.Group
+	g.SetLimit(max(1, workers))
 	for i := range n {
 		if ctx.Err() != nil {
 			break
 		}
-		next <- i
+		g.Go(func() error { f(i); return nil })
 	}
-	close(next)
-	wg.Wait()
+	_ = g.Wait()
 }

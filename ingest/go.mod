@@ -35,7 +35,6 @@ require (
 	github.com/go-sql-driver/mysql v1.9.2 // indirect
 	github.com/golang/snappy v0.0.4 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
-	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.26.3 // indirect
 	github.com/hashicorp/golang-lru/v2 v2.0.7 // indirect
 	github.com/jackc/pgerrcode v0.0.0-20240316143900-6e2875d9b438 // indirect
@@ -84,7 +83,6 @@ require (
 	go.opentelemetry.io/proto/otlp v1.6.0 // indirect
 	golang.org/x/exp v0.0.0-20250506013437-ce4c2cf36ca6 // indirect
 	golang.org/x/net v0.62.0 // indirect
-	golang.org/x/sync v0.25.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.44.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
@@ -112,6 +110,10 @@ require github.com/gradeline/gradeline/inference v0.0.0
 
 replace github.com/gradeline/gradeline/inference => ../inference
 
-require github.com/gradeline/gradeline/analytics v0.0.0
+require (
+	github.com/google/uuid v1.6.0
+	github.com/gradeline/gradeline/analytics v0.0.0
+	golang.org/x/sync v0.25.0
+)
 
 replace github.com/gradeline/gradeline/analytics => ../analytics

@@ -255,50 +255,20 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	form, err := multipartForm(c)
+	model, up, err := s.gradeForm(c)
 	if err != nil {
 		return err
-	}
-	model := formValue(form, "model", "model_selected")
-	var missing []string
-	if model == "" {
-		missing = append(missing, "model: required (or model_selected)")
-	}
-	if len(form.File["image"]) == 0 {
-		missing = append(missing, "image: required (a file field)")
-	}
-	if len(missing) > 0 {
-		return invalid("missing fields", missing...)
-	}
-	up, err := readUpload(form, "image", s.cfg.MaxBodyBytes)
-	if err != nil {
-		return err
-	}
-	if !validModel.MatchString(model) {
-		return invalid("invalid model name", "model: 1 to 128 characters of letters, digits and . _ : -")
 	}
 	ctx := c.UserContext()
-	models, known, err := s.models.has(ctx, s, model)
-	if err != nil {
+	if err := s.knownModel(ctx, model); err != nil {
 		return err
 	}
-	if !known {
-		names := make([]string, len(models))
-		for i, m := range models {
-			names[i] = m.Name
-		}
-		e := errorf(http.StatusNotFound, "unknown model %q; available models: %s", model, strings.Join(names, ", "))
-		e.Extra = map[string]any{"available": names}
-		return e
-	}
-
-	user := userOf(c)
 	imageID := idFor(ctx, "image")
 	ref, err := s.storeImage(ctx, imageID, up)
 	if err != nil {
 		return err
 	}
-	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: user, Model: model, Image: ref}
+	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: model, Image: ref}
 	ev.ID = idFor(ctx, "grade")
 	var ch chan bus.Event
 	if wait > 0 {
@@ -310,12 +280,61 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	if err := s.publish(ctx, ev); err != nil {
 		return err
 	}
-	submitted := bus.GradeFrom(ev, nil)
+	return s.answerGrade(c, ev, ch, wait)
+}
+
+// gradeForm reads a grade submission: the model (or the seed's
+// model_selected) and the image, every missing field named at once.
+func (s *Server) gradeForm(c *fiber.Ctx) (string, *upload, error) {
+	form, err := multipartForm(c)
+	if err != nil {
+		return "", nil, err
+	}
+	model := formValue(form, "model", "model_selected")
+	var missing []string
+	if model == "" {
+		missing = append(missing, "model: required (or model_selected)")
+	}
+	if len(form.File["image"]) == 0 {
+		missing = append(missing, "image: required (a file field)")
+	}
+	if len(missing) > 0 {
+		return "", nil, invalid("missing fields", missing...)
+	}
+	up, err := readUpload(form, "image", s.cfg.MaxBodyBytes)
+	if err != nil {
+		return "", nil, err
+	}
+	if !validModel.MatchString(model) {
+		return "", nil, invalid("invalid model name", "model: 1 to 128 characters of letters, digits and . _ : -")
+	}
+	return model, up, nil
+}
+
+// knownModel is a 404 naming the available models for a model inference
+// does not have.
+func (s *Server) knownModel(ctx context.Context, model string) error {
+	models, known, err := s.models.has(ctx, s, model)
+	if err != nil || known {
+		return err
+	}
+	names := make([]string, len(models))
+	for i, m := range models {
+		names[i] = m.Name
+	}
+	e := errorf(http.StatusNotFound, "unknown model %q; available models: %s", model, strings.Join(names, ", "))
+	e.Extra = map[string]any{"available": names}
+	return e
+}
+
+// answerGrade waits up to wait for the result on ch: 200 with it (or the
+// failure), else 202 with the pending grade and its Location.
+func (s *Server) answerGrade(c *fiber.Ctx, ev *bus.ImageSubmitted, ch chan bus.Event, wait time.Duration) error {
 	location := "/api/v1/grades/" + ev.ID
 	pending := func() error {
 		c.Set(fiber.HeaderLocation, location)
 		c.Set(fiber.HeaderRetryAfter, "1")
-		return c.Status(http.StatusAccepted).JSON(submitted)
+		return c.Status(http.StatusAccepted).JSON(bus.GradeFrom(ev, nil))
 	}
 	if wait == 0 {
 		return pending()

@@ -12,7 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -129,19 +130,15 @@ func (s *Server) createMeasurements(c *fiber.Ctx) error {
 		ev.ID = idFor(ctx, fmt.Sprintf("iris/%d", start))
 		events = append(events, ev)
 	}
+	// Four publishes in flight: each waits for its PubAck, and a failure
+	// of one must not stop the others (the answer counts what was stored).
 	errs := make([]error, len(events))
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(4)
 	for i, ev := range events {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			errs[i] = s.publish(ctx, ev)
-		}()
+		g.Go(func() error { errs[i] = s.publish(ctx, ev); return nil })
 	}
-	wg.Wait()
+	_ = g.Wait()
 	accepted, published := 0, 0
 	var ids []string
 	var firstErr error

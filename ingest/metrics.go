@@ -3,7 +3,6 @@ package ingest
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 )
 
@@ -34,10 +33,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	// and gradeline_publish_errors_total, by subject), registered here so
 	// the edge's registry carries them whoever built it; the image put
 	// before a publish is the edge's own.
-	for _, c := range bus.Collectors() {
-		if _, err := admin.Register(reg, c); err != nil {
-			return nil, err
-		}
+	if err := admin.RegisterBus(reg); err != nil {
+		return nil, err
 	}
 	if m.objectPut, err = admin.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "gradeline", Subsystem: "ingest", Name: "object_put_duration_seconds",

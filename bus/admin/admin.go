@@ -152,6 +152,18 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// RegisterBus adds the bus metrics (bus.Collectors) to reg, keeping those
+// already there: what a registry built elsewhere needs before its
+// process publishes or consumes.
+func RegisterBus(reg prometheus.Registerer) error {
+	for _, c := range bus.Collectors() {
+		if _, err := Register(reg, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Register adds c to reg, or returns the collector already registered
 // there under the same description, so a service started twice in one
 // process (tests, the local stack) shares its metrics instead of failing.

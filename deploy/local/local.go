@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Registry == nil {
 		// The registry of a service binary: runtime, process and bus metrics.
 		cfg.Registry = admin.NewRegistry()
-	} else if err := bus.RegisterMetrics(cfg.Registry); err != nil {
+	} else if err := admin.RegisterBus(cfg.Registry); err != nil {
 		return err
 	}
 	log := cfg.Logger
