@@ -137,9 +137,11 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 		_ = s.Close()
 		return nil, err
 	}
+	// Indexes of a store that has data are built before anyone queries it;
+	// one that cannot be built now (a lock held by a client's DDL, which
+	// the mirror never waits long for) is built by the mirror's next tick.
 	if err := s.SyncIndexes(ctx); err != nil {
-		_ = s.Close()
-		return nil, err
+		info.Warn("index mirror: retrying in the background", "err", err)
 	}
 	s.mirror = make(chan struct{})
 	go s.mirrorIndexes(runCtx)
