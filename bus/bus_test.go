@@ -230,6 +230,18 @@ func (c *collector) seen() map[string]int {
 	return out
 }
 
+// sawAll reports whether every id was consumed at least once.
+func (c *collector) sawAll(ids []string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		if c.ids[id] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

@@ -111,15 +111,7 @@ func TestDamagedBlockFileLosesNoNewEvents(t *testing.T) {
 	stop = consumeInto(t, js, after, log)
 	defer stop()
 	later := publishN(t, js, 200)
-	waitFor(t, "every event published after the damage consumed", func() bool {
-		seen := after.seen()
-		for _, id := range later {
-			if seen[id] == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, "every event published after the damage consumed", func() bool { return after.sawAll(later) })
 	// The server's own log reaches ours (it warns about the damaged block).
 	if !strings.Contains(logs.String(), "component=nats-server") {
 		t.Fatalf("no line of the embedded server's log:\n%s", logs.String())
@@ -167,15 +159,7 @@ func TestRunningConsumerRepositionsAfterStreamCut(t *testing.T) {
 	}
 	t.Cleanup(nc2.Close)
 	later := publishN(t, js2, 200)
-	waitFor(t, "every event published after the damage consumed by the running consumer", func() bool {
-		s := seen.seen()
-		for _, id := range later {
-			if s[id] == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, "every event published after the damage consumed by the running consumer", func() bool { return seen.sawAll(later) })
 	if !strings.Contains(logs.String(), "beyond the end of its stream") {
 		t.Fatal("the cut stream was not logged")
 	}
