@@ -474,8 +474,8 @@ func TestStartWhileMongoDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	var idx []bson.M
-	if err := cur.All(context.Background(), &idx); err != nil || len(idx) != 3 {
-		t.Fatalf("indexes %v, %v; want _id, image_id, author", idx, err)
+	if err := cur.All(context.Background(), &idx); err != nil || len(idx) != 4 {
+		t.Fatalf("indexes %v, %v; want _id, image_id, author, shelf", idx, err)
 	}
 }
 

@@ -59,6 +59,12 @@ func required(fields ...[2]string) error {
 // dbError turns a store failure into 503: the query is fine, the database
 // is not reachable right now.
 func (a *app) dbError(ctx context.Context, err error) error {
+	if errors.Is(err, store.ErrBadCursor) {
+		// A cursor of another listing (e.g. from a page by image used on a
+		// page by author) is the caller's mistake, not the database's.
+		return &bus.Error{Code: bus.CodeUnprocessable, Message: "invalid cursor",
+			Details: []string{"cursor: " + err.Error() + " of this listing"}}
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return err // bus answers 503 "query timed out"
 	}

@@ -30,6 +30,9 @@ type annotationDoc struct {
 	UpdatedAt      time.Time `bson:"updated_at,omitempty"`
 	Event          string    `bson:"event,omitempty"`
 	Deleted        bool      `bson:"deleted,omitempty"`
+	// Shelf is the author's shelf the annotation is listed from (see
+	// shelves.go); empty on annotations stored before shelves existed.
+	Shelf string `bson:"shelf,omitempty"`
 }
 
 // ErrNotStoredYet is the result for a change to an annotation the store
@@ -85,10 +88,23 @@ func (d annotationDoc) toBus() (bus.Annotation, error) {
 // when event i is stored (now or before) and an *ItemError when the server
 // refused that document; err reports a failure of the whole batch.
 func (s *Store) InsertAnnotations(ctx context.Context, evs []*bus.AnnotationCreated) ([]error, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	if err := s.EnsureIndexes(ctx); err != nil {
+		return nil, err
+	}
 	docs := make([]any, len(evs))
 	ids := make([]string, len(evs))
 	for i, ev := range evs {
 		d := annotationDoc{ID: ev.ID, ImageID: ev.ImageID, Author: ev.Author, CreatedAt: ev.Time.UTC(), Event: ev.ID}
+		if ev.Author != "" {
+			shelf, err := s.shelves.place(ctx, ev.Author)
+			if err != nil {
+				return nil, err
+			}
+			d.Shelf = shelf
+		}
 		if doc, ok := jsonToDoc(ev.Annotation); ok {
 			d.Annotation = doc
 		} else {
@@ -192,16 +208,28 @@ type AnnotationFilter struct {
 
 // ListAnnotations returns one page, newest first, with the cursor of the
 // next page. A document that cannot be turned back into JSON is skipped
-// (and reported through skipped) instead of failing the whole page.
+// (and reported through skipped) instead of failing the whole page. An
+// author's annotations without an image are listed from the author's
+// shelves (see shelves.go).
 func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page, skipped func(id string, err error)) (bus.List[bus.Annotation], error) {
-	filter := bson.D{live}
-	if f.ImageID != "" {
-		filter = append(filter, bson.E{Key: "image_id", Value: f.ImageID})
+	var (
+		docs  []annotationDoc
+		next  string
+		total *int64
+		err   error
+	)
+	if f.ImageID == "" && f.Author != "" {
+		docs, next, total, err = s.listShelves(ctx, f.Author, p)
+	} else {
+		filter := bson.D{live}
+		if f.ImageID != "" {
+			filter = append(filter, bson.E{Key: "image_id", Value: f.ImageID})
+		}
+		if f.Author != "" {
+			filter = append(filter, bson.E{Key: "author", Value: f.Author})
+		}
+		docs, next, total, err = findPage[annotationDoc](ctx, s.annotations, filter, p)
 	}
-	if f.Author != "" {
-		filter = append(filter, bson.E{Key: "author", Value: f.Author})
-	}
-	docs, next, total, err := findPage[annotationDoc](ctx, s.annotations, filter, p)
 	if err != nil {
 		return bus.List[bus.Annotation]{}, err
 	}
@@ -217,6 +245,74 @@ func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page,
 		out.Data = append(out.Data, a)
 	}
 	return out, nil
+}
+
+// listShelves pages through author's annotations shelf by shelf, newest
+// shelf first, then through the annotations stored before shelves existed
+// (shelf 0 in cursors). Each read is bounded by the shelf's size.
+func (s *Store) listShelves(ctx context.Context, author string, p Page) (docs []annotationDoc, next string, total *int64, err error) {
+	top, err := s.shelves.top(ctx, author)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	legacy, err := s.legacyAnnotations(ctx)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	start, after, skip := top, p.After, int64(0)
+	switch {
+	case after == nil:
+		skip = p.Skip
+	case after.Shelved:
+		start = after.Shelf
+	case legacy:
+		// A cursor from before shelves existed pages the old annotations.
+		start = 0
+	default:
+		return nil, "", nil, ErrBadCursor
+	}
+	want := skip + p.Limit + 1
+	var shelfOf []int64
+	read := func(n int64, filter bson.D) error {
+		if n == start && after != nil {
+			filter = append(filter, afterCond(after))
+		}
+		got, err := findSorted[annotationDoc](ctx, s.annotations, filter, 0, want-int64(len(docs)))
+		if err != nil {
+			return err
+		}
+		for range got {
+			shelfOf = append(shelfOf, n)
+		}
+		docs = append(docs, got...)
+		return nil
+	}
+	for n := start; n >= 1 && int64(len(docs)) < want; n-- {
+		if err := read(n, bson.D{{Key: "shelf", Value: shelfKey(author, n)}, live}); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	if legacy && int64(len(docs)) < want {
+		// Documents without a shelf: $exists is checked after the indexed
+		// author match, on the last pages of an old store only.
+		if err := read(0, bson.D{{Key: "author", Value: author}, live, {Key: "shelf", Value: bson.D{{Key: "$exists", Value: false}}}}); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	if skip >= int64(len(docs)) {
+		return []annotationDoc{}, "", nil, nil
+	}
+	docs, shelfOf = docs[skip:], shelfOf[skip:]
+	if int64(len(docs)) > p.Limit {
+		docs = docs[:p.Limit]
+		c := docs[len(docs)-1].key()
+		c.Shelved, c.Shelf = true, shelfOf[len(docs)-1]
+		next = c.Encode()
+	} else if p.After == nil && p.Skip == 0 {
+		n := int64(len(docs))
+		total = &n
+	}
+	return docs, next, total, nil
 }
 
 // GetAnnotation returns the annotation with id; false when there is none.

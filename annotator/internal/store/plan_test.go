@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/gradeline/gradeline/bus"
 )
@@ -38,6 +39,14 @@ func TestQueriesUseIndexes(t *testing.T) {
 		subs = append(subs, submitted(bus.NewID(), fmt.Sprintf("im%04d", i), "o1"))
 	}
 	check(t)(s.InsertPending(ctx, subs))
+	// As many shelf counters as authors at scale make a scan the costlier plan.
+	var counters []any
+	for i := range 3000 {
+		counters = append(counters, bson.D{{Key: "_id", Value: fmt.Sprintf("x%d", i)}, {Key: "n", Value: int64(1)}})
+	}
+	if _, err := s.shelves.coll.InsertMany(ctx, counters); err != nil {
+		t.Fatal(err)
+	}
 	if err := server.SyncIndexes(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +78,8 @@ func TestQueriesUseIndexes(t *testing.T) {
 		{"annotations by image", CollAnnotations, []eq{{"image_id", `"img-7"`}}},
 		{"annotations by author", CollAnnotations, []eq{{"author", `"u7"`}}},
 		{"annotations by image and author", CollAnnotations, []eq{{"image_id", `"img-7"`}, {"author", `"u7"`}}},
+		{"annotations by author's shelf", CollAnnotations, []eq{{"shelf", `"1:u7"`}}},
+		{"author's newest shelf", CollShelves, []eq{{"_id", `"u7"`}}},
 		{"annotation by id", CollAnnotations, []eq{{"_id", `"` + anns[5].ID + `"`}}},
 		{"images by owner", CollImages, []eq{{"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}}},
 		{"images by owner and tag", CollImages, []eq{{"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}, {"tags", `"t7"`}}},

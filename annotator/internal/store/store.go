@@ -40,8 +40,12 @@ type Store struct {
 	submissions *mongo.Collection
 	m           *Metrics
 
+	shelves *shelves
+
 	mu      sync.Mutex
 	indexed bool
+	// legacy: annotations from before shelves exist (nil: not known yet).
+	legacy *bool
 }
 
 // New returns a Store on db. Indexes are created on first use, so the
@@ -54,7 +58,24 @@ func New(db *mongo.Database, m *Metrics) *Store {
 		grades:      db.Collection(CollGrades),
 		submissions: db.Collection(CollGradeSubmissions),
 		m:           m,
+		shelves:     &shelves{coll: db.Collection(CollShelves), size: DefaultShelfSize, open: map[string]*openShelf{}},
 	}
+}
+
+// legacyAnnotations reports whether annotations stored before shelves
+// existed are present (see shelves.go), deciding it on first use.
+func (s *Store) legacyAnnotations(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.legacy != nil {
+		return *s.legacy, nil
+	}
+	l, err := s.shelves.markLegacy(ctx, s.annotations)
+	if err != nil {
+		return false, err
+	}
+	s.legacy = &l
+	return l, nil
 }
 
 // ItemError is a write the server refused for one document (not a
@@ -87,7 +108,7 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		keys  []string
 		paged bool // listed newest first with a cursor
 	}{
-		{s.annotations, []string{"image_id", "author"}, true},
+		{s.annotations, []string{"image_id", "author", "shelf"}, true},
 		{s.images, []string{"owner", "tags"}, true},
 		{s.grades, []string{"image_id"}, false},
 		{s.submissions, []string{"image_id"}, false},
@@ -104,6 +125,14 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 				return fmt.Errorf("store: index %s.%s: %w", sp.c.Name(), k, err)
 			}
 		}
+	}
+	// Decided before the first annotation with a shelf is stored.
+	if s.legacy == nil {
+		l, err := s.shelves.markLegacy(ctx, s.annotations)
+		if err != nil {
+			return err
+		}
+		s.legacy = &l
 	}
 	s.indexed = true
 	return nil
@@ -224,15 +253,22 @@ type Page struct {
 }
 
 // Cursor is the position after the last document of a page: its
-// created_at and _id, the listing's sort key.
+// created_at and _id, the listing's sort key, and for a listing from
+// shelves (see shelves.go) the shelf it was on.
 type Cursor struct {
-	At time.Time
-	ID string
+	At      time.Time
+	ID      string
+	Shelved bool
+	Shelf   int64
 }
 
 // Encode gives the cursor as an opaque URL-safe string.
 func (c Cursor) Encode() string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.At.UnixNano(), 36) + "." + c.ID))
+	pos := strconv.FormatInt(c.At.UnixNano(), 36)
+	if c.Shelved {
+		pos += "~" + strconv.FormatInt(c.Shelf, 36)
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(pos + "." + c.ID))
 }
 
 // ErrBadCursor is returned by ParseCursor for a string no page produced.
@@ -244,12 +280,22 @@ func ParseCursor(s string) (*Cursor, error) {
 	if err != nil {
 		return nil, ErrBadCursor
 	}
-	ts, id, ok := strings.Cut(string(b), ".")
-	ns, err := strconv.ParseInt(ts, 36, 64)
-	if !ok || err != nil || id == "" || len(id) > 256 {
+	pos, id, ok := strings.Cut(string(b), ".")
+	if !ok || id == "" || len(id) > 256 {
 		return nil, ErrBadCursor
 	}
-	return &Cursor{At: time.Unix(0, ns).UTC(), ID: id}, nil
+	ts, shelf, shelved := strings.Cut(pos, "~")
+	ns, err := strconv.ParseInt(ts, 36, 64)
+	if err != nil {
+		return nil, ErrBadCursor
+	}
+	c := &Cursor{At: time.Unix(0, ns).UTC(), ID: id, Shelved: shelved}
+	if shelved {
+		if c.Shelf, err = strconv.ParseInt(shelf, 36, 64); err != nil || c.Shelf < 0 {
+			return nil, ErrBadCursor
+		}
+	}
+	return c, nil
 }
 
 // keyed is a document that a listing can sort and page by.
@@ -261,29 +307,47 @@ type keyed interface {
 // pages never overlap or skip.
 var newestFirst = bson.D{{Key: "created_at", Value: -1}, {Key: "_id", Value: -1}}
 
+// afterCond selects the documents after cursor c in newestFirst order.
+func afterCond(c *Cursor) bson.E {
+	return bson.E{Key: "$or", Value: bson.A{
+		bson.D{{Key: "created_at", Value: bson.D{{Key: "$lt", Value: c.At}}}},
+		bson.D{{Key: "created_at", Value: c.At}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: c.ID}}}},
+	}}
+}
+
+// findSorted returns up to limit documents matching filter, newest first,
+// past skip.
+func findSorted[T any](ctx context.Context, coll *mongo.Collection, filter bson.D, skip, limit int64) ([]T, error) {
+	opts := options.Find().SetSort(newestFirst).SetLimit(limit)
+	if skip > 0 {
+		opts.SetSkip(skip)
+	}
+	cur, err := coll.Find(ctx, filter, opts)
+	if err != nil {
+		return nil, fmt.Errorf("store: find %s: %w", coll.Name(), err)
+	}
+	out := []T{}
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("store: read %s: %w", coll.Name(), err)
+	}
+	return out, nil
+}
+
 // findPage returns one page of the documents matching filter, newest
 // first, and the cursor of the next page ("" when this is the last).
 // It never counts: total is set only when the whole result fits this
 // first page, where it is exact for free.
 func findPage[T keyed](ctx context.Context, coll *mongo.Collection, filter bson.D, p Page) (out []T, next string, total *int64, err error) {
+	skip := p.Skip
 	if p.After != nil {
-		filter = append(filter, bson.E{Key: "$or", Value: bson.A{
-			bson.D{{Key: "created_at", Value: bson.D{{Key: "$lt", Value: p.After.At}}}},
-			bson.D{{Key: "created_at", Value: p.After.At}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: p.After.ID}}}},
-		}})
+		if p.After.Shelved {
+			return nil, "", nil, ErrBadCursor
+		}
+		filter, skip = append(filter, afterCond(p.After)), 0
 	}
 	// One more than asked tells whether a next page exists.
-	opts := options.Find().SetSort(newestFirst).SetLimit(p.Limit + 1)
-	if p.After == nil && p.Skip > 0 {
-		opts.SetSkip(p.Skip)
-	}
-	cur, err := coll.Find(ctx, filter, opts)
-	if err != nil {
-		return nil, "", nil, fmt.Errorf("store: find %s: %w", coll.Name(), err)
-	}
-	out = []T{}
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, "", nil, fmt.Errorf("store: read %s: %w", coll.Name(), err)
+	if out, err = findSorted[T](ctx, coll, filter, skip, p.Limit+1); err != nil {
+		return nil, "", nil, err
 	}
 	if int64(len(out)) > p.Limit {
 		out = out[:p.Limit]

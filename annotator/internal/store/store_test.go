@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -535,8 +536,8 @@ func TestEnsureIndexesTwice(t *testing.T) {
 	if err := cur.All(ctx, &idx); err != nil {
 		t.Fatal(err)
 	}
-	if len(idx) != 3 { // _id, image_id, author
-		t.Fatalf("annotations indexes %v, want _id, image_id and author", idx)
+	if len(idx) != 4 { // _id, image_id, author, shelf
+		t.Fatalf("annotations indexes %v, want _id, image_id, author and shelf", idx)
 	}
 }
 
@@ -628,4 +629,135 @@ func TestHostileStoredAnnotationSkipped(t *testing.T) {
 	if _, _, err := s.GetAnnotation(ctx, "hostile"); err == nil {
 		t.Fatal("the hostile record was served")
 	}
+}
+
+// TestAuthorShelves walks an author's annotations through shelves of 5:
+// every live annotation once, newest first, by cursor and by page number,
+// across a restart (a new Store claims fresh shelves) and with annotations
+// stored before shelves existed.
+func TestAuthorShelves(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	at := time.Now().UTC().Add(-time.Hour)
+	// Annotations from before shelves: no shelf field, stored directly.
+	var want []string
+	for i := range 7 {
+		d := annotationDoc{ID: bus.NewID(), Author: "ann", Annotation: mustDoc(t, `{"old":1}`), CreatedAt: at.Add(time.Duration(i) * time.Second)}
+		if _, err := s.annotations.InsertOne(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, d.ID)
+	}
+	newEvent := func(author string, i int) *bus.AnnotationCreated {
+		ev := annotation(author, "", `{}`)
+		ev.Time = at.Add(time.Minute + time.Duration(i)*time.Second)
+		return ev
+	}
+	var deleted []bus.Event
+	for batch := range 4 {
+		var evs []*bus.AnnotationCreated
+		for i := range 11 {
+			ev := newEvent("ann", batch*11+i)
+			evs = append(evs, ev, newEvent("1:ann", batch*11+i))
+			if i == 3 {
+				deleted = append(deleted, &bus.AnnotationDeleted{Meta: bus.NewMeta(bus.TypeAnnotationDeleted), AnnotationID: ev.ID, Author: "ann"})
+			} else {
+				want = append(want, ev.ID)
+			}
+		}
+		if batch == 2 {
+			// A restart: the open shelves are forgotten.
+			s = New(s.db, s.m)
+		}
+		s.shelves.size = 5
+		check(t)(s.InsertAnnotations(ctx, evs))
+	}
+	check(t)(s.ApplyAnnotations(ctx, deleted))
+	slices.Reverse(want)
+
+	walk := func(name string, next func(prev bus.List[bus.Annotation], n int64) (Page, bool)) {
+		t.Helper()
+		var got []string
+		var l bus.List[bus.Annotation]
+		for n := int64(0); n < 100; n++ {
+			p, ok := next(l, n)
+			if !ok {
+				break
+			}
+			var err error
+			if l, err = s.ListAnnotations(ctx, AnnotationFilter{Author: "ann"}, p, nil); err != nil {
+				t.Fatalf("%s: page %d: %v", name, n, err)
+			}
+			if len(l.Data) == 0 {
+				break
+			}
+			for _, a := range l.Data {
+				if a.Author != "ann" {
+					t.Fatalf("%s: annotation of %q listed", name, a.Author)
+				}
+				got = append(got, a.ID)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: listed %d annotations, want %d newest first\ngot  %v\nwant %v", name, len(got), len(want), got, want)
+		}
+	}
+	for _, limit := range []int64{1, 4, 5, 8, 100} {
+		walk(fmt.Sprintf("cursor/%d", limit), func(prev bus.List[bus.Annotation], n int64) (Page, bool) {
+			if n == 0 {
+				return Page{Limit: limit}, true
+			}
+			if prev.Next == "" {
+				return Page{}, false
+			}
+			c, err := ParseCursor(prev.Next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return Page{Limit: limit, After: c}, true
+		})
+		walk(fmt.Sprintf("page/%d", limit), func(_ bus.List[bus.Annotation], n int64) (Page, bool) {
+			return Page{Skip: n * limit, Limit: limit}, true
+		})
+	}
+	l, err := s.ListAnnotations(ctx, AnnotationFilter{Author: "ann"}, Page{Limit: 100}, nil)
+	if err != nil || l.Total == nil || int(*l.Total) != len(want) || l.Next != "" {
+		t.Fatalf("one page: total %v, next %q, err %v; want %d and no next", l.Total, l.Next, err, len(want))
+	}
+	// A cursor of a listing by author is not one of a listing by image.
+	l, err = s.ListAnnotations(ctx, AnnotationFilter{Author: "ann"}, Page{Limit: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseCursor(l.Next)
+	if err != nil || !c.Shelved {
+		t.Fatalf("cursor %q: %+v %v, want a shelf cursor", l.Next, c, err)
+	}
+	if _, err := s.ListAnnotations(ctx, AnnotationFilter{ImageID: "img"}, Page{Limit: 3, After: c}, nil); !errors.Is(err, ErrBadCursor) {
+		t.Fatalf("shelf cursor on a listing by image: %v, want ErrBadCursor", err)
+	}
+}
+
+// TestShelvesFreshStore: a store that starts empty has no annotations from
+// before shelves, and a cursor without a shelf is refused for an author.
+func TestShelvesFreshStore(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{annotation("u", "", `{}`), annotation("u", "", `{}`)}))
+	if legacy, err := s.legacyAnnotations(ctx); err != nil || legacy {
+		t.Fatalf("legacy %v, %v; want false on a fresh store", legacy, err)
+	}
+	_, err := s.ListAnnotations(ctx, AnnotationFilter{Author: "u"}, Page{Limit: 1, After: &Cursor{At: time.Now(), ID: "x"}}, nil)
+	if !errors.Is(err, ErrBadCursor) {
+		t.Fatalf("cursor without a shelf: %v, want ErrBadCursor", err)
+	}
+}
+
+func mustDoc(t *testing.T, js string) bson.Raw {
+	t.Helper()
+	d, ok := jsonToDoc(json.RawMessage(js))
+	if !ok {
+		t.Fatalf("%s: not storable as a document", js)
+	}
+	return d
 }
