@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 
 	"github.com/gradeline/gradeline/annotator/internal/store"
 	"github.com/gradeline/gradeline/bus"
@@ -16,6 +17,7 @@ func (a *app) endpoints() []bus.Endpoint {
 		{Name: "images-list", Subject: bus.SvcImagesList, Handler: bus.Handle(a.log, queryTimeout, a.listImages)},
 		{Name: "images-get", Subject: bus.SvcImagesGet, Handler: bus.Handle(a.log, queryTimeout, a.getImage)},
 		{Name: "grades-get", Subject: bus.SvcGradesGet, Handler: bus.Handle(a.log, queryTimeout, a.getGrade)},
+		{Name: "grades-list", Subject: bus.SvcGradesList, Handler: bus.Handle(a.log, queryTimeout, a.listGrades)},
 	}
 }
 
@@ -189,17 +191,14 @@ func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, err
 	if err := required([2]string{"owner", q.Owner}, [2]string{"id", q.ID}); err != nil {
 		return bus.Grade{}, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, bus.ReadYourWritesWait)
-	defer cancel()
-	a.applied.wait(wctx, bus.ConsumerAnnotatorSubmissions, q.AfterSeq)
-	g, ok, err := a.store.GetGrade(ctx, q.ID, q.Owner)
-	if err == nil && ok && g.Status == bus.GradeStatusPending {
-		if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
-			a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
-			// Read again: the result may have been stored since the first read.
-			g, ok, err = a.store.GetGrade(ctx, q.ID, q.Owner)
-		}
-	}
+	var (
+		g  bus.Grade
+		ok bool
+	)
+	err := a.readGrades(ctx, q.AfterSeq, func() (pending bool, err error) {
+		g, ok, err = a.store.GetGrade(ctx, q.ID, q.Owner)
+		return ok && g.Status == bus.GradeStatusPending, err
+	})
 	if err != nil {
 		return bus.Grade{}, a.dbError(ctx, err)
 	}
@@ -207,6 +206,45 @@ func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, err
 		return bus.Grade{}, notFound("grade")
 	}
 	return g, nil
+}
+
+func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.Grade], error) {
+	if err := required([2]string{"owner", q.Owner}, [2]string{"image_id", q.ImageID}); err != nil {
+		return bus.List[bus.Grade]{}, err
+	}
+	p, err := page(q.Page, q.PerPage, q.Cursor)
+	if err != nil {
+		return bus.List[bus.Grade]{}, err
+	}
+	var list bus.List[bus.Grade]
+	err = a.readGrades(ctx, q.AfterSeq, func() (pending bool, err error) {
+		list, err = a.store.ListGrades(ctx, q.ImageID, q.Owner, p)
+		return slices.ContainsFunc(list.Data, func(g bus.Grade) bool { return g.Status == bus.GradeStatusPending }), err
+	})
+	if err != nil {
+		return bus.List[bus.Grade]{}, a.dbError(ctx, err)
+	}
+	return list, nil
+}
+
+// readGrades reads grades once the owner's submissions up to afterSeq are
+// stored; when read finds one pending, it reads again once the results the
+// GRADES stream holds now are stored (both waits bounded by
+// bus.ReadYourWritesWait), so a result the edge has already handed to the
+// client is never read back as pending.
+func (a *app) readGrades(ctx context.Context, afterSeq uint64, read func() (pending bool, err error)) error {
+	wctx, cancel := context.WithTimeout(ctx, bus.ReadYourWritesWait)
+	defer cancel()
+	a.applied.wait(wctx, bus.ConsumerAnnotatorSubmissions, afterSeq)
+	pending, err := read()
+	if err != nil || !pending {
+		return err
+	}
+	if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
+		a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
+		_, err = read()
+	}
+	return err
 }
 
 // streamLast is the last sequence of stream; 0 when it cannot be read (the

@@ -143,6 +143,18 @@ type Grade struct {
 	CompletedAt  time.Time          `json:"completed_at,omitzero"`
 }
 
+// GradesQuery lists the grades of one image of Owner, newest submission
+// first; paging as in AnnotationsQuery. A List[Grade] answers it.
+type GradesQuery struct {
+	ImageID string `json:"image_id"`
+	Owner   string `json:"owner"` // required: only the owner's grades are listed
+	Cursor  string `json:"cursor,omitempty"`
+	Page    int    `json:"page"`
+	PerPage int    `json:"per_page"`
+	// AfterSeq is as in GradeGetQuery.
+	AfterSeq uint64 `json:"after_seq,omitempty"`
+}
+
 // GradeFrom is the one conversion of grade events into a Grade: the
 // submission (the grade id is its event id) and its result, a
 // *GradeCompleted or *GradeFailed. Either may be nil: a submission alone is

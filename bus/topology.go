@@ -52,6 +52,7 @@ const (
 	SvcImagesList       = "gradeline.svc.images.list"
 	SvcImagesGet        = "gradeline.svc.images.get"
 	SvcGradesGet        = "gradeline.svc.grades.get"
+	SvcGradesList       = "gradeline.svc.grades.list"
 	SvcModelsList       = "gradeline.svc.models.list"
 	SvcIrisRange        = "gradeline.svc.iris.range"
 	SvcIrisStats        = "gradeline.svc.iris.stats"

@@ -43,7 +43,7 @@ func (s *Server) publish(ctx context.Context, ev bus.Event) error {
 // serviceOf names the service answering a query subject, for 503 messages.
 func serviceOf(subject string) string {
 	switch subject {
-	case bus.SvcAnnotationsList, bus.SvcAnnotationsGet, bus.SvcImagesList, bus.SvcImagesGet, bus.SvcGradesGet:
+	case bus.SvcAnnotationsList, bus.SvcAnnotationsGet, bus.SvcImagesList, bus.SvcImagesGet, bus.SvcGradesGet, bus.SvcGradesList:
 		return "annotator"
 	case bus.SvcModelsList:
 		return "inference"

@@ -306,7 +306,7 @@ func (s *Server) gradeForm(c *fiber.Ctx) (string, *upload, error) {
 		return "", nil, err
 	}
 	if !validModel.MatchString(model) {
-		return "", nil, invalid("invalid model name", "model: 1 to 128 characters of letters, digits and . _ : -")
+		return "", nil, invalid("invalid model name", "model: "+refRule)
 	}
 	return model, up, nil
 }
@@ -381,4 +381,29 @@ func (s *Server) getGrade(c *fiber.Ctx) error {
 		return c.Status(http.StatusAccepted).JSON(g)
 	}
 	return c.JSON(g)
+}
+
+// listGrades lists the caller's grades of one image.
+func (s *Server) listGrades(c *fiber.Ctx) error {
+	page, perPage, cursor, err := parsePage(c)
+	if err != nil {
+		return err
+	}
+	user := userOf(c)
+	q := bus.GradesQuery{ImageID: c.Query("image_id"), Owner: user, Cursor: cursor, Page: page, PerPage: perPage,
+		AfterSeq: s.writes.after(user, bus.ConsumerAnnotatorSubmissions.Stream)}
+	switch {
+	case q.ImageID == "":
+		return invalid("invalid query", "image_id: required")
+	case !validRef.MatchString(q.ImageID):
+		return invalid("invalid query", "image_id: "+refRule)
+	}
+	resp, err := request[bus.List[bus.Grade]](c.UserContext(), s, bus.SvcGradesList, q)
+	if err != nil {
+		return err
+	}
+	if resp.Data == nil {
+		resp.Data = []bus.Grade{}
+	}
+	return c.JSON(resp)
 }

@@ -321,3 +321,41 @@ func TestGradeReadAfterWrite(t *testing.T) {
 		}
 	})
 }
+
+// TestListGradesOfImage lists the grades of an image through the edge:
+// the owner's grade, read right after its answer; nothing for another
+// user; bad queries are 422.
+func TestListGradesOfImage(t *testing.T) {
+	needInference(t)
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	other, _ := s.newUser(t)
+	r := c.multipart("POST", "/api/v1/grades", [][2]string{{"model", "fashion"}}, filePart{"image", "a.png", pngImage(t, 28, 28)})
+	if r.Status != 200 {
+		t.Fatalf("grade: %d %s", r.Status, r.Body)
+	}
+	g := r.JSON(t)
+	img := g["image_id"].(string)
+	r = c.do("GET", "/api/v1/grades?image_id="+img, nil, nil)
+	if r.Status != 200 {
+		t.Fatalf("list: %d %s", r.Status, r.Body)
+	}
+	data := r.JSON(t)["data"].([]any)
+	if len(data) != 1 || data[0].(map[string]any)["id"] != g["id"] || data[0].(map[string]any)["status"] != "completed" {
+		t.Fatalf("listed %v, want the completed grade %v", data, g["id"])
+	}
+	r = other.do("GET", "/api/v1/grades?image_id="+img, nil, nil)
+	if r.Status != 200 || len(r.JSON(t)["data"].([]any)) != 0 {
+		t.Fatalf("another user: %d %s, want an empty list", r.Status, r.Body)
+	}
+	for _, tc := range []struct{ query, detail string }{
+		{"", "image_id: required"},
+		{"?image_id=a%20b", "image_id"},
+		{"?image_id=" + img + "&cursor=nonsense", "cursor"},
+		{"?image_id=" + img + "&per_page=0", "per_page"},
+	} {
+		if got := expectError(t, c.do("GET", "/api/v1/grades"+tc.query, nil, nil), 422); !strings.Contains(got, tc.detail) {
+			t.Fatalf("%s: error %q lacks %q", tc.query, got, tc.detail)
+		}
+	}
+}

@@ -204,6 +204,7 @@ func schemas() M {
 		"AnnotationAccepted": obj([]string{"id", "message"}, M{"id": str, "status": M{"type": "string", "example": "accepted"}, "message": M{"type": "string", "example": "Annotation received."}}),
 		"Annotation":         obj([]string{"id", "author", "annotation"}, M{"id": str, "image_id": str, "author": str, "annotation": M{"type": "object"}, "created_at": dt}),
 		"AnnotationPage":     list("Annotation"),
+		"GradePage":          list("Grade"),
 		"AnnotationPatch":    obj([]string{"annotation"}, M{"annotation": M{"type": "object"}}),
 		"Shares":             obj([]string{"img_id", "shares"}, M{"img_id": str, "shares": strs}),
 		"Grade": obj([]string{"id", "status", "model"}, M{

@@ -106,6 +106,9 @@ func jsonKind(k string) string {
 // Ids and references clients pass: printable, bounded, no whitespace.
 var validRef = regexp.MustCompile(`^[A-Za-z0-9._:\-]{1,128}$`)
 
+// refRule is what validRef checks, for messages.
+const refRule = "1 to 128 characters of letters, digits and . _ : -"
+
 func requireJSON(c *fiber.Ctx) error {
 	ct := strings.ToLower(strings.TrimSpace(c.Get(fiber.HeaderContentType)))
 	if ct == "" || strings.HasPrefix(ct, fiber.MIMEApplicationJSON) || strings.Contains(ct, "+json") {

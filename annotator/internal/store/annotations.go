@@ -228,7 +228,7 @@ func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page,
 		if f.Author != "" {
 			filter = append(filter, bson.E{Key: "author", Value: f.Author})
 		}
-		docs, next, total, err = findPage[annotationDoc](ctx, s.annotations, filter, p)
+		docs, next, total, err = findPage[annotationDoc](ctx, s.annotations, filter, createdAt, p)
 	}
 	if err != nil {
 		return bus.List[bus.Annotation]{}, err
@@ -275,9 +275,9 @@ func (s *Store) listShelves(ctx context.Context, author string, p Page) (docs []
 	var shelfOf []int64
 	read := func(n int64, filter bson.D) error {
 		if n == start && after != nil {
-			filter = append(filter, afterCond(after))
+			filter = append(filter, afterCond(createdAt, after))
 		}
-		got, err := findSorted[annotationDoc](ctx, s.annotations, filter, 0, want-int64(len(docs)))
+		got, err := findSorted[annotationDoc](ctx, s.annotations, filter, createdAt, 0, want-int64(len(docs)))
 		if err != nil {
 			return err
 		}

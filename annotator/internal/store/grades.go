@@ -8,6 +8,7 @@ import (
 
 	"github.com/gradeline/gradeline/bus"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"golang.org/x/sync/errgroup"
 )
 
 // gradeDoc is one half of a grade; _id is the ImageSubmitted event id
@@ -230,4 +231,41 @@ func (s *Store) GetGrade(ctx context.Context, id, owner string) (bus.Grade, bool
 		return bus.Grade{}, false, nil
 	}
 	return g, true, nil
+}
+
+// submittedAt is the time field grades are listed by.
+const submittedAt = "submitted_at"
+
+func (d gradeDoc) key() Cursor { return Cursor{At: d.SubmittedAt, ID: d.ID} }
+
+// ListGrades returns one page of owner's grades of image imageID, newest
+// submission first, each with its result when stored. A grade is listed
+// once its submission is stored (a result alone is not listed).
+func (s *Store) ListGrades(ctx context.Context, imageID, owner string, p Page) (bus.List[bus.Grade], error) {
+	subs, next, total, err := findPage[gradeDoc](ctx, s.submissions,
+		bson.D{{Key: "image_id", Value: imageID}, {Key: "owner", Value: owner}}, submittedAt, p)
+	if err != nil {
+		return bus.List[bus.Grade]{}, err
+	}
+	// The results, each by _id: an indexed lookup apiece, a few at once.
+	results := make([]bus.Event, len(subs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, sub := range subs {
+		g.Go(func() error {
+			res, ok, err := findOne[gradeDoc](gctx, s.grades, bson.D{{Key: "_id", Value: sub.ID}})
+			if ok {
+				results[i] = res.result()
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return bus.List[bus.Grade]{}, err
+	}
+	out := bus.List[bus.Grade]{Data: make([]bus.Grade, len(subs)), Next: next, Total: total, PerPage: int(p.Limit)}
+	for i, sub := range subs {
+		out.Data[i] = bus.GradeFrom(sub.submission(), results[i])
+	}
+	return out, nil
 }

@@ -238,7 +238,7 @@ func (s *Store) ListImages(ctx context.Context, f ImageFilter, p Page) (bus.List
 	if len(f.Tags) > 1 {
 		filter = append(filter, bson.E{Key: "$and", Value: bson.A{bson.D{{Key: "tags", Value: bson.D{{Key: "$all", Value: f.Tags}}}}}})
 	}
-	docs, next, total, err := findPage[imageDoc](ctx, s.images, filter, p)
+	docs, next, total, err := findPage[imageDoc](ctx, s.images, filter, createdAt, p)
 	if err != nil {
 		return bus.List[bus.Image]{}, err
 	}

@@ -86,6 +86,7 @@ func TestQueriesUseIndexes(t *testing.T) {
 		{"image by id", CollImages, []eq{{"_id", `"im0007"`}, {"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}}},
 		{"grade result by id", CollGrades, []eq{{"_id", `"` + grades[3].(*bus.GradeCompleted).GradeID + `"`}}},
 		{"grade results by image", CollGrades, []eq{{"image_id", `"im0007"`}}},
+		{"grade submissions by image and owner", CollGradeSubmissions, []eq{{"image_id", `"im0007"`}, {"owner", `"o1"`}}},
 		{"grade submission by id", CollGradeSubmissions, []eq{{"_id", `"` + subs[3].ID + `"`}}},
 	}
 	for _, tc := range cases {

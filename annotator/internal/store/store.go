@@ -104,22 +104,22 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 	// (created_at, _id): on MongoDB the compound index serves both; the
 	// embedded store indexes the first field (localmongo's index mirror).
 	specs := []struct {
-		c     *mongo.Collection
-		keys  []string
-		paged bool // listed newest first with a cursor
+		c    *mongo.Collection
+		keys []string
+		at   string // listed newest first by this field, with a cursor
 	}{
-		{s.annotations, []string{"image_id", "author", "shelf"}, true},
-		{s.images, []string{"owner", "tags"}, true},
-		{s.grades, []string{"image_id"}, false},
-		{s.submissions, []string{"image_id"}, false},
+		{s.annotations, []string{"image_id", "author", "shelf"}, createdAt},
+		{s.images, []string{"owner", "tags"}, createdAt},
+		{s.grades, []string{"image_id"}, ""},
+		{s.submissions, []string{"image_id"}, submittedAt},
 	}
 	for _, sp := range specs {
 		// One index per call: FerretDB 1.24 drops the connection when a
 		// createIndexes command names several indexes that all exist.
 		for _, k := range sp.keys {
 			keys := bson.D{{Key: k, Value: 1}}
-			if sp.paged {
-				keys = append(keys, newestFirst...)
+			if sp.at != "" {
+				keys = append(keys, newestFirst(sp.at)...)
 			}
 			if _, err := sp.c.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: keys}); err != nil {
 				return fmt.Errorf("store: index %s.%s: %w", sp.c.Name(), k, err)
@@ -303,22 +303,27 @@ type keyed interface {
 	key() Cursor
 }
 
-// newestFirst is the listing order; _id breaks ties of created_at, so
-// pages never overlap or skip.
-var newestFirst = bson.D{{Key: "created_at", Value: -1}, {Key: "_id", Value: -1}}
+// createdAt is the time field most listings are ordered by.
+const createdAt = "created_at"
 
-// afterCond selects the documents after cursor c in newestFirst order.
-func afterCond(c *Cursor) bson.E {
+// newestFirst is the listing order by the time field at; _id breaks ties,
+// so pages never overlap or skip.
+func newestFirst(at string) bson.D {
+	return bson.D{{Key: at, Value: -1}, {Key: "_id", Value: -1}}
+}
+
+// afterCond selects the documents after cursor c in newestFirst(at) order.
+func afterCond(at string, c *Cursor) bson.E {
 	return bson.E{Key: "$or", Value: bson.A{
-		bson.D{{Key: "created_at", Value: bson.D{{Key: "$lt", Value: c.At}}}},
-		bson.D{{Key: "created_at", Value: c.At}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: c.ID}}}},
+		bson.D{{Key: at, Value: bson.D{{Key: "$lt", Value: c.At}}}},
+		bson.D{{Key: at, Value: c.At}, {Key: "_id", Value: bson.D{{Key: "$lt", Value: c.ID}}}},
 	}}
 }
 
-// findSorted returns up to limit documents matching filter, newest first,
-// past skip.
-func findSorted[T any](ctx context.Context, coll *mongo.Collection, filter bson.D, skip, limit int64) ([]T, error) {
-	opts := options.Find().SetSort(newestFirst).SetLimit(limit)
+// findSorted returns up to limit documents matching filter, newest first
+// by the time field at, past skip.
+func findSorted[T any](ctx context.Context, coll *mongo.Collection, filter bson.D, at string, skip, limit int64) ([]T, error) {
+	opts := options.Find().SetSort(newestFirst(at)).SetLimit(limit)
 	if skip > 0 {
 		opts.SetSkip(skip)
 	}
@@ -334,19 +339,19 @@ func findSorted[T any](ctx context.Context, coll *mongo.Collection, filter bson.
 }
 
 // findPage returns one page of the documents matching filter, newest
-// first, and the cursor of the next page ("" when this is the last).
-// It never counts: total is set only when the whole result fits this
-// first page, where it is exact for free.
-func findPage[T keyed](ctx context.Context, coll *mongo.Collection, filter bson.D, p Page) (out []T, next string, total *int64, err error) {
+// first by the time field at, and the cursor of the next page ("" when
+// this is the last). It never counts: total is set only when the whole
+// result fits this first page, where it is exact for free.
+func findPage[T keyed](ctx context.Context, coll *mongo.Collection, filter bson.D, at string, p Page) (out []T, next string, total *int64, err error) {
 	skip := p.Skip
 	if p.After != nil {
 		if p.After.Shelved {
 			return nil, "", nil, ErrBadCursor
 		}
-		filter, skip = append(filter, afterCond(p.After)), 0
+		filter, skip = append(filter, afterCond(at, p.After)), 0
 	}
 	// One more than asked tells whether a next page exists.
-	if out, err = findSorted[T](ctx, coll, filter, skip, p.Limit+1); err != nil {
+	if out, err = findSorted[T](ctx, coll, filter, at, skip, p.Limit+1); err != nil {
 		return nil, "", nil, err
 	}
 	if int64(len(out)) > p.Limit {

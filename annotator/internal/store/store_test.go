@@ -761,3 +761,60 @@ func mustDoc(t *testing.T, js string) bson.Raw {
 	}
 	return d
 }
+
+// TestListGrades pages through an owner's grades of one image, newest
+// submission first, each with its result when stored; another owner's
+// grades of the same image, and other images, are not listed.
+func TestListGrades(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	var subs []*bus.ImageSubmitted
+	var want []string
+	for i := range 7 {
+		sub := submitted(bus.NewID(), "img-1", "erin")
+		sub.Time = at.Add(time.Duration(i) * time.Second)
+		subs = append(subs, sub, submitted(bus.NewID(), "img-1", "mallory"), submitted(bus.NewID(), "img-2", "erin"))
+		want = append(want, sub.ID)
+	}
+	check(t)(s.InsertPending(ctx, subs))
+	done := completed(want[6])
+	done.ImageID, done.Owner = "img-1", "erin"
+	check(t)(s.ApplyResults(ctx, []bus.Event{done, failed(want[5], "undecodable image")}))
+	slices.Reverse(want)
+
+	var got []bus.Grade
+	p := Page{Limit: 3}
+	for range 10 {
+		l, err := s.ListGrades(ctx, "img-1", "erin", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, l.Data...)
+		if l.Next == "" {
+			break
+		}
+		if p.After, err = ParseCursor(l.Next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ids []string
+	for _, g := range got {
+		ids = append(ids, g.ID)
+		if g.Owner != "erin" || g.ImageID != "img-1" {
+			t.Fatalf("grade %+v listed for erin's img-1", g)
+		}
+	}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("listed %v, want %v", ids, want)
+	}
+	if got[0].Status != bus.GradeStatusCompleted || got[0].Label != "bag" || got[1].Status != bus.GradeStatusFailed ||
+		got[1].Reason != "undecodable image" || got[2].Status != bus.GradeStatusPending {
+		t.Fatalf("statuses %q/%q, %q/%q, %q; want completed with its label, failed with its reason, pending",
+			got[0].Status, got[0].Label, got[1].Status, got[1].Reason, got[2].Status)
+	}
+	l, err := s.ListGrades(ctx, "img-3", "erin", Page{Limit: 3})
+	if err != nil || len(l.Data) != 0 || l.Total == nil || *l.Total != 0 {
+		t.Fatalf("unknown image: %+v, %v; want an empty list with total 0", l, err)
+	}
+}
