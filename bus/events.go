@@ -320,3 +320,76 @@ func (e *DeadLetter) Validate() error {
 	}
 	return nil
 }
+
+// TypeTensorSubmitted names TensorSubmitted events.
+const TypeTensorSubmitted = "tensor.submitted"
+
+func init() {
+	register(TypeTensorSubmitted, 1, SubjectTensorSubmitted, &TensorSubmitted{})
+}
+
+// Tensor datatypes a TensorSubmitted may carry (the Open Inference
+// Protocol's names).
+const (
+	DatatypeFP32 = "FP32"
+)
+
+// MaxTensorBytes bounds the data of one TensorSubmitted: the event travels
+// inline (base64 in JSON), so it must stay below NATS's default 1 MiB
+// message limit. It holds one 224x224 RGB image as FP32.
+const MaxTensorBytes = 640 << 10
+
+// TensorSubmitted: one preprocessed input (one row of the batch of an Open
+// Inference Protocol request) was submitted for grading with a model. It is
+// the tensor twin of ImageSubmitted: the event id is the grade id, and the
+// result is a GradeCompleted or GradeFailed like an image's, so tensors are
+// graded, stored, counted and replayed as every grade is.
+type TensorSubmitted struct {
+	Meta
+	Owner string `json:"owner"`
+	Model string `json:"model"`
+	// ModelVersion is the version the client asked for ("" = the one
+	// served); inference fails the grade when it serves another.
+	ModelVersion string `json:"model_version,omitempty"`
+	// RequestID is the id of the inference request (its "id"), if any.
+	RequestID string `json:"request_id,omitempty"`
+	// Input names the model input the tensor feeds.
+	Input string `json:"input"`
+	// Datatype of the elements: DatatypeFP32.
+	Datatype string `json:"datatype"`
+	// Shape of the row, without the batch dimension.
+	Shape []int64 `json:"shape"`
+	// Data holds the elements row-major, little-endian (base64 in JSON).
+	Data []byte `json:"data"`
+}
+
+// Validate requires owner, model and input, an FP32 tensor whose data
+// holds exactly the elements of its shape, within MaxTensorBytes.
+func (e *TensorSubmitted) Validate() error {
+	if e.Owner == "" || e.Model == "" || e.Input == "" {
+		return errors.New("owner, model and input are required")
+	}
+	if e.Datatype != DatatypeFP32 {
+		return fmt.Errorf("datatype %q: want %s", e.Datatype, DatatypeFP32)
+	}
+	if len(e.Data) > MaxTensorBytes {
+		return fmt.Errorf("data of %d bytes exceeds %d", len(e.Data), MaxTensorBytes)
+	}
+	if len(e.Shape) == 0 {
+		return errors.New("shape is required")
+	}
+	n := int64(1)
+	for _, d := range e.Shape {
+		if d < 1 || d > MaxTensorBytes {
+			return fmt.Errorf("shape %v: every dimension must be in 1..%d", e.Shape, MaxTensorBytes)
+		}
+		n *= d
+		if n > MaxTensorBytes {
+			return fmt.Errorf("shape %v holds more than %d elements", e.Shape, MaxTensorBytes)
+		}
+	}
+	if int64(len(e.Data)) != 4*n {
+		return fmt.Errorf("data has %d bytes; shape %v of FP32 needs %d", len(e.Data), e.Shape, 4*n)
+	}
+	return nil
+}

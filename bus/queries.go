@@ -219,6 +219,16 @@ type ModelInfo struct {
 	Input    ModelInput `json:"input"`
 	MaxBatch int        `json:"max_batch"`
 	Accuracy float64    `json:"accuracy,omitempty"`
+	// Output names the model's output tensor (one score per label per
+	// image); empty from an inference replica older than the field.
+	Output ModelOutput `json:"output,omitzero"`
+}
+
+// ModelOutput describes the tensor a model produces: its name and how its
+// values became the scores (probabilities, logits or sigmoid).
+type ModelOutput struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
 }
 
 // Iris (answered by analytics).

@@ -37,6 +37,7 @@ const (
 	SubjectImageTagsSet      = rootCatalog + "images.tags_set"
 	SubjectImageDeleted      = rootCatalog + "images.deleted"
 	SubjectIrisMeasured      = rootIris + "measurements"
+	SubjectTensorSubmitted   = rootImages + "tensor_submitted"
 	// SubjectDeadLetterPrefix is followed by the durable name of the
 	// consumer that gave up on the message.
 	SubjectDeadLetterPrefix = "gradeline.deadletter."
@@ -149,8 +150,8 @@ type ConsumerSpec struct {
 
 // Durable consumers, one per service and stream.
 var (
-	ConsumerInference = ConsumerSpec{StreamImages, "inference", "grades submitted images",
-		[]string{SubjectImageSubmitted}, 60 * time.Second, 1024}
+	ConsumerInference = ConsumerSpec{StreamImages, "inference", "grades submitted images and tensors",
+		[]string{SubjectImageSubmitted, SubjectTensorSubmitted}, 60 * time.Second, 1024}
 	ConsumerAnnotator = ConsumerSpec{StreamAnnotations, "annotator", "stores annotations in MongoDB",
 		[]string{SubjectAnnotationCreated, SubjectAnnotationUpdated, SubjectAnnotationDeleted}, 30 * time.Second, 4096}
 	ConsumerAnnotatorCatalog = ConsumerSpec{StreamCatalog, "annotator-catalog", "stores the image catalogue in MongoDB",

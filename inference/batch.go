@@ -48,8 +48,8 @@ func gradeJobs(ctx context.Context, jobs []*job, load func(context.Context, *job
 	decoders := make(chan struct{}, runtime.GOMAXPROCS(0))
 	parallelN(ctx, len(jobs), fetchers, func(i int) {
 		j := jobs[i]
-		if j.skip || j.fail != nil {
-			return
+		if j.skip || j.fail != nil || j.input != nil {
+			return // settled, or a submitted tensor: nothing to load or decode
 		}
 		if load != nil {
 			if err := load(ctx, j); err != nil {

@@ -63,6 +63,7 @@ func (m *Model) Info() bus.ModelInfo {
 		Input:    bus.ModelInput{Name: m.Input.Name, Layout: m.Input.Layout, Width: m.Input.Width, Height: m.Input.Height, Channels: m.Input.Channels},
 		MaxBatch: m.MaxBatch,
 		Accuracy: m.Accuracy,
+		Output:   bus.ModelOutput{Name: m.Output.Name, Kind: m.Output.Kind},
 	}
 }
 

@@ -153,6 +153,10 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 	for i, d := range batch {
 		j := &job{d: d}
 		jobs[i] = j
+		if te, ok := d.Event.(*bus.TensorSubmitted); ok {
+			s.tensorJob(j, te)
+			continue
+		}
 		ev, ok := d.Event.(*bus.ImageSubmitted)
 		if !ok {
 			d.Reject(fmt.Sprintf("inference consumes %s events, got %s", bus.TypeImageSubmitted, d.Event.EventMeta().Type))

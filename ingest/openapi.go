@@ -105,6 +105,9 @@ func (s *Server) buildOpenAPI() ([]byte, error) {
 			responses[strconv.Itoa(c)] = out
 		}
 		responses["default"] = M{"description": "Any error, as {code, message, details?}.", "content": M{"application/json": M{"schema": ref("Error")}}}
+		if r.Tag == oipTag {
+			responses["default"] = M{"description": "Any error, as {\"error\": \"...\"}.", "content": M{"application/json": M{"schema": oipErrorSchema}}}
+		}
 		op["responses"] = responses
 		item[strings.ToLower(r.Method)] = op
 	}
@@ -121,6 +124,7 @@ func (s *Server) buildOpenAPI() ([]byte, error) {
 		"tags": []M{
 			{"name": "auth", "description": "Register and log in; the token is a JWT (12 h)"},
 			{"name": "grades", "description": "Grade an image with a model"},
+			{"name": oipTag, "description": "The Open Inference Protocol v2 (KServe, Triton clients): errors are {\"error\": \"...\"}"},
 			{"name": "annotations", "description": "Annotations, stored exactly once"},
 			{"name": "images", "description": "Your image catalogue with tags"},
 			{"name": "iris", "description": "Iris measurements, ranges and statistics (bounds inclusive)"},
@@ -215,7 +219,8 @@ func schemas() M {
 		}),
 		"ModelInfo": obj([]string{"name"}, M{"name": str, "version": str, "task": str, "labels": strs,
 			"input":     obj(nil, M{"name": str, "layout": str, "width": integer, "height": integer, "channels": integer}),
-			"max_batch": integer, "accuracy": num}),
+			"max_batch": integer, "accuracy": num,
+			"output": obj(nil, M{"name": str, "kind": M{"type": "string", "enum": []string{"probabilities", "logits", "sigmoid"}}})}),
 		"ModelList": obj([]string{"data", "total"}, M{"data": arrOf(ref("ModelInfo")), "total": integer}),
 		"Image": obj([]string{"img_id", "owner", "tags"}, M{"img_id": str, "owner": str, "filename": str, "content_type": str,
 			"sha256": str, "size": integer, "width": integer, "height": integer, "tags": strs, "created_at": dt, "updated_at": dt}),

@@ -45,6 +45,7 @@ type Server struct {
 	metrics  *metrics
 	grades   *gradeWaiters
 	models   *modelCache
+	oip      *oipStatsTable // the Open Inference Protocol's statistics
 
 	routes   []route
 	routeSet map[string]struct{}
@@ -160,6 +161,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	s.app = s.newApp()
+	s.oip = newOIPStats()
+	s.app.Use(oipPrefix, s.oipErrors) // the protocol's routes answer errors as {"error": ...}
 	s.routes = s.routeTable()
 	s.routeSet = map[string]struct{}{}
 	for _, r := range s.routes {

@@ -1,0 +1,75 @@
+package inference
+
+// Tensors submitted through the edge's Open Inference Protocol routes
+// (bus.TensorSubmitted): already preprocessed inputs, graded by the same
+// batcher as images, without decoding.
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// failBadTensor labels a tensor that does not fit its model (shape, input
+// name, version): final, like an undecodable image.
+const failBadTensor = "bad_tensor"
+
+// InputShape is the shape of one preprocessed image as the model takes it,
+// without the batch dimension: [C, H, W] for NCHW, [H, W, C] for NHWC.
+func (in Input) InputShape() []int64 {
+	if in.Layout == "NHWC" {
+		return []int64{int64(in.Height), int64(in.Width), int64(in.Channels)}
+	}
+	return []int64{int64(in.Channels), int64(in.Height), int64(in.Width)}
+}
+
+// tensorJob makes the job of a submitted tensor: its input is the tensor
+// itself, so the batcher skips loading and decoding. A tensor that does
+// not fit the model fails the grade (GradeFailed with the reason). The
+// job carries an ImageSubmitted built from the tensor's fields (no image),
+// which is all the outcome events take from a submission.
+func (s *server) tensorJob(j *job, ev *bus.TensorSubmitted) {
+	j.ev = &bus.ImageSubmitted{Meta: ev.Meta, Owner: ev.Owner, Model: ev.Model}
+	m, ok := s.reg.Model(ev.Model)
+	if !ok {
+		j.failWith(failUnknownModel, fmt.Errorf("unknown model %q (available: %s)", ev.Model, strings.Join(s.reg.Names(), ", ")))
+		return
+	}
+	j.model = m
+	input, err := tensorInput(m, ev)
+	if err != nil {
+		j.failWith(failBadTensor, err)
+		return
+	}
+	j.input = input
+}
+
+// tensorInput checks a submitted tensor against the model and returns its
+// values.
+func tensorInput(m *Model, ev *bus.TensorSubmitted) ([]float32, error) {
+	if ev.ModelVersion != "" && ev.ModelVersion != m.Version {
+		return nil, fmt.Errorf("model %s has no version %q (serving %q)", m.Name, ev.ModelVersion, m.Version)
+	}
+	if ev.Input != m.Input.Name {
+		return nil, fmt.Errorf("model %s has no input %q (its input is %q)", m.Name, ev.Input, m.Input.Name)
+	}
+	if want := m.Input.InputShape(); !slices.Equal(ev.Shape, want) {
+		return nil, fmt.Errorf("input %s: shape %v, model %s wants %v (%s)", ev.Input, ev.Shape, m.Name, want, m.Input.Layout)
+	}
+	if ev.Datatype != bus.DatatypeFP32 || len(ev.Data) != 4*m.InputSize() {
+		return nil, fmt.Errorf("input %s: %d bytes of %s, want %d bytes of FP32", ev.Input, len(ev.Data), ev.Datatype, 4*m.InputSize())
+	}
+	out := make([]float32, m.InputSize())
+	for i := range out {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(ev.Data[4*i:]))
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("input %s: element %d is %v; every element must be finite", ev.Input, i, v)
+		}
+		out[i] = v
+	}
+	return out, nil
+}
