@@ -105,7 +105,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer nc.Close()
-	if err := bus.EnsureService(ctx, js, bus.UserAnalytics, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
+	if err := bus.EnsureService(ctx, js, bus.UserAnalytics, bus.TopologyOptions{Logger: log}); err != nil {
 		return err
 	}
 	s := &service{conn: conn, log: log, metrics: newMetrics(cfg.Registerer), afterInsert: cfg.afterInsert,

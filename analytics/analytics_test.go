@@ -40,7 +40,7 @@ type stack struct {
 // database on the shared engine, and waits until it answers queries.
 func startStack(t testing.TB, afterInsert func(table string) error) *stack {
 	t.Helper()
-	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{}})
 	if err != nil {
 		t.Fatal(err)
 	}

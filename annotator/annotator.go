@@ -87,7 +87,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("annotator: %w", err)
 	}
 	defer nc.Close()
-	if err := bus.EnsureService(ctx, js, bus.UserAnnotator, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
+	if err := bus.EnsureService(ctx, js, bus.UserAnnotator, bus.TopologyOptions{Logger: log}); err != nil {
 		return fmt.Errorf("annotator: %w", err)
 	}
 

@@ -20,7 +20,8 @@ const (
 	UserAnnotator = "annotator"
 	UserAnalytics = "analytics"
 	// UserAdmin is the operator: the gradeline CLI, replays, benchmarks and
-	// the creation of streams. It may do anything.
+	// the creation and update of the streams (`gradeline setup`). It may
+	// do anything.
 	UserAdmin = "admin"
 	// UserSubscriber is for downstream systems: it reads the event streams
 	// through durable consumers of its own, and nothing else.
@@ -207,11 +208,13 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	inbox := InboxPrefixOf(a.User)
 	p := UserPermissions{User: a.User, InboxPrefix: inbox, Responses: len(a.Answers) > 0}
 	pub := []string{jsAPI + "INFO"}
-	// Every service ensures the streams and its own consumers at start
-	// (EnsureService): it may read, create and update every stream of the
-	// table and the image bucket, but never delete or purge one.
-	for _, s := range append(streamNames(), ObjectStream()) {
-		pub = append(pub, jsAPI+"STREAM.INFO."+s, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s)
+	// The streams and the image bucket are the operator's (EnsureStreams,
+	// `gradeline setup`): a service only reads the configuration and state
+	// of those it needs (WaitForStreams, CheckPosition), and never creates,
+	// updates, deletes or purges one, so services of two versions cannot
+	// fight over a stream's settings.
+	for _, s := range StreamsNeededBy(a.User) {
+		pub = append(pub, jsAPI+"STREAM.INFO."+s)
 	}
 	// It creates, updates, reads, resets (CheckPosition), pulls from, acks
 	// on and dead-letters for its own consumers only: another service's
@@ -236,6 +239,8 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	case ObjectsRead:
 		pub = append(pub, readStream(ObjectStream())...)
 	}
+	// Its key-value buckets are its own state (one owner: the edge), so
+	// it creates and updates them itself.
 	for _, b := range a.Buckets {
 		kv := "KV_" + b
 		pub = append(pub, "$KV."+b+".>",
@@ -292,6 +297,34 @@ func subscriberPermissions() UserPermissions {
 	return p
 }
 
+// StreamsNeededBy returns the streams a service user cannot work without,
+// which WaitForStreams waits for: those it publishes to, those its durable
+// consumers read, the dead letters when it has consumers, and the stream
+// of the image bucket when it uses the bucket. Nil for any other user.
+func StreamsNeededBy(user string) []string {
+	a, ok := accessOf(user)
+	if !ok {
+		return nil
+	}
+	var out []string
+	add := func(s string) {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, s := range a.PublishesTo {
+		add(s)
+	}
+	for _, c := range ConsumersOfUser(user) {
+		add(c.Stream)
+		add(StreamDeadLetter)
+	}
+	if a.Objects != ObjectsNone {
+		add(ObjectStream())
+	}
+	return out
+}
+
 // EventStreams are the streams a downstream subscriber may read: every
 // stream of the table but the dead letters.
 func EventStreams() []string {
@@ -300,14 +333,6 @@ func EventStreams() []string {
 		if s.Name != StreamDeadLetter {
 			out = append(out, s.Name)
 		}
-	}
-	return out
-}
-
-func streamNames() []string {
-	out := make([]string, 0, len(Streams))
-	for _, s := range Streams {
-		out = append(out, s.Name)
 	}
 	return out
 }

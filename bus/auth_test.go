@@ -19,7 +19,8 @@ import (
 )
 
 // authStack is an embedded server that admits only the users of the
-// permission table, with the topology applied by the operator.
+// permission table, with the streams and the image bucket created by the
+// operator (EnsureStreams, what `gradeline setup` does).
 type authStack struct {
 	ns    *server.Server
 	creds map[string]bus.Credential
@@ -44,7 +45,7 @@ func startAuthNATS(t *testing.T) *authStack {
 	st.ns = ns
 	t.Cleanup(ns.Shutdown)
 	_, js := st.connect(t, bus.UserAdmin)
-	if err := bus.EnsureTopology(context.Background(), js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+	if err := bus.EnsureStreams(context.Background(), js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -130,6 +131,10 @@ func TestAnonymousAndWrongPasswordRefused(t *testing.T) {
 func TestSubscriberReadsStreamsAndNothingElse(t *testing.T) {
 	st := startAuthNATS(t)
 	ctx := context.Background()
+	_, annotatorJS := st.connect(t, bus.UserAnnotator)
+	if err := bus.EnsureService(ctx, annotatorJS, bus.UserAnnotator, bus.TopologyOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	_, ingestJS := st.connect(t, bus.UserIngest)
 	ev := newAnnotation("ada")
 	if _, err := bus.Publish(ctx, ingestJS, ev); err != nil {
@@ -219,8 +224,9 @@ func mustConn(t *testing.T, st *authStack, user string) *nats.Conn {
 }
 
 // TestServicesWithTheirOwnUsers runs each role's part of the pipeline with
-// its own user: ensure the topology, publish, consume its consumers,
-// answer and call queries, the object store and the KV buckets.
+// its own user: find the streams and ensure its own consumers, publish,
+// consume its consumers, answer and call queries, the object store and
+// the KV buckets.
 func TestServicesWithTheirOwnUsers(t *testing.T) {
 	st := startAuthNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -230,9 +236,29 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	for _, a := range bus.Access {
 		conns[a.User], jss[a.User] = st.connect(t, a.User)
 		if err := bus.EnsureService(ctx, jss[a.User], a.User, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
-			t.Fatalf("%s ensures its streams and consumers: %v", a.User, err)
+			t.Fatalf("%s finds its streams and ensures its consumers: %v", a.User, err)
 		}
 	}
+	// The streams and the image bucket are the operator's: no service may
+	// create or change one, by the API subjects or by the real calls.
+	for _, a := range bus.Access {
+		for _, s := range append(bus.EventStreams(), bus.StreamDeadLetter, bus.ObjectStream()) {
+			for _, op := range []string{"CREATE", "UPDATE", "DELETE", "PURGE"} {
+				if op == "PURGE" && s == bus.ObjectStream() && a.Objects == bus.ObjectsReadWrite {
+					continue // the edge removes images
+				}
+				if st.publishAllowed(t, a.User, "$JS.API.STREAM."+op+"."+s) {
+					t.Errorf("%s may %s stream %s", a.User, op, s)
+				}
+			}
+		}
+	}
+	// And the real call fails (a denied request goes unanswered: bounded).
+	cctx, ccancel := context.WithTimeout(ctx, time.Second)
+	if _, infJS := st.connect(t, bus.UserInference); bus.EnsureStreams(cctx, infJS, bus.TopologyOptions{MaxBytesScale: 0.01}) == nil {
+		t.Error("inference ran the operator's EnsureStreams")
+	}
+	ccancel()
 	// A consumer's settings are its owner's alone: another service can
 	// neither read nor rewrite them.
 	for _, c := range bus.Consumers {
@@ -247,7 +273,7 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	}
 
 	// ingest: the image bucket and the KV buckets, events, queries.
-	images, err := bus.ImageStore(ctx, jss[bus.UserIngest], 1)
+	images, err := bus.ImageStore(ctx, jss[bus.UserIngest])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +301,7 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	}
 
 	// inference reads the image and publishes a grade.
-	infImages, err := bus.ImageStore(ctx, jss[bus.UserInference], 1)
+	infImages, err := bus.ImageStore(ctx, jss[bus.UserInference])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -190,7 +191,8 @@ func (c ConsumerSpec) Config() jetstream.ConsumerConfig {
 	}
 }
 
-// TopologyOptions tune EnsureTopology for the deployment.
+// TopologyOptions tune EnsureStreams, EnsureTopology and EnsureService for
+// the deployment.
 type TopologyOptions struct {
 	// Replicas of every stream and the object store: 1 for a single
 	// server, 3 for a production cluster.
@@ -199,9 +201,20 @@ type TopologyOptions struct {
 	// Tests shrink it; large deployments grow it.
 	MaxBytesScale float64
 	// Logger receives the error logged when a consumer had to be
-	// repositioned (default slog.Default()).
+	// repositioned, and EnsureService's "streams missing" warnings
+	// (default slog.Default()).
 	Logger *slog.Logger
+	// StreamsWait bounds how long EnsureService waits for the streams
+	// the service needs before it gives up (0 = DefaultStreamsWait).
+	StreamsWait time.Duration
 }
+
+// DefaultStreamsWait is how long a starting service waits for its streams:
+// long enough for the deploy step that creates them (the gradeline-setup
+// Job, the compose setup service) to pull its image and run, short enough
+// that a deployment that never runs it fails visibly (the process exits
+// and its orchestrator restarts it, logging why).
+const DefaultStreamsWait = 5 * time.Minute
 
 func (o TopologyOptions) withDefaults() TopologyOptions {
 	if o.Replicas <= 0 {
@@ -213,13 +226,27 @@ func (o TopologyOptions) withDefaults() TopologyOptions {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.StreamsWait <= 0 {
+		o.StreamsWait = DefaultStreamsWait
+	}
 	return o
 }
 
-// EnsureTopology creates or updates every stream, every durable consumer
-// and the image bucket: the operator's step (the local stack, `gradeline
-// topology`, tests). It is idempotent: a second run, or a second replica
-// starting at the same time, changes nothing.
+// SetupHint says who creates the streams, for the messages of a service
+// that finds them missing.
+const SetupHint = "run `gradeline setup` as the operator (docker compose: the setup service; " +
+	"Kubernetes: the gradeline-setup Job; the local stack does it itself)"
+
+// ErrStreamsMissing is wrapped by the errors of a service that needs
+// streams (or the image bucket) the server does not have: the deploy step
+// that creates them (EnsureStreams, `gradeline setup`) has not run.
+var ErrStreamsMissing = errors.New("streams missing")
+
+// EnsureTopology creates or updates every stream, the image bucket and
+// every durable consumer: EnsureStreams, then each consumer as its owner
+// would. For tests and examples that play every role at once; a
+// deployment runs EnsureStreams once and lets each service ensure its own
+// consumers (EnsureService). It is idempotent.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOptions) error {
 	if err := EnsureStreams(ctx, js, opt); err != nil {
 		return err
@@ -233,7 +260,12 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 }
 
 // EnsureStreams creates or updates every stream of the table and the image
-// bucket, leaving consumers alone.
+// bucket, leaving consumers alone: the operator's deploy step (`gradeline
+// setup`, the compose setup service, the Kubernetes Job, the local stack),
+// run before the services start and again after an upgrade that changes
+// the table. Services cannot do it: their NATS users may not create or
+// update streams. It is idempotent: a second run, or two at once, changes
+// nothing.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, opt TopologyOptions) error {
 	opt = opt.withDefaults()
 	for _, s := range Streams {
@@ -253,10 +285,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opt TopologyOpti
 			return fmt.Errorf("bus: stream %s: %w", s.Name, err)
 		}
 	}
-	if _, err := ImageStore(ctx, js, opt.Replicas); err != nil {
-		return err
-	}
-	return nil
+	return ensureImageBucket(ctx, js, opt.Replicas)
 }
 
 // EnsureConsumers creates or updates the durable consumers that belong to
@@ -273,15 +302,94 @@ func EnsureConsumers(ctx context.Context, js jetstream.JetStream, owner string, 
 	return nil
 }
 
-// EnsureService is what the service user does at start: it ensures the
-// streams and the image bucket (EnsureStreams), then its own durable
-// consumers (EnsureConsumers).
+// EnsureService is what a service does at start: it waits for the streams
+// it needs (WaitForStreams; it never creates them), then ensures the
+// durable consumers it owns (EnsureConsumers) and no others.
 func EnsureService(ctx context.Context, js jetstream.JetStream, user string, opt TopologyOptions) error {
-	if err := EnsureStreams(ctx, js, opt); err != nil {
+	if err := WaitForStreams(ctx, js, user, opt); err != nil {
 		return err
 	}
 	return EnsureConsumers(ctx, js, user, opt)
 }
+
+// CheckStreams reports whether the streams user needs (StreamsNeededBy)
+// are on the server: nil when they are, an error wrapping
+// ErrStreamsMissing that names the missing ones and SetupHint when some
+// are not, or the error that kept it from asking. A service's readiness
+// check uses it, so a service without its streams is not ready.
+func CheckStreams(ctx context.Context, js jetstream.JetStream, user string) error {
+	missing, err := missingStreams(ctx, js, user)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("bus: %w: %s: %s", ErrStreamsMissing, strings.Join(missing, ", "), SetupHint)
+	}
+	return nil
+}
+
+// missingStreams returns the streams of StreamsNeededBy(user) the server lacks.
+func missingStreams(ctx context.Context, js jetstream.JetStream, user string) ([]string, error) {
+	var missing []string
+	for _, name := range StreamsNeededBy(user) {
+		_, err := js.Stream(ctx, name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			missing = append(missing, name)
+		case err != nil:
+			return nil, fmt.Errorf("bus: stream %s: %w", name, err)
+		}
+	}
+	return missing, nil
+}
+
+// WaitForStreams returns once the streams user needs exist. While any is
+// missing it polls (backing off to streamsPoll), logging a warning at
+// once and then every streamsNag with the names and SetupHint; after
+// opt.StreamsWait it gives up with CheckStreams' error (wrapping
+// ErrStreamsMissing), so the process exits and its supervisor restarts it.
+// Any other error ends the wait at once.
+func WaitForStreams(ctx context.Context, js jetstream.JetStream, user string, opt TopologyOptions) error {
+	opt = opt.withDefaults()
+	start := time.Now()
+	var nagged time.Time
+	delay := 100 * time.Millisecond
+	for {
+		missing, err := missingStreams(ctx, js, user)
+		if err != nil {
+			return err
+		}
+		if len(missing) == 0 {
+			if !nagged.IsZero() {
+				opt.Logger.Info("streams found; starting", "service", user, "waited", time.Since(start).Round(time.Millisecond).String())
+			}
+			return nil
+		}
+		waited := time.Since(start)
+		if waited >= opt.StreamsWait {
+			return fmt.Errorf("bus: %w: %s: %s (gave up after %s)", ErrStreamsMissing, strings.Join(missing, ", "), SetupHint, opt.StreamsWait)
+		}
+		if nagged.IsZero() || time.Since(nagged) >= streamsNag {
+			opt.Logger.Warn("streams missing: "+SetupHint+"; waiting for them", "service", user, "missing", missing,
+				"waited", waited.Round(time.Second).String(), "gives_up_after", opt.StreamsWait.String())
+			nagged = time.Now()
+		}
+		t := time.NewTimer(min(delay, opt.StreamsWait-waited))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("bus: waiting for streams: %w", ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, streamsPoll)
+	}
+}
+
+// How often WaitForStreams asks at most, and how often it repeats its warning.
+const (
+	streamsPoll = 2 * time.Second
+	streamsNag  = 30 * time.Second
+)
 
 // EnsureConsumer creates the durable consumer or brings an existing one to
 // the table's settings. Where a replay moved its start (DeliverByStartTime),
@@ -304,7 +412,7 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSp
 		}
 		old := cur.CachedInfo().Config
 		if sameSettings(old, cfg) {
-			// Every service ensures every consumer at start: leave a
+			// Every replica of the owner ensures it at start: leave a
 			// consumer that already matches untouched.
 			return cur, nil
 		}
@@ -411,34 +519,47 @@ func ConsumersOf(stream string) []ConsumerSpec {
 	return out
 }
 
-// ImageStore returns the object store bucket for image bytes, creating it
-// when missing.
-func ImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.ObjectStore, error) {
+// ImageStore returns the object store bucket for image bytes. It never
+// creates it (EnsureStreams does): a missing bucket is an error wrapping
+// ErrStreamsMissing.
+func ImageStore(ctx context.Context, js jetstream.JetStream) (jetstream.ObjectStore, error) {
 	os, err := js.ObjectStore(ctx, ImageBucket)
-	if err == nil {
-		return os, nil
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("bus: object store %s: %w: %s", ImageBucket, ErrStreamsMissing, SetupHint)
 	}
-	if !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
-	}
-	if replicas <= 0 {
-		replicas = 1
-	}
-	os, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      ImageBucket,
-		Description: "image bytes referenced by events (claim check)",
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-		MaxBytes:    ImageBucketMaxBytes,
-	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
 	}
 	return os, nil
 }
 
+// ensureImageBucket creates the image bucket when it is missing. An
+// existing bucket is left as it is: its size bound and replicas are set
+// once, at creation.
+func ensureImageBucket(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := js.ObjectStore(ctx, ImageBucket)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
+	}
+	_, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      ImageBucket,
+		Description: "image bytes referenced by events (claim check)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(1, replicas),
+		MaxBytes:    ImageBucketMaxBytes,
+	})
+	if err != nil {
+		return fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
+	}
+	return nil
+}
+
 // EnvReplicas is the environment variable that sets the replicas of every
-// stream and the image bucket in the service binaries.
+// stream and the image bucket (`gradeline setup`) and of the key-value
+// buckets the edge creates.
 const EnvReplicas = "GRADELINE_REPLICAS"
 
 // ReplicasFromEnv reads GRADELINE_REPLICAS: 1 when unset, else 1..5.

@@ -64,7 +64,8 @@ const (
 	maxConsumeBatch = 256
 )
 
-// Run connects to NATS, ensures the topology, loads the models and grades
+// Run connects to NATS, waits for its streams and ensures its consumer
+// (bus.EnsureService), loads the models and grades
 // submitted images until ctx is cancelled; it then finishes the batch in
 // hand and returns.
 func Run(ctx context.Context, cfg Config) error {
@@ -89,10 +90,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer nc.Close()
-	if err := bus.EnsureService(ctx, js, bus.UserInference, bus.TopologyOptions{Replicas: cfg.Replicas}); err != nil {
+	if err := bus.EnsureService(ctx, js, bus.UserInference, bus.TopologyOptions{Logger: log}); err != nil {
 		return err
 	}
-	store, err := bus.ImageStore(ctx, js, cfg.Replicas)
+	store, err := bus.ImageStore(ctx, js)
 	if err != nil {
 		return err
 	}

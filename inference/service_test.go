@@ -78,7 +78,7 @@ func startStack(lib string, delay time.Duration, modelsDirs ...string) (*stack, 
 	}
 	// The streams reserve their full size bounds (over 60 GB), more than a
 	// test machine may have free; nothing near that is written.
-	ns, err := natsserver.Start(natsserver.Config{Dir: tmp, MaxStore: 1 << 40})
+	ns, err := natsserver.Start(natsserver.Config{Dir: tmp, MaxStore: 1 << 40, Setup: &bus.TopologyOptions{}})
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +107,7 @@ func startStack(lib string, delay time.Duration, modelsDirs ...string) (*stack, 
 	if s.nc, s.js, err = bus.Connect(ctx, ns.ClientURL(), "inference-test", log); err != nil {
 		return nil, err
 	}
-	if s.store, err = bus.ImageStore(ctx, s.js, 1); err != nil {
+	if s.store, err = bus.ImageStore(ctx, s.js); err != nil {
 		return nil, err
 	}
 	// Every outcome event, as any downstream subscriber sees them.

@@ -53,7 +53,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(testDir)
-	ns, err := natsserver.Start(natsserver.Config{Dir: filepath.Join(testDir, "nats")})
+	ns, err := natsserver.Start(natsserver.Config{Dir: filepath.Join(testDir, "nats"), Setup: &bus.TopologyOptions{}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "embedded NATS:", err)
 		return 1

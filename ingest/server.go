@@ -99,7 +99,8 @@ func (l *onceListener) Close() error {
 	return err
 }
 
-// New connects to NATS and MongoDB, applies the bus topology, subscribes
+// New connects to NATS and MongoDB, waits for the streams the operator
+// creates (bus.EnsureService), opens its key-value buckets, subscribes
 // to grade results and builds the Fiber app. It does not listen: use Run,
 // or App().Listener / App().Test.
 func New(ctx context.Context, cfg Config) (*Server, error) {
@@ -130,10 +131,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	if err := bus.EnsureService(ctx, s.js, bus.UserIngest, bus.TopologyOptions{Replicas: cfg.Replicas, Logger: s.log}); err != nil {
+	if err := bus.EnsureService(ctx, s.js, bus.UserIngest, bus.TopologyOptions{Logger: s.log}); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	if s.images, err = bus.ImageStore(ctx, s.js, cfg.Replicas); err != nil {
+	if s.images, err = bus.ImageStore(ctx, s.js); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	if s.idem, err = bus.IdempotencyStore(ctx, s.js, cfg.Replicas); err != nil {

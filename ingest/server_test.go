@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gradeline/gradeline/annotator/localmongo"
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/ingest"
 )
@@ -97,7 +98,7 @@ func TestReadyzFailsWithoutMongo(t *testing.T) {
 // With no query service on the bus, every query answers 503 naming the
 // service that is down.
 func TestServicesDownAre503(t *testing.T) {
-	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +224,7 @@ func TestDocsPageIsSelfContained(t *testing.T) {
 }
 
 func TestPublishFailureIs503(t *testing.T) {
-	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,10 +115,14 @@ func ListenAndServe(ctx context.Context, addr string, g prometheus.Gatherer, che
 }
 
 // NATSCheck reports whether the NATS server at url accepts a connection
-// and answers a round trip.
-func NATSCheck(url string) Check {
+// and answers a round trip and, when url names a service user, whether the
+// streams that service needs exist (bus.CheckStreams): a service started
+// before the deploy step (`gradeline setup`) is not ready, and says so.
+func NATSCheck(natsURL string) Check {
+	user := userOfURL(natsURL)
 	return func(ctx context.Context) error {
-		nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.Name("readiness"), bus.CAOption())
+		nc, err := nats.Connect(natsURL, nats.Timeout(time.Second), nats.Name("readiness"), bus.CAOption(),
+			nats.CustomInboxPrefix(bus.InboxPrefixOf(user)))
 		if err != nil {
 			return err
 		}
@@ -125,8 +132,28 @@ func NATSCheck(url string) Check {
 			ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 		}
-		return nc.FlushWithContext(ctx)
+		if err := nc.FlushWithContext(ctx); err != nil {
+			return err
+		}
+		if len(bus.StreamsNeededBy(user)) == 0 {
+			return nil
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		return bus.CheckStreams(ctx, js, user)
 	}
+}
+
+// userOfURL returns the user named in the first of the NATS URLs, if any.
+func userOfURL(natsURL string) string {
+	first, _, _ := strings.Cut(natsURL, ",")
+	u, err := url.Parse(strings.TrimSpace(first))
+	if err != nil || u.User == nil {
+		return ""
+	}
+	return u.User.Username()
 }
 
 // Flag is a readiness check a service sets once it is ready.

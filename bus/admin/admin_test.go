@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/natsserver"
 )
 
@@ -155,5 +156,62 @@ func TestNewLogger(t *testing.T) {
 	t.Setenv(EnvLogLevel, "verbose")
 	if _, err := NewLogger(true); err == nil || !strings.Contains(err.Error(), EnvLogLevel) {
 		t.Fatalf("unknown level: %v", err)
+	}
+}
+
+// TestNATSCheckWantsTheServicesStreams: a service whose streams the
+// operator has not created yet is not ready, and its /readyz says what to
+// run; after `gradeline setup` (EnsureStreams) it is.
+func TestNATSCheckWantsTheServicesStreams(t *testing.T) {
+	creds := map[string]bus.Credential{}
+	var list []bus.Credential
+	for _, u := range bus.Users() {
+		pw, err := bus.NewPassword()
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds[u] = bus.Credential{User: u, Password: pw}
+		list = append(list, creds[u])
+	}
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Users: list})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	url := func(user string) string {
+		u, err := bus.URLWithUser(ns.ClientURL(), creds[user])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	ctx := context.Background()
+	h := Handler(prometheus.NewRegistry(), map[string]Check{"nats": NATSCheck(url(bus.UserAnalytics))})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "gradeline setup") {
+		t.Fatalf("/readyz before setup: %d %s", rec.Code, rec.Body)
+	}
+	// The operator has no streams to wait for.
+	if err := NATSCheck(url(bus.UserAdmin))(ctx); err != nil {
+		t.Fatalf("admin before setup: %v", err)
+	}
+	nc, js, err := bus.Connect(ctx, url(bus.UserAdmin), "setup", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := bus.EnsureStreams(ctx, js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{bus.UserIngest, bus.UserInference, bus.UserAnnotator, bus.UserAnalytics} {
+		if err := NATSCheck(url(u))(ctx); err != nil {
+			t.Errorf("%s after setup: %v", u, err)
+		}
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("/readyz after setup: %d %s", rec.Code, rec.Body)
 	}
 }

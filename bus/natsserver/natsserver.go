@@ -52,6 +52,11 @@ type Config struct {
 	// OnOutOfSpace is called when the server reports a write that failed
 	// for want of disk space (see StorageGuard.WriteFailed).
 	OnOutOfSpace func()
+	// Setup, when set, makes Start create the streams and the image bucket
+	// with these options (bus.EnsureStreams, what `gradeline setup` does,
+	// as the admin user when Users is set) before it returns: services
+	// started against the server find their streams, as after the deploy step.
+	Setup *bus.TopologyOptions
 }
 
 // EnvNATSSync sets the durability of the embedded server's file storage:
@@ -191,5 +196,36 @@ func Start(cfg Config) (*server.Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("natsserver: embedded nats did not become ready within 30s")
 	}
+	if cfg.Setup != nil {
+		if err := setup(ns, cfg); err != nil {
+			ns.Shutdown()
+			return nil, err
+		}
+	}
 	return ns, nil
+}
+
+// setup runs bus.EnsureStreams against ns as the operator.
+func setup(ns *server.Server, cfg Config) error {
+	natsURL := ns.ClientURL()
+	for _, c := range cfg.Users {
+		if c.User == bus.UserAdmin {
+			u, err := bus.URLWithUser(natsURL, c)
+			if err != nil {
+				return fmt.Errorf("natsserver: setup: %w", err)
+			}
+			natsURL = u
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, js, err := bus.Connect(ctx, natsURL, "natsserver-setup", cfg.Logger)
+	if err != nil {
+		return fmt.Errorf("natsserver: setup: %w", err)
+	}
+	defer nc.Close()
+	if err := bus.EnsureStreams(ctx, js, *cfg.Setup); err != nil {
+		return fmt.Errorf("natsserver: setup: %w", err)
+	}
+	return nil
 }

@@ -424,7 +424,7 @@ func TestReplicasShareWork(t *testing.T) {
 	if os.Getenv("ONNXRUNTIME_LIB") == "" {
 		t.Fatal("ONNXRUNTIME_LIB is not set: run the tests with `make test`")
 	}
-	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -184,11 +184,11 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}
 	}
-	// The stack is the operator: it creates the streams, every durable
-	// consumer and the image bucket (what `gradeline topology` does for a
-	// real cluster) before any service starts; each service then ensures
-	// only the consumers it owns.
-	if err := ensureTopology(ctx, urls.admin, log); err != nil {
+	// The stack is the operator: it creates the streams and the image
+	// bucket (what `gradeline setup` does for a real deployment) before any
+	// service starts; each service then finds them and ensures only the
+	// durable consumers it owns.
+	if err := setupStreams(ctx, urls.admin, log); err != nil {
 		return err
 	}
 	if cfg.MongoURI == "" {
@@ -319,16 +319,17 @@ func Run(ctx context.Context, cfg Config) error {
 	return runErr
 }
 
-// ensureTopology applies the bus table as the operator (natsURL carries
-// the admin user).
-func ensureTopology(ctx context.Context, natsURL string, log *slog.Logger) error {
-	nc, js, err := bus.Connect(ctx, natsURL, "gradeline-local-topology", log)
+// setupStreams creates or updates the streams and the image bucket of the
+// bus table as the operator (natsURL carries the admin user), as
+// `gradeline setup` does.
+func setupStreams(ctx context.Context, natsURL string, log *slog.Logger) error {
+	nc, js, err := bus.Connect(ctx, natsURL, "gradeline-local-setup", log)
 	if err != nil {
-		return fmt.Errorf("local: topology: %w", err)
+		return fmt.Errorf("local: setup: %w", err)
 	}
 	defer nc.Close()
-	if err := bus.EnsureTopology(ctx, js, bus.TopologyOptions{Logger: log}); err != nil {
-		return fmt.Errorf("local: topology: %w", err)
+	if err := bus.EnsureStreams(ctx, js, bus.TopologyOptions{Logger: log}); err != nil {
+		return fmt.Errorf("local: setup: %w", err)
 	}
 	return nil
 }

@@ -1,7 +1,7 @@
 // Command gradeline operates a running pipeline through NATS:
 //
+//	gradeline setup [--replicas N] [--max-bytes-scale F]
 //	gradeline streams                          list streams and consumer lag
-//	gradeline topology [--replicas N] [--max-bytes-scale F]
 //	gradeline replay STREAM [--consumer NAME] [--since 2h | --since 2026-11-25T10:00:00Z]
 //	gradeline nats-config [--bcrypt]           the nats-server users and permissions
 //	gradeline admin grant|revoke USER          give or take the admin role
@@ -11,11 +11,16 @@
 // services pick the replay up while running; their writes are keyed by
 // event id, so events already stored are not stored twice.
 //
-// topology creates or updates every stream, durable consumer and the image
-// bucket of the bus table: the deploy step before the services start (and
-// after an upgrade that changes the table). It is idempotent. The replicas
-// default to GRADELINE_REPLICAS (1; 3 on a cluster). The local stack does
-// the same at its start.
+// setup creates or updates every stream of the bus table and the image
+// bucket (bus.EnsureStreams): the deploy step before the services start,
+// and again after an upgrade that changes the table. It is the only writer
+// of the streams' settings: the services' NATS users may not create or
+// update a stream, and a service started before it waits for its streams
+// (not ready, logging "streams missing: run `gradeline setup`") and ensures
+// only the durable consumers it owns. It is idempotent. The replicas
+// default to GRADELINE_REPLICAS (1; 3 on a cluster). docker-compose.yml
+// runs it as the one-shot service setup, deploy/k8s as the Job
+// gradeline-setup, and the local stack does the same at its start.
 //
 // nats-config prints the authorization block of a nats-server configuration
 // with every NATS user and its permissions, derived from the bus table.
@@ -68,8 +73,8 @@ func main() {
 }
 
 const usage = `usage:
+  gradeline setup [--replicas N] [--max-bytes-scale F]
   gradeline streams
-  gradeline topology [--replicas N] [--max-bytes-scale F]
   gradeline replay STREAM [--consumer NAME] [--since DURATION|RFC3339]
   gradeline nats-config [--bcrypt]
   gradeline admin grant|revoke USER
@@ -89,8 +94,8 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 		return adminRole(ctx, args[1:], out)
 	}
 	switch args[0] {
-	case "topology":
-		return topology(ctx, args[1:], out)
+	case "setup":
+		return setup(ctx, args[1:], out)
 	case "streams":
 		js, closeConn, err := connect(ctx)
 		if err != nil {
@@ -137,20 +142,20 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }
 
-// topology runs `topology`: the streams, consumers and image bucket of the
-// bus table, created or brought to the table's settings by the operator.
-func topology(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("topology", flag.ContinueOnError)
+// setup runs `setup`: the streams and the image bucket of the bus table,
+// created or brought to the table's settings by the operator.
+func setup(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	replicas := fs.Int("replicas", 0, "replicas of every stream and the image bucket (default: GRADELINE_REPLICAS, else 1)")
 	scale := fs.Float64("max-bytes-scale", 1, "multiplies the size bound of every stream")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return fmt.Errorf("topology: %v\n%s", err, usage)
+		return fmt.Errorf("setup: %v\n%s", err, usage)
 	}
 	if *replicas == 0 {
 		n, err := bus.ReplicasFromEnv()
 		if err != nil {
-			return fmt.Errorf("topology: %w", err)
+			return fmt.Errorf("setup: %w", err)
 		}
 		*replicas = n
 	}
@@ -160,17 +165,14 @@ func topology(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer closeConn()
 	opt := bus.TopologyOptions{Replicas: *replicas, MaxBytesScale: *scale}
-	if err := bus.EnsureTopology(ctx, js, opt); err != nil {
-		return fmt.Errorf("topology: %w", err)
+	if err := bus.EnsureStreams(ctx, js, opt); err != nil {
+		return fmt.Errorf("setup: %w", err)
 	}
 	for _, st := range bus.Streams {
-		var durables []string
-		for _, c := range bus.ConsumersOf(st.Name) {
-			durables = append(durables, c.Durable)
-		}
-		fmt.Fprintf(out, "stream %s (%d replicas): consumers %s\n", st.Name, *replicas, strings.Join(durables, ", "))
+		fmt.Fprintf(out, "stream %s (%d replicas)\n", st.Name, *replicas)
 	}
 	fmt.Fprintf(out, "object store %s\n", bus.ImageBucket)
+	fmt.Fprintln(out, "the services create their own durable consumers at start")
 	return nil
 }
 

@@ -53,10 +53,10 @@ func TestParseSince(t *testing.T) {
 	}
 }
 
-// TestTopologyCreatesTheTable: `gradeline topology` on an empty server
-// creates every stream and durable consumer of the table and the image
-// bucket, and a second run changes nothing.
-func TestTopologyCreatesTheTable(t *testing.T) {
+// TestSetupCreatesTheStreams: `gradeline setup` on an empty server creates
+// every stream of the table and the image bucket, and no consumer (each
+// service ensures its own); a second run changes nothing.
+func TestSetupCreatesTheStreams(t *testing.T) {
 	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -66,11 +66,11 @@ func TestTopologyCreatesTheTable(t *testing.T) {
 	ctx := context.Background()
 	for range 2 {
 		var out bytes.Buffer
-		if err := run(ctx, []string{"topology", "--max-bytes-scale", "0.01"}, &out, time.Now()); err != nil {
+		if err := run(ctx, []string{"setup", "--max-bytes-scale", "0.01"}, &out, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out.String(), "stream IMAGES (1 replicas): consumers inference, annotator-submissions") {
-			t.Fatalf("topology output %q", out.String())
+		if !strings.Contains(out.String(), "stream IMAGES (1 replicas)\n") || !strings.Contains(out.String(), "object store "+bus.ImageBucket) {
+			t.Fatalf("setup output %q", out.String())
 		}
 	}
 	nc, js, err := bus.Connect(ctx, ns.ClientURL(), "t", nil)
@@ -78,16 +78,27 @@ func TestTopologyCreatesTheTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	for _, c := range bus.Consumers {
-		if _, err := js.Consumer(ctx, c.Stream, c.Durable); err != nil {
-			t.Errorf("consumer %s/%s: %v", c.Stream, c.Durable, err)
+	for _, s := range bus.Streams {
+		st, err := js.Stream(ctx, s.Name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", s.Name, err)
+		}
+		if n := st.CachedInfo().State.Consumers; n != 0 {
+			t.Errorf("stream %s has %d consumers after setup, want none", s.Name, n)
 		}
 	}
 	if _, err := js.ObjectStore(ctx, bus.ImageBucket); err != nil {
 		t.Errorf("image bucket: %v", err)
 	}
-	if err := run(ctx, []string{"topology", "--replicas", "x"}, io.Discard, time.Now()); err == nil {
-		t.Error("topology accepted --replicas x")
+	for _, user := range []string{bus.UserIngest, bus.UserInference, bus.UserAnnotator, bus.UserAnalytics} {
+		if err := bus.CheckStreams(ctx, js, user); err != nil {
+			t.Errorf("%s after setup: %v", user, err)
+		}
+	}
+	for _, bad := range [][]string{{"setup", "--replicas", "x"}, {"setup", "extra"}, {"topology"}} {
+		if err := run(ctx, bad, io.Discard, time.Now()); err == nil {
+			t.Errorf("run(%q) accepted", bad)
+		}
 	}
 }
 
