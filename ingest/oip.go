@@ -335,7 +335,9 @@ type oipRequest struct {
 // parseInferRequest reads the body: JSON alone, or (with the header
 // length) a JSON header followed by binary tensor data, or (header length
 // 0) the raw binary data of the model's one input.
-func parseInferRequest(body []byte, headerLen string, info bus.ModelInfo) (*oipRequest, error) {
+// No shape may hold more than maxElems elements: every element takes at
+// least a byte of the body, so the body limit bounds them.
+func parseInferRequest(body []byte, headerLen string, info bus.ModelInfo, maxElems int64) (*oipRequest, error) {
 	header, rest := body, []byte(nil)
 	if headerLen != "" {
 		n, err := strconv.ParseInt(strings.TrimSpace(headerLen), 10, 64)
@@ -362,9 +364,6 @@ func parseInferRequest(body []byte, headerLen string, info bus.ModelInfo) (*oipR
 		return nil, err
 	}
 	out := &oipRequest{ID: req.ID, Outputs: req.Outputs, binaryOutput: binOut}
-	// Every shape is bounded by what the body can carry: at least one
-	// byte per element, so nothing larger is ever allocated.
-	limit := int64(len(body)) + 1
 	seen := map[string]bool{}
 	for _, in := range req.Inputs {
 		if in.Name == "" {
@@ -380,7 +379,7 @@ func parseInferRequest(body []byte, headerLen string, info bus.ModelInfo) (*oipR
 		if in.Shape == nil {
 			return nil, badRequest("input %s: shape is required", in.Name)
 		}
-		count, err := elementCount(in.Name, in.Shape, limit)
+		count, err := elementCount(in.Name, in.Shape, maxElems)
 		if err != nil {
 			return nil, err
 		}
@@ -516,7 +515,7 @@ func (s *Server) oipInfer(c *fiber.Ctx) error {
 // number of inferences (rows) it answered.
 func (s *Server) oipRun(c *fiber.Ctx, info bus.ModelInfo, tm *oipTiming) (int, error) {
 	t0 := time.Now()
-	req, err := parseInferRequest(c.Body(), c.Get(HeaderInferenceHeaderLength), info)
+	req, err := parseInferRequest(c.Body(), c.Get(HeaderInferenceHeaderLength), info, s.cfg.MaxBodyBytes)
 	if err != nil {
 		return 0, err
 	}

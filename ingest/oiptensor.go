@@ -68,11 +68,13 @@ func elementCount(name string, shape []int64, limit int64) (int64, error) {
 // elements of t.Datatype (numbers in range, booleans for BOOL, strings
 // for BYTES).
 func parseJSONData(t *oipTensor, data json.RawMessage, count int64) error {
-	size := oipElemSize[t.Datatype]
-	if size > 0 {
-		t.raw = make([]byte, 0, count*int64(size))
+	// A shape may claim more than the data holds: every element takes at
+	// least one byte of it, which bounds what is allocated up front.
+	n := min(count, int64(len(data)))
+	if size := oipElemSize[t.Datatype]; size > 0 {
+		t.raw = make([]byte, 0, n*int64(size))
 	} else {
-		t.elems = make([][]byte, 0, min(count, 1<<16))
+		t.elems = make([][]byte, 0, n)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()

@@ -20,10 +20,10 @@ func TestFloat32ToHalf(t *testing.T) {
 		{-2, 0xc000, true},
 		{0.1, 0x2e66, true},
 		{1.0 / 3, 0x3555, true},
-		{65504, 0x7bff, true},      // the largest half
-		{65519, 0x7bff, true},      // rounds down to it
-		{65520, 0, false},          // rounds up to infinity
-		{1e10, 0, false},           // far beyond
+		{65504, 0x7bff, true},                // the largest half
+		{65519, 0x7bff, true},                // rounds down to it
+		{65520, 0, false},                    // rounds up to infinity
+		{1e10, 0, false},                     // far beyond
 		{5.960464477539063e-8, 0x0001, true}, // 2^-24, the smallest subnormal
 		{6.097555160522461e-5, 0x03ff, true}, // the largest subnormal
 		{6.103515625e-05, 0x0400, true},      // the smallest normal
