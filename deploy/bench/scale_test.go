@@ -32,7 +32,9 @@ import (
 //   - the annotator's write rate at that size against the rate on the
 //     empty store (annotations and grade results);
 //   - p50/p99 of every read route through HTTP while annotations are
-//     being posted through HTTP at the same time;
+//     being posted through HTTP at the same time (annotations by image,
+//     by author and by id; images by owner, by tag and by id; grades by
+//     id and by image);
 //   - the time from a restart on that data to ready.
 //
 // GRADELINE_BENCH_SCALE (default 1) scales every count down or up.
@@ -60,10 +62,21 @@ func BenchmarkScale(b *testing.B) {
 			Author: fmt.Sprintf("bench-u%d", i%authors), ImageID: fmt.Sprintf("cat-%d", i%images),
 			Annotation: json.RawMessage(`{"label":"cat","boxes":[{"label":"cat","x":10,"y":12,"width":30,"height":40}]}`)}
 	}
-	grade := func(i int) bus.Event {
-		return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(),
-			ImageID: fmt.Sprintf("cat-%d", i%max(nImg, 1)), Owner: fmt.Sprintf("bench-u%d", i%authors), Model: "fashion",
+	// Grade n is the submission and the result with id bench-g-n, of
+	// catalogue image n mod nImg and its owner.
+	var results, submissions atomic.Int64
+	grade := func(int) bus.Event {
+		n := int(results.Add(1))
+		return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: fmt.Sprintf("bench-g-%d", n),
+			ImageID: fmt.Sprintf("cat-%d", n%max(nImg, 1)), Owner: fmt.Sprintf("bench-u%d", n%authors), Model: "fashion",
 			ModelVersion: "1", Label: "bag", Score: 0.9, Scores: map[string]float64{"bag": 0.9, "coat": 0.1}, InferenceMS: 0.2, BatchSize: 8}
+	}
+	submission := func(int) bus.Event {
+		n := int(submissions.Add(1))
+		m := bus.NewMeta(bus.TypeImageSubmitted)
+		m.ID = fmt.Sprintf("bench-g-%d", n)
+		return &bus.ImageSubmitted{Meta: m, ImageID: fmt.Sprintf("cat-%d", n%max(nImg, 1)), Owner: fmt.Sprintf("bench-u%d", n%authors),
+			Model: "fashion", Image: bus.ImageRef{Object: m.ID, SHA256: strings.Repeat("ab", 32), ContentType: "image/png", Size: 100}}
 	}
 	img := func(i int) bus.Event {
 		return &bus.ImageCatalogued{Meta: bus.NewMeta(bus.TypeImageCatalogued), ImageID: fmt.Sprintf("cat-%d", i),
@@ -80,6 +93,8 @@ func BenchmarkScale(b *testing.B) {
 	loadAndDrain(b, ctx, js, "annotations (bulk)", nAnn-2*probe, ann, bus.ConsumerAnnotator)
 	loadAndDrain(b, ctx, js, "catalogue images (bulk)", nImg, img, bus.ConsumerAnnotatorCatalog)
 	loadAndDrain(b, ctx, js, "grade results (bulk)", nGrades-2*probe, grade, bus.ConsumerAnnotatorGrades)
+
+	loadAndDrain(b, ctx, js, "grade submissions (bulk)", nGrades, submission, bus.ConsumerAnnotatorSubmissions)
 
 	// Write rate at size.
 	fullAnn := loadAndDrain(b, ctx, js, "annotations (full store)", probe, ann, bus.ConsumerAnnotator)
@@ -125,6 +140,7 @@ func BenchmarkScale(b *testing.B) {
 		{"images by tag", "/api/v1/images?tag=tag-7&per_page=50"},
 		{"image by id", "/api/v1/images/" + imgID},
 		{"grade by id", "/api/v1/grades/" + someGrade},
+		{"grades by image", "/api/v1/grades?image_id=cat-7&per_page=50"},
 	}
 	loadStart := time.Now()
 	for _, r := range routes {
