@@ -13,7 +13,7 @@ export GRADELINE_POSTGRES_BIN ?= $(CACHE)/postgresql/bin
 TEST_FLAGS ?= -count=1 -timeout=25m
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 
-.PHONY: install run test bench bench-scale vet fmt build clean-cache
+.PHONY: install run test bench profile bench-scale vet fmt build clean-cache
 
 ## install: fetch ONNX Runtime, the ClickHouse engine and the datasets into .cache (idempotent)
 install:
@@ -28,9 +28,11 @@ test: install
 	go vet $(PKGS)
 	go test $(TEST_FLAGS) $(PKGS)
 
-## bench: benchmarks against the real local stack, each with its baseline
+## bench: the stack as `make run` ships it, measured from outside (wrk, hey) against baselines of
+## the same run (about 5 minutes); prints the table, writes .bench/results.md, regenerates the README's
 bench: install
-	go test -run='^$$' -bench='^Benchmark(Annotations|Grades|Iris)$$' -benchtime=1x -timeout=60m ./deploy/bench/...
+	@bash deploy/install/loadgen.sh
+	GRADELINE_BENCH_README=1 go test -run='^$$' -bench='^BenchmarkStack$$' -benchtime=1x -timeout=30m ./deploy/bench/
 
 ## bench-scale: the record store at a million records (about 15 minutes; GRADELINE_BENCH_SCALE=0.05 for 5%)
 bench-scale: install

@@ -9,8 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"mime/multipart"
 	"net/http"
 	"os"
 	"sort"
@@ -23,19 +21,14 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/valyala/fasthttp"
 
 	"github.com/gradeline/gradeline/analytics/iris"
 	"github.com/gradeline/gradeline/bus"
-	"github.com/gradeline/gradeline/deploy/internal/fixture"
 	"github.com/gradeline/gradeline/deploy/local"
-	"github.com/gradeline/gradeline/inference"
 )
 
+// stopStack stops the stack a benchmark left running when it failed.
 var (
-	stackOnce sync.Once
-	stackEP   local.Endpoints
-	stackErr  error
 	stopStack = func() {}
 	token     string
 )
@@ -44,36 +37,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	stopStack()
 	os.Exit(code)
-}
-
-// startStack runs one local stack for every benchmark of the run.
-func startStack(b *testing.B) local.Endpoints {
-	b.Helper()
-	stackOnce.Do(func() {
-		for _, n := range []string{"ONNXRUNTIME_LIB", "GRADELINE_CHDB_LAUNCHER"} {
-			if os.Getenv(n) == "" {
-				stackErr = fmt.Errorf("%s is not set: run `make bench`", n)
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "gradeline-bench-")
-		if err != nil {
-			stackErr = err
-			return
-		}
-		st, err := launch(dir)
-		if err != nil {
-			stackErr = err
-			return
-		}
-		stackEP = st.ep
-		stopStack = func() { st.stop(); _ = os.RemoveAll(dir) }
-		token, stackErr = register(stackEP.HTTP)
-	})
-	if stackErr != nil {
-		b.Fatal(stackErr)
-	}
-	return stackEP
 }
 
 var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
@@ -105,26 +68,6 @@ func post(url, ctype string, body []byte) (int, []byte, error) {
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, out, nil
-}
-
-// fast is the load generator's HTTP client for the throughput runs: like
-// wrk, it keeps its own cost per request small (fasthttp), so the figure
-// is the server's. One keep-alive connection per worker.
-var fast = &fasthttp.Client{MaxConnsPerHost: 256, ReadTimeout: time.Minute, WriteTimeout: time.Minute}
-
-func fastPost(url, ctype string, body []byte) (int, []byte, error) {
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(url)
-	req.Header.SetMethod(http.MethodPost)
-	req.Header.SetContentType(ctype)
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.SetBodyRaw(body)
-	if err := fast.Do(req, resp); err != nil {
-		return 0, nil, err
-	}
-	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
 }
 
 // waitDrained waits until every durable consumer of stream has handled
@@ -183,14 +126,6 @@ func parallel(b *testing.B, workers, n int, job func(i int) error) time.Duration
 	return time.Since(start)
 }
 
-func report(b *testing.B, name string, pipeline, baseline float64, unit, baseName string) {
-	ratio := pipeline / baseline
-	b.ReportMetric(pipeline, unit+"_pipeline")
-	b.ReportMetric(baseline, unit+"_"+baseName)
-	b.ReportMetric(ratio, "ratio")
-	fmt.Printf("%-34s pipeline %12.1f %s   %-18s %12.1f %s   ratio %.2f\n", name, pipeline, unit, baseName, baseline, unit, ratio)
-}
-
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -198,123 +133,14 @@ func envInt(name string, def int) int {
 	return def
 }
 
-// BenchmarkAnnotations: annotations accepted per second through HTTP with
-// 64 concurrent keep-alive clients, against the raw JetStream publish rate
-// of the same events with the same concurrency. Target ratio >= 0.5.
-func BenchmarkAnnotations(b *testing.B) {
-	ep := startStack(b)
-	n := envInt("GRADELINE_BENCH_ANNOTATIONS", 20000)
-	const clients = 64
-	annotation := json.RawMessage(`{"label":"cat","box":[12,40,128,96],"confidence":0.93,"notes":"left ear partly hidden"}`)
-
-	_, js, err := bus.Connect(context.Background(), ep.NATSAdmin, "bench-raw", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	body, _ := json.Marshal(map[string]any{"annotation": annotation})
-	// Rounds alternate the two paths, as single runs on a shared 2-core
-	// machine vary by 10-20%.
-	rounds := envInt("GRADELINE_BENCH_ROUNDS", 3)
-	var rawRates, httpRates []float64
-	for range rounds {
-		raw := parallel(b, clients, n, func(int) error {
-			ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), ImageID: "img-1", Author: "bench", Annotation: annotation}
-			_, err := bus.Publish(context.Background(), js, ev)
-			return err
-		})
-		// Each phase starts with the consumers idle, so neither pays for the
-		// other's backlog being written to MongoDB and ClickHouse.
-		waitDrained(b, js, bus.StreamAnnotations)
-		viaHTTP := parallel(b, clients, n, func(int) error {
-			code, out, err := fastPost(ep.HTTP+"/api/v1/annotations", "application/json", body)
-			if err == nil && code != http.StatusAccepted {
-				err = fmt.Errorf("annotation: %d %s", code, out)
-			}
-			return err
-		})
-		waitDrained(b, js, bus.StreamAnnotations)
-		rawRates = append(rawRates, float64(n)/raw.Seconds())
-		httpRates = append(httpRates, float64(n)/viaHTTP.Seconds())
-		fmt.Fprintf(os.Stderr, "  round: http %.0f/s, raw %.0f/s, ratio %.2f\n", httpRates[len(httpRates)-1], rawRates[len(rawRates)-1], httpRates[len(httpRates)-1]/rawRates[len(rawRates)-1])
-	}
-	// The round with the median ratio is reported, so its two rates and
-	// its ratio belong together.
-	order := make([]int, len(rawRates))
-	for i := range order {
-		order[i] = i
-	}
-	sort.Slice(order, func(a, b int) bool {
-		return httpRates[order[a]]/rawRates[order[a]] < httpRates[order[b]]/rawRates[order[b]]
-	})
-	m := order[len(order)/2]
-	report(b, "annotations/s (64 clients, median round)", httpRates[m], rawRates[m], "ops/s", "raw_publish")
-}
-
-// BenchmarkGrades: images graded per second through HTTP (upload, object
-// store, JetStream, dynamic batching, ONNX Runtime, grade event, reply)
-// with 32 concurrent clients, against the service's batcher grading the
-// same images in batches of the model's max_batch in this process
-// (inference.Registry.Grade: decode and ONNX Runtime, no transport).
-func BenchmarkGrades(b *testing.B) {
-	ep := startStack(b)
-	n := envInt("GRADELINE_BENCH_GRADES", 2000)
-	const clients = 32
-	images := make([][]byte, 16)
-	for i := range images {
-		images[i] = fixture.DigitPNG(i)
-	}
-	reg, err := inference.LoadRegistry(inference.RegistryOptions{ORTLib: os.Getenv("ONNXRUNTIME_LIB"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer reg.Close()
-	model, ok := reg.Model("fashion")
-	if !ok {
-		b.Fatal("no fashion model")
-	}
-	// The baseline runs the service's own batcher (decode, one ONNX Runtime
-	// call per max_batch chunk), without JetStream, the object store or HTTP.
-	batch := model.Info().MaxBatch
-	rawN := (n + batch - 1) / batch
-	raw := parallel(b, 2, rawN, func(int) error {
-		in := make([][]byte, batch)
-		for i := range in {
-			in[i] = images[i%len(images)]
-		}
-		_, err := reg.Grade(context.Background(), "fashion", in)
-		return err
-	})
-	bodies := make([][]byte, len(images))
-	ctypes := make([]string, len(images))
-	for i, img := range images {
-		var buf bytes.Buffer
-		w := multipart.NewWriter(&buf)
-		_ = w.WriteField("model", "fashion")
-		fw, _ := w.CreateFormFile("image", "digit.png")
-		_, _ = fw.Write(img)
-		_ = w.Close()
-		bodies[i], ctypes[i] = buf.Bytes(), w.FormDataContentType()
-	}
-	viaHTTP := parallel(b, clients, n, func(i int) error {
-		k := i % len(bodies)
-		code, out, err := fastPost(ep.HTTP+"/api/v1/grades", ctypes[k], bodies[k])
-		if err == nil && code != http.StatusOK {
-			err = fmt.Errorf("grade: %d %s", code, out)
-		}
-		return err
-	})
-	report(b, "grades/s (32 clients)", float64(n)/viaHTTP.Seconds(), float64(rawN*batch)/raw.Seconds(), "images/s", "raw_onnxruntime")
-}
-
-// BenchmarkIris loads rows through the event path (HTTP -> JetStream ->
+// measureIris loads rows through the event path (HTTP -> JetStream ->
 // analytics -> ClickHouse), then compares the p50 latency of a range page
 // and of the means over all rows through HTTP with the same queries run
 // directly with clickhouse-go (package iris). Target ratio <= 1.3.
-func BenchmarkIris(b *testing.B) {
-	ep := startStack(b)
+func measureIris(b *testing.B, ctx context.Context, base, chDSN string) []row {
 	total := envInt("GRADELINE_BENCH_IRIS_ROWS", 10_000_000)
 	const perRequest = 50_000
-	opts, err := clickhouse.ParseDSN(ep.ClickHouse)
+	opts, err := clickhouse.ParseDSN(chDSN)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -340,7 +166,7 @@ func BenchmarkIris(b *testing.B) {
 	}
 	start := time.Now()
 	parallel(b, 4, requests, func(i int) error {
-		code, out, err := post(ep.HTTP+"/api/v1/iris/measurements", "application/json", bodies[i%len(bodies)])
+		code, out, err := post(base+"/api/v1/iris/measurements", "application/json", bodies[i%len(bodies)])
 		if err == nil && code != http.StatusAccepted {
 			err = fmt.Errorf("measurements: %d %s", code, out)
 		}
@@ -361,9 +187,10 @@ func BenchmarkIris(b *testing.B) {
 	}
 	loaded := time.Since(start)
 	rows := float64(requests * perRequest)
-	fmt.Printf("%-34s %12.0f rows/s through HTTP+JetStream+ClickHouse (%d rows in %.1fs; accepted by the edge in %.1fs)\n",
-		"iris load", rows/loaded.Seconds(), int(rows), loaded.Seconds(), accepted.Seconds())
-	b.ReportMetric(rows/loaded.Seconds(), "rows/s_load")
+	fmt.Printf("  iris load: %.0f rows/s through HTTP+JetStream+ClickHouse (%d rows in %.1fs; accepted by the edge in %.1fs)\n",
+		rows/loaded.Seconds(), int(rows), loaded.Seconds(), accepted.Seconds())
+	out := []row{{What: fmt.Sprintf("iris rows loaded/s through HTTP → JetStream → analytics → ClickHouse (%s rows, 4 clients)", withCommas(rows)),
+		Measured: rate(rows / loaded.Seconds()), Baseline: fmt.Sprintf("accepted by the edge in %.1f s, stored in %.1f s", accepted.Seconds(), loaded.Seconds())}}
 
 	rangeQ := bus.IrisRangeQuery{IrisFilter: bus.IrisFilter{Lower: map[string]float64{"sepal_length": 5}, Upper: map[string]float64{"sepal_length": 6.5}},
 		Page: 3, PerPage: 100, Sort: "petal_length"}
@@ -374,14 +201,14 @@ func BenchmarkIris(b *testing.B) {
 		http   func() error
 		direct func() error
 	}{
-		{"iris range page p50 (ms)",
-			func() error { return expect200(post(ep.HTTP+"/api/v1/iris/range", "application/json", rangeBody)) },
-			func() error { _, err := iris.Range(context.Background(), conn, rangeQ); return err }},
-		{"iris mean, all rows p50 (ms)",
+		{"iris range, one page of 100, p50",
+			func() error { return expect200(post(base+"/api/v1/iris/range", "application/json", rangeBody)) },
+			func() error { _, err := iris.Range(ctx, conn, rangeQ); return err }},
+		{"iris mean over all rows, p50",
 			func() error {
-				return expect200(post(ep.HTTP+"/api/v1/iris/stats/mean", "application/json", []byte(`{}`)))
+				return expect200(post(base+"/api/v1/iris/stats/mean", "application/json", []byte(`{}`)))
 			},
-			func() error { _, err := iris.Stats(context.Background(), conn, meanQ); return err }},
+			func() error { _, err := iris.Stats(ctx, conn, meanQ); return err }},
 	}
 	runs := envInt("GRADELINE_BENCH_QUERY_RUNS", 31)
 	for _, c := range cases {
@@ -398,8 +225,12 @@ func BenchmarkIris(b *testing.B) {
 			}
 			viaHTTP = append(viaHTTP, h)
 		}
-		report(b, c.name, ms(p50(viaHTTP)), ms(p50(direct)), "ms", "direct_clickhouse")
+		h, d := ms(p50(viaHTTP)), ms(p50(direct))
+		fmt.Printf("  %s: %.1f ms through HTTP vs %.1f ms direct\n", c.name, h, d)
+		out = append(out, row{What: fmt.Sprintf("%s of %d", c.name, runs), Measured: fmt.Sprintf("%.1f ms through HTTP", h),
+			Baseline: fmt.Sprintf("%.1f ms same SQL with clickhouse-go", d), Ratio: fmt.Sprintf("%.2f", h/d), Target: "≤ 1.3", Met: met(h/d <= 1.3)})
 	}
+	return out
 }
 
 func expect200(code int, out []byte, err error) error {

@@ -1,0 +1,572 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/gradeline/gradeline/analytics/schema"
+	"github.com/gradeline/gradeline/annotator"
+	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/deploy/internal/fixture"
+	"github.com/gradeline/gradeline/inference"
+)
+
+// benchOut is the output folder of make bench and make profile (the
+// stack's log, the wrk script, profiles, results.md); git ignores it.
+func benchOut(root string) (string, error) {
+	out := os.Getenv("GRADELINE_BENCH_OUT")
+	if out == "" {
+		out = filepath.Join(root, ".bench")
+	}
+	return out, os.MkdirAll(out, 0o755)
+}
+
+// A row of the results table: what is measured, through the stack and its
+// baseline in the same run, their ratio and the target.
+type row struct {
+	What, Measured, Baseline, Ratio, Target string
+	// Met is "yes", "no" or "" (no target).
+	Met string
+}
+
+func met(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "no"
+}
+
+// BenchmarkStack is `make bench`: the stack as `make run` ships it (the
+// built binary, a fresh data directory, default log level, metrics on),
+// measured from outside with wrk and hey, each figure beside a baseline of
+// the same run:
+//   - start to /readyz;
+//   - annotations accepted/s (wrk) against the bus limit (a raw JetStream
+//     publisher to a stream of its own) and against raw publishes into the
+//     annotations stream while its consumers run, in alternating rounds;
+//     the consumers' stored rate against the accepted rate;
+//   - grade p50 at concurrency 1 and images/s at 32 clients (hey) against
+//     the inference batcher in this process;
+//   - iris range and mean through HTTP against the same SQL;
+//   - a clean stop under load (nothing lost) and a restart on that data.
+//
+// It prints the table, writes it to .bench/results.md and, with
+// GRADELINE_BENCH_README=1 (make bench), into the README.
+func BenchmarkStack(b *testing.B) {
+	began := time.Now()
+	ctx := context.Background()
+	if err := requireTools(); err != nil {
+		b.Fatal(err)
+	}
+	for _, n := range []string{"ONNXRUNTIME_LIB", "GRADELINE_CHDB_LAUNCHER"} {
+		if os.Getenv(n) == "" {
+			b.Fatalf("%s is not set: run `make bench`", n)
+		}
+	}
+	root, err := repoRoot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := benchOut(root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bin, err := buildLocal(ctx, root, out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dataDir, err := os.MkdirTemp(out, "data-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dataDir)
+	logPath := filepath.Join(out, "stack.log")
+	_ = os.Remove(logPath)
+	var rows []row
+
+	st, ready, err := startShipped(bin, dataDir, logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stopStack = func() { _ = st.stop() }
+	rows = append(rows, row{What: "start to `/readyz`, empty data directory (binary built)", Measured: secs(ready),
+		Target: "≤ 3 s", Met: met(ready <= 3*time.Second)})
+	fmt.Printf("stack ready in %s (log %s)\n", secs(ready), logPath)
+	if token, err = register(st.ep.HTTP); err != nil {
+		b.Fatal(err)
+	}
+
+	rows = append(rows, measureAnnotations(b, ctx, st, out)...)
+	rows = append(rows, measureGrades(b, ctx, st, out)...)
+	rows = append(rows, measureIris(b, ctx, st.ep.HTTP, st.ep.ClickHouse)...)
+	stopRows, st := measureStop(b, ctx, st, bin, out)
+	rows = append(rows, stopRows...)
+	stopStack = func() {}
+	t0 := time.Now()
+	if err := st.stop(); err != nil {
+		b.Fatalf("stop: %v (log %s)", err, logPath)
+	}
+	rows = append(rows, row{What: "clean stop, idle", Measured: secs(time.Since(t0)), Target: "≤ 2 s", Met: met(time.Since(t0) <= 2*time.Second)})
+
+	md := resultsMarkdown(rows, began, time.Since(began))
+	fmt.Print("\n" + md)
+	if err := os.WriteFile(filepath.Join(out, "results.md"), []byte(md), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if os.Getenv("GRADELINE_BENCH_README") == "1" {
+		if err := updateREADME(filepath.Join(root, "README.md"), md); err != nil {
+			b.Fatal(err)
+		}
+		fmt.Println("README.md: performance table regenerated")
+	}
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+// benchAnnotation is the annotation wrk posts: a JSON object of 140 bytes.
+func benchAnnotation() json.RawMessage {
+	a := `{"label":"cat","box":[12,40,128,96],"confidence":0.93,"notes":"left ear partly hidden"}`
+	pad := 140 - len(a) - len(`,"by":""`)
+	return json.RawMessage(strings.TrimSuffix(a, "}") + `,"by":"` + strings.Repeat("x", pad) + `"}`)
+}
+
+// publishFor publishes from workers goroutines until d has passed and
+// returns the rate.
+func publishFor(ctx context.Context, workers int, d time.Duration, pub func() error) (float64, error) {
+	var n atomic.Int64
+	var first error
+	var once sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if err := pub(); err != nil {
+					once.Do(func() { first = err })
+					return
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds(), first
+}
+
+// storeCounter counts the annotations stored in MongoDB and ClickHouse.
+type storeCounter struct {
+	coll *mongo.Collection
+	ch   driver.Conn
+}
+
+func newStoreCounter(ctx context.Context, mongoURI, chDSN string) (*storeCounter, func(), error) {
+	mc, err := mongo.Connect(options.Client().ApplyURI(mongoURI))
+	if err != nil {
+		return nil, nil, err
+	}
+	opts, err := clickhouse.ParseDSN(chDSN)
+	if err != nil {
+		_ = mc.Disconnect(ctx)
+		return nil, nil, err
+	}
+	ch, err := clickhouse.Open(opts)
+	if err != nil {
+		_ = mc.Disconnect(ctx)
+		return nil, nil, err
+	}
+	return &storeCounter{coll: mc.Database(annotator.DefaultDatabase).Collection("annotations"), ch: ch},
+		func() { _ = mc.Disconnect(ctx); _ = ch.Close() }, nil
+}
+
+// counts returns both counts, queried at the same time.
+func (s *storeCounter) counts(ctx context.Context) (mongoN, chN int64, err error) {
+	var wg sync.WaitGroup
+	var merr, cerr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		mongoN, merr = s.coll.CountDocuments(ctx, bson.D{})
+	}()
+	var n uint64
+	cerr = s.ch.QueryRow(ctx, "SELECT count() FROM "+schema.TableAnnotations).Scan(&n)
+	wg.Wait()
+	if merr != nil {
+		return 0, 0, fmt.Errorf("mongo count: %w", merr)
+	}
+	if cerr != nil {
+		return 0, 0, fmt.Errorf("clickhouse count: %w", cerr)
+	}
+	return mongoN, int64(n), nil
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+const rawSubject = "bench.raw"
+
+// measureAnnotations runs the alternating rounds of the annotation figures.
+func measureAnnotations(b *testing.B, ctx context.Context, st *runningStack, out string) []row {
+	rounds := envInt("GRADELINE_BENCH_ROUNDS", 3)
+	dWrk := time.Duration(envInt("GRADELINE_BENCH_SECONDS", 8)) * time.Second
+	dRaw := max(2*time.Second, dWrk/2)
+	nc, js, err := bus.Connect(ctx, st.ep.NATSAdmin, "bench-raw", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	counter, closeCounter, err := newStoreCounter(ctx, st.ep.Mongo, st.ep.ClickHouse)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer closeCounter()
+
+	annotation := benchAnnotation()
+	body, _ := json.Marshal(map[string]any{"annotation": annotation})
+	script, err := wrkScript(out, token, body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The raw publishers send what the edge publishes for that request.
+	newEvent := func() *bus.AnnotationCreated {
+		return &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: "bench", Annotation: annotation}
+	}
+	payload, _ := json.Marshal(newEvent())
+
+	// The bus limit: a stream of its own with the annotation stream's
+	// settings (file storage, duplicate window), no consumers. It is a
+	// benchmark fixture, deleted afterwards, not part of the topology.
+	ann, err := js.Stream(ctx, bus.StreamAnnotations)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := ann.CachedInfo().Config
+	cfg.Name, cfg.Subjects, cfg.Description, cfg.MaxBytes = "BENCH_RAW", []string{rawSubject}, "make bench: the bus limit", 1<<30
+	own, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = js.DeleteStream(ctx, cfg.Name) }()
+
+	var accepted, busLimit, rawAnn, storedMongo, storedCH []float64
+	url := st.ep.HTTP + "/api/v1/annotations"
+	for r := range rounds {
+		if err := own.Purge(ctx); err != nil {
+			b.Fatal(err)
+		}
+		// (b) the bus limit.
+		rate, err := publishFor(ctx, 64, dRaw, func() error {
+			msg := nats.NewMsg(rawSubject)
+			msg.Data = payload
+			msg.Header.Set(jetstream.MsgIDHeader, bus.NewID())
+			_, err := js.PublishMsg(ctx, msg)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		busLimit = append(busLimit, rate)
+		// (a) through the edge, and (d) what the consumers stored meanwhile.
+		m0, c0, err := counter.counts(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		w, err := runWrk(ctx, script, url, dWrk)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m1, c1, err := counter.counts(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if w.Status > 0 || w.Connect+w.Read+w.Write+w.Timeout > 0 {
+			b.Fatalf("wrk: %d answers >= 400, %d socket errors of %d requests (log %s)", w.Status, w.Connect+w.Read+w.Write+w.Timeout, w.Requests, st.logPath)
+		}
+		accepted = append(accepted, w.rate())
+		storedMongo = append(storedMongo, float64(m1-m0)/float64(w.accepted()))
+		storedCH = append(storedCH, float64(c1-c0)/float64(w.accepted()))
+		waitDrained(b, js, bus.StreamAnnotations)
+		// (c) raw publishes into the annotations stream, consumers running.
+		rate, err = publishFor(ctx, 64, dRaw, func() error {
+			_, err := bus.Publish(ctx, js, newEvent())
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rawAnn = append(rawAnn, rate)
+		waitDrained(b, js, bus.StreamAnnotations)
+		fmt.Printf("  annotations round %d: wrk %.0f/s, bus limit %.0f/s (%.2f), raw into the stream %.0f/s (%.2f), stored %.3f (MongoDB) %.3f (ClickHouse)\n",
+			r+1, accepted[r], busLimit[r], accepted[r]/busLimit[r], rawAnn[r], accepted[r]/rawAnn[r], storedMongo[r], storedCH[r])
+	}
+	a, lim, c := median(accepted), median(busLimit), median(rawAnn)
+	dm, dc := median(storedMongo), median(storedCH)
+	med := fmt.Sprintf("median of %d alternating rounds", rounds)
+	return []row{
+		{What: fmt.Sprintf("annotations accepted/s, wrk -t2 -c64 (%d-byte annotation), against the bus limit (%s)", len(annotation), med),
+			Measured: rate(a), Baseline: rate(lim) + " raw JetStream sync publish, 64 goroutines, own stream, no consumers",
+			Ratio: fmt.Sprintf("%.2f", a/lim), Target: "≥ 0.35", Met: met(a/lim >= 0.35)},
+		{What: "annotations accepted/s (wrk) against raw publishes into the annotations stream, consumers running",
+			Measured: rate(a), Baseline: rate(c) + " raw `bus.Publish`, 64 goroutines",
+			Ratio: fmt.Sprintf("%.2f", a/c), Target: "≥ 0.8", Met: met(a/c >= 0.8)},
+		{What: "annotations stored during the wrk run / accepted (MongoDB, ClickHouse)",
+			Measured: rate(dm*a) + ", " + rate(dc*a), Baseline: rate(a) + " accepted",
+			Ratio: fmt.Sprintf("%.2f, %.2f", dm, dc), Target: "≥ 0.95", Met: met(dm >= 0.95 && dc >= 0.95)},
+	}
+}
+
+func rate(v float64) string { return withCommas(v) + " /s" }
+
+// withCommas formats v rounded, with thousands separators.
+func withCommas(v float64) string {
+	s := fmt.Sprintf("%.0f", v)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 && s[i-1] != '-' {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// measureGrades compares hey against the inference batcher in this
+// process (decode, preprocess, ONNX Runtime: inference.Registry.Grade).
+func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out string) []row {
+	img := fixture.DigitPNG(3)
+	var buf bytes.Buffer
+	w := multipart.NewWriter(&buf)
+	_ = w.WriteField("model", "fashion")
+	fw, _ := w.CreateFormFile("image", "digit.png")
+	_, _ = fw.Write(img)
+	_ = w.Close()
+	bodyFile := filepath.Join(out, "grade.body")
+	if err := os.WriteFile(bodyFile, buf.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	url, ctype := st.ep.HTTP+"/api/v1/grades", w.FormDataContentType()
+
+	reg, err := inference.LoadRegistry(inference.RegistryOptions{ORTLib: os.Getenv("ONNXRUNTIME_LIB"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reg.Close()
+	model, ok := reg.Model("fashion")
+	if !ok {
+		b.Fatal("no fashion model")
+	}
+	runs := envInt("GRADELINE_BENCH_LATENCY_RUNS", 300)
+	if _, err := runHey(ctx, url, token, ctype, bodyFile, 1, 20, 0); err != nil { // warm-up
+		b.Fatal(err)
+	}
+	one, err := runHey(ctx, url, token, ctype, bodyFile, 1, runs, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var direct []time.Duration
+	for range runs {
+		t0 := time.Now()
+		p, err := reg.Grade(ctx, "fashion", [][]byte{img})
+		if err == nil && p[0].Err != nil {
+			err = p[0].Err
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		direct = append(direct, time.Since(t0))
+	}
+	d := time.Duration(envInt("GRADELINE_BENCH_SECONDS", 8)) * time.Second
+	many, err := runHey(ctx, url, token, ctype, bodyFile, 32, 0, d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if many.Other > 0 {
+		fmt.Printf("  grades: %d answers other than 200 of %d\n", many.Other, many.Other+many.OK)
+	}
+	// The batcher at 32 clients forms batches of at most 32 (or the
+	// model's max_batch); two workers keep both cores busy.
+	batch := min(32, model.Info().MaxBatch)
+	images := make([][]byte, batch)
+	for i := range images {
+		images[i] = img
+	}
+	var graded atomic.Int64
+	t0 := time.Now()
+	rawRate, err := publishFor(ctx, 2, d/2, func() error {
+		_, err := reg.Grade(ctx, "fashion", images)
+		graded.Add(int64(batch))
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rawRate = float64(graded.Load()) / time.Since(t0).Seconds()
+	p1, pd := one.p50(), p50(direct)
+	fmt.Printf("  grades: p50 %.2f ms through HTTP vs %.2f ms in-process; %.0f/s at 32 clients vs %.0f/s in-process\n",
+		ms(p1), ms(pd), many.rate(), rawRate)
+	return []row{
+		{What: "grade p50 at concurrency 1 (hey, 28×28 PNG, `fashion`)", Measured: fmt.Sprintf("%.2f ms", ms(p1)),
+			Baseline: fmt.Sprintf("%.2f ms decode + preprocess + ONNX Runtime in-process (`Registry.Grade`, the service's batcher)", ms(pd)),
+			Ratio:    fmt.Sprintf("+%.2f ms", ms(p1-pd)), Target: "≤ +2 ms", Met: met(p1-pd <= 2*time.Millisecond)},
+		{What: "images graded/s, hey -c 32", Measured: rate(many.rate()),
+			Baseline: rate(rawRate) + fmt.Sprintf(" in-process batcher, batches of %d", batch),
+			Ratio:    fmt.Sprintf("%.3f", many.rate()/rawRate), Target: "≥ 4,797 /s (3× 1,599)", Met: met(many.rate() >= 3*1599)},
+	}
+}
+
+// measureStop stops the stack while wrk posts annotations, restarts it on
+// the same data and checks that every accepted annotation is stored.
+func measureStop(b *testing.B, ctx context.Context, st *runningStack, bin, out string) ([]row, *runningStack) {
+	msgs := func(js jetstream.JetStream) uint64 {
+		s, err := js.Stream(ctx, bus.StreamAnnotations)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s.CachedInfo().State.Msgs
+	}
+	nc, js, err := bus.Connect(ctx, st.ep.NATSAdmin, "bench-stop", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	before := msgs(js)
+	nc.Close()
+	script := filepath.Join(out, "annotation.lua")
+	var wout bytes.Buffer
+	cmd := wrkCmd(ctx, script, st.ep.HTTP+"/api/v1/annotations", 4*time.Second)
+	cmd.Stdout, cmd.Stderr = &wout, &wout
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	t0 := time.Now()
+	stopErr := st.stop()
+	stopped := time.Since(t0)
+	if stopErr != nil {
+		b.Fatalf("stop under load: %v (log %s)", stopErr, st.logPath)
+	}
+	_ = cmd.Wait()
+	w, err := parseWrk(wout.Bytes())
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	st, ready, err := startShipped(bin, st.dataDir, st.logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stopStack = func() { _ = st.stop() }
+	nc, js, err = bus.Connect(ctx, st.ep.NATSAdmin, "bench-stop", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	after := msgs(js)
+	waitDrained(b, js, bus.StreamAnnotations)
+	counter, closeCounter, err := newStoreCounter(ctx, st.ep.Mongo, st.ep.ClickHouse)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer closeCounter()
+	var m, c int64
+	// ClickHouse's insert is acknowledged before the count sees it only
+	// once the part is visible; give it a moment.
+	for range 50 {
+		if m, c, err = counter.counts(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if uint64(m) >= after && uint64(c) >= after {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	kept := after-before >= uint64(w.accepted()) && uint64(m) == after && uint64(c) >= after
+	fmt.Printf("  stop under load: %s; wrk had %d accepted, the stream grew by %d; stored %d (MongoDB) %d (ClickHouse) of %d\n",
+		secs(stopped), w.accepted(), after-before, m, c, after)
+	return []row{
+		{What: "clean stop under load (SIGTERM while wrk posts annotations)", Measured: secs(stopped),
+			Baseline: withCommas(float64(w.accepted())) + " accepted by then; after restart all stored: " + met(kept),
+			Target:   "≤ 2 s, nothing lost", Met: met(stopped <= 2*time.Second && kept)},
+		{What: "restart to `/readyz` on that data", Measured: secs(ready), Target: "≤ 3 s", Met: met(ready <= 3*time.Second)},
+	}, st
+}
+
+// machine describes this computer for the README.
+func machine() string {
+	model := runtime.GOARCH
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.Join(strings.Fields(v), " ")
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d × %s, %s/%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH)
+}
+
+// resultsMarkdown renders the results as the README presents them.
+func resultsMarkdown(rows []row, began time.Time, took time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Measured on %s with `make bench` (%.1f minutes) on %s:\n\n", began.Format("2006-01-02"), took.Minutes(), machine())
+	b.WriteString("| what | measured | baseline in the same run | ratio | target | met |\n|---|---|---|---|---|---|\n")
+	cell := func(s string) string {
+		if s == "" {
+			return "—"
+		}
+		return strings.ReplaceAll(s, "|", "\\|")
+	}
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.What), cell(r.Measured), cell(r.Baseline), cell(r.Ratio), cell(r.Target), cell(r.Met))
+	}
+	return b.String()
+}
+
+const (
+	readmeBegin = "<!-- begin of the make bench table: generated, edit deploy/bench -->"
+	readmeEnd   = "<!-- end of the make bench table -->"
+)
+
+// updateREADME replaces the README's generated performance table with md.
+func updateREADME(path, md string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(data)
+	i, j := strings.Index(s, readmeBegin), strings.Index(s, readmeEnd)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s: no %q … %q section", path, readmeBegin, readmeEnd)
+	}
+	s = s[:i+len(readmeBegin)] + "\n" + md + s[j:]
+	return os.WriteFile(path, []byte(s), 0o644)
+}
