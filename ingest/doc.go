@@ -18,6 +18,10 @@
 //   - iris.go: iris measurements, range and statistics queries
 //   - stats.go: grade and annotation statistics (own, or everyone's for admins)
 //   - seed.go: the seed project's routes, bodies and answers
+//   - oip.go, oiptensor.go, oipstats.go: the Open Inference Protocol v2
+//     (/v2/...): metadata, inference with JSON or binary tensors (one
+//     grade per row through JetStream), statistics; its errors are the
+//     protocol's {"error": "..."}
 //
 // The HTTP plumbing every capability shares: server.go (the app and its
 // lifecycle), backend.go (publishing events, querying services), health.go

@@ -310,15 +310,6 @@ func takeBinary(t *oipTensor, data []byte, count int64) error {
 	return nil
 }
 
-// float32s reads an FP32 tensor's elements.
-func (t *oipTensor) float32s() []float32 {
-	out := make([]float32, len(t.raw)/4)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(t.raw[4*i:]))
-	}
-	return out
-}
-
 // oipOutput is one output tensor of a response: FP32 values or BYTES
 // elements, sent as JSON data or in the binary section.
 type oipOutput struct {
