@@ -34,6 +34,12 @@ bench: install
 	@bash deploy/install/loadgen.sh
 	GRADELINE_BENCH_README=1 go test -run='^$$' -bench='^BenchmarkStack$$' -benchtime=1x -timeout=30m ./deploy/bench/
 
+## profile: CPU and allocation profiles of the stack under the annotation (wrk) and grade (hey)
+## loads, into .bench/profile/ (see deploy/bench/profile_test.go)
+profile: install
+	@bash deploy/install/loadgen.sh
+	go test -run='^$$' -bench='^BenchmarkProfile$$' -benchtime=1x -timeout=30m ./deploy/bench/
+
 ## bench-scale: the record store at a million records (about 15 minutes; GRADELINE_BENCH_SCALE=0.05 for 5%)
 bench-scale: install
 	go test -run='^$$' -bench='^BenchmarkScale$$' -benchtime=1x -timeout=60m ./deploy/bench/...

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -214,15 +213,20 @@ func startInProcess(dataDir, logPath string) (*runningStack, time.Duration, erro
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
-	cfg, err := local.ConfigFromEnv(func(k string) string { return env[k] })
-	if err != nil {
-		return nil, 0, err
-	}
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, 0, err
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(logf, nil))
+	// The logger is the one ConfigFromEnv builds for the binary on stderr,
+	// built while stderr is the log file, so its cost is in the profile.
+	stderr := os.Stderr
+	os.Stderr = logf
+	cfg, err := local.ConfigFromEnv(func(k string) string { return env[k] })
+	os.Stderr = stderr
+	if err != nil {
+		logf.Close()
+		return nil, 0, err
+	}
 	ready := make(chan local.Endpoints, 1)
 	cfg.OnReady = func(ep local.Endpoints) { ready <- ep }
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,0 +1,135 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"mime/multipart"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+
+	"github.com/gradeline/gradeline/deploy/internal/fixture"
+)
+
+// BenchmarkProfile is `make profile`: the stack runs in this process
+// (local.Run configured by local.ConfigFromEnv, as the binary is, its log in
+// .bench/profile/stack.log) while wrk posts annotations and then hey posts
+// grades from outside, as in make bench. For each load it writes, under
+// .bench/profile/:
+//   - <load>.cpu.pprof: the CPU profile of the whole stack during the load;
+//   - <load>.allocs.pprof and <load>.allocs.base.pprof: the allocation
+//     profile after and before the load; their difference is the load's:
+//     go tool pprof -sample_index=alloc_space -base X.allocs.base.pprof X.allocs.pprof
+//
+// and prints the top functions of each CPU profile.
+// GRADELINE_BENCH_SECONDS (default 10) is the length of each load.
+func BenchmarkProfile(b *testing.B) {
+	ctx := context.Background()
+	if err := requireTools(); err != nil {
+		b.Fatal(err)
+	}
+	root, err := repoRoot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := benchOut(root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(out, "profile")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	dataDir, err := os.MkdirTemp(out, "data-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dataDir)
+	logPath := filepath.Join(dir, "stack.log")
+	_ = os.Remove(logPath)
+	st, _, err := startInProcess(dataDir, logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stopStack = func() { _ = st.stop() }
+	defer func() { stopStack = func() {}; _ = st.stop() }()
+	if token, err = register(st.ep.HTTP); err != nil {
+		b.Fatal(err)
+	}
+	d := time.Duration(envInt("GRADELINE_BENCH_SECONDS", 10)) * time.Second
+
+	body, _ := json.Marshal(map[string]any{"annotation": benchAnnotation()})
+	script, err := wrkScript(out, token, body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	profile(b, dir, "annotations", func() string {
+		w, err := runWrk(ctx, script, st.ep.HTTP+"/api/v1/annotations", d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return fmt.Sprintf("wrk -t2 -c64: %s accepted, %d errors", rate(w.rate()), w.Status+w.Connect+w.Read+w.Write+w.Timeout)
+	})
+
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	_ = mw.WriteField("model", "fashion")
+	fw, _ := mw.CreateFormFile("image", "digit.png")
+	_, _ = fw.Write(fixture.DigitPNG(3))
+	_ = mw.Close()
+	bodyFile := filepath.Join(out, "grade.body")
+	if err := os.WriteFile(bodyFile, buf.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	profile(b, dir, "grades", func() string {
+		h, err := runHey(ctx, st.ep.HTTP+"/api/v1/grades", token, mw.FormDataContentType(), bodyFile, 32, 0, d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return fmt.Sprintf("hey -c 32: %s graded, p50 %.2f ms", rate(h.rate()), ms(h.p50()))
+	})
+}
+
+// profile writes the CPU and allocation profiles of load.
+func profile(b *testing.B, dir, name string, load func() string) {
+	b.Helper()
+	write := func(file string, f func(*os.File) error) {
+		fh, err := os.Create(filepath.Join(dir, file))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f(fh); err != nil {
+			b.Fatal(err)
+		}
+		if err := fh.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runtime.GC()
+	write(name+".allocs.base.pprof", func(f *os.File) error { return pprof.Lookup("allocs").WriteTo(f, 0) })
+	cpu, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		b.Fatal(err)
+	}
+	summary := load()
+	pprof.StopCPUProfile()
+	if err := cpu.Close(); err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	write(name+".allocs.pprof", func(f *os.File) error { return pprof.Lookup("allocs").WriteTo(f, 0) })
+	fmt.Printf("%s: %s\n  profiles: %s/%s.{cpu,allocs,allocs.base}.pprof\n", name, summary, dir, name)
+	top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", cpu.Name()).CombinedOutput()
+	if err == nil {
+		fmt.Printf("%s\n", top)
+	}
+}
