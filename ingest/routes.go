@@ -121,7 +121,7 @@ var (
 // holds its part.
 func (s *Server) routeTable() []route {
 	return slices.Concat(s.systemRoutes(), s.userRoutes(), s.annotationRoutes(), s.gradeRoutes(),
-		s.catalogRoutes(), s.irisRoutes(), s.statsRoutes(), s.seedRoutes(), s.oipRoutes())
+		s.catalogRoutes(), s.irisRoutes(), s.statsRoutes(), s.seedRoutes(), s.oipRoutes(), s.webRoutes())
 }
 
 // systemRoutes are liveness, readiness and the API's own description.
