@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 // repoRoot is the repository root, seen from this package's directory.
@@ -17,13 +19,13 @@ var composeEnv = map[string]string{
 	"GRADELINE_JWT_SECRET":  "test-jwt-secret-0123456789abcdef0123456789",
 	"GRADELINE_SIGNUP_CODE": "test-signup-code",
 	"CLICKHOUSE_PASSWORD":   "test-clickhouse-password",
+}
 
-	"NATS_INGEST_PASSWORD":     "test-nats-ingest",
-	"NATS_INFERENCE_PASSWORD":  "test-nats-inference",
-	"NATS_ANNOTATOR_PASSWORD":  "test-nats-annotator",
-	"NATS_ANALYTICS_PASSWORD":  "test-nats-analytics",
-	"NATS_ADMIN_PASSWORD":      "test-nats-admin",
-	"NATS_SUBSCRIBER_PASSWORD": "test-nats-subscriber",
+func init() {
+	// One NATS password per user of the bus contract (NATS_<USER>_PASSWORD).
+	for _, u := range bus.Users() {
+		composeEnv[bus.PasswordEnv(u)] = "test-nats-" + u
+	}
 }
 
 func TestCompose(t *testing.T) {
@@ -31,17 +33,22 @@ func TestCompose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := LoadCompose(context.Background(), root, composeEnv)
+	p, err := loadCompose(context.Background(), root, composeEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckCompose(p); err != nil {
+	if err := checkCompose(p); err != nil {
 		t.Fatal(err)
 	}
 	// Spot checks of what the loader resolved, so a check that silently
 	// passes on an empty project cannot hide.
-	if got := len(p.Services); got != 7 {
-		t.Errorf("%d services, want 7 (nats, mongo, clickhouse and the four of gradeline)", got)
+	if got := len(p.Services); got != 8 {
+		t.Errorf("%d services, want 8 (nats, mongo, clickhouse, setup and the four of gradeline)", got)
+	}
+	for _, name := range serviceNames() {
+		if d := p.Services[name].DependsOn[setupJob.Compose]; d.Condition != "service_completed_successfully" {
+			t.Errorf("%s waits for %s with condition %q", name, setupJob.Compose, d.Condition)
+		}
 	}
 	if v := p.Services["ingest"].Environment["GRADELINE_JWT_SECRET"]; v == nil || *v != composeEnv["GRADELINE_JWT_SECRET"] {
 		t.Errorf("ingest's GRADELINE_JWT_SECRET is %v, want the interpolated test value", v)
@@ -57,7 +64,7 @@ func TestCompose(t *testing.T) {
 }
 
 // TestComposeBadInput loads mutated copies of docker-compose.yml: each must
-// be refused, by the loader or by CheckCompose, naming the problem.
+// be refused, by the loader or by checkCompose, naming the problem.
 func TestComposeBadInput(t *testing.T) {
 	orig, err := os.ReadFile(filepath.Join(repoRoot, "docker-compose.yml"))
 	if err != nil {
@@ -79,8 +86,8 @@ func TestComposeBadInput(t *testing.T) {
 		{name: "health check on the wrong port", old: `"http://127.0.0.1:8080/readyz"`, new: `"http://127.0.0.1:9090/readyz"`, want: "does not ask port 8080"},
 		{name: "second published port", old: "    expose: [\"9090\"]\n", new: "    ports: [\"9090:9090\"]\n", want: "publishes port 9090"},
 		{name: "dependency not healthy", old: "      clickhouse: {condition: service_healthy}", new: "      clickhouse: {condition: service_started}", want: `depends on "clickhouse" with condition "service_started"`},
-		{name: "required env missing", old: "      GRADELINE_ADMIN_ADDR: \":9090\"\n      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/healthprobe\", \"http://127.0.0.1:9090/readyz\"]\n      interval: 10s\n      timeout: 3s\n      retries: 5\n      start_period: 15s\n    depends_on:\n      nats: {condition: service_healthy}\n      mongo",
-			new:  "      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/healthprobe\", \"http://127.0.0.1:9090/readyz\"]\n      interval: 10s\n      timeout: 3s\n      retries: 5\n      start_period: 15s\n    depends_on:\n      nats: {condition: service_healthy}\n      mongo",
+		{name: "required env missing", old: "      GRADELINE_ADMIN_ADDR: \":9090\"\n      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/healthprobe\", \"http://127.0.0.1:9090/readyz\"]\n      interval: 10s\n      timeout: 3s\n      retries: 5\n      start_period: 15s\n    depends_on:\n      nats: {condition: service_healthy}\n      setup: {condition: service_completed_successfully}\n      mongo",
+			new:  "      GRADELINE_REPLICAS: \"1\"\n    expose: [\"9090\"]\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/healthprobe\", \"http://127.0.0.1:9090/readyz\"]\n      interval: 10s\n      timeout: 3s\n      retries: 5\n      start_period: 15s\n    depends_on:\n      nats: {condition: service_healthy}\n      setup: {condition: service_completed_successfully}\n      mongo",
 			want: `"annotator": required environment GRADELINE_ADMIN_ADDR`},
 		{name: "url to a missing host", old: "@nats:4222", new: "@natz:4222", want: `points at host "natz"`},
 		{name: "anonymous nats", old: "NATS_URL: nats://annotator:${NATS_ANNOTATOR_PASSWORD:?set NATS_ANNOTATOR_PASSWORD (see deploy/docker/compose.env.example)}@nats:4222", new: "NATS_URL: nats://nats:4222", want: "no anonymous NATS"},
@@ -90,11 +97,42 @@ func TestComposeBadInput(t *testing.T) {
 		{name: "missing dockerfile", old: "      dockerfile: deploy/docker/Dockerfile\n      target: analytics", new: "      dockerfile: deploy/docker/Dockerfile.analytics\n      target: analytics", want: "Dockerfile.analytics"},
 		{name: "unpinned image", old: "image: mongo:8.0.17@sha256:9814652e33f0cf8b9fddea8b46dfc9d8e19b130dcfdd7b510ca58bb0d40c8b71", new: "image: mongo:8.0", want: `image "mongo:8.0" is not pinned`},
 		{name: "bind mount", old: "      - nats-data:/data", new: "      - ./data/nats:/data", want: "bind-mounts"},
+		{name: "service before its streams", old: "      nats: {condition: service_healthy}\n      setup: {condition: service_completed_successfully}\n      clickhouse", new: "      nats: {condition: service_healthy}\n      clickhouse", want: `service "analytics" does not wait for setup`},
+		{name: "setup only started", old: "      setup: {condition: service_completed_successfully}\n      clickhouse", new: "      setup: {condition: service_started}\n      clickhouse", want: `depends on "setup" with condition "service_started", want service_completed_successfully`},
+		{name: "setup restarted", old: "    restart: \"no\"\n", new: "", want: `restart "unless-stopped"`},
+		{name: "setup as a service user", old: "NATS_URL: nats://admin:", new: "NATS_URL: nats://annotator:", want: `want the operator "admin"`},
+		{name: "setup without its command", old: "    command: [\"setup\"]\n", new: "", want: `command [], want ["setup"]`},
+		{name: "setup from a service image", old: "      target: gradeline\n", new: "      target: ingest\n", want: `build target "ingest", want the Dockerfile target "gradeline"`},
 		{name: "wrong library path", old: "ONNXRUNTIME_LIB: /usr/local/lib/onnxruntime/libonnxruntime.so.1", new: "ONNXRUNTIME_LIB: /opt/ort/libonnxruntime.so.1", want: "ONNXRUNTIME_LIB=/opt/ort"},
+	}
+	// The copy the cases mutate is accepted as it is, so each case's
+	// error is the one its mutation caused.
+	check := func(t *testing.T, text, unset string) error {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "docker-compose.yml"), text)
+		for _, f := range []string{".dockerignore", "deploy/docker/Dockerfile", "deploy/k8s/base/nats-auth.conf",
+			"deploy/manifests/cmd/healthprobe/main.go", "deploy/go.mod", "deploy/go.sum", "deploy/cmd/gradeline/main.go",
+			"deploy/internal/mongouri/mongouri.go", "deploy/internal/natscreds/natscreds.go",
+			"bus/go.mod", "ingest/go.mod", "annotator/go.mod", "inference/go.mod", "analytics/go.mod"} {
+			copyFile(t, filepath.Join(repoRoot, f), filepath.Join(dir, f))
+		}
+		env := map[string]string{}
+		for k, v := range composeEnv {
+			if k != unset {
+				env[k] = v
+			}
+		}
+		p, err := loadCompose(context.Background(), dir, env)
+		if err == nil {
+			err = checkCompose(p)
+		}
+		return err
+	}
+	if err := check(t, string(orig), ""); err != nil {
+		t.Fatalf("the unchanged copy is refused: %v", err)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
 			text := string(orig)
 			if tt.old != "" {
 				if !strings.Contains(text, tt.old) {
@@ -102,23 +140,7 @@ func TestComposeBadInput(t *testing.T) {
 				}
 				text = strings.Replace(text, tt.old, tt.new, 1)
 			}
-			writeFile(t, filepath.Join(dir, "docker-compose.yml"), text)
-			copyFile(t, filepath.Join(repoRoot, ".dockerignore"), filepath.Join(dir, ".dockerignore"))
-			copyFile(t, filepath.Join(repoRoot, "deploy/docker/Dockerfile"), filepath.Join(dir, "deploy/docker/Dockerfile"))
-			for _, m := range []string{"bus", "ingest", "annotator", "inference", "analytics"} {
-				copyFile(t, filepath.Join(repoRoot, m, "go.mod"), filepath.Join(dir, m, "go.mod"))
-			}
-			copyFile(t, filepath.Join(repoRoot, "deploy/manifests/cmd/healthprobe/main.go"), filepath.Join(dir, "deploy/manifests/cmd/healthprobe/main.go"))
-			env := map[string]string{}
-			for k, v := range composeEnv {
-				if k != tt.unset {
-					env[k] = v
-				}
-			}
-			p, err := LoadCompose(context.Background(), dir, env)
-			if err == nil {
-				err = CheckCompose(p)
-			}
+			err := check(t, text, tt.unset)
 			if err == nil {
 				t.Fatalf("accepted; want an error mentioning %q", tt.want)
 			}

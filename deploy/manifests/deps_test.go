@@ -14,17 +14,18 @@ import (
 var serverModules = []string{"github.com/nats-io/nats-server", "github.com/FerretDB"}
 
 // TestServiceBinariesLinkNoServer runs go list -deps for the main package
-// of every service, and for the contract a downstream program imports
-// (bus and the process kit bus/admin), and fails when one of them pulls in
-// an embedded server.
+// of every service and of the operator CLI (an image too), and for the
+// contract a downstream program imports (bus and the process kit
+// bus/admin), and fails when one of them pulls in an embedded server.
 func TestServiceBinariesLinkNoServer(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go command")
 	}
 	pkgs := []string{"./bus", "./bus/admin"}
-	for _, svc := range Services {
+	for _, svc := range services {
 		pkgs = append(pkgs, svc.Package)
 	}
+	pkgs = append(pkgs, setupJob.Package)
 	for _, pkg := range pkgs {
 		t.Run(pkg, func(t *testing.T) {
 			cmd := exec.Command("go", "list", "-deps", pkg)

@@ -8,19 +8,19 @@ import (
 )
 
 func TestDockerfile(t *testing.T) {
-	d, err := ParseDockerfileFile(filepath.Join(repoRoot, "deploy/docker/Dockerfile"))
+	d, err := parseDockerfileFile(filepath.Join(repoRoot, "deploy/docker/Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckDockerfile(d); err != nil {
+	if err := checkDockerfile(d); err != nil {
 		t.Fatal(err)
 	}
 	root, _ := filepath.Abs(repoRoot)
-	if err := CheckBuildContext(d, root); err != nil {
+	if err := checkBuildContext(d, root); err != nil {
 		t.Fatal(err)
 	}
 	// The parse is what the checks rely on: make sure it saw the file.
-	for _, svc := range Services {
+	for _, svc := range append(services, service{Name: setupJob.Target}) {
 		st := d.Stage(svc.Name)
 		if st == nil || st.EffectiveUser() != "65532:65532" {
 			t.Errorf("target %q: user %q, want 65532:65532", svc.Name, st.EffectiveUser())
@@ -59,6 +59,10 @@ func TestDockerfileBadInput(t *testing.T) {
 		{"copy from a missing stage", "COPY --from=build-ingest", "COPY --from=build-ingst", "names no stage"},
 		{"final image on a build stage", "FROM ${STATIC_IMAGE} AS ingest", "FROM source AS ingest", "builds on stage"},
 		{"copy of a missing file", "COPY deploy/manifests/cmd/healthprobe/main.go", "COPY deploy/manifests/cmd/probe/main.go", "no such file in the build context"},
+		{"cli without its default command", "CMD [\"setup\"]\n", "", `target "gradeline": CMD is [], want ["setup"]`},
+		{"cli with cgo", "cd deploy && CGO_ENABLED=0", "cd deploy && CGO_ENABLED=1", "builds ./deploy/cmd/gradeline without CGO_ENABLED=0"},
+		{"cli as root", "USER 65532:65532\nENTRYPOINT [\"/usr/local/bin/gradeline\"]", "ENTRYPOINT [\"/usr/local/bin/gradeline\"]", `target "gradeline" sets no USER`},
+		{"cli built outside its module", "cd deploy && CGO_ENABLED=0 go build", "CGO_ENABLED=0 go build", "no `cd deploy && go build ... ./cmd/gradeline`"},
 		{"copy of an ignored file", "COPY bus/ bus/", "COPY bus/ bus/\nCOPY Makefile /src/Makefile", "excluded by .dockerignore"},
 	}
 	root, _ := filepath.Abs(repoRoot)
@@ -69,12 +73,12 @@ func TestDockerfileBadInput(t *testing.T) {
 				t.Fatalf("the Dockerfile no longer contains %q: update the test", tt.old)
 			}
 			text = strings.Replace(text, tt.old, tt.new, 1)
-			d, err := ParseDockerfile(strings.NewReader(text))
+			d, err := parseDockerfile(strings.NewReader(text))
 			if err == nil {
-				err = CheckDockerfile(d)
+				err = checkDockerfile(d)
 			}
 			if err == nil {
-				err = CheckBuildContext(d, root)
+				err = checkBuildContext(d, root)
 			}
 			if err == nil {
 				t.Fatalf("accepted; want an error mentioning %q", tt.want)

@@ -8,6 +8,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 const k8sDir = repoRoot + "/deploy/k8s"
@@ -31,12 +33,12 @@ func kustomizations(t *testing.T, root string) []string {
 	return dirs
 }
 
-func checkKustomization(root, dir string) ([]Object, error) {
-	objs, err := Render(filepath.Join(root, dir))
+func checkKustomization(root, dir string) ([]object, error) {
+	objs, err := renderKustomization(filepath.Join(root, dir))
 	if err != nil {
 		return nil, err
 	}
-	return objs, CheckKubernetes(objs, KubeOptions{PinnedImages: dir != "base"})
+	return objs, checkKubernetes(objs, kubeOptions{PinnedImages: dir != "base"})
 }
 
 func TestKubernetes(t *testing.T) {
@@ -59,7 +61,7 @@ func TestKubernetes(t *testing.T) {
 			}
 			want := map[string]int{"Deployment": 4, "StatefulSet": 1, "PodDisruptionBudget": 5, "Service": 6,
 				"Ingress": 1, "HorizontalPodAutoscaler": 1, "ScaledObject": 2, "ConfigMap": 3, "Secret": 0,
-				"NetworkPolicy": 4, "Certificate": 1}
+				"NetworkPolicy": 4, "Certificate": 1, "Job": 1}
 			for kind, n := range want {
 				if count[kind] != n {
 					t.Errorf("%d %s objects, want %d", count[kind], kind, n)
@@ -70,7 +72,7 @@ func TestKubernetes(t *testing.T) {
 }
 
 // TestKubernetesBadInput renders mutated copies of deploy/k8s: each must be
-// refused, by the strict decoder or by CheckKubernetes, naming the problem.
+// refused, by the strict decoder or by checkKubernetes, naming the problem.
 func TestKubernetesBadInput(t *testing.T) {
 	tests := []struct {
 		name, file, old, new string
@@ -101,11 +103,22 @@ func TestKubernetesBadInput(t *testing.T) {
 		{name: "nats password as a literal", file: "base/analytics.yaml", old: "tls://analytics:$(NATS_PASSWORD)@", new: "tls://analytics:hunter2@", want: "not a $(VAR) reference"},
 		{name: "nats without users", file: "base/nats.yaml", old: "    include ../nats-auth/nats-auth.conf\n", new: "", want: "no authorization block"},
 		{name: "nats password not from a secret", file: "base/nats.yaml", old: "            - name: NATS_SUBSCRIBER_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: gradeline-nats\n                  key: subscriber\n", new: "", want: "reads $NATS_SUBSCRIBER_PASSWORD"},
-		{name: "nats open to every pod", file: "base/networkpolicy.yaml", old: "            matchExpressions:\n              - key: app.kubernetes.io/name\n                operator: In\n                values: [ingest, annotator, inference, analytics]\n", new: "            matchLabels: {}\n", want: "beyond the services"},
+		{name: "nats open to every pod", file: "base/networkpolicy.yaml", old: "            matchExpressions:\n              - key: app.kubernetes.io/name\n                operator: In\n                values: [ingest, annotator, inference, analytics, gradeline-setup]\n", new: "            matchLabels: {}\n", want: "beyond the services"},
+		{name: "setup job kept from nats", file: "base/networkpolicy.yaml", old: "values: [ingest, annotator, inference, analytics, gradeline-setup]", new: "values: [ingest, annotator, inference, analytics]", want: "no NetworkPolicy admits the Job gradeline-setup"},
+		{name: "no setup job", file: "base/kustomization.yaml", old: "  - setup.yaml\n", new: "", want: `no Job "gradeline-setup"`},
+		{name: "setup job never removed", file: "base/setup.yaml", old: "  ttlSecondsAfterFinished: 600\n", new: "", want: "no ttlSecondsAfterFinished"},
+		{name: "setup job without retries", file: "base/setup.yaml", old: "  backoffLimit: 10\n", new: "  backoffLimit: 0\n", want: "backoffLimit 0"},
+		{name: "setup as a service user", file: "base/setup.yaml", old: "value: tls://admin:", new: "value: tls://ingest:", want: `want its own user "admin"`},
+		{name: "setup runs something else", file: "base/setup.yaml", old: `args: ["setup"]`, new: `args: ["streams"]`, want: `want the image's entrypoint with args ["setup"]`},
+		{name: "setup from a service image", file: "base/setup.yaml", old: "image: gradeline/gradeline", new: "image: gradeline/ingest", want: `want the image of the Dockerfile target "gradeline"`},
+		{name: "setup as root", file: "base/setup.yaml", old: "runAsNonRoot: true", new: "runAsNonRoot: false", want: "Job gradeline/gradeline-setup: pod securityContext.runAsNonRoot is not true"},
+		{name: "setup unpinned", file: "overlays/production/kustomization.yaml", old: "    newName: ghcr.io/gradeline/gradeline\n    newTag: \"0.1.0\"", new: "    newName: ghcr.io/gradeline/gradeline\n    newTag: latest", want: `container gradeline: image "ghcr.io/gradeline/gradeline:latest" has no release tag or digest`},
+		{name: "setup job kept from its CA", file: "base/setup.yaml", old: "            items:\n              - key: ca.crt\n                path: ca.crt\n", new: "", want: "more of nats-tls than ca.crt"},
 		{name: "mongodb open to analytics", file: "base/networkpolicy.yaml", old: "        values: [ingest, annotator]", new: "        values: [ingest, annotator, analytics]", want: "opens port 27017 to analytics"},
 		{name: "private key in a service", file: "base/ingest.yaml", old: "            items:\n              - key: ca.crt\n                path: ca.crt\n", new: "", want: "more of nats-tls than ca.crt"},
 		{name: "required env missing", file: "base/analytics.yaml", old: "            - name: CLICKHOUSE_DSN\n", new: "            - name: CLICKHOUSE_URL\n", want: "required environment CLICKHOUSE_DSN is not set"},
-		{name: "wrong consumer", file: "base/inference.yaml", old: "consumer: inference", new: "consumer: inferense", want: "no ScaledObject scales inference on the lag of IMAGES/inference"},
+		{name: "wrong consumer", file: "base/inference.yaml", old: "consumer: inference", new: "consumer: inferense",
+			want: "no ScaledObject scales inference on the lag of " + bus.ConsumerInference.Stream + "/" + bus.ConsumerInference.Durable},
 		{name: "keda endpoint in another namespace", overlay: "overlays/staging", file: "overlays/staging/kustomization.yaml", old: "value: nats-headless.gradeline-staging.svc.cluster.local:8222", new: "value: nats-headless.gradeline.svc.cluster.local:8222", want: "want nats-headless.gradeline-staging.svc.cluster.local:8222"},
 		{name: "keda endpoint not headless", file: "base/annotator.yaml", old: "natsServerMonitoringEndpoint: nats-headless.", new: "natsServerMonitoringEndpoint: nats.", want: "is not the headless Service"},
 		{name: "replicas fight the autoscaler", file: "base/ingest.yaml", old: "  revisionHistoryLimit: 5", new: "  replicas: 2\n  revisionHistoryLimit: 5", want: "sets replicas while"},

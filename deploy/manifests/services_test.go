@@ -15,7 +15,7 @@ import (
 // replica or an admin port the probes cannot reach.
 func TestServicesReadTheirEnvironment(t *testing.T) {
 	shared := goSources(t, filepath.Join(repoRoot, "bus")) + goSources(t, filepath.Join(repoRoot, "bus", "admin"))
-	for _, svc := range Services {
+	for _, svc := range services {
 		t.Run(svc.Name, func(t *testing.T) {
 			main := filepath.Join(repoRoot, svc.Package)
 			src := goSources(t, main) + goSources(t, filepath.Dir(filepath.Dir(main))) + shared
@@ -26,6 +26,14 @@ func TestServicesReadTheirEnvironment(t *testing.T) {
 			}
 		})
 	}
+	t.Run(setupJob.Target, func(t *testing.T) {
+		src := goSources(t, filepath.Join(repoRoot, setupJob.Package)) + shared
+		for _, name := range setupJob.Env {
+			if !strings.Contains(src, `"`+name+`"`) {
+				t.Errorf("%s does not read %s, which docker-compose.yml and deploy/k8s set for it", setupJob.Package, name)
+			}
+		}
+	})
 }
 
 // goSources concatenates the non-test Go files of one directory.

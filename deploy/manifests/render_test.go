@@ -6,6 +6,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -14,14 +15,14 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
-// Object is one rendered Kubernetes object, decoded into its Go type.
-type Object struct {
+// object is one rendered Kubernetes object, decoded into its Go type.
+type object struct {
 	APIVersion, Kind, Namespace, Name string
 	// Value is a pointer to the API type: *appsv1.Deployment, ...
 	Value any
 }
 
-func (o Object) String() string {
+func (o object) String() string {
 	return fmt.Sprintf("%s %s/%s", o.Kind, o.Namespace, o.Name)
 }
 
@@ -35,23 +36,24 @@ var kinds = map[string]func() any{
 	"v1/ServiceAccount":                      func() any { return new(corev1.ServiceAccount) },
 	"apps/v1/Deployment":                     func() any { return new(appsv1.Deployment) },
 	"apps/v1/StatefulSet":                    func() any { return new(appsv1.StatefulSet) },
+	"batch/v1/Job":                           func() any { return new(batchv1.Job) },
 	"policy/v1/PodDisruptionBudget":          func() any { return new(policyv1.PodDisruptionBudget) },
 	"networking.k8s.io/v1/Ingress":           func() any { return new(networkingv1.Ingress) },
 	"networking.k8s.io/v1/NetworkPolicy":     func() any { return new(networkingv1.NetworkPolicy) },
 	"autoscaling/v2/HorizontalPodAutoscaler": func() any { return new(autoscalingv2.HorizontalPodAutoscaler) },
-	"keda.sh/v1alpha1/ScaledObject":          func() any { return new(ScaledObject) },
-	"cert-manager.io/v1/Certificate":         func() any { return new(Certificate) },
+	"keda.sh/v1alpha1/ScaledObject":          func() any { return new(scaledObject) },
+	"cert-manager.io/v1/Certificate":         func() any { return new(certificate) },
 }
 
-// Render builds the kustomization in dir with kustomize's Go API (what
+// renderKustomization builds the kustomization in dir with kustomize's Go API (what
 // `kubectl kustomize` runs) and decodes every object strictly.
-func Render(dir string) ([]Object, error) {
+func renderKustomization(dir string) ([]object, error) {
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
 	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		return nil, fmt.Errorf("kustomize %s: %w", dir, err)
 	}
-	var objs []Object
+	var objs []object
 	var errs []error
 	for _, r := range m.Resources() {
 		js, err := r.MarshalJSON()
@@ -59,7 +61,7 @@ func Render(dir string) ([]Object, error) {
 			errs = append(errs, fmt.Errorf("%s %s: %w", r.GetKind(), r.GetName(), err))
 			continue
 		}
-		o, err := Decode(js)
+		o, err := decodeObject(js)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("kustomize %s: %w", dir, err))
 			continue
@@ -69,11 +71,11 @@ func Render(dir string) ([]Object, error) {
 	return objs, errors.Join(errs...)
 }
 
-// Decode decodes one object strictly into the Go type of its kind: an
+// decodeObject decodes one object strictly into the Go type of its kind: an
 // unknown or misspelt field, a field given twice or a value of the wrong
 // type is an error (field names are matched case-sensitively, as the API
 // server does).
-func Decode(js []byte) (Object, error) {
+func decodeObject(js []byte) (object, error) {
 	var meta struct {
 		APIVersion string `json:"apiVersion"`
 		Kind       string `json:"kind"`
@@ -83,9 +85,9 @@ func Decode(js []byte) (Object, error) {
 		} `json:"metadata"`
 	}
 	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(js, &meta); err != nil {
-		return Object{}, err
+		return object{}, err
 	}
-	o := Object{APIVersion: meta.APIVersion, Kind: meta.Kind, Namespace: meta.Metadata.Namespace, Name: meta.Metadata.Name}
+	o := object{APIVersion: meta.APIVersion, Kind: meta.Kind, Namespace: meta.Metadata.Namespace, Name: meta.Metadata.Name}
 	newValue, ok := kinds[meta.APIVersion+"/"+meta.Kind]
 	if !ok {
 		return o, fmt.Errorf("%s: no Go type known for apiVersion %q kind %q", o, meta.APIVersion, meta.Kind)

@@ -13,23 +13,23 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 )
 
-// Dockerfile is the part of a parsed Dockerfile the checks look at.
-type Dockerfile struct {
+// dockerfile is the part of a parsed Dockerfile the checks look at.
+type dockerfile struct {
 	// Args are the global ARGs (before the first FROM) with their defaults.
 	Args   map[string]string
-	Stages []*Stage
+	Stages []*stage
 	// Unknown lists instructions the parser does not know (it ignores
 	// them; docker build would fail), as "line N: WORD".
 	Unknown []string
 }
 
-// Stage is one FROM ... AS name block.
-type Stage struct {
+// stage is one FROM ... AS name block.
+type stage struct {
 	Name string
 	// From is the base as written; Base is it with global ARGs expanded.
 	From, Base string
 	// Parent is the stage this one builds on, or nil for an image.
-	Parent *Stage
+	Parent *stage
 	Line   int
 	// User is the last USER of this stage ("" when none).
 	User string
@@ -37,14 +37,15 @@ type Stage struct {
 	Args map[string]string
 	Env  map[string]string
 	// Copies are the COPY/ADD instructions, in order.
-	Copies      []Copy
+	Copies      []dockerCopy
 	Runs        []string
 	Healthcheck []string
 	Entrypoint  []string
+	Cmd         []string
 }
 
-// Copy is one COPY or ADD.
-type Copy struct {
+// dockerCopy is one COPY or ADD.
+type dockerCopy struct {
 	From    string // --from stage, "" for the build context
 	Sources []string
 	Dest    string
@@ -53,7 +54,7 @@ type Copy struct {
 
 // EffectiveUser is the USER in force at the end of the stage, following the
 // stages it builds on ("" when none sets one, i.e. the image's default).
-func (s *Stage) EffectiveUser() string {
+func (s *stage) EffectiveUser() string {
 	for st := s; st != nil; st = st.Parent {
 		if st.User != "" {
 			return st.User
@@ -63,7 +64,7 @@ func (s *Stage) EffectiveUser() string {
 }
 
 // LookupEnv returns an ENV of the stage or the stages it builds on.
-func (s *Stage) LookupEnv(key string) (string, bool) {
+func (s *stage) LookupEnv(key string) (string, bool) {
 	for st := s; st != nil; st = st.Parent {
 		if v, ok := st.Env[key]; ok {
 			return v, true
@@ -73,7 +74,7 @@ func (s *Stage) LookupEnv(key string) (string, bool) {
 }
 
 // Stage returns the stage named name, or nil.
-func (d *Dockerfile) Stage(name string) *Stage {
+func (d *dockerfile) Stage(name string) *stage {
 	for _, s := range d.Stages {
 		if s.Name == name {
 			return s
@@ -85,14 +86,14 @@ func (d *Dockerfile) Stage(name string) *Stage {
 var knownInstructions = []string{"add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "from",
 	"healthcheck", "label", "maintainer", "onbuild", "run", "shell", "stopsignal", "user", "volume", "workdir"}
 
-// ParseDockerfile reads a Dockerfile with BuildKit's own parser.
-func ParseDockerfile(r io.Reader) (*Dockerfile, error) {
+// parseDockerfile reads a Dockerfile with BuildKit's own parser.
+func parseDockerfile(r io.Reader) (*dockerfile, error) {
 	res, err := parser.Parse(r)
 	if err != nil {
 		return nil, fmt.Errorf("dockerfile: %w", err)
 	}
-	d := &Dockerfile{Args: map[string]string{}}
-	var cur *Stage
+	d := &dockerfile{Args: map[string]string{}}
+	var cur *stage
 	for _, n := range res.AST.Children {
 		cmd := strings.ToLower(n.Value)
 		args := nodeArgs(n)
@@ -104,7 +105,7 @@ func ParseDockerfile(r io.Reader) (*Dockerfile, error) {
 			if len(args) != 1 && !(len(args) == 3 && strings.EqualFold(args[1], "AS")) {
 				return nil, fmt.Errorf("dockerfile: line %d: FROM wants IMAGE [AS NAME], got %q", n.StartLine, args)
 			}
-			cur = &Stage{From: args[0], Base: expandArgs(args[0], d.Args), Line: n.StartLine, Args: map[string]string{}, Env: map[string]string{}}
+			cur = &stage{From: args[0], Base: expandArgs(args[0], d.Args), Line: n.StartLine, Args: map[string]string{}, Env: map[string]string{}}
 			if len(args) == 3 {
 				cur.Name = args[2]
 			}
@@ -141,7 +142,7 @@ func ParseDockerfile(r io.Reader) (*Dockerfile, error) {
 			if len(args) < 2 {
 				return nil, fmt.Errorf("dockerfile: line %d: %s wants a source and a destination", n.StartLine, n.Value)
 			}
-			c := Copy{Sources: args[:len(args)-1], Dest: args[len(args)-1], Line: n.StartLine}
+			c := dockerCopy{Sources: args[:len(args)-1], Dest: args[len(args)-1], Line: n.StartLine}
 			for _, f := range n.Flags {
 				if v, ok := strings.CutPrefix(f, "--from="); ok {
 					c.From = v
@@ -154,6 +155,8 @@ func ParseDockerfile(r io.Reader) (*Dockerfile, error) {
 			cur.Healthcheck = args
 		case "entrypoint":
 			cur.Entrypoint = args
+		case "cmd":
+			cur.Cmd = args
 		}
 	}
 	if len(d.Stages) == 0 {
@@ -162,14 +165,14 @@ func ParseDockerfile(r io.Reader) (*Dockerfile, error) {
 	return d, nil
 }
 
-// ParseDockerfileFile parses the Dockerfile at path.
-func ParseDockerfileFile(path string) (*Dockerfile, error) {
+// parseDockerfileFile parses the Dockerfile at path.
+func parseDockerfileFile(path string) (*dockerfile, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	d, err := ParseDockerfile(f)
+	d, err := parseDockerfile(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -196,20 +199,21 @@ func expandArgs(s string, args map[string]string) string {
 // digest makes the pull reproducible.
 var pinnedImage = regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?/?[a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}@sha256:[0-9a-f]{64}$`)
 
-// IsPinnedImage reports whether ref names an image by tag and digest.
-func IsPinnedImage(ref string) bool { return pinnedImage.MatchString(ref) }
+// isPinnedImage reports whether ref names an image by tag and digest.
+func isPinnedImage(ref string) bool { return pinnedImage.MatchString(ref) }
 
-// ORT is the ONNX Runtime the inference image carries.
-var ORT = struct{ Package, SHA256, Path string }{
+// ortLib is the ONNX Runtime the inference image carries.
+var ortLib = struct{ Package, SHA256, Path string }{
 	Package: "onnxruntime-node@1.24.1",
 	SHA256:  "53ef1ac028dd1b05554b8da28d9159eb3876f99868193d2aaa6e67f0243c23d4",
 	Path:    "/usr/local/lib/onnxruntime/libonnxruntime.so.1",
 }
 
-// CheckDockerfile checks the multi-target Dockerfile of the services: pinned
+// checkDockerfile checks the multi-target Dockerfile of the services: pinned
 // bases, one final target per service running its binary as a non-root
-// user with a health check, inference with a verified ONNX Runtime.
-func CheckDockerfile(d *Dockerfile) error {
+// user with a health check, inference with a verified ONNX Runtime, and
+// the target of the setup job (checkDockerfileJob).
+func checkDockerfile(d *dockerfile) error {
 	var errs []error
 	fail := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 
@@ -224,7 +228,7 @@ func CheckDockerfile(d *Dockerfile) error {
 			}
 			seen[s.Name] = true
 		}
-		if s.Parent == nil && !IsPinnedImage(s.Base) {
+		if s.Parent == nil && !isPinnedImage(s.Base) {
 			fail("dockerfile: line %d: FROM %s (= %q) is neither an earlier stage nor an image pinned as name:tag@sha256:digest", s.Line, s.From, s.Base)
 		}
 		for _, c := range s.Copies {
@@ -233,7 +237,7 @@ func CheckDockerfile(d *Dockerfile) error {
 			}
 		}
 	}
-	for _, svc := range Services {
+	for _, svc := range services {
 		st := d.Stage(svc.Name)
 		if st == nil {
 			fail("dockerfile: no target %q", svc.Name)
@@ -253,20 +257,48 @@ func CheckDockerfile(d *Dockerfile) error {
 		} else {
 			checkGoBuild(svc, src, fail)
 		}
-		if copiedFrom(d, st, HealthProbe) == nil {
-			fail("dockerfile: target %q does not copy the health probe to %s", svc.Name, HealthProbe)
+		if copiedFrom(d, st, healthProbe) == nil {
+			fail("dockerfile: target %q does not copy the health probe to %s", svc.Name, healthProbe)
 		}
-		if len(st.Healthcheck) < 2 || st.Healthcheck[0] != "CMD" || st.Healthcheck[1] != HealthProbe {
-			fail("dockerfile: target %q: HEALTHCHECK is %q, want CMD %s URL", svc.Name, st.Healthcheck, HealthProbe)
+		if len(st.Healthcheck) < 2 || st.Healthcheck[0] != "CMD" || st.Healthcheck[1] != healthProbe {
+			fail("dockerfile: target %q: HEALTHCHECK is %q, want CMD %s URL", svc.Name, st.Healthcheck, healthProbe)
 		}
 		if svc.Cgo {
 			checkONNXRuntime(d, st, fail)
 		}
 	}
+	checkDockerfileJob(d, setupJob, fail)
 	return errors.Join(errs...)
 }
 
-func checkUser(st *Stage, fail func(string, ...any)) {
+// checkDockerfileJob checks the target of a one-shot job: a small base, a
+// non-root user, its binary built without cgo inside its module as the
+// entrypoint, and the job's arguments as the default command.
+func checkDockerfileJob(d *dockerfile, j job, fail func(string, ...any)) {
+	st := d.Stage(j.Target)
+	if st == nil {
+		fail("dockerfile: no target %q", j.Target)
+		return
+	}
+	if st.Parent != nil {
+		fail("dockerfile: target %q builds on stage %q: a final image starts from a small base image", j.Target, st.Parent.Name)
+	}
+	checkUser(st, fail)
+	bin := "/usr/local/bin/" + j.Target
+	if !slices.Equal(st.Entrypoint, []string{bin}) {
+		fail("dockerfile: target %q: ENTRYPOINT is %q, want [%q]", j.Target, st.Entrypoint, bin)
+	}
+	if !slices.Equal(st.Cmd, j.Args) {
+		fail("dockerfile: target %q: CMD is %q, want %q", j.Target, st.Cmd, j.Args)
+	}
+	if src := copiedFrom(d, st, bin); src == nil {
+		fail("dockerfile: target %q does not copy its binary to %s", j.Target, bin)
+	} else {
+		checkGoBuild(service{Name: j.Target, Package: j.Package}, src, fail)
+	}
+}
+
+func checkUser(st *stage, fail func(string, ...any)) {
 	u := st.EffectiveUser()
 	uid, _, _ := strings.Cut(u, ":")
 	switch {
@@ -282,7 +314,7 @@ func checkUser(st *Stage, fail func(string, ...any)) {
 
 // copiedFrom returns the stage a final image copies dest from (nil if it
 // does not), following one level of COPY --from.
-func copiedFrom(d *Dockerfile, st *Stage, dest string) *Stage {
+func copiedFrom(d *dockerfile, st *stage, dest string) *stage {
 	for _, c := range st.Copies {
 		if c.Dest == dest || (strings.HasSuffix(c.Dest, "/") && c.Dest+path.Base(dest) == dest) {
 			if c.From == "" {
@@ -296,7 +328,7 @@ func copiedFrom(d *Dockerfile, st *Stage, dest string) *Stage {
 
 // checkGoBuild checks that the stage a binary comes from builds the
 // service's main package inside its module, with cgo only where needed.
-func checkGoBuild(svc Service, build *Stage, fail func(string, ...any)) {
+func checkGoBuild(svc service, build *stage, fail func(string, ...any)) {
 	module, pkg, _ := strings.Cut(strings.TrimPrefix(svc.Package, "./"), "/")
 	cgo := "CGO_ENABLED=0"
 	if svc.Cgo {
@@ -316,24 +348,24 @@ func checkGoBuild(svc Service, build *Stage, fail func(string, ...any)) {
 	fail("dockerfile: stage %q has no `cd %s && go build ... ./%s`", build.Name, module, pkg)
 }
 
-func checkONNXRuntime(d *Dockerfile, st *Stage, fail func(string, ...any)) {
-	if v, _ := st.LookupEnv("ONNXRUNTIME_LIB"); v != ORT.Path {
-		fail("dockerfile: target %q: ONNXRUNTIME_LIB is %q, want %q", st.Name, v, ORT.Path)
+func checkONNXRuntime(d *dockerfile, st *stage, fail func(string, ...any)) {
+	if v, _ := st.LookupEnv("ONNXRUNTIME_LIB"); v != ortLib.Path {
+		fail("dockerfile: target %q: ONNXRUNTIME_LIB is %q, want %q", st.Name, v, ortLib.Path)
 	}
-	src := copiedFrom(d, st, ORT.Path)
+	src := copiedFrom(d, st, ortLib.Path)
 	if src == nil {
-		fail("dockerfile: target %q does not copy ONNX Runtime to %s", st.Name, ORT.Path)
+		fail("dockerfile: target %q does not copy ONNX Runtime to %s", st.Name, ortLib.Path)
 		return
 	}
 	var fetched bool
 	for _, r := range src.Runs {
 		r = expandArgs(r, src.Args)
-		if strings.Contains(r, "npm pack") && strings.Contains(r, ORT.Package) &&
-			strings.Contains(r, ORT.SHA256) && strings.Contains(r, "sha256sum -c") {
+		if strings.Contains(r, "npm pack") && strings.Contains(r, ortLib.Package) &&
+			strings.Contains(r, ortLib.SHA256) && strings.Contains(r, "sha256sum -c") {
 			fetched = true
 		}
 	}
 	if !fetched {
-		fail("dockerfile: stage %q does not fetch %s with npm pack and verify sha256 %s", src.Name, ORT.Package, ORT.SHA256)
+		fail("dockerfile: stage %q does not fetch %s with npm pack and verify sha256 %s", src.Name, ortLib.Package, ortLib.SHA256)
 	}
 }

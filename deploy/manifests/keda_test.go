@@ -5,70 +5,70 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// ScaledObject is KEDA's keda.sh/v1alpha1 ScaledObject, the fields of its
+// scaledObject is KEDA's keda.sh/v1alpha1 ScaledObject, the fields of its
 // spec as in github.com/kedacore/keda/v2/apis/keda/v1alpha1 (that module
 // would bring controller-runtime and much more into this build). Decoding
 // with unknown fields disallowed makes a misspelt field fail like it does
 // for the Kubernetes types.
-type ScaledObject struct {
+type scaledObject struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              ScaledObjectSpec `json:"spec"`
+	Spec              scaledObjectSpec `json:"spec"`
 }
 
-type ScaledObjectSpec struct {
-	ScaleTargetRef        *ScaleTarget     `json:"scaleTargetRef"`
+type scaledObjectSpec struct {
+	ScaleTargetRef        *scaleTarget     `json:"scaleTargetRef"`
 	PollingInterval       *int32           `json:"pollingInterval,omitempty"`
 	CooldownPeriod        *int32           `json:"cooldownPeriod,omitempty"`
 	InitialCooldownPeriod int32            `json:"initialCooldownPeriod,omitempty"`
 	IdleReplicaCount      *int32           `json:"idleReplicaCount,omitempty"`
 	MinReplicaCount       *int32           `json:"minReplicaCount,omitempty"`
 	MaxReplicaCount       *int32           `json:"maxReplicaCount,omitempty"`
-	Advanced              *AdvancedConfig  `json:"advanced,omitempty"`
-	Triggers              []ScaleTrigger   `json:"triggers"`
-	Fallback              *ScalingFallback `json:"fallback,omitempty"`
+	Advanced              *advancedConfig  `json:"advanced,omitempty"`
+	Triggers              []scaleTrigger   `json:"triggers"`
+	Fallback              *scalingFallback `json:"fallback,omitempty"`
 }
 
-type ScaleTarget struct {
+type scaleTarget struct {
 	Name                   string `json:"name"`
 	APIVersion             string `json:"apiVersion,omitempty"`
 	Kind                   string `json:"kind,omitempty"`
 	EnvSourceContainerName string `json:"envSourceContainerName,omitempty"`
 }
 
-type ScalingFallback struct {
+type scalingFallback struct {
 	FailureThreshold int32 `json:"failureThreshold"`
 	Replicas         int32 `json:"replicas"`
 }
 
-type AdvancedConfig struct {
-	HorizontalPodAutoscalerConfig *HorizontalPodAutoscalerConfig `json:"horizontalPodAutoscalerConfig,omitempty"`
-	RestoreToOriginalReplicaCount bool                           `json:"restoreToOriginalReplicaCount,omitempty"`
-	ScalingModifiers              *ScalingModifiers              `json:"scalingModifiers,omitempty"`
+type advancedConfig struct {
+	HorizontalPodAutoscalerConfig *hpaConfig        `json:"horizontalPodAutoscalerConfig,omitempty"`
+	RestoreToOriginalReplicaCount bool              `json:"restoreToOriginalReplicaCount,omitempty"`
+	ScalingModifiers              *scalingModifiers `json:"scalingModifiers,omitempty"`
 }
 
-type HorizontalPodAutoscalerConfig struct {
+type hpaConfig struct {
 	Behavior *autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior,omitempty"`
 	Name     string                                         `json:"name,omitempty"`
 }
 
-type ScalingModifiers struct {
+type scalingModifiers struct {
 	Formula          string                         `json:"formula,omitempty"`
 	Target           string                         `json:"target,omitempty"`
 	ActivationTarget string                         `json:"activationTarget,omitempty"`
 	MetricType       autoscalingv2.MetricTargetType `json:"metricType,omitempty"`
 }
 
-type ScaleTrigger struct {
+type scaleTrigger struct {
 	Type              string                         `json:"type"`
 	Name              string                         `json:"name,omitempty"`
 	UseCachedMetrics  bool                           `json:"useCachedMetrics,omitempty"`
 	Metadata          map[string]string              `json:"metadata"`
-	AuthenticationRef *AuthenticationRef             `json:"authenticationRef,omitempty"`
+	AuthenticationRef *authenticationRef             `json:"authenticationRef,omitempty"`
 	MetricType        autoscalingv2.MetricTargetType `json:"metricType,omitempty"`
 }
 
-type AuthenticationRef struct {
+type authenticationRef struct {
 	Name string `json:"name"`
 	Kind string `json:"kind,omitempty"`
 }

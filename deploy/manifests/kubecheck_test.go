@@ -14,20 +14,23 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
-// NATSReplicas is the size of the NATS cluster and the replica count of
+// natsReplicas is the size of the NATS cluster and the replica count of
 // every stream in Kubernetes.
-const NATSReplicas = 3
+const natsReplicas = 3
 
-// KubeOptions tune CheckKubernetes.
-type KubeOptions struct {
+// kubeOptions tune checkKubernetes.
+type kubeOptions struct {
 	// PinnedImages requires every image to carry a tag other than latest
 	// (or a digest). Overlays set the release tag; the base does not.
 	PinnedImages bool
@@ -35,28 +38,28 @@ type KubeOptions struct {
 
 // workload is a Deployment or StatefulSet, seen through its pod template.
 type workload struct {
-	obj      Object
+	obj      object
 	replicas *int32
 	pod      *corev1.PodTemplateSpec
 }
 
 type kubeIndex struct {
-	objs      []Object
+	objs      []object
 	workloads []workload
 	fail      func(format string, a ...any)
 }
 
-func (x *kubeIndex) find(kind, ns, name string) (Object, bool) {
+func (x *kubeIndex) find(kind, ns, name string) (object, bool) {
 	for _, o := range x.objs {
 		if o.Kind == kind && o.Namespace == ns && o.Name == name {
 			return o, true
 		}
 	}
-	return Object{}, false
+	return object{}, false
 }
 
-func (x *kubeIndex) all(kind string) []Object {
-	var out []Object
+func (x *kubeIndex) all(kind string) []object {
+	var out []object
 	for _, o := range x.objs {
 		if o.Kind == kind {
 			out = append(out, o)
@@ -74,13 +77,13 @@ func (x *kubeIndex) workload(kind, ns, name string) *workload {
 	return nil
 }
 
-// CheckKubernetes checks rendered objects beyond their schema: no secret in
+// checkKubernetes checks rendered objects beyond their schema: no secret in
 // the manifests, probes, resources and a locked-down security context on
 // every container, the configuration each service needs, a 3-node NATS
 // cluster, and that every reference (Service selectors and ports, Ingress
 // backends, autoscaler targets, ConfigMaps, the KEDA monitoring endpoint)
 // points at something that exists.
-func CheckKubernetes(objs []Object, opt KubeOptions) error {
+func checkKubernetes(objs []object, opt kubeOptions) error {
 	var errs []error
 	x := &kubeIndex{objs: objs, fail: func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }}
 	for _, o := range objs {
@@ -102,9 +105,10 @@ func CheckKubernetes(objs []Object, opt KubeOptions) error {
 	for _, w := range x.workloads {
 		x.checkWorkload(w, opt)
 	}
-	for _, svc := range Services {
+	for _, svc := range services {
 		x.checkService(svc)
 	}
+	x.checkJob(setupJob, opt)
 	x.checkNATS()
 	x.checkNetworkPolicies()
 	x.checkServices()
@@ -114,7 +118,7 @@ func CheckKubernetes(objs []Object, opt KubeOptions) error {
 }
 
 func isSecretEnv(name string) bool {
-	for _, s := range Services {
+	for _, s := range services {
 		if slices.Contains(s.SecretEnv, name) {
 			return true
 		}
@@ -122,29 +126,15 @@ func isSecretEnv(name string) bool {
 	return false
 }
 
-func (x *kubeIndex) checkWorkload(w workload, opt KubeOptions) {
+func (x *kubeIndex) checkWorkload(w workload, opt kubeOptions) {
 	o, spec := w.obj, &w.pod.Spec
 	if sc := spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
 		x.fail("%s: pod securityContext.runAsNonRoot is not true", o)
 	}
 	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
-		x.checkContainer(o, c, opt)
+		x.checkContainer(o, c, opt, true)
 	}
-	for _, v := range spec.Volumes {
-		if v.ConfigMap != nil {
-			if _, ok := x.find("ConfigMap", o.Namespace, v.ConfigMap.Name); !ok {
-				x.fail("%s: volume %s names ConfigMap %q, which is not in the manifests", o, v.Name, v.ConfigMap.Name)
-			}
-		}
-		if v.Secret != nil {
-			switch {
-			case v.Secret.SecretName != NATSTLSSecret:
-				x.fail("%s: volume %s mounts Secret %q; only the secret env of the service table and %s are expected", o, v.Name, v.Secret.SecretName, NATSTLSSecret)
-			case o.Name != "nats" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "ca.crt"):
-				x.fail("%s: volume %s mounts more of %s than ca.crt: the private key belongs to NATS alone", o, v.Name, NATSTLSSecret)
-			}
-		}
-	}
+	x.checkVolumes(o, spec)
 	// A PodDisruptionBudget keeps drains from taking every replica at once.
 	var covered bool
 	for _, p := range x.all("PodDisruptionBudget") {
@@ -159,6 +149,99 @@ func (x *kubeIndex) checkWorkload(w workload, opt KubeOptions) {
 	if sel := workloadSelector(w); !selects(sel, w.pod.Labels) {
 		x.fail("%s: selector %v does not match its pod labels %v", o, sel, w.pod.Labels)
 	}
+}
+
+// checkVolumes: ConfigMaps that exist; of Secrets, only the NATS
+// certificate's ca.crt (all of it for NATS itself).
+func (x *kubeIndex) checkVolumes(o object, spec *corev1.PodSpec) {
+	for _, v := range spec.Volumes {
+		if v.ConfigMap != nil {
+			if _, ok := x.find("ConfigMap", o.Namespace, v.ConfigMap.Name); !ok {
+				x.fail("%s: volume %s names ConfigMap %q, which is not in the manifests", o, v.Name, v.ConfigMap.Name)
+			}
+		}
+		if v.Secret != nil {
+			switch {
+			case v.Secret.SecretName != natsTLSSecret:
+				x.fail("%s: volume %s mounts Secret %q; only the secret env of the service table and %s are expected", o, v.Name, v.Secret.SecretName, natsTLSSecret)
+			case o.Name != "nats" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "ca.crt"):
+				x.fail("%s: volume %s mounts more of %s than ca.crt: the private key belongs to NATS alone", o, v.Name, natsTLSSecret)
+			}
+		}
+	}
+}
+
+// checkJob: the Job of j runs the image of its target with its arguments
+// as its NATS user over TLS, locked down like a service's pods (without
+// probes: it runs once), retried while the NATS cluster forms, and removed
+// a while after it finished, so the next release's apply creates and runs
+// it again (a Job's template cannot be changed in place).
+func (x *kubeIndex) checkJob(j job, opt kubeOptions) {
+	i := slices.IndexFunc(x.all("Job"), func(o object) bool { return o.Name == j.Kube })
+	if i < 0 {
+		x.fail("no Job %q: nothing runs `gradeline %s` before the services start", j.Kube, strings.Join(j.Args, " "))
+		return
+	}
+	o := x.all("Job")[i]
+	jb := o.Value.(*batchv1.Job)
+	spec := &jb.Spec.Template.Spec
+	if p := spec.RestartPolicy; p != corev1.RestartPolicyOnFailure && p != corev1.RestartPolicyNever {
+		x.fail("%s: restartPolicy %q, want OnFailure or Never", o, p)
+	}
+	if jb.Spec.BackoffLimit == nil || *jb.Spec.BackoffLimit < 1 {
+		x.fail("%s: backoffLimit %v: the Job must retry while the NATS cluster forms", o, deref(jb.Spec.BackoffLimit))
+	}
+	if jb.Spec.TTLSecondsAfterFinished == nil {
+		x.fail("%s: no ttlSecondsAfterFinished: the finished Job would stay and the next release's apply could not run it again", o)
+	}
+	if sc := spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		x.fail("%s: pod securityContext.runAsNonRoot is not true", o)
+	}
+	x.checkVolumes(o, spec)
+	k := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == j.Target })
+	if k < 0 {
+		x.fail("%s: no container %q", o, j.Target)
+		return
+	}
+	c := spec.Containers[k]
+	x.checkContainer(o, c, opt, false)
+	repo, _, _ := strings.Cut(c.Image, "@")
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	if path.Base(repo) != j.Target {
+		x.fail("%s: image %q, want the image of the Dockerfile target %q", o, c.Image, j.Target)
+	}
+	if len(c.Command) > 0 || !slices.Equal(c.Args, j.Args) {
+		x.fail("%s: command %q args %q, want the image's entrypoint with args %q", o, c.Command, c.Args, j.Args)
+	}
+	ns := o.Namespace
+	for _, name := range j.Env {
+		if !x.lookupEnv(ns, c, name).found {
+			x.fail("%s: required environment %s is not set", o, name)
+		}
+	}
+	if v := x.lookupEnv(ns, c, bus.EnvReplicas).value; v != strconv.Itoa(natsReplicas) {
+		x.fail("%s: %s=%q, want %d: streams replicated on every NATS node", o, bus.EnvReplicas, v, natsReplicas)
+	}
+	if v := x.lookupEnv(ns, c, "NATS_URL").value; v != "" {
+		u, err := url.Parse(strings.Split(v, ",")[0])
+		if err != nil || u.Hostname() == "" {
+			x.fail("%s: NATS_URL %q is not a URL", o, v)
+		} else {
+			x.checkNATSURL(o, ns, c, j.User, u)
+		}
+	}
+}
+
+// jobPods returns the pod labels of the Job of j (nil when there is none).
+func (x *kubeIndex) jobPods(j job) labels.Set {
+	for _, o := range x.all("Job") {
+		if o.Name == j.Kube {
+			return o.Value.(*batchv1.Job).Spec.Template.Labels
+		}
+	}
+	return nil
 }
 
 func workloadSelector(w workload) map[string]string {
@@ -180,12 +263,14 @@ func selects(selector, podLabels map[string]string) bool {
 	return len(selector) > 0 && labels.SelectorFromSet(selector).Matches(labels.Set(podLabels))
 }
 
-func (x *kubeIndex) checkContainer(o Object, c corev1.Container, opt KubeOptions) {
+// checkContainer checks one container; probes says whether it must have
+// readiness and liveness probes (a long-running one), not a Job's.
+func (x *kubeIndex) checkContainer(o object, c corev1.Container, opt kubeOptions, probes bool) {
 	where := fmt.Sprintf("%s container %s", o, c.Name)
-	if c.ReadinessProbe == nil {
+	if probes && c.ReadinessProbe == nil {
 		x.fail("%s: no readinessProbe", where)
 	}
-	if c.LivenessProbe == nil {
+	if probes && c.LivenessProbe == nil {
 		x.fail("%s: no livenessProbe", where)
 	}
 	for _, p := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
@@ -291,7 +376,7 @@ func (x *kubeIndex) lookupEnv(ns string, c corev1.Container, name string) envSou
 	return envSource{}
 }
 
-func (x *kubeIndex) checkService(svc Service) {
+func (x *kubeIndex) checkService(svc service) {
 	var w *workload
 	for i := range x.workloads {
 		if x.workloads[i].obj.Kind == "Deployment" && x.workloads[i].obj.Name == svc.Name {
@@ -317,8 +402,8 @@ func (x *kubeIndex) checkService(svc Service) {
 			x.fail("%s: %s must come from a Secret (secretKeyRef)", w.obj, name)
 		}
 	}
-	if v := x.lookupEnv(ns, c, "GRADELINE_REPLICAS").value; v != strconv.Itoa(NATSReplicas) {
-		x.fail("%s: GRADELINE_REPLICAS=%q, want %d: streams replicated on every NATS node", w.obj, v, NATSReplicas)
+	if v := x.lookupEnv(ns, c, bus.EnvReplicas).value; v != strconv.Itoa(natsReplicas) {
+		x.fail("%s: %s=%q, want %d: streams replicated on every NATS node", w.obj, bus.EnvReplicas, v, natsReplicas)
 	}
 	if v := x.lookupEnv(ns, c, "NATS_URL").value; v != "" {
 		u, err := url.Parse(strings.Split(v, ",")[0])
@@ -355,15 +440,15 @@ func (x *kubeIndex) checkService(svc Service) {
 
 func (x *kubeIndex) checkNATS() {
 	sets := x.all("StatefulSet")
-	i := slices.IndexFunc(sets, func(o Object) bool { return o.Name == "nats" })
+	i := slices.IndexFunc(sets, func(o object) bool { return o.Name == "nats" })
 	if i < 0 {
 		x.fail("no StatefulSet nats")
 		return
 	}
 	o := sets[i]
 	ss := o.Value.(*appsv1.StatefulSet)
-	if ss.Spec.Replicas == nil || *ss.Spec.Replicas != NATSReplicas {
-		x.fail("%s: replicas %v, want %d (JetStream quorum survives one lost node)", o, deref(ss.Spec.Replicas), NATSReplicas)
+	if ss.Spec.Replicas == nil || *ss.Spec.Replicas != natsReplicas {
+		x.fail("%s: replicas %v, want %d (JetStream quorum survives one lost node)", o, deref(ss.Spec.Replicas), natsReplicas)
 	}
 	if len(ss.Spec.VolumeClaimTemplates) == 0 {
 		x.fail("%s: no volumeClaimTemplates: JetStream data would not survive a restart", o)
@@ -386,7 +471,7 @@ func (x *kubeIndex) checkNATS() {
 	if !regexp.MustCompile(`(?m)^\s*jetstream\s*[{:]`).MatchString(conf) {
 		x.fail("%s: the NATS configuration does not enable jetstream", o)
 	}
-	for n := range NATSReplicas {
+	for n := range natsReplicas {
 		route := fmt.Sprintf("nats://%s-%d.%s:6222", o.Name, n, ss.Spec.ServiceName)
 		if !strings.Contains(conf, route) {
 			x.fail("%s: the NATS configuration has no route %s", o, route)
@@ -397,11 +482,11 @@ func (x *kubeIndex) checkNATS() {
 		if p.Namespace != o.Namespace || !selects(pdb.Spec.Selector.MatchLabels, ss.Spec.Template.Labels) {
 			continue
 		}
-		quorum := NATSReplicas/2 + 1
+		quorum := natsReplicas/2 + 1
 		if m := pdb.Spec.MinAvailable; m != nil && m.Type == intstr.Int && int(m.IntVal) < quorum {
 			x.fail("%s: minAvailable %d is below the JetStream quorum %d", p, m.IntVal, quorum)
 		}
-		if m := pdb.Spec.MaxUnavailable; m != nil && m.Type == intstr.Int && int(m.IntVal) > NATSReplicas-quorum {
+		if m := pdb.Spec.MaxUnavailable; m != nil && m.Type == intstr.Int && int(m.IntVal) > natsReplicas-quorum {
 			x.fail("%s: maxUnavailable %d would break the JetStream quorum", p, m.IntVal)
 		}
 		if pdb.Spec.MinAvailable == nil && pdb.Spec.MaxUnavailable == nil {
@@ -477,8 +562,8 @@ func (x *kubeIndex) checkIngresses() {
 					x.fail("%s: backend Service %q is not in the manifests", o, b.Name)
 					continue
 				}
-				if b.Name != Edge {
-					x.fail("%s: exposes Service %q; only the edge %s is reachable from outside", o, b.Name, Edge)
+				if b.Name != edgeName {
+					x.fail("%s: exposes Service %q; only the edge %s is reachable from outside", o, b.Name, edgeName)
 				}
 				edge = true
 				s := so.Value.(*corev1.Service)
@@ -491,13 +576,13 @@ func (x *kubeIndex) checkIngresses() {
 		}
 	}
 	if !edge {
-		x.fail("no Ingress routes to the edge %s", Edge)
+		x.fail("no Ingress routes to the edge %s", edgeName)
 	}
 }
 
 func (x *kubeIndex) checkAutoscalers() {
 	scaled := map[string]string{} // namespace/deployment -> scaler
-	target := func(o Object, kind, name string) {
+	target := func(o object, kind, name string) {
 		w := x.workload(kind, o.Namespace, name)
 		if kind != "Deployment" || w == nil {
 			x.fail("%s: scale target %s %q is not a Deployment of the manifests", o, kind, name)
@@ -521,7 +606,7 @@ func (x *kubeIndex) checkAutoscalers() {
 	}
 	lag := map[string]bool{}
 	for _, o := range x.all("ScaledObject") {
-		so := o.Value.(*ScaledObject)
+		so := o.Value.(*scaledObject)
 		ref := so.Spec.ScaleTargetRef
 		if ref == nil {
 			x.fail("%s: no scaleTargetRef", o)
@@ -547,13 +632,13 @@ func (x *kubeIndex) checkAutoscalers() {
 				continue
 			}
 			x.checkNATSTrigger(o, tr)
-			want, ok := LagScaled[ref.Name]
+			want, ok := lagScaled[ref.Name]
 			if ok && tr.Metadata["stream"] == want.Stream && tr.Metadata["consumer"] == want.Durable {
 				lag[ref.Name] = true
 			}
 		}
 	}
-	for name, want := range LagScaled {
+	for name, want := range lagScaled {
 		if !lag[name] {
 			x.fail("no ScaledObject scales %s on the lag of %s/%s (trigger nats-jetstream)", name, want.Stream, want.Durable)
 		}
@@ -563,8 +648,8 @@ func (x *kubeIndex) checkAutoscalers() {
 			x.fail("%s: neither autoscaled nor at 2 or more replicas", w.obj)
 		}
 	}
-	if _, ok := scaled[x.edgeNamespace()+"/"+Edge]; !ok {
-		x.fail("the edge %s has no HorizontalPodAutoscaler", Edge)
+	if _, ok := scaled[x.edgeNamespace()+"/"+edgeName]; !ok {
+		x.fail("the edge %s has no HorizontalPodAutoscaler", edgeName)
 	}
 }
 
@@ -577,7 +662,7 @@ func cmpOr(p *int32, def int32) *int32 {
 
 func (x *kubeIndex) edgeNamespace() string {
 	for _, w := range x.workloads {
-		if w.obj.Name == Edge {
+		if w.obj.Name == edgeName {
 			return w.obj.Namespace
 		}
 	}
@@ -588,7 +673,7 @@ func (x *kubeIndex) edgeNamespace() string {
 // namespace and, with a clustered JetStream, asks the stream leader at
 // <server name>.<endpoint>: the endpoint must be the headless Service of
 // the NATS StatefulSet, fully qualified with the namespace it runs in.
-func (x *kubeIndex) checkNATSTrigger(o Object, tr ScaleTrigger) {
+func (x *kubeIndex) checkNATSTrigger(o object, tr scaleTrigger) {
 	for k := range tr.Metadata {
 		if !natsJetStreamMetadata[k] {
 			x.fail("%s: nats-jetstream trigger has unknown metadata %q", o, k)
@@ -627,12 +712,9 @@ func (x *kubeIndex) checkNATSTrigger(o Object, tr ScaleTrigger) {
 	}
 }
 
-// NATSTLSSecret holds the NATS server's certificate (cert-manager's
+// natsTLSSecret holds the NATS server's certificate (cert-manager's
 // Certificate nats-tls): NATS mounts it whole, the services only its ca.crt.
-const NATSTLSSecret = "nats-tls"
-
-// NATSUsers are the users of the NATS configuration besides one per service.
-var NATSUsers = []string{"admin", "subscriber"}
+const natsTLSSecret = "nats-tls"
 
 // secretRef matches a password given as a reference to another variable
 // of the container, $(NAME), which Kubernetes expands.
@@ -640,7 +722,7 @@ var secretRef = regexp.MustCompile(`^\$\(([A-Za-z_][A-Za-z0-9_]*)\)$`)
 
 // checkNATSURL: a service connects over TLS, as its own user, with a
 // password from a Secret, verifying the server with a CA file.
-func (x *kubeIndex) checkNATSURL(o Object, ns string, c corev1.Container, user string, u *url.URL) {
+func (x *kubeIndex) checkNATSURL(o object, ns string, c corev1.Container, user string, u *url.URL) {
 	if u.Scheme != "tls" {
 		x.fail("%s: NATS_URL scheme %q, want tls: traffic to NATS is encrypted", o, u.Scheme)
 	}
@@ -655,15 +737,15 @@ func (x *kubeIndex) checkNATSURL(o Object, ns string, c corev1.Container, user s
 	} else if src := x.lookupEnv(ns, c, m[1]); !src.secret {
 		x.fail("%s: NATS_URL password $(%s) does not come from a Secret (secretKeyRef)", o, m[1])
 	}
-	if x.lookupEnv(ns, c, "NATS_CA").value == "" {
-		x.fail("%s: NATS_CA is not set: the server's certificate would go unverified", o)
+	if x.lookupEnv(ns, c, bus.EnvNATSCA).value == "" {
+		x.fail("%s: %s is not set: the server's certificate would go unverified", o, bus.EnvNATSCA)
 	}
 }
 
 // checkNATSAuth: the server configuration (with its included files, all
 // ConfigMaps of the StatefulSet) admits exactly the users of the bus, with
 // passwords from the environment, and serves TLS.
-func (x *kubeIndex) checkNATSAuth(o Object, conf string) {
+func (x *kubeIndex) checkNATSAuth(o object, conf string) {
 	if !regexp.MustCompile(`(?m)^\s*authorization\s*[{:]`).MatchString(conf) {
 		x.fail("%s: the NATS configuration has no authorization block: anonymous clients would be admitted", o)
 		return
@@ -681,8 +763,7 @@ func (x *kubeIndex) checkNATSAuth(o Object, conf string) {
 		return
 	}
 	c := ss.Spec.Template.Spec.Containers[i]
-	users := append(slices.Clone(NATSUsers), serviceNames()...)
-	for _, user := range users {
+	for _, user := range bus.Users() {
 		if !strings.Contains(conf, fmt.Sprintf("user: %q", user)) {
 			x.fail("%s: the NATS configuration has no user %q", o, user)
 		}
@@ -696,7 +777,7 @@ func (x *kubeIndex) checkNATSAuth(o Object, conf string) {
 
 func serviceNames() []string {
 	var out []string
-	for _, s := range Services {
+	for _, s := range services {
 		out = append(out, s.Name)
 	}
 	return out
@@ -711,13 +792,17 @@ func (x *kubeIndex) checkNetworkPolicies() {
 		return
 	}
 	podsOf := map[string]labels.Set{}
-	for _, s := range Services {
+	for _, s := range services {
 		if w := x.workload("Deployment", nats.obj.Namespace, s.Name); w != nil {
 			podsOf[s.Name] = w.pod.Labels
 		}
 	}
+	setupPods := x.jobPods(setupJob)
+	if setupPods != nil {
+		podsOf[setupJob.Kube] = setupPods
+	}
 	stranger := labels.Set{"app.kubernetes.io/name": "stranger"}
-	var guarded, defaultEgress bool
+	var guarded, defaultEgress, setupAdmitted bool
 	dbPorts := map[int32]string{27017: "MONGO_URI", 9000: "CLICKHOUSE_DSN", 9440: "CLICKHOUSE_DSN", 8123: "CLICKHOUSE_DSN", 8443: "CLICKHOUSE_DSN"}
 	for _, p := range x.all("NetworkPolicy") {
 		np := p.Value.(*networkingv1.NetworkPolicy)
@@ -748,6 +833,9 @@ func (x *kubeIndex) checkNetworkPolicies() {
 					if err != nil || ps.Matches(stranger) || ps.Empty() {
 						x.fail("%s: NATS client port open to pods beyond the services", p)
 					}
+					if err == nil && setupPods != nil && ps.Matches(setupPods) {
+						setupAdmitted = true
+					}
 				}
 				if len(r.From) == 0 {
 					x.fail("%s: NATS client port open to everyone", p)
@@ -764,7 +852,7 @@ func (x *kubeIndex) checkNetworkPolicies() {
 					continue
 				}
 				for name, pl := range podsOf {
-					svc, _ := ServiceByName(name)
+					svc, _ := serviceByName(name)
 					if sel.Matches(pl) && !slices.Contains(svc.Env, env) {
 						x.fail("%s: opens port %d to %s, which does not use %s", p, port.Port.IntVal, name, env)
 					}
@@ -777,6 +865,8 @@ func (x *kubeIndex) checkNetworkPolicies() {
 	}
 	if !guarded {
 		x.fail("no NetworkPolicy guards the NATS pods: any pod could connect")
+	} else if setupPods != nil && !setupAdmitted {
+		x.fail("no NetworkPolicy admits the Job %s to NATS's client port: the streams would never be created", setupJob.Kube)
 	}
 	if !defaultEgress {
 		x.fail("no NetworkPolicy limits the egress of every pod of namespace %s", nats.obj.Namespace)
@@ -802,7 +892,7 @@ func metav1LabelSelector(s metav1.LabelSelector) (labels.Selector, error) {
 // natsServerConfig returns the configuration file the nats container is
 // started with (--config), with its include lines replaced by the files
 // they name, as the server reads them from the mounted ConfigMaps.
-func (x *kubeIndex) natsServerConfig(o Object, ss *appsv1.StatefulSet) string {
+func (x *kubeIndex) natsServerConfig(o object, ss *appsv1.StatefulSet) string {
 	spec := ss.Spec.Template.Spec
 	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == "nats" })
 	if i < 0 {
