@@ -209,12 +209,22 @@ func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, err
 }
 
 func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.Grade], error) {
-	if err := required([2]string{"owner", q.Owner}, [2]string{"image_id", q.ImageID}); err != nil {
+	who := [2]string{"owner", q.Owner}
+	if q.Viewer != "" {
+		who = [2]string{"viewer", q.Viewer}
+	}
+	if err := required(who, [2]string{"image_id", q.ImageID}); err != nil {
 		return bus.List[bus.Grade]{}, err
 	}
 	p, err := page(q.Page, q.PerPage, q.Cursor)
 	if err != nil {
 		return bus.List[bus.Grade]{}, err
+	}
+	if q.Viewer != "" {
+		// Predictions follow their image, as annotations do.
+		if err := a.visibleImage(ctx, q.Viewer, q.ImageID); err != nil {
+			return bus.List[bus.Grade]{}, err
+		}
 	}
 	var list bus.List[bus.Grade]
 	err = a.readGrades(ctx, q.AfterSeq, func() (pending bool, err error) {
@@ -223,6 +233,13 @@ func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.G
 	})
 	if err != nil {
 		return bus.List[bus.Grade]{}, a.dbError(ctx, err)
+	}
+	if q.Viewer != "" {
+		list.Data = slices.DeleteFunc(list.Data, func(g bus.Grade) bool { return g.Status != bus.GradeStatusCompleted })
+		if list.Total != nil {
+			n := int64(len(list.Data))
+			list.Total = &n
+		}
 	}
 	return list, nil
 }

@@ -143,11 +143,15 @@ type Grade struct {
 	CompletedAt  time.Time          `json:"completed_at,omitzero"`
 }
 
-// GradesQuery lists the grades of one image of Owner, newest submission
-// first; paging as in AnnotationsQuery. A List[Grade] answers it.
+// GradesQuery lists the grades of one image, newest submission first;
+// paging as in AnnotationsQuery. A List[Grade] answers it. With Owner, the
+// owner's grades of the image (any image id a grade carries); with Viewer
+// instead, the predictions on a catalogue image the viewer may see: every
+// user's completed grades of it (a page may then hold fewer than PerPage).
 type GradesQuery struct {
 	ImageID string `json:"image_id"`
-	Owner   string `json:"owner"` // required: only the owner's grades are listed
+	Owner   string `json:"owner,omitempty"`
+	Viewer  string `json:"viewer,omitempty"`
 	Cursor  string `json:"cursor,omitempty"`
 	Page    int    `json:"page"`
 	PerPage int    `json:"per_page"`

@@ -73,11 +73,28 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 		ev.ImageID = *req.ImageID
 		// Only an image the user owns or is shared may be annotated: any
 		// other id is not found, as the image itself would be.
-		if _, err := s.getImageMeta(c.UserContext(), user, ev.ImageID); err != nil {
+		img, err := s.getImageMeta(c.UserContext(), user, ev.ImageID)
+		if err != nil {
+			return nil, err
+		}
+		if err := boxesFit(img, ann); err != nil {
 			return nil, err
 		}
 	}
 	return ev, nil
+}
+
+// boxesFit refuses boxes that reach outside the image, when its size is
+// known (the catalogue records it).
+func boxesFit(img bus.Image, ann []byte) error {
+	if img.Width <= 0 || img.Height <= 0 {
+		return nil
+	}
+	st, _ := bus.ParseStructure(ann)
+	if out := st.Outside(img.Width, img.Height); len(out) > 0 {
+		return invalid("boxes outside the image", out...)
+	}
+	return nil
 }
 
 // compactAnnotation checks that the annotation is present and a JSON
@@ -106,6 +123,11 @@ func validAnnotationEvent(ev bus.Event, ann []byte) error {
 	err := ev.Validate()
 	switch {
 	case err == nil:
+		// Label and boxes, when present, are what exports and tools read:
+		// checked on the way in (stored annotations stay as they were).
+		if _, details := bus.ParseStructure(ann); len(details) > 0 {
+			return invalid("invalid annotation", details...)
+		}
 		return nil
 	case errors.Is(err, bus.ErrJSONTooLarge):
 		return &apiError{Status: http.StatusRequestEntityTooLarge, Message: "annotation too large",
@@ -212,6 +234,15 @@ func (s *Server) updateAnnotation(c *fiber.Ctx) error {
 	an, err := s.authoredAnnotation(c)
 	if err != nil {
 		return err
+	}
+	if an.ImageID != "" && bytes.Contains(ann, []byte(`"boxes"`)) {
+		img, err := s.getImageMeta(c.UserContext(), an.Author, an.ImageID)
+		if err == nil {
+			err = boxesFit(img, ann)
+		}
+		if err != nil && !isNotFound(err) {
+			return err // an image since deleted leaves no size to check
+		}
 	}
 	ev.AnnotationID, ev.Author = an.ID, an.Author
 	if err := s.publish(c.UserContext(), ev); err != nil {

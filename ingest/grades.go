@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"mime/multipart"
 	"net/http"
 	"slices"
 	"strconv"
@@ -255,20 +256,19 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	model, up, err := s.gradeForm(c)
+	f, err := s.gradeForm(c)
 	if err != nil {
 		return err
 	}
 	ctx := c.UserContext()
-	if err := s.knownModel(ctx, model); err != nil {
+	if err := s.knownModel(ctx, f.model); err != nil {
 		return err
 	}
-	imageID := idFor(ctx, "image")
-	ref, err := s.storeImage(ctx, imageID, up)
+	imageID, ref, err := s.gradeImage(ctx, userOf(c), f)
 	if err != nil {
 		return err
 	}
-	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: model, Image: ref}
+	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, Image: ref}
 	ev.ID = idFor(ctx, "grade")
 	var ch chan bus.Event
 	if wait > 0 {
@@ -283,32 +283,80 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	return s.answerGrade(c, ev, ch, wait)
 }
 
-// gradeForm reads a grade submission: the model (or the seed's
-// model_selected) and the image, every missing field named at once.
-func (s *Server) gradeForm(c *fiber.Ctx) (string, *upload, error) {
-	form, err := multipartForm(c)
-	if err != nil {
-		return "", nil, err
+// gradeRequest is a grade submission: the model and either an uploaded
+// image or the id of a catalogue image the caller may see.
+type gradeRequest struct {
+	model   string
+	up      *upload
+	imageID string
+}
+
+// gradeForm reads a grade submission, every missing field named at once:
+// a multipart form with the model (or the seed's model_selected) and the
+// image file or an image_id, or JSON {"model", "image_id"}.
+func (s *Server) gradeForm(c *fiber.Ctx) (gradeRequest, error) {
+	var (
+		f       gradeRequest
+		form    *multipart.Form
+		missing []string
+	)
+	if strings.HasPrefix(strings.ToLower(c.Get(fiber.HeaderContentType)), fiber.MIMEApplicationJSON) {
+		var req struct {
+			Model   string `json:"model"`
+			ImageID string `json:"image_id"`
+		}
+		if err := decodeJSON(c.Body(), &req, true); err != nil {
+			return f, err
+		}
+		f.model, f.imageID = strings.TrimSpace(req.Model), strings.TrimSpace(req.ImageID)
+		if f.imageID == "" {
+			missing = append(missing, "image_id: required (the id of a catalogue image; upload a new image as multipart/form-data)")
+		}
+	} else {
+		var err error
+		if form, err = multipartForm(c); err != nil {
+			return f, err
+		}
+		f.model, f.imageID = formValue(form, "model", "model_selected"), formValue(form, "image_id")
+		if len(form.File["image"]) == 0 && f.imageID == "" {
+			missing = append(missing, "image: required (a file field), or image_id of a catalogue image")
+		}
 	}
-	model := formValue(form, "model", "model_selected")
-	var missing []string
-	if model == "" {
-		missing = append(missing, "model: required (or model_selected)")
-	}
-	if len(form.File["image"]) == 0 {
-		missing = append(missing, "image: required (a file field)")
+	if f.model == "" {
+		missing = append([]string{"model: required (or model_selected)"}, missing...)
 	}
 	if len(missing) > 0 {
-		return "", nil, invalid("missing fields", missing...)
+		return f, invalid("missing fields", missing...)
 	}
-	up, err := readUpload(form, "image", s.cfg.MaxBodyBytes)
-	if err != nil {
-		return "", nil, err
+	if form != nil && len(form.File["image"]) > 0 {
+		if f.imageID != "" {
+			return f, invalid("invalid request", "image, image_id: give one, not both")
+		}
+		var err error
+		if f.up, err = readUpload(form, "image", s.cfg.MaxBodyBytes); err != nil {
+			return f, err
+		}
 	}
-	if !validModel.MatchString(model) {
-		return "", nil, invalid("invalid model name", "model: "+refRule)
+	if !validModel.MatchString(f.model) {
+		return f, invalid("invalid model name", "model: "+refRule)
 	}
-	return model, up, nil
+	return f, nil
+}
+
+// gradeImage is the image a submission grades: the upload, stored under
+// a new id, or the catalogue image the caller may see (404 otherwise),
+// graded from the bytes already stored.
+func (s *Server) gradeImage(ctx context.Context, user string, f gradeRequest) (string, bus.ImageRef, error) {
+	if f.up == nil {
+		img, err := s.getImageMeta(ctx, user, f.imageID)
+		if err != nil {
+			return "", bus.ImageRef{}, err
+		}
+		return img.ID, bus.ImageRef{Object: img.ID, SHA256: img.SHA256, ContentType: img.ContentType, Size: img.Size}, nil
+	}
+	id := idFor(ctx, "image")
+	ref, err := s.storeImage(ctx, id, f.up)
+	return id, ref, err
 }
 
 // knownModel is a 404 naming the available models for a model inference

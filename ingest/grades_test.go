@@ -244,7 +244,8 @@ func TestGradeBadInputs(t *testing.T) {
 			}
 		})
 	}
-	expectError(t, c.json("POST", "/api/v1/grades", `{"model":"fashion"}`), 415)
+	expectError(t, c.json("POST", "/api/v1/grades", `{"model":"fashion"}`), 422) // JSON names a catalogue image
+	expectError(t, c.do("POST", "/api/v1/grades", strings.NewReader("model=fashion"), map[string]string{"Content-Type": "text/plain"}), 415)
 	expectError(t, c.do("GET", "/api/v1/grades/does-not-exist", nil, nil), 404)
 	expectError(t, c.do("GET", "/api/v1/grades/a%20b", nil, nil), 404)
 }

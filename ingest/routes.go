@@ -91,11 +91,18 @@ var (
 		"multipart/form-data":               ref("Credentials"),
 	}}
 	gradeBody = &reqBody{Required: true, Content: map[string]M{"multipart/form-data": {
-		"type": "object", "required": []string{"image"},
+		"type": "object",
 		"properties": M{
-			"image":          M{"type": "string", "format": "binary", "description": "JPEG, PNG, GIF, WebP or BMP."},
+			"image":          M{"type": "string", "format": "binary", "description": "JPEG, PNG, GIF, WebP or BMP; or give image_id."},
+			"image_id":       M{"type": "string", "description": "A catalogue image you may see, graded without uploading it again."},
 			"model":          M{"type": "string", "description": "Model name (see GET /api/v1/models)."},
 			"model_selected": M{"type": "string", "description": "Seed name of the model field; used when model is absent."},
+		},
+	}, "application/json": {
+		"type": "object", "required": []string{"model", "image_id"},
+		"properties": M{
+			"image_id": M{"type": "string", "description": "A catalogue image you may see."},
+			"model":    M{"type": "string", "description": "Model name (see GET /api/v1/models)."},
 		},
 	}}}
 	imageBody = &reqBody{Required: true, Content: map[string]M{"multipart/form-data": {
@@ -120,7 +127,7 @@ var (
 // routeTable lists every route, by capability; each capability's file
 // holds its part.
 func (s *Server) routeTable() []route {
-	return slices.Concat(s.systemRoutes(), s.userRoutes(), s.annotationRoutes(), s.gradeRoutes(),
+	return slices.Concat(s.systemRoutes(), s.userRoutes(), s.annotationRoutes(), s.gradeRoutes(), s.predictionRoutes(),
 		s.catalogRoutes(), s.irisRoutes(), s.statsRoutes(), s.seedRoutes(), s.oipRoutes(), s.webRoutes())
 }
 

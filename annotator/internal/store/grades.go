@@ -238,12 +238,16 @@ const submittedAt = "submitted_at"
 
 func (d gradeDoc) key() Cursor { return Cursor{At: d.SubmittedAt, ID: d.ID} }
 
-// ListGrades returns one page of owner's grades of image imageID, newest
-// submission first, each with its result when stored. A grade is listed
-// once its submission is stored (a result alone is not listed).
+// ListGrades returns one page of owner's grades of image imageID (every
+// owner's when owner is empty), newest submission first, each with its
+// result when stored. A grade is listed once its submission is stored (a
+// result alone is not listed).
 func (s *Store) ListGrades(ctx context.Context, imageID, owner string, p Page) (bus.List[bus.Grade], error) {
-	subs, next, total, err := findPage[gradeDoc](ctx, s.submissions,
-		bson.D{{Key: "image_id", Value: imageID}, {Key: "owner", Value: owner}}, submittedAt, p)
+	filter := bson.D{{Key: "image_id", Value: imageID}}
+	if owner != "" {
+		filter = append(filter, bson.E{Key: "owner", Value: owner})
+	}
+	subs, next, total, err := findPage[gradeDoc](ctx, s.submissions, filter, submittedAt, p)
 	if err != nil {
 		return bus.List[bus.Grade]{}, err
 	}
