@@ -133,10 +133,14 @@ func (e *Env) Logger(text bool) *slog.Logger {
 		}
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	// Lines go to stderr through the process's buffered writer (one write
+	// per batch of lines, none lost: FlushLogs runs before exit).
+	w := StderrLogWriter()
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if text {
-		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	return slog.New(flushingHandler{h, w})
 }
 
 // Parse records the error of parsing the variable's value (when it is set)
@@ -207,6 +211,9 @@ func Main(name string, cfgErr error, log *slog.Logger, adminAddr string, checks 
 	stop()
 	if err != nil {
 		log.Error(name+" stopped", "err", err)
+	}
+	FlushLogs()
+	if err != nil {
 		os.Exit(1)
 	}
 }
@@ -215,6 +222,7 @@ func Main(name string, cfgErr error, log *slog.Logger, adminAddr string, checks 
 // problem of cfgErr and exits 2. A nil cfgErr does nothing.
 func Refuse(name string, cfgErr error) {
 	if cfgErr != nil {
+		FlushLogs()
 		fmt.Fprintf(os.Stderr, "%s: refusing to start: %v\n", name, cfgErr)
 		os.Exit(2)
 	}

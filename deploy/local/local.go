@@ -92,6 +92,8 @@ type natsURLs struct {
 // Run starts the stack and serves until ctx is cancelled; then the services
 // stop first (finishing the batches in hand) and the servers after them.
 func Run(ctx context.Context, cfg Config) error {
+	// Last of all, the buffered log lines (the edge's access log) go out.
+	defer admin.FlushLogs()
 	if cfg.DataDir == "" {
 		cfg.DataDir = "data"
 	}
