@@ -127,6 +127,7 @@ func (s *Server) buildOpenAPI() ([]byte, error) {
 			{"name": oipTag, "description": "The Open Inference Protocol v2 (KServe, Triton clients): errors are {\"error\": \"...\"}"},
 			{"name": "annotations", "description": "Annotations, stored exactly once"},
 			{"name": "images", "description": "Your image catalogue with tags"},
+			{"name": "exports", "description": "The catalogue with its annotations as COCO, YOLO or Label Studio; import from Label Studio"},
 			{"name": "iris", "description": "Iris measurements, ranges and statistics (bounds inclusive)"},
 			{"name": "stats", "description": "Grade and annotation statistics"},
 			{"name": "system", "description": "Health, readiness, metrics and this documentation"},
