@@ -119,7 +119,8 @@ func (s *Server) oipRoutes() []route {
 					"(JPEG, PNG, GIF, WebP, BMP), preprocessed as the grade route does. Each row of the batch is one grade through JetStream.",
 				Body: &reqBody{Required: true, Content: map[string]M{"application/json": oipInferRequestSchema,
 					"application/octet-stream": {"type": "string", "format": "binary", "description": "JSON header, then the binary tensor data."}},
-					Example: M{"id": "42", "inputs": []M{{"name": "pixels", "shape": []int{1, 1, 28, 28}, "datatype": "FP32", "data": "(784 numbers)"}},
+					// A complete request for the digits model (8x8 grey).
+					Example: M{"id": "42", "inputs": []M{{"name": "pixels", "shape": []int{1, 1, 8, 8}, "datatype": "FP32", "data": make([]float32, 64)}},
 						"outputs": []M{{"name": "probabilities", "parameters": M{"classification": 3}}}}},
 				Responses: errs(map[int]resp{200: infer, 503: {Desc: "JetStream or the inference service did not answer in time.", Schema: oipErrorSchema}})},
 			route{Method: "GET", Path: p("/stats"), Tag: oipTag, Summary: "Model statistics", Auth: true, Handler: s.oipStats,

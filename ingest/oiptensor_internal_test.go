@@ -3,9 +3,13 @@ package ingest
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 func TestFloat32ToHalf(t *testing.T) {
@@ -144,4 +148,40 @@ func TestClassify(t *testing.T) {
 			t.Fatalf("element %d: %q, want %q (all: %q)", i, got[i], want[i], got)
 		}
 	}
+}
+
+// FuzzParseInferRequest: whatever the body and header length, parsing
+// answers a request or a 400, never a panic or another status, and never
+// holds more elements than the body carries.
+func FuzzParseInferRequest(f *testing.F) {
+	info := bus.ModelInfo{Name: "m", Input: bus.ModelInput{Name: "pixels", Layout: "NCHW", Width: 2, Height: 2, Channels: 1}, Labels: []string{"a", "b"}, MaxBatch: 4}
+	head := `{"inputs":[{"name":"pixels","shape":[1,1,2,2],"datatype":"FP32","parameters":{"binary_data_size":16}}]}`
+	f.Add([]byte(`{"id":"1","inputs":[{"name":"pixels","shape":[1,1,2,2],"datatype":"FP32","data":[[[[1,2],[3,4]]]]}]}`), "")
+	f.Add(append([]byte(head), make([]byte, 16)...), strconv.Itoa(len(head)))
+	f.Add([]byte(`{"inputs":[{"name":"pixels","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":9}}]}`+"\x01\x00\x00\x00a\x00\x00\x00\x00"), "87")
+	f.Add([]byte(`{"inputs":[{"name":"x","shape":[3],"datatype":"FP16","data":[1,2,3]}]}`), "")
+	f.Add(make([]byte, 32), "0")
+	f.Add([]byte(`{"inputs":[{"name":"x","shape":[1099511627776,1099511627776],"datatype":"BOOL","data":[true]}]}`), "")
+	f.Fuzz(func(t *testing.T, body []byte, hlen string) {
+		req, err := parseInferRequest(body, hlen, info, 1<<20)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) || ae.Status != 400 || ae.Message == "" {
+				t.Fatalf("error %v (%T), want a 400", err, err)
+			}
+			return
+		}
+		for _, in := range req.Inputs {
+			// An element takes at least a byte of the body and at most 8 in raw.
+			if len(in.raw) > 8*len(body) || len(in.elems) > len(body) {
+				t.Fatalf("input %s holds more than the body", in.Name)
+			}
+		}
+		if _, err := resolveOutputs(req, info); err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) || ae.Status != 400 {
+				t.Fatalf("outputs: %v", err)
+			}
+		}
+	})
 }
