@@ -1,10 +1,12 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -115,6 +117,12 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Con
 	return nc, js, nil
 }
 
+// encodeBuffers hold the encoding of events being published; buffers that
+// grew past maxPooledEncode (an image inline) are left to the collector.
+var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledEncode = 64 << 10
+
 // Publish stores ev on its subject and returns once the stream acknowledged
 // it. The event id is the Nats-Msg-Id, so retrying a publish whose ack was
 // lost stores the event once. The deadline of ctx bounds the wait.
@@ -127,12 +135,20 @@ func Publish(ctx context.Context, js jetstream.JetStream, ev Event) (*jetstream.
 	if m.Type == TypeDeadLetter {
 		subject = SubjectDeadLetterPrefix + ev.(*DeadLetter).Consumer
 	}
-	data, err := json.Marshal(ev)
-	if err != nil {
+	// The event is encoded into a pooled buffer: the connection copies
+	// the bytes before PublishMsg returns, so the buffer is reused.
+	buf := encodeBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= maxPooledEncode {
+			encodeBuffers.Put(buf)
+		}
+	}()
+	if err := json.NewEncoder(buf).Encode(ev); err != nil {
 		return nil, fmt.Errorf("bus: encode %s: %w", m.Type, err)
 	}
 	msg := nats.NewMsg(subject)
-	msg.Data = data
+	msg.Data = bytes.TrimSuffix(buf.Bytes(), []byte("\n")) // as json.Marshal writes it
 	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
 	headersFrom(ctx, msg.Header)
 	start := time.Now()

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
@@ -72,7 +74,18 @@ type StorageGuard struct {
 
 	mu     sync.Mutex
 	filled bool
+	// lastFree and lastAt (unix nanoseconds) are the latest measure of
+	// the free space, so that Problem, asked on every publish, measures
+	// again only when the disk is near full or the measure is stale.
+	lastFree, lastAt atomic.Int64
 }
+
+// freshFor is how long a measure of plenty of free space answers Problem
+// without a statfs call; plenty is roomyFactor times the full threshold.
+const (
+	freshFor    = 250 * time.Millisecond
+	roomyFactor = 64
+)
 
 // DefaultFullBelow is the free space under which the event store's disk
 // counts as full.
@@ -115,7 +128,9 @@ func (g *StorageGuard) WriteFailed() {
 }
 
 // Problem describes why events cannot be stored now, or is "". It looks
-// at the disk itself, so the first refused event is already explained.
+// at the disk itself, so the first refused event is already explained;
+// only a measure younger than 250 ms that found plenty of room (64 times
+// the full threshold) spares the statfs call on every publish.
 func (g *StorageGuard) Problem() string {
 	g.mu.Lock()
 	filled, dir := g.filled, g.cfg.StoreDir
@@ -123,7 +138,12 @@ func (g *StorageGuard) Problem() string {
 	if dir == "" {
 		return ""
 	}
-	free, err := FreeBytes(dir)
+	// A write that failed for want of space sets filled at once; until
+	// then a recent measure with plenty of room left is enough.
+	if !filled && time.Since(time.Unix(0, g.lastAt.Load())) < freshFor && uint64(g.lastFree.Load()) >= roomyFactor*g.full {
+		return ""
+	}
+	free, err := g.measure(dir)
 	if err != nil {
 		return ""
 	}
@@ -132,6 +152,16 @@ func (g *StorageGuard) Problem() string {
 	}
 	return fmt.Sprintf("the disk of the NATS data directory %s is full (%s free): events cannot be stored; "+
 		"the event store resumes by itself once space is freed there", g.cfg.StoreDir, humanBytes(int64(free)))
+}
+
+// measure returns the free space of dir and keeps it as the latest measure.
+func (g *StorageGuard) measure(dir string) (uint64, error) {
+	free, err := FreeBytes(dir)
+	if err == nil {
+		g.lastFree.Store(int64(min(free, math.MaxInt64)))
+		g.lastAt.Store(time.Now().UnixNano())
+	}
+	return free, err
 }
 
 func (g *StorageGuard) run(ctx context.Context) {
@@ -146,7 +176,7 @@ func (g *StorageGuard) run(ctx context.Context) {
 		if !g.ns.Running() {
 			return
 		}
-		free, err := FreeBytes(g.cfg.StoreDir)
+		free, err := g.measure(g.cfg.StoreDir)
 		if err != nil {
 			continue
 		}
