@@ -22,7 +22,9 @@ type Delivery struct {
 	// Ctx carries the request id and trace context of the publisher.
 	Ctx context.Context
 
-	msg     jetstream.Msg
+	msg jetstream.Msg
+	// seq is the message's stream sequence, read from its metadata once.
+	seq     uint64
 	outcome outcome
 	reason  string
 }
@@ -214,6 +216,7 @@ func (c *consumer) collect(ctx context.Context) ([]jetstream.Msg, error) {
 // settles every message.
 func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 	batch := make([]*Delivery, 0, len(msgs))
+	var pending uint64
 	for _, m := range msgs {
 		md, err := m.Metadata()
 		if err != nil {
@@ -224,7 +227,7 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 		if md.NumDelivered > 1 {
 			consumerRedeliveries.WithLabelValues(c.spec.Durable).Inc()
 		}
-		consumerPending.WithLabelValues(c.spec.Durable).Set(float64(md.NumPending))
+		pending = md.NumPending
 		ev, err := Decode(m.Data())
 		if err != nil {
 			c.deadLetter(ctx, m, md, err.Error())
@@ -232,13 +235,15 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 		}
 		d := &Delivery{
 			Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered,
-			Ctx: contextFrom(ctx, m.Headers()), msg: m,
+			Ctx: contextFrom(ctx, m.Headers()), msg: m, seq: md.Sequence.Stream,
 		}
 		if c.log.Enabled(ctx, slog.LevelDebug) {
 			Log(d.Ctx, c.log).Debug("event received", "id", ev.EventMeta().ID, "type", ev.EventMeta().Type, "delivery", md.NumDelivered)
 		}
 		batch = append(batch, d)
 	}
+	// The backlog after the batch's last message, set once per batch.
+	consumerPending.WithLabelValues(c.spec.Durable).Set(float64(pending))
 	if len(batch) == 0 {
 		return
 	}
@@ -318,8 +323,8 @@ func flatten(h nats.Header) map[string]string {
 // StreamSeq is the message's sequence in its stream (0 when unknown): a
 // writer's position that readers can wait for (see AnnotationsQuery.AfterSeq).
 func (d *Delivery) StreamSeq() uint64 {
-	if d.msg == nil {
-		return 0
+	if d.seq != 0 || d.msg == nil {
+		return d.seq
 	}
 	md, err := d.msg.Metadata()
 	if err != nil {
