@@ -78,15 +78,20 @@ func CheckJSON(data []byte, maxDepth int) error {
 		}
 		return &JSONError{Err: ErrJSONNotUTF8, Offset: off}
 	}
-	// frames[i] is one open container; keys holds the keys of an object
-	// seen so far (slices of data unless escaped).
+	// frames[i] is one open container. keys is a stack of the keys seen so
+	// far in the open objects (slices of data unless escaped): an object's
+	// are keys[keyStart:], as only the innermost open object adds keys.
+	// Both start in arrays on the stack, so a usual document (every edge
+	// request, every consumed event) costs no allocation.
 	type frame struct {
 		object    bool
 		expectKey bool
-		keys      [][]byte
+		keyStart  int
 		set       map[string]struct{}
 	}
-	var frames []frame
+	var frameBuf [16]frame
+	var keyBuf [64][]byte
+	frames, keys := frameBuf[:0], keyBuf[:0]
 	for i := 0; i < len(data); i++ {
 		switch data[i] {
 		case '{', '[':
@@ -96,11 +101,12 @@ func CheckJSON(data []byte, maxDepth int) error {
 			if n := len(frames); n > 0 && frames[n-1].object {
 				frames[n-1].expectKey = false
 			}
-			frames = append(frames, frame{object: data[i] == '{', expectKey: data[i] == '{'})
+			frames = append(frames, frame{object: data[i] == '{', expectKey: data[i] == '{', keyStart: len(keys)})
 		case '}', ']':
 			if len(frames) == 0 {
 				return nil // unbalanced: a syntax error for the decoder
 			}
+			keys = keys[:frames[len(frames)-1].keyStart]
 			frames = frames[:len(frames)-1]
 		case ',':
 			if n := len(frames); n > 0 && frames[n-1].object {
@@ -139,20 +145,20 @@ func CheckJSON(data []byte, maxDepth int) error {
 				f.set[string(key)] = struct{}{}
 				continue
 			}
-			for _, k := range f.keys {
+			for _, k := range keys[f.keyStart:] {
 				if bytes.Equal(k, key) {
 					return &JSONError{Err: ErrJSONDuplicateKey, Offset: start, Key: string(key)}
 				}
 			}
-			f.keys = append(f.keys, key)
+			keys = append(keys, key)
 			// Linear search is cheapest for the few keys objects usually
 			// have; a wide object switches to a set.
-			if len(f.keys) > 16 {
-				f.set = make(map[string]struct{}, 2*len(f.keys))
-				for _, k := range f.keys {
+			if len(keys)-f.keyStart > 16 {
+				f.set = make(map[string]struct{}, 2*(len(keys)-f.keyStart))
+				for _, k := range keys[f.keyStart:] {
 					f.set[string(k)] = struct{}{}
 				}
-				f.keys = nil
+				keys = keys[:f.keyStart]
 			}
 		}
 	}
