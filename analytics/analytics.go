@@ -253,7 +253,8 @@ func (s *service) handleGrades(ctx context.Context, batch []*bus.Delivery) error
 			g := bus.GradeFrom(nil, d.Event)
 			rows = append(rows, gradeRow{EventID: m.ID, Time: m.Time, Status: g.Status,
 				GradeID: g.ID, ImageID: g.ImageID, Owner: g.Owner, Model: g.Model, ModelVersion: g.ModelVersion,
-				Label: g.Label, Score: g.Score, InferenceMS: g.InferenceMS, BatchSize: uint32(max(g.BatchSize, 0)), Reason: g.Reason})
+				Label: g.Label, Score: g.Score, InferenceMS: g.InferenceMS, BatchSize: uint32(max(g.BatchSize, 0)), Reason: g.Reason,
+				Catalogued: g.Catalogued})
 		default:
 			d.Reject(fmt.Sprintf("unexpected event type %s on the grades consumer", m.Type))
 			continue
@@ -280,7 +281,9 @@ func (s *service) handleAnnotations(ctx context.Context, batch []*bus.Delivery) 
 			continue
 		}
 		seen[ev.ID] = true
-		rows = append(rows, annotationRow{EventID: ev.ID, Time: ev.Time, Author: ev.Author, ImageID: ev.ImageID})
+		st, _ := bus.ParseStructure(ev.Annotation) // what is malformed is left out
+		rows = append(rows, annotationRow{EventID: ev.ID, Time: ev.Time, Author: ev.Author, ImageID: ev.ImageID,
+			Label: st.Label, Boxes: uint32(len(st.Boxes)), FromGrade: st.FromGrade})
 	}
 	if len(rows) == 0 {
 		return nil

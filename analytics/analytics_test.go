@@ -683,3 +683,92 @@ func TestClickHouseCheck(t *testing.T) {
 		t.Fatal("malformed DSN reported ready")
 	}
 }
+
+// TestReviewAndAgreement: the review queue orders an owner's graded
+// catalogue images by the latest prediction's score, drops annotated ones
+// on request and never lists uploads or other owners' images; agreement
+// compares the latest prediction per version with the latest human image
+// label, leaving out labels made from predictions.
+func TestReviewAndAgreement(t *testing.T) {
+	s := startStack(t, nil)
+	ctx := context.Background()
+	base := time.Now().UTC().Add(-time.Hour).Truncate(time.Millisecond)
+	at := 0
+	grade := func(owner, img, version, label string, score float64, catalogued bool) *bus.GradeCompleted {
+		at++
+		ev := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), ImageID: img, Owner: owner,
+			Model: "fashion", ModelVersion: version, Label: label, Score: score, Scores: map[string]float64{label: score}, Catalogued: catalogued}
+		ev.Time = base.Add(time.Duration(at) * time.Second)
+		return ev
+	}
+	annotation := func(img, body string) *bus.AnnotationCreated {
+		at++
+		ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: "someone", ImageID: img, Annotation: json.RawMessage(body)}
+		ev.Time = base.Add(time.Duration(at) * time.Second)
+		return ev
+	}
+	s.publish(t,
+		grade("u", "a", "1", "cat", 0.9, true), grade("u", "a", "1", "dog", 0.3, true), // latest of a: 0.3
+		grade("u", "b", "1", "cat", 0.5, true),
+		grade("u", "c", "1", "bird", 0.2, true), grade("u", "c", "2", "cat", 0.95, true), // latest of c: 0.95
+		grade("u", "upload", "1", "cat", 0.01, false), // not a catalogue image
+		grade("v", "d", "1", "cat", 0.05, true),       // another owner
+		annotation("b", `{"label":"cat"}`),
+		annotation("a", `{"label":"cat","boxes":[{"label":"cat","x":1,"y":1,"width":2,"height":2}]}`),
+		annotation("c", `{"label":"cat"}`),
+		annotation("c", `{"label":"dog","from_grade":"g"}`), // accepted prediction: not a second opinion
+		annotation("d", `{"note":"free-form"}`),
+	)
+	s.waitAcked(t, bus.ConsumerAnalyticsGrades)
+	s.waitAcked(t, bus.ConsumerAnalyticsAnnotations)
+
+	queue := func(q bus.ReviewQuery) string {
+		t.Helper()
+		items, err := bus.Request[[]bus.ReviewItem](ctx, s.nc, bus.SvcStatsReview, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, it := range items {
+			ids = append(ids, fmt.Sprintf("%s:%s:%g", it.ImageID, it.Label, it.Score))
+		}
+		return strings.Join(ids, " ")
+	}
+	if got := queue(bus.ReviewQuery{Owner: "u"}); got != "a:dog:0.3 b:cat:0.5 c:cat:0.95" {
+		t.Fatalf("queue %q", got)
+	}
+	if got := queue(bus.ReviewQuery{Owner: "u", PerPage: 2, Page: 2}); got != "c:cat:0.95" {
+		t.Fatalf("page 2 %q", got)
+	}
+	if got := queue(bus.ReviewQuery{Owner: "v", Unannotated: true}); got != "" {
+		t.Fatalf("v's queue without annotated images %q, want empty (d has an annotation)", got)
+	}
+	s.publish(t, grade("u", "e", "1", "cat", 0.4, true))
+	s.waitAcked(t, bus.ConsumerAnalyticsGrades)
+	if got := queue(bus.ReviewQuery{Owner: "u", Unannotated: true}); got != "e:cat:0.4" {
+		t.Fatalf("unannotated queue %q", got)
+	}
+
+	rows, err := bus.Request[[]bus.AgreementRow](ctx, s.nc, bus.SvcStatsAgreement, bus.AgreementQuery{Owner: "u", Model: "fashion"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintf("%+v", rows)
+	// v1: a predicted dog (human cat), b cat (cat), c bird (cat); v2: c cat (cat).
+	want := "[{ModelVersion:1 Compared:3 Agree:1 Rate:0.3333333333333333 Confusion:[{Predicted:bird Human:cat Count:1} {Predicted:cat Human:cat Count:1} {Predicted:dog Human:cat Count:1}]} " +
+		"{ModelVersion:2 Compared:1 Agree:1 Rate:1 Confusion:[{Predicted:cat Human:cat Count:1}]}]"
+	if got != want {
+		t.Fatalf("agreement\n got %s\nwant %s", got, want)
+	}
+	for _, q := range []any{bus.ReviewQuery{}, bus.ReviewQuery{Owner: "u", PerPage: 5000}, bus.AgreementQuery{Owner: "u"}} {
+		subj := bus.SvcStatsReview
+		if _, ok := q.(bus.AgreementQuery); ok {
+			subj = bus.SvcStatsAgreement
+		}
+		_, err := bus.Request[json.RawMessage](ctx, s.nc, subj, q)
+		var be *bus.Error
+		if !errors.As(err, &be) || be.Code != bus.CodeUnprocessable {
+			t.Fatalf("%+v: %v, want 422", q, err)
+		}
+	}
+}

@@ -33,6 +33,14 @@ func (s *service) addService(nc *nats.Conn, timeout time.Duration) (micro.Servic
 			Handler: bus.Handle(s.log, timeout, query(s, "stats_annotations", func(ctx context.Context, q bus.AnnotationStatsQuery) ([]bus.AnnotationStatsRow, error) {
 				return AnnotationStats(ctx, s.conn, q)
 			}))},
+		bus.Endpoint{Name: "stats-review", Subject: bus.SvcStatsReview,
+			Handler: bus.Handle(s.log, timeout, query(s, "stats_review", func(ctx context.Context, q bus.ReviewQuery) ([]bus.ReviewItem, error) {
+				return ReviewQueue(ctx, s.conn, q)
+			}))},
+		bus.Endpoint{Name: "stats-agreement", Subject: bus.SvcStatsAgreement,
+			Handler: bus.Handle(s.log, timeout, query(s, "stats_agreement", func(ctx context.Context, q bus.AgreementQuery) ([]bus.AgreementRow, error) {
+				return Agreement(ctx, s.conn, q)
+			}))},
 	)
 }
 

@@ -182,12 +182,17 @@ type gradeRow struct {
 	Time                                     time.Time
 	Score, InferenceMS                       float64
 	BatchSize                                uint32
+	Catalogued                               bool
 }
 
 // annotationRow is one annotation event as stored.
 type annotationRow struct {
 	EventID, Author, ImageID string
 	Time                     time.Time
+	// The annotation's structure (bus.ParseStructure): image label, number
+	// of boxes, and the grade an accepted prediction came from.
+	Label, FromGrade string
+	Boxes            uint32
 }
 
 // batchToken derives the deduplication token of a multi-event insert from
@@ -215,14 +220,14 @@ func insertGrades(ctx context.Context, conn driver.Conn, rows []gradeRow) error 
 		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableGrades, ids),
 	}))
 	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableGrades+
-		" (event_id, time, status, grade_id, image_id, owner, model, model_version, label, score, inference_ms, batch_size, reason)")
+		" (event_id, time, status, grade_id, image_id, owner, model, model_version, label, score, inference_ms, batch_size, reason, catalogued)")
 	if err != nil {
 		return fmt.Errorf("analytics: insert grades: %w", err)
 	}
 	defer b.Close()
 	for _, r := range rows {
 		if err := b.Append(r.EventID, r.Time.UTC(), r.Status, r.GradeID, r.ImageID, r.Owner, r.Model, r.ModelVersion,
-			r.Label, r.Score, r.InferenceMS, r.BatchSize, r.Reason); err != nil {
+			r.Label, r.Score, r.InferenceMS, r.BatchSize, r.Reason, r.Catalogued); err != nil {
 			return fmt.Errorf("analytics: insert grades: %w", err)
 		}
 	}
@@ -240,13 +245,13 @@ func insertAnnotations(ctx context.Context, conn driver.Conn, rows []annotationR
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
 		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableAnnotations, ids),
 	}))
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableAnnotations+" (event_id, time, author, image_id)")
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableAnnotations+" (event_id, time, author, image_id, label, boxes, from_grade)")
 	if err != nil {
 		return fmt.Errorf("analytics: insert annotations: %w", err)
 	}
 	defer b.Close()
 	for _, r := range rows {
-		if err := b.Append(r.EventID, r.Time.UTC(), r.Author, r.ImageID); err != nil {
+		if err := b.Append(r.EventID, r.Time.UTC(), r.Author, r.ImageID, r.Label, r.Boxes, r.FromGrade); err != nil {
 			return fmt.Errorf("analytics: insert annotations: %w", err)
 		}
 	}

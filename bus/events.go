@@ -118,6 +118,9 @@ type ImageSubmitted struct {
 	Owner   string   `json:"owner"`
 	Model   string   `json:"model"`
 	Image   ImageRef `json:"image"`
+	// Catalogued: ImageID is a catalogue image, so the grade is a model's
+	// prediction on it (the grade event carries it on).
+	Catalogued bool `json:"catalogued,omitempty"`
 }
 
 // Validate requires the image id, owner and model, and a complete image
@@ -143,6 +146,8 @@ type GradeCompleted struct {
 	Scores       map[string]float64 `json:"scores"`
 	InferenceMS  float64            `json:"inference_ms"`
 	BatchSize    int                `json:"batch_size"`
+	// Catalogued is the submission's: a prediction on a catalogue image.
+	Catalogued bool `json:"catalogued,omitempty"`
 }
 
 // Validate requires the grade id, model and label, and a score for the label.

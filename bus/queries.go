@@ -141,6 +141,8 @@ type Grade struct {
 	Reason       string             `json:"reason,omitempty"`
 	SubmittedAt  time.Time          `json:"submitted_at,omitzero"`
 	CompletedAt  time.Time          `json:"completed_at,omitzero"`
+	// Catalogued: a grade of a catalogue image, a prediction on it.
+	Catalogued bool `json:"catalogued,omitempty"`
 }
 
 // GradesQuery lists the grades of one image, newest submission first;
@@ -168,7 +170,7 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 	var g Grade
 	if submitted != nil {
 		g = Grade{ID: submitted.ID, Status: GradeStatusPending, ImageID: submitted.ImageID,
-			Owner: submitted.Owner, Model: submitted.Model, SubmittedAt: submitted.Time.UTC()}
+			Owner: submitted.Owner, Model: submitted.Model, SubmittedAt: submitted.Time.UTC(), Catalogued: submitted.Catalogued}
 	}
 	// keep fills in what the result carries, leaving the submission's
 	// value where the result has none.
@@ -187,6 +189,7 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 		g.ModelVersion, g.Label, g.Score, g.Scores = e.ModelVersion, e.Label, e.Score, e.Scores
 		g.InferenceMS, g.BatchSize = e.InferenceMS, e.BatchSize
 		g.CompletedAt = e.Time.UTC()
+		g.Catalogued = g.Catalogued || e.Catalogued
 	case *GradeFailed:
 		keep(&g.ID, e.GradeID)
 		keep(&g.ImageID, e.ImageID)
@@ -348,6 +351,52 @@ func ValidatePage(page, perPage int) error {
 // (GradeStatsQuery.Owner, AnnotationStatsQuery.Author) or, only when it says
 // so, everyone's (All). A query naming neither is refused with 422, so a
 // caller on the bus never gets every user's activity by leaving a field out.
+
+// ReviewQuery is the review queue of Owner (SvcStatsReview): the catalogue
+// images Owner graded, lowest top score of the latest prediction first,
+// optionally only those nobody has annotated; Page is 1-based.
+type ReviewQuery struct {
+	Owner       string `json:"owner"`
+	Unannotated bool   `json:"unannotated,omitempty"`
+	Page        int    `json:"page"`
+	PerPage     int    `json:"per_page"`
+}
+
+// ReviewItem is an image of the review queue with its latest prediction.
+type ReviewItem struct {
+	ImageID      string    `json:"image_id"`
+	GradeID      string    `json:"grade_id"`
+	Model        string    `json:"model"`
+	ModelVersion string    `json:"model_version"`
+	Label        string    `json:"label"`
+	Score        float64   `json:"score"`
+	GradedAt     time.Time `json:"graded_at"`
+}
+
+// AgreementQuery compares Owner's predictions of Model on catalogue images
+// with the image labels people gave them (SvcStatsAgreement), per model
+// version.
+type AgreementQuery struct {
+	Owner string `json:"owner"`
+	Model string `json:"model"`
+}
+
+// AgreementRow is one model version: how many images have both a
+// prediction and a human label, how many agree, and the confusion counts.
+type AgreementRow struct {
+	ModelVersion string          `json:"model_version"`
+	Compared     uint64          `json:"compared"`
+	Agree        uint64          `json:"agree"`
+	Rate         float64         `json:"rate"`
+	Confusion    []ConfusionCell `json:"confusion"`
+}
+
+// ConfusionCell counts the images predicted Predicted and labelled Human.
+type ConfusionCell struct {
+	Predicted string `json:"predicted"`
+	Human     string `json:"human"`
+	Count     uint64 `json:"count"`
+}
 
 // GradeStatsQuery counts grades per time bucket, model and label
 // (SvcStatsGrades).

@@ -60,6 +60,8 @@ const (
 	SvcIrisStats        = "gradeline.svc.iris.stats"
 	SvcStatsGrades      = "gradeline.svc.stats.grades"
 	SvcStatsAnnotations = "gradeline.svc.stats.annotations"
+	SvcStatsReview      = "gradeline.svc.stats.review"
+	SvcStatsAgreement   = "gradeline.svc.stats.agreement"
 )
 
 // Stream names.

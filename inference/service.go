@@ -234,7 +234,7 @@ func (s *server) publish(ctx context.Context, jobs []*job) error {
 				GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner,
 				Model: j.model.Name, ModelVersion: j.model.Version,
 				Label: p.Label, Score: float64(p.Scores[p.Index]), Scores: j.model.ScoreMap(*p),
-				InferenceMS: float64(p.Inference.Microseconds()) / 1000, BatchSize: p.BatchSize}
+				InferenceMS: float64(p.Inference.Microseconds()) / 1000, BatchSize: p.BatchSize, Catalogued: j.ev.Catalogued}
 		default:
 			return
 		}

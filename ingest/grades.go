@@ -268,7 +268,8 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, Image: ref}
+	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, Image: ref,
+		Catalogued: f.up == nil}
 	ev.ID = idFor(ctx, "grade")
 	var ch chan bus.Event
 	if wait > 0 {

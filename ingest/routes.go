@@ -127,7 +127,7 @@ var (
 // routeTable lists every route, by capability; each capability's file
 // holds its part.
 func (s *Server) routeTable() []route {
-	return slices.Concat(s.systemRoutes(), s.userRoutes(), s.annotationRoutes(), s.gradeRoutes(), s.predictionRoutes(), s.exportRoutes(), s.importRoutes(),
+	return slices.Concat(s.systemRoutes(), s.userRoutes(), s.annotationRoutes(), s.gradeRoutes(), s.predictionRoutes(), s.exportRoutes(), s.importRoutes(), s.reviewRoutes(),
 		s.catalogRoutes(), s.irisRoutes(), s.statsRoutes(), s.seedRoutes(), s.oipRoutes(), s.webRoutes())
 }
 

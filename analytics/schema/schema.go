@@ -96,6 +96,15 @@ var Migrations = []Migration{
 		ORDER BY (time, event_id)
 		SETTINGS non_replicated_deduplication_window = ` + fmt.Sprint(DedupWindow),
 	}},
+	// Predictions on catalogue images and the structure of annotations
+	// (image label, box count, the grade an accepted prediction came
+	// from): the review queue and the agreement of models with people.
+	{2, "predictions and structured annotations", []string{
+		`ALTER TABLE ` + TableGrades + ` ADD COLUMN IF NOT EXISTS catalogued UInt8 DEFAULT 0`,
+		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS label String DEFAULT ''`,
+		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS boxes UInt32 DEFAULT 0`,
+		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS from_grade String DEFAULT ''`,
+	}},
 }
 
 // Migrate applies every migration not yet recorded and returns the versions
