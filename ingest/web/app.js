@@ -131,6 +131,10 @@ async function loadModels() {
   }
 }
 
+for (const [a, b] of [['upload-model', 'image-model'], ['image-model', 'upload-model']]) {
+  $(a).addEventListener('change', () => { $(b).value = $(a).value; });
+}
+
 async function signedIn(token, user) {
   setSession(token, user);
   $('signin-form').reset();
@@ -269,6 +273,7 @@ async function sendPending(gradeToo) {
     $('upload-error').textContent = 'No model to grade with.';
     return;
   }
+  if (model) $('image-model').value = model;
   const files = pending;
   setPending([]);
   $('upload-image').value = '';
@@ -371,8 +376,9 @@ async function openImage(id) {
   current.annotations = [];
   current.predictions = [];
   $('predictions').replaceChildren();
-  $('prediction-badge').hidden = true;
+  $('badges').replaceChildren();
   $('photo').removeAttribute('src');
+  $('photo').style.width = '';
   editor.size(0, 0);
   startNew();
   try {
@@ -389,14 +395,39 @@ async function openImage(id) {
     $('photo').src = url;
     await $('photo').decode().catch(() => {});
   }
+  fitPhoto();
   editor.size(img.width || $('photo').naturalWidth, img.height || $('photo').naturalHeight);
   await Promise.all([loadPredictions(), loadAnnotations()]);
 }
 
+/**
+ * fitPhoto sizes the image to the column: small images are enlarged (to
+ * 480 px wide) so that boxes can be drawn on them, large ones shrink to fit
+ * the column and three quarters of the window's height. The overlay
+ * follows, as it spans the stage.
+ */
+function fitPhoto() {
+  const img = $('photo');
+  if (!img.naturalWidth || !img.naturalHeight) return;
+  const col = $('stage').parentElement.clientWidth;
+  let w = Math.max(img.naturalWidth, Math.min(480, col));
+  w = Math.min(w, col, (0.75 * innerHeight * img.naturalWidth) / img.naturalHeight);
+  img.style.width = `${Math.floor(w)}px`;
+}
+addEventListener('resize', fitPhoto);
+
 async function loadPredictions() {
   const id = current.id;
   try {
-    const page = await api('GET', '/api/v1/grades', { query: { image_id: id, per_page: 20 } });
+    let page;
+    try {
+      page = await api('GET', `/api/v1/images/${encodeURIComponent(id)}/predictions`, { query: { per_page: 20 } });
+    } catch (e) {
+      // The image was found a moment ago: a 404 here is an edge without
+      // the predictions route, where the caller's own grades are the list.
+      if (!(e instanceof APIError) || e.status !== 404) throw e;
+      page = await api('GET', '/api/v1/grades', { query: { image_id: id, per_page: 20 } });
+    }
     if (current.id !== id) return;
     current.predictions = (page.data || []).filter((g) => g.status !== 'failed');
   } catch (e) {
@@ -407,17 +438,26 @@ async function loadPredictions() {
   list.replaceChildren(...current.predictions.map((g, i) => {
     const descID = `pred-${i}`;
     const done = g.status === 'completed';
+    // Only one's own grade can be accepted (the edge checks it too).
+    const mine = !g.owner || g.owner === session.user;
     return h('li', {},
       h('div', { id: descID },
         h('strong', { class: 'predicted-label', text: done ? g.label : 'pending…' }),
-        done ? h('span', { class: 'muted', text: ` ${pct(g.score)} · ${gradeMeta(g)}` }) : null),
+        done ? h('span', { class: 'muted', text: ` ${pct(g.score)} · ${gradeMeta(g)}${mine ? '' : ' · by ' + g.owner}` }) : null),
       done ? bars(g) : null,
-      done ? h('button', { type: 'button', class: 'small', 'aria-describedby': descID, onclick: (e) => acceptPrediction(g, e.target), text: 'Accept' }) : null);
+      done && mine ? h('button', { type: 'button', class: 'small', 'aria-describedby': descID, onclick: (e) => acceptPrediction(g, e.target), text: 'Accept' }) : null);
   }));
   if (!current.predictions.length) list.append(h('li', { class: 'muted', text: 'No predictions yet: grade it.' }));
+  renderBadges();
+}
+
+/** renderBadges writes the image-level labels over the image: the latest prediction's and the annotations'. */
+function renderBadges() {
   const latest = current.predictions.find((g) => g.status === 'completed');
-  $('prediction-badge').hidden = !latest;
-  if (latest) $('prediction-badge').textContent = `${modelTag(latest)}: ${latest.label} ${pct(latest.score)}`;
+  const labels = [...new Set(current.annotations.map((a) => a.annotation && a.annotation.label).filter((l) => typeof l === 'string' && l))];
+  $('badges').replaceChildren(
+    ...(latest ? [h('li', { text: `${modelTag(latest)}: ${latest.label} ${pct(latest.score)}` })] : []),
+    ...labels.map((l) => h('li', { class: 'human', text: l })));
 }
 
 async function acceptPrediction(g, button) {
@@ -468,6 +508,7 @@ function renderAnnotations() {
         h('button', { type: 'button', class: 'small danger', onclick: (e) => deleteAnnotation(a, e.target), text: 'Delete', 'aria-label': `Delete annotation ${what}` })) : null);
   }));
   if (!current.annotations.length) ul.append(h('li', { class: 'muted', text: 'No annotations yet.' }));
+  renderBadges();
   drawAll();
 }
 
@@ -590,8 +631,10 @@ $('regrade-form').addEventListener('submit', async (e) => {
 
 const review = { items: [], pos: 0, loading: false };
 
-const itemID = (it) => it.img_id || it.image_id || (it.image && it.image.img_id) || it.id;
-const itemPrediction = (it) => it.prediction || it.latest_prediction || it.latest || it.grade || null;
+// An entry of the queue is {image, prediction: {grade_id, model, model_version, label, score}}.
+const itemID = (it) => (it.image && it.image.img_id) || (it.prediction && it.prediction.image_id);
+const itemPrediction = (it) => it.prediction || null;
+const gradeIDOf = (p) => p && (p.grade_id || p.id);
 
 async function openReview() {
   review.loading = true;
@@ -620,9 +663,9 @@ async function showReviewItem() {
   const p = itemPrediction(it);
   $('review-label').textContent = p ? p.label : 'no prediction';
   $('review-meta').textContent = p ? `${pct(p.score)} · ${gradeMeta(p)}` : '';
-  $('review-accept').disabled = !p || !p.id;
+  $('review-accept').disabled = !gradeIDOf(p);
   const id = itemID(it);
-  $('review-photo').alt = (it.filename || (it.image && it.image.filename) || id);
+  $('review-photo').alt = (it.image && it.image.filename) || id;
   $('review-photo').removeAttribute('src');
   const url = await imageURL(id).catch(() => '');
   if (itemID(review.items[review.pos] || {}) === id && url) $('review-photo').src = url;
@@ -637,11 +680,11 @@ function reviewStep(d) {
 async function reviewAccept() {
   const it = review.items[review.pos];
   const p = it && itemPrediction(it);
-  if (!p || !p.id) return;
+  if (!gradeIDOf(p)) return;
   await busy($('review-accept'), async () => {
     try {
-      await api('POST', `/api/v1/images/${encodeURIComponent(itemID(it))}/annotations/from-prediction`, { json: { grade_id: p.id } });
-      say(`Accepted ${p.label} for ${it.filename || itemID(it)}.`);
+      await api('POST', `/api/v1/images/${encodeURIComponent(itemID(it))}/annotations/from-prediction`, { json: { grade_id: gradeIDOf(p) } });
+      say(`Accepted ${p.label} for ${(it.image && it.image.filename) || itemID(it)}.`);
       if ($('review-unannotated').checked) {
         review.items.splice(review.pos, 1); // annotated now: no longer in this queue
         review.pos = Math.min(review.pos, Math.max(0, review.items.length - 1));
