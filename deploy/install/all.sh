@@ -5,7 +5,7 @@ set -euo pipefail
 cache=$(mkdir -p "${1:?usage: all.sh CACHE_DIR}" && cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$cache"
-for step in onnxruntime chdb datasets postgresql; do
+for step in onnxruntime chdb datasets postgresql chromium; do
   if [[ -f "$here/$step.sh" ]]; then
     bash "$here/$step.sh" "$cache"
   fi
