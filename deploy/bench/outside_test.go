@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"mime/multipart"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,7 +64,8 @@ func met(ok bool) string {
 // built binary, a fresh data directory, default log level, metrics on),
 // measured from outside with wrk and hey, each figure beside a baseline of
 // the same run:
-//   - start to /readyz;
+//   - start to /readyz, with the engines' libraries out of the page cache
+//     (as after make install) and in it;
 //   - annotations accepted/s (wrk) against the bus limit (a raw JetStream
 //     publisher to a stream of its own) and against raw publishes into the
 //     annotations stream while its consumers run, in alternating rounds;
@@ -106,6 +109,15 @@ func BenchmarkStack(b *testing.B) {
 	_ = os.Remove(logPath)
 	var rows []row
 
+	// The first start after `make install`: the engines' libraries are not
+	// in the page cache yet.
+	cold, err := coldStart(bin, out, logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rows = append(rows, row{What: "start to `/readyz`, empty data directory, the engines' libraries out of the page cache (as after `make install`)",
+		Measured: secs(cold), Target: "≤ 5 s", Met: met(cold <= 5*time.Second)})
+
 	st, ready, err := startShipped(bin, dataDir, logPath)
 	if err != nil {
 		b.Fatal(err)
@@ -141,6 +153,53 @@ func BenchmarkStack(b *testing.B) {
 		}
 		fmt.Println("README.md: performance table regenerated")
 	}
+}
+
+// coldStart evicts the files the stack loads at start (the ClickHouse
+// engine, ONNX Runtime, the binary) from the page cache, as on the first
+// start after `make install`, then starts the stack on an empty data
+// directory and stops it; it returns the time to /readyz.
+func coldStart(bin, out, logPath string) (time.Duration, error) {
+	files := []string{bin, os.Getenv("ONNXRUNTIME_LIB")}
+	if launcher := os.Getenv("GRADELINE_CHDB_LAUNCHER"); launcher != "" {
+		_ = filepath.WalkDir(filepath.Dir(launcher), func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				files = append(files, path)
+			}
+			return nil
+		})
+	}
+	for _, f := range files {
+		if err := evict(f); err != nil {
+			return 0, err
+		}
+	}
+	dir, err := os.MkdirTemp(out, "data-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	st, ready, err := startShipped(bin, dir, logPath)
+	if err != nil {
+		return 0, err
+	}
+	fmt.Printf("cold start: ready in %s\n", secs(ready))
+	return ready, st.stop()
+}
+
+// evict drops path's pages from the page cache (POSIX_FADV_DONTNEED): the
+// next reader reads it from disk. Other files are not touched.
+func evict(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const fadvDontNeed = 4
+	if _, _, errno := syscall.Syscall6(syscall.SYS_FADVISE64, f.Fd(), 0, 0, fadvDontNeed, 0, 0); errno != 0 {
+		return fmt.Errorf("fadvise %s: %w", path, errno)
+	}
+	return nil
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
