@@ -68,7 +68,7 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 	}
 	if req.ImageID != nil {
 		if !validRef.MatchString(*req.ImageID) {
-			return nil, invalid("invalid request body", "image_id: 1 to 128 characters of letters, digits and . _ : -")
+			return nil, invalid("invalid request body", "image_id: "+refRule)
 		}
 		ev.ImageID = *req.ImageID
 		// Only an image the user owns or is shared may be annotated: any
@@ -159,7 +159,7 @@ func (s *Server) listAnnotations(c *fiber.Ctx) error {
 		AfterSeq: s.writes.after(userOf(c), bus.ConsumerAnnotator.Stream)}
 	var details []string
 	if q.ImageID != "" && !validRef.MatchString(q.ImageID) {
-		details = append(details, "image_id: 1 to 128 characters of letters, digits and . _ : -")
+		details = append(details, "image_id: "+refRule)
 	}
 	if q.Author != "" {
 		q.Author = auth.Normalize(q.Author)
@@ -170,14 +170,7 @@ func (s *Server) listAnnotations(c *fiber.Ctx) error {
 	if len(details) > 0 {
 		return invalid("invalid query", details...)
 	}
-	resp, err := request[bus.List[bus.Annotation]](c.UserContext(), s, bus.SvcAnnotationsList, q)
-	if err != nil {
-		return err
-	}
-	if resp.Data == nil {
-		resp.Data = []bus.Annotation{}
-	}
-	return c.JSON(resp)
+	return listReply[bus.Annotation](c, s, bus.SvcAnnotationsList, q)
 }
 
 func (s *Server) getAnnotation(c *fiber.Ctx) error {

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gofiber/fiber/v2"
+
 	"github.com/gradeline/gradeline/bus"
 )
 
@@ -50,6 +52,19 @@ func serviceOf(subject string) string {
 	default:
 		return "analytics"
 	}
+}
+
+// listReply asks a listing query service and answers its page (an empty
+// list, never null, when nothing matched).
+func listReply[T any](c *fiber.Ctx, s *Server, subject string, q any) error {
+	resp, err := request[bus.List[T]](c.UserContext(), s, subject, q)
+	if err != nil {
+		return err
+	}
+	if resp.Data == nil {
+		resp.Data = []T{}
+	}
+	return c.JSON(resp)
 }
 
 // request asks a query service; a *bus.Error passes through with its code,

@@ -172,12 +172,30 @@ func (l *labelIndex) id(name string) int {
 	return len(l.names) - 1
 }
 
+// jsonItems writes the elements of a JSON array, commas between them.
+type jsonItems struct {
+	w *bufio.Writer
+	n int
+}
+
+func (l *jsonItems) item(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if l.n > 0 {
+		_ = l.w.WriteByte(',')
+	}
+	l.n++
+	_, err = l.w.Write(b)
+	return err
+}
+
 // spool is a temporary file for the part of a document that comes after
 // the part being streamed (COCO's annotations follow its images).
 type spool struct {
 	f *os.File
-	*bufio.Writer
-	n int
+	jsonItems
 }
 
 func newSpool() (*spool, error) {
@@ -186,25 +204,11 @@ func newSpool() (*spool, error) {
 		return nil, fmt.Errorf("export: spool: %w", err)
 	}
 	_ = os.Remove(f.Name()) // gone with the handle
-	return &spool{f: f, Writer: bufio.NewWriter(f)}, nil
-}
-
-// item writes one JSON array element.
-func (sp *spool) item(v any) error {
-	if sp.n > 0 {
-		_ = sp.WriteByte(',')
-	}
-	sp.n++
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = sp.Write(b)
-	return err
+	return &spool{f: f, jsonItems: jsonItems{w: bufio.NewWriter(f)}}, nil
 }
 
 func (sp *spool) copyTo(w io.Writer) error {
-	if err := sp.Flush(); err != nil {
+	if err := sp.w.Flush(); err != nil {
 		return err
 	}
 	if _, err := sp.f.Seek(0, io.SeekStart); err != nil {
@@ -238,6 +242,7 @@ func (s *Server) exportCOCO(c *fiber.Ctx) error {
 		defer preds.close()
 		var cats labelIndex
 		fmt.Fprintf(w, `{"info":{"description":"gradeline export","version":"1.0","date_created":%q},"licenses":[],"images":[`, time.Now().UTC().Format(time.RFC3339))
+		images := jsonItems{w: w}
 		n := 0
 		err = src.walk(ctx, func(it exportItem) error {
 			n++
@@ -262,15 +267,7 @@ func (s *Server) exportCOCO(c *fiber.Ctx) error {
 					return err
 				}
 			}
-			if n > 1 {
-				_ = w.WriteByte(',')
-			}
-			b, err := json.Marshal(img)
-			if err != nil {
-				return err
-			}
-			_, err = w.Write(b)
-			return err
+			return images.item(img)
 		})
 		if err != nil {
 			return err
@@ -280,12 +277,11 @@ func (s *Server) exportCOCO(c *fiber.Ctx) error {
 			return err
 		}
 		_, _ = w.WriteString(`],"categories":[`)
+		categories := jsonItems{w: w}
 		for i, name := range cats.names {
-			if i > 0 {
-				_ = w.WriteByte(',')
+			if err := categories.item(cocoCategory{ID: i + 1, Name: name, Supercategory: "none"}); err != nil {
+				return err
 			}
-			b, _ := json.Marshal(cocoCategory{ID: i + 1, Name: name, Supercategory: "none"})
-			_, _ = w.Write(b)
 		}
 		_ = w.WriteByte(']')
 		if src.predictions {
@@ -414,10 +410,9 @@ func (s *Server) exportLabelStudio(c *fiber.Ctx) error {
 	}
 	return s.stream(c, fiber.MIMEApplicationJSON, "labelstudio.json", func(ctx context.Context, w *bufio.Writer) error {
 		_ = w.WriteByte('[')
-		n := 0
+		tasks := jsonItems{w: w}
 		err := src.walk(ctx, func(it exportItem) error {
-			n++
-			task := lsTask{ID: n, Data: lsData{Image: "/api/v1/images/" + it.image.ID + "/content", GradelineID: it.image.ID, Tags: it.image.Tags},
+			task := lsTask{ID: tasks.n + 1, Data: lsData{Image: "/api/v1/images/" + it.image.ID + "/content", GradelineID: it.image.ID, Tags: it.image.Tags},
 				Annotations: []lsAnnotation{}, Predictions: []lsPrediction{}}
 			for _, a := range it.annotations {
 				task.Annotations = append(task.Annotations, lsAnnotation{ID: a.ID, CompletedBy: a.Author, CreatedAt: a.CreatedAt,
@@ -427,15 +422,7 @@ func (s *Server) exportLabelStudio(c *fiber.Ctx) error {
 				task.Predictions = append(task.Predictions, lsPrediction{ModelVersion: modelAt(g), Score: g.Score,
 					Result: lsResults(bus.Structure{Label: g.Label}, it.image)})
 			}
-			if n > 1 {
-				_ = w.WriteByte(',')
-			}
-			b, err := json.Marshal(task)
-			if err != nil {
-				return err
-			}
-			_, err = w.Write(b)
-			return err
+			return tasks.item(task)
 		})
 		if err != nil {
 			return err
@@ -561,8 +548,8 @@ func (s *Server) exportRoutes() []route {
 			Query:       []param{tagParam, predParam}, Responses: file(fiber.MIMEApplicationJSON, "A COCO document")},
 		{Method: "GET", Path: "/api/v1/exports/yolo", Tag: "exports", Summary: "Export as a YOLO zip", Auth: true, Handler: s.exportYOLO,
 			Description: "labels/<image>.txt per image (empty without boxes), rows `class cx cy w h` normalised to 0-1; classes.txt and data.yaml; ?images=1 adds images/<image>.",
-			Query: []param{tagParam, {Name: "images", Description: "1 to include the images.", Schema: M{"type": "boolean"}}},
-			Responses: file("application/zip", "A zip")},
+			Query:       []param{tagParam, {Name: "images", Description: "1 to include the images.", Schema: M{"type": "boolean"}}},
+			Responses:   file("application/zip", "A zip")},
 		{Method: "GET", Path: "/api/v1/exports/labelstudio", Tag: "exports", Summary: "Export as Label Studio tasks", Auth: true, Handler: s.exportLabelStudio,
 			Description: "JSON tasks: data.image is the content route; annotations as rectanglelabels (percent, with original_width/height) and choices; ?predictions=1 adds predictions with model_version and score.",
 			Query:       []param{tagParam, predParam}, Responses: file(fiber.MIMEApplicationJSON, "Label Studio tasks")},

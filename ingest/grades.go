@@ -447,12 +447,5 @@ func (s *Server) listGrades(c *fiber.Ctx) error {
 	case !validRef.MatchString(q.ImageID):
 		return invalid("invalid query", "image_id: "+refRule)
 	}
-	resp, err := request[bus.List[bus.Grade]](c.UserContext(), s, bus.SvcGradesList, q)
-	if err != nil {
-		return err
-	}
-	if resp.Data == nil {
-		resp.Data = []bus.Grade{}
-	}
-	return c.JSON(resp)
+	return listReply[bus.Grade](c, s, bus.SvcGradesList, q)
 }

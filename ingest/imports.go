@@ -157,7 +157,7 @@ func (s *Server) importRoutes() []route {
 	return []route{
 		{Method: "POST", Path: "/api/v1/imports/labelstudio", Tag: "exports", Summary: "Import Label Studio tasks as annotations", Auth: true, Handler: s.importLabelStudio,
 			Description: "A JSON array of Label Studio tasks whose data.image is a gradeline content route (or with data.gradeline_id). Each annotation becomes yours: choices as the image label, rectanglelabels as boxes in pixels. Annotations exported from gradeline (gradeline_id set) are skipped; so is what cannot be read, each with its reason. An Idempotency-Key makes a retry store nothing twice.",
-			Body: &reqBody{Required: true, Content: map[string]M{"application/json": {"type": "array", "items": M{"type": "object"}}}},
+			Body:        &reqBody{Required: true, Content: map[string]M{"application/json": {"type": "array", "items": M{"type": "object"}}}},
 			Responses: withErrors(map[int]resp{200: {Desc: "What was imported and what was skipped, with reasons.",
 				Schema: M{"type": "object", "properties": M{"imported": M{"type": "integer"}, "ids": arrOf(M{"type": "string"}), "skipped": arrOf(M{"type": "object"})}}},
 				413: errResp("More than 10,000 annotations in one import.")}, 400, 401, 415, 422, 503)},

@@ -25,15 +25,8 @@ func (s *Server) listPredictions(c *fiber.Ctx) error {
 	if !validRef.MatchString(id) {
 		return errorf(http.StatusNotFound, "image %q not found", id)
 	}
-	resp, err := request[bus.List[bus.Grade]](c.UserContext(), s, bus.SvcGradesList, bus.GradesQuery{ImageID: id, Viewer: user,
+	return listReply[bus.Grade](c, s, bus.SvcGradesList, bus.GradesQuery{ImageID: id, Viewer: user,
 		Cursor: cursor, Page: page, PerPage: perPage, AfterSeq: s.writes.after(user, bus.ConsumerAnnotatorSubmissions.Stream)})
-	if err != nil {
-		return err
-	}
-	if resp.Data == nil {
-		resp.Data = []bus.Grade{}
-	}
-	return c.JSON(resp)
 }
 
 // fromPredictionRequest names the grade to accept.

@@ -93,7 +93,7 @@ func (s *Server) reviewRoutes() []route {
 	return []route{
 		{Method: "GET", Path: "/api/v1/review", Tag: "images", Summary: "Review queue: your least certain predictions first", Auth: true, Handler: s.reviewQueue,
 			Description: "Your catalogue images graded with POST /api/v1/grades and their image_id, lowest top score of the latest prediction first; unannotated=1 keeps only images nobody has annotated. Pages by page=N.",
-			Query: append([]param{{Name: "unannotated", Description: "1 for images without an annotation only.", Schema: M{"type": "boolean"}}}, pageParams...),
+			Query:       append([]param{{Name: "unannotated", Description: "1 for images without an annotation only.", Schema: M{"type": "boolean"}}}, pageParams...),
 			Responses: withErrors(map[int]resp{200: {Desc: "A page of images with their latest prediction.", Schema: M{"type": "object",
 				"properties": M{"data": arrOf(M{"type": "object", "properties": M{"image": ref("Image"), "prediction": M{"type": "object"}}}),
 					"page": M{"type": "integer"}, "per_page": M{"type": "integer"}, "next": M{"type": "string"}}}}}, 401, 422, 503)},

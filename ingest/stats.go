@@ -83,7 +83,7 @@ func (s *Server) gradeStats(c *fiber.Ctx) error {
 	}
 	model := c.Query("model")
 	if model != "" && !validModel.MatchString(model) {
-		return invalid("invalid query", "model: 1 to 128 characters of letters, digits and . _ : -")
+		return invalid("invalid query", "model: "+refRule)
 	}
 	owner, all, err := s.statsScope(c)
 	if err != nil {
