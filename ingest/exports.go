@@ -243,31 +243,8 @@ func (s *Server) exportCOCO(c *fiber.Ctx) error {
 		var cats labelIndex
 		fmt.Fprintf(w, `{"info":{"description":"gradeline export","version":"1.0","date_created":%q},"licenses":[],"images":[`, time.Now().UTC().Format(time.RFC3339))
 		images := jsonItems{w: w}
-		n := 0
 		err = src.walk(ctx, func(it exportItem) error {
-			n++
-			img := cocoImage{ID: n, FileName: exportFileName(it.image), Width: it.image.Width, Height: it.image.Height,
-				GradelineID: it.image.ID, Tags: it.image.Tags, Labels: []string{}, CategoryIDs: []int{}}
-			for _, a := range it.annotations {
-				if a.st.Label != "" {
-					img.Labels = append(img.Labels, a.st.Label)
-					img.CategoryIDs = append(img.CategoryIDs, cats.id(a.st.Label)+1)
-				}
-				for _, b := range a.st.Boxes {
-					if err := anns.item(cocoAnnotation{ID: anns.n + 1, ImageID: n, CategoryID: cats.id(b.Label) + 1,
-						BBox: [4]float64{b.X, b.Y, b.Width, b.Height}, Area: b.Width * b.Height, Segmentation: []any{},
-						GradelineID: a.ID}); err != nil {
-						return err
-					}
-				}
-			}
-			for _, g := range it.predictions {
-				if err := preds.item(cocoResult{ImageID: n, CategoryID: cats.id(g.Label) + 1, Score: g.Score,
-					Model: modelAt(g), GradeID: g.ID}); err != nil {
-					return err
-				}
-			}
-			return images.item(img)
+			return cocoItem(it, images.n+1, &cats, &images, &anns.jsonItems, &preds.jsonItems)
 		})
 		if err != nil {
 			return err
@@ -294,6 +271,33 @@ func (s *Server) exportCOCO(c *fiber.Ctx) error {
 		_, err = w.WriteString("}\n")
 		return err
 	})
+}
+
+// cocoItem writes image it as COCO image n: the image, its boxes and
+// its predictions, numbering labels in cats.
+func cocoItem(it exportItem, n int, cats *labelIndex, images, anns, preds *jsonItems) error {
+	img := cocoImage{ID: n, FileName: exportFileName(it.image), Width: it.image.Width, Height: it.image.Height,
+		GradelineID: it.image.ID, Tags: it.image.Tags, Labels: []string{}, CategoryIDs: []int{}}
+	for _, a := range it.annotations {
+		if a.st.Label != "" {
+			img.Labels = append(img.Labels, a.st.Label)
+			img.CategoryIDs = append(img.CategoryIDs, cats.id(a.st.Label)+1)
+		}
+		for _, b := range a.st.Boxes {
+			if err := anns.item(cocoAnnotation{ID: anns.n + 1, ImageID: n, CategoryID: cats.id(b.Label) + 1,
+				BBox: [4]float64{b.X, b.Y, b.Width, b.Height}, Area: b.Width * b.Height, Segmentation: []any{},
+				GradelineID: a.ID}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, g := range it.predictions {
+		if err := preds.item(cocoResult{ImageID: n, CategoryID: cats.id(g.Label) + 1, Score: g.Score,
+			Model: modelAt(g), GradeID: g.ID}); err != nil {
+			return err
+		}
+	}
+	return images.item(img)
 }
 
 type cocoImage struct {

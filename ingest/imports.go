@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -52,67 +53,88 @@ func (s *Server) importLabelStudio(c *fiber.Ctx) error {
 	if total > maxImportAnnotations {
 		return errorf(http.StatusRequestEntityTooLarge, "%d annotations in one import, at most %d: split the tasks", total, maxImportAnnotations)
 	}
-	ctx, user := c.UserContext(), userOf(c)
-	images := map[string]*bus.Image{}
-	out := importAnswer{IDs: []string{}, Skipped: []importSkip{}}
+	imp := &importer{s: s, ctx: c.UserContext(), user: userOf(c), images: map[string]*bus.Image{},
+		out: importAnswer{IDs: []string{}, Skipped: []importSkip{}}}
 	for ti, t := range tasks {
-		id := t.Data.GradelineID
-		if m := contentRoute.FindStringSubmatch(t.Data.Image); id == "" && m != nil {
-			id = m[1]
-		}
-		for ai, a := range t.Annotations {
-			skip := func(reason string) { out.Skipped = append(out.Skipped, importSkip{ti, ai, reason}) }
-			if id == "" {
-				skip("data.image is not a gradeline image (/api/v1/images/{id}/content) and data.gradeline_id is missing")
-				continue
-			}
-			if a.ID != "" {
-				skip("already in gradeline as annotation " + a.ID)
-				continue
-			}
-			img, ok := images[id]
-			if !ok {
-				got, err := s.getImageMeta(ctx, user, id)
-				switch {
-				case err == nil:
-					img = &got
-				case isNotFound(err):
-				default:
-					return err
-				}
-				images[id] = img
-			}
-			if img == nil {
-				skip(fmt.Sprintf("image %q not found", id))
-				continue
-			}
-			st, problems := structureOf(a.Result, *img)
-			if len(problems) > 0 {
-				skip(problems[0])
-				continue
-			}
-			ann, err := json.Marshal(st)
-			if err != nil {
-				return err
-			}
-			ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), ImageID: id, Author: user, Annotation: ann}
-			ev.ID = idFor(ctx, fmt.Sprintf("labelstudio/%d/%d", ti, ai))
-			if err := validAnnotationEvent(ev, ann); err != nil {
-				skip(err.Error())
-				continue
-			}
-			if err := boxesFit(*img, ann); err != nil {
-				skip(err.Error())
-				continue
-			}
-			if err := s.publish(ctx, ev); err != nil {
-				return err
-			}
-			out.Imported++
-			out.IDs = append(out.IDs, ev.ID)
+		if err := imp.task(ti, t); err != nil {
+			return err
 		}
 	}
-	return c.JSON(out)
+	return c.JSON(imp.out)
+}
+
+// importer takes the annotations of one import request.
+type importer struct {
+	s      *Server
+	ctx    context.Context
+	user   string
+	images map[string]*bus.Image // nil: not found
+	out    importAnswer
+}
+
+// task imports the annotations of task ti; an error fails the request
+// (the bus or a store is unavailable), anything else skips with a reason.
+func (imp *importer) task(ti int, t lsTask) error {
+	id := t.Data.GradelineID
+	if m := contentRoute.FindStringSubmatch(t.Data.Image); id == "" && m != nil {
+		id = m[1]
+	}
+	for ai, a := range t.Annotations {
+		reason, err := imp.annotation(ti, ai, id, a)
+		if err != nil {
+			return err
+		}
+		if reason != "" {
+			imp.out.Skipped = append(imp.out.Skipped, importSkip{ti, ai, reason})
+		}
+	}
+	return nil
+}
+
+// annotation stores annotation ai of task ti on image id, or says why not.
+func (imp *importer) annotation(ti, ai int, id string, a lsAnnotation) (skipped string, err error) {
+	switch {
+	case id == "":
+		return "data.image is not a gradeline image (/api/v1/images/{id}/content) and data.gradeline_id is missing", nil
+	case a.ID != "":
+		return "already in gradeline as annotation " + a.ID, nil
+	}
+	img, ok := imp.images[id]
+	if !ok {
+		got, err := imp.s.getImageMeta(imp.ctx, imp.user, id)
+		switch {
+		case err == nil:
+			img = &got
+		case !isNotFound(err):
+			return "", err
+		}
+		imp.images[id] = img
+	}
+	if img == nil {
+		return fmt.Sprintf("image %q not found", id), nil
+	}
+	st, problems := structureOf(a.Result, *img)
+	if len(problems) > 0 {
+		return problems[0], nil
+	}
+	ann, err := json.Marshal(st)
+	if err != nil {
+		return "", err
+	}
+	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), ImageID: id, Author: imp.user, Annotation: ann}
+	ev.ID = idFor(imp.ctx, fmt.Sprintf("labelstudio/%d/%d", ti, ai))
+	if err := validAnnotationEvent(ev, ann); err != nil {
+		return err.Error(), nil
+	}
+	if err := boxesFit(*img, ann); err != nil {
+		return err.Error(), nil
+	}
+	if err := imp.s.publish(imp.ctx, ev); err != nil {
+		return "", err
+	}
+	imp.out.Imported++
+	imp.out.IDs = append(imp.out.IDs, ev.ID)
+	return "", nil
 }
 
 // structureOf reads Label Studio results: the first choice is the image
