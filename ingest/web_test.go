@@ -139,6 +139,12 @@ func TestWebPageInBrowser(t *testing.T) {
 		chromedp.SendKeys("Password", password, named("textbox", "Password")),
 		chromedp.SendKeys("Signup code", s.Cfg.SignupCode, named("textbox", "Signup code")))
 	p.shot("sign-in")
+	t.Logf("page loaded: %s", p.text(`(() => {
+		const nav = performance.getEntriesByType('navigation')[0];
+		const all = [nav, ...performance.getEntriesByType('resource')];
+		const kb = all.reduce((n, e) => n + (e.transferSize || 0), 0) / 1024;
+		return `+"`${all.length} requests, ${kb.toFixed(1)} KB transferred, DOMContentLoaded ${nav.domContentLoadedEventEnd.toFixed(0)} ms, load ${nav.loadEventEnd.toFixed(0)} ms`"+`;
+	})()`))
 	p.do("register", chromedp.Click("Register", named("button", "Register")),
 		chromedp.Click("Sign out", named("button", "Sign out")),
 		chromedp.SendKeys("Username", user, named("textbox", "Username")),
@@ -325,6 +331,7 @@ func TestWebPageInBrowser(t *testing.T) {
 	p.do("exports", chromedp.Click("Exports", named("link", "Exports")),
 		chromedp.SendKeys("Tag", tag, named("textbox", "Tag")))
 	p.shot("exports")
+	var labelStudio []byte
 	for _, ex := range []struct {
 		route, button string
 		check         func(t *testing.T, body []byte)
@@ -383,6 +390,7 @@ func TestWebPageInBrowser(t *testing.T) {
 			if err := json.Unmarshal(body, &tasks); err != nil || len(tasks) != 2 || tasks[0].Data.Image == "" {
 				t.Fatalf("Label Studio: %v, %d tasks: %.300s", err, len(tasks), body)
 			}
+			labelStudio = body
 		}},
 	} {
 		if !routes[ex.route] {
@@ -393,6 +401,44 @@ func TestWebPageInBrowser(t *testing.T) {
 		ex.check(t, body)
 	}
 	p.shot("exported")
+
+	// Import from Label Studio: the export comes back with one task a
+	// person labelled there; what came from gradeline is not taken twice.
+	if labelStudio == nil || !routes["POST /api/v1/imports/labelstudio"] {
+		t.Log("the Label Studio export or import is not served: the import is not tested")
+		return
+	}
+	var tasks []any
+	if err := json.Unmarshal(labelStudio, &tasks); err != nil {
+		t.Fatal(err)
+	}
+	tasks = append(tasks, map[string]any{
+		"data":        map[string]any{"image": "/api/v1/images/" + secondID + "/content"},
+		"annotations": []any{map[string]any{"result": []any{map[string]any{"type": "choices", "value": map[string]any{"choices": []string{"sneaker"}}}}}},
+	})
+	tasksPath := filepath.Join(dir, "from-label-studio.json")
+	b, _ := json.Marshal(tasks)
+	if err := os.WriteFile(tasksPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.do("import", chromedp.SetUploadFiles("Label Studio tasks", []string{tasksPath}, named("button", "Label Studio tasks")),
+		chromedp.Click("Import", named("button", "Import")))
+	p.poll("the import's answer", `document.getElementById('import-result').textContent !== '' || document.getElementById('import-error').textContent !== ''`)
+	p.shot("imported")
+	if got := p.text(`document.getElementById('import-result').textContent`); !strings.HasPrefix(got, "Imported 1 annotation;") {
+		t.Fatalf("import says %q%s, want 1 imported and the exported ones skipped", got, p.pageErrors())
+	}
+	var labels []string
+	for _, a := range annotationsOf(t, api, secondID) {
+		var st struct {
+			Label string `json:"label"`
+		}
+		_ = json.Unmarshal(a.Annotation, &st)
+		labels = append(labels, st.Label)
+	}
+	if !slices.Contains(labels, "sneaker") {
+		t.Fatalf("labels of the second image after the import: %v, want sneaker among them", labels)
+	}
 }
 
 // documentedRoutes lists "METHOD /path" and "METHOD /path media-type" of

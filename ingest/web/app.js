@@ -734,6 +734,7 @@ $('export-form').addEventListener('click', async (e) => {
   const tag = $('export-tag').value.trim();
   if (tag) q.tag = tag;
   if (kind === 'yolo' && $('export-images').checked) q.images = '1';
+  if (kind !== 'yolo' && $('export-predictions').checked) q.predictions = '1';
   await busy(e.target, async () => {
     try {
       const name = await download(`/api/v1/exports/${kind}`, q, exportNames[kind]);
@@ -744,6 +745,34 @@ $('export-form').addEventListener('click', async (e) => {
   });
 });
 $('export-form').addEventListener('submit', (e) => e.preventDefault());
+
+$('import-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  $('import-error').textContent = '';
+  $('import-result').textContent = '';
+  const file = $('import-file').files[0];
+  if (!file) {
+    $('import-error').textContent = 'Choose a Label Studio JSON file.';
+    return;
+  }
+  await busy(e.submitter || e.target.querySelector('button[type=submit]'), async () => {
+    try {
+      let tasks;
+      try {
+        tasks = JSON.parse(await file.text());
+      } catch (err) {
+        throw new Error(`${file.name} is not JSON: ${err.message}`);
+      }
+      const r = await api('POST', '/api/v1/imports/labelstudio', { json: tasks });
+      const skipped = (r.skipped || []).map((s) => `task ${s.task}: ${s.reason}`);
+      $('import-result').textContent = `Imported ${r.imported} annotation${r.imported === 1 ? '' : 's'}` +
+        (skipped.length ? `; skipped ${skipped.length}: ${skipped.slice(0, 5).join('; ')}${skipped.length > 5 ? '…' : ''}` : '.');
+      $('import-file').value = '';
+    } catch (err) {
+      fail('import-error', err);
+    }
+  });
+});
 
 // ---------- start ----------
 
