@@ -99,6 +99,7 @@ func TestSubjectsOnTheWire(t *testing.T) {
 		StreamCatalog:     {"gradeline.catalog.>"},
 		StreamIris:        {"gradeline.iris.>"},
 		StreamDeadLetter:  {"gradeline.deadletter.>"},
+		StreamCallbacks:   {"gradeline.callbacks.>"},
 	}
 	for _, s := range Streams {
 		if strings.Join(s.Subjects, " ") != strings.Join(want[s.Name], " ") {

@@ -64,6 +64,11 @@ type ServiceAccess struct {
 	Answers []string
 	// Calls lists the query subjects the service sends requests to.
 	Calls []string
+	// Tails lists streams the service reads from a sequence of its
+	// choosing with short-lived ordered consumers (the edge's Server-Sent
+	// Events): it may create, pull from and delete unnamed consumers
+	// there, never the durables of another service.
+	Tails []string
 	// Objects is its access to the image bucket.
 	Objects ObjectAccess
 	// Buckets are the key-value buckets it reads and writes.
@@ -80,11 +85,12 @@ const svcPrefix = "gradeline.svc."
 var Access = []ServiceAccess{
 	{
 		User:        UserIngest,
-		PublishesTo: []string{StreamAnnotations, StreamImages, StreamCatalog, StreamIris},
+		PublishesTo: []string{StreamAnnotations, StreamImages, StreamCatalog, StreamIris, StreamCallbacks},
 		Follows:     []string{StreamGrades},
+		Tails:       []string{StreamGrades},
 		Calls:       []string{svcPrefix + ">"},
 		Objects:     ObjectsReadWrite,
-		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens, IdempotencyBucket},
+		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens, IdempotencyBucket, BucketWebhookSecrets},
 	},
 	{
 		User:        UserInference,
@@ -247,7 +253,19 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 			jsAPI+"STREAM.INFO."+kv, jsAPI+"STREAM.CREATE."+kv, jsAPI+"STREAM.UPDATE."+kv, jsAPI+"STREAM.PURGE."+kv)
 		pub = append(pub, readStream(kv)...)
 	}
-	p.Publish.Allow = pub
+	var deny []string
+	for _, s := range a.Tails {
+		pub = append(pub, jsAPI+"CONSUMER.CREATE."+s+".*", jsAPI+"CONSUMER.CREATE."+s+".*.>",
+			jsAPI+"CONSUMER.MSG.NEXT."+s+".*", jsAPI+"CONSUMER.DELETE."+s+".*", jsAPI+"CONSUMER.INFO."+s+".*")
+		for _, c := range ConsumersOf(s) {
+			if c.Owner() != a.User {
+				deny = append(deny, consumerCreate(c.Stream, c.Durable)...)
+				deny = append(deny, jsAPI+"CONSUMER.MSG.NEXT."+c.Stream+"."+c.Durable,
+					jsAPI+"CONSUMER.DELETE."+c.Stream+"."+c.Durable)
+			}
+		}
+	}
+	p.Publish.Allow, p.Publish.Deny = pub, deny
 
 	sub := []string{inbox + ".>"}
 	for _, s := range a.Follows {

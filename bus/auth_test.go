@@ -313,6 +313,28 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		t.Fatalf("inference publishes a grade: %v", err)
 	}
 
+	// ingest tails the grades with an ordered consumer (Server-Sent
+	// Events) from a sequence, and deletes it; it cannot pull from, or
+	// delete, another service's durable on that stream.
+	tail, err := jss[bus.UserIngest].OrderedConsumer(ctx, bus.StreamGrades, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{bus.SubjectGradeCompleted, bus.SubjectGradeFailed},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: 1, NamePrefix: "sse-test"})
+	if err != nil {
+		t.Fatalf("ingest creates an ordered consumer on %s: %v", bus.StreamGrades, err)
+	}
+	if m, err := tail.Next(jetstream.FetchMaxWait(10 * time.Second)); err != nil || !bytes.Contains(m.Data(), []byte(grade.ID)) {
+		t.Fatalf("ingest tails the grade: %v", err)
+	}
+	if err := jss[bus.UserIngest].DeleteConsumer(ctx, bus.StreamGrades, tail.CachedInfo().Name); err != nil {
+		t.Fatalf("ingest deletes its ordered consumer: %v", err)
+	}
+	for _, subj := range []string{"$JS.API.CONSUMER.MSG.NEXT.GRADES." + bus.ConsumerAnnotatorGrades.Durable,
+		"$JS.API.CONSUMER.DELETE.GRADES." + bus.ConsumerAnalyticsGrades.Durable} {
+		if st.publishAllowed(t, bus.UserIngest, subj) {
+			t.Errorf("ingest may publish %s", subj)
+		}
+	}
+
 	// annotator and analytics consume their own consumers and dead-letter.
 	for _, c := range []bus.ConsumerSpec{bus.ConsumerAnnotator, bus.ConsumerAnalyticsAnnotations, bus.ConsumerAnnotatorGrades, bus.ConsumerAnalyticsGrades} {
 		user := c.Owner()

@@ -121,13 +121,24 @@ type ImageSubmitted struct {
 	// Catalogued: ImageID is a catalogue image, so the grade is a model's
 	// prediction on it (the grade event carries it on).
 	Catalogued bool `json:"catalogued,omitempty"`
+	// CallbackURL, when set, is where the edge POSTs the grade's result
+	// once it is known (signed, retried; see ConsumerIngestCallbacks).
+	// The grade event carries it on, so results without one cost the
+	// deliverer nothing but an ack.
+	CallbackURL string `json:"callback_url,omitempty"`
 }
 
-// Validate requires the image id, owner and model, and a complete image
-// reference (object name and sha256).
+// Validate requires the image id, owner and model, a complete image
+// reference (object name and sha256), and a callback URL, if any, of
+// the allowed form (CheckCallbackURL).
 func (e *ImageSubmitted) Validate() error {
 	if e.ImageID == "" || e.Model == "" || e.Owner == "" {
 		return errors.New("image_id, owner and model are required")
+	}
+	if e.CallbackURL != "" {
+		if err := CheckCallbackURL(e.CallbackURL); err != nil {
+			return fmt.Errorf("callback_url: %w", err)
+		}
 	}
 	return e.Image.validate()
 }
@@ -148,6 +159,8 @@ type GradeCompleted struct {
 	BatchSize    int                `json:"batch_size"`
 	// Catalogued is the submission's: a prediction on a catalogue image.
 	Catalogued bool `json:"catalogued,omitempty"`
+	// CallbackURL is the submission's: where the result is delivered.
+	CallbackURL string `json:"callback_url,omitempty"`
 }
 
 // Validate requires the grade id, model and label, and a score for the label.
@@ -170,6 +183,8 @@ type GradeFailed struct {
 	Owner   string `json:"owner"`
 	Model   string `json:"model"`
 	Reason  string `json:"reason"`
+	// CallbackURL is the submission's: where the result is delivered.
+	CallbackURL string `json:"callback_url,omitempty"`
 }
 
 // Validate requires the grade id and the reason.

@@ -143,6 +143,9 @@ type Grade struct {
 	CompletedAt  time.Time          `json:"completed_at,omitzero"`
 	// Catalogued: a grade of a catalogue image, a prediction on it.
 	Catalogued bool `json:"catalogued,omitempty"`
+	// Callbacks are the attempts to deliver the result to the
+	// submission's callback_url, oldest first (none without one).
+	Callbacks []CallbackAttempt `json:"callbacks,omitempty"`
 }
 
 // GradesQuery lists the grades of one image, newest submission first;

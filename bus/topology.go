@@ -23,6 +23,7 @@ const (
 	rootGrades      = "gradeline.grades."
 	rootCatalog     = "gradeline.catalog."
 	rootIris        = "gradeline.iris."
+	rootCallbacks   = "gradeline.callbacks."
 )
 
 // Subjects of events. Streams capture them; any NATS client may subscribe.
@@ -39,6 +40,9 @@ const (
 	SubjectImageDeleted      = rootCatalog + "images.deleted"
 	SubjectIrisMeasured      = rootIris + "measurements"
 	SubjectTensorSubmitted   = rootImages + "tensor_submitted"
+	// SubjectGradeCallbackAttempted: one attempt to deliver a grade's
+	// result to its callback_url.
+	SubjectGradeCallbackAttempted = rootCallbacks + "attempted"
 	// SubjectDeadLetterPrefix is followed by the durable name of the
 	// consumer that gave up on the message.
 	SubjectDeadLetterPrefix = "gradeline.deadletter."
@@ -72,6 +76,7 @@ const (
 	StreamCatalog     = "CATALOG"
 	StreamIris        = "IRIS"
 	StreamDeadLetter  = "DEADLETTER"
+	StreamCallbacks   = "CALLBACKS"
 )
 
 // ImageBucket is the object store bucket that holds image bytes.
@@ -136,6 +141,7 @@ var Streams = []StreamSpec{
 	{StreamCatalog, "image catalogue changes", under(rootCatalog), 365 * 24 * time.Hour, 1 << 30},
 	{StreamIris, "iris measurement batches", under(rootIris), 30 * 24 * time.Hour, 8 << 30},
 	{StreamDeadLetter, "messages consumers gave up on, with the reason", under(SubjectDeadLetterPrefix), 90 * 24 * time.Hour, 1 << 30},
+	{StreamCallbacks, "attempts to deliver grade results to their callback_url", under(rootCallbacks), 90 * 24 * time.Hour, 256 << 20},
 }
 
 // ConsumerSpec is one row of the durable consumer table.
@@ -169,12 +175,21 @@ var (
 		under(rootGrades), 60 * time.Second, 8192}
 	ConsumerAnalyticsAnnotations = ConsumerSpec{StreamAnnotations, "analytics-annotations", "loads annotation counts into ClickHouse",
 		[]string{SubjectAnnotationCreated}, 60 * time.Second, 8192}
+	// ConsumerIngestCallbacks reads every result and delivers those whose
+	// submission named a callback_url; a failed delivery is naked with the
+	// retry's delay, so retries survive a restart of the edge. Results in
+	// retry stay pending: MaxAckPending bounds them.
+	ConsumerIngestCallbacks = ConsumerSpec{StreamGrades, "ingest-callbacks", "delivers grade results to their callback_url",
+		[]string{SubjectGradeCompleted, SubjectGradeFailed}, 60 * time.Second, 16384}
+	ConsumerAnnotatorCallbacks = ConsumerSpec{StreamCallbacks, "annotator-callbacks", "stores callback attempts in MongoDB",
+		[]string{SubjectGradeCallbackAttempted}, 30 * time.Second, 4096}
 )
 
 // Consumers is the table of durable consumers.
 var Consumers = []ConsumerSpec{
 	ConsumerInference, ConsumerAnnotator, ConsumerAnnotatorCatalog, ConsumerAnnotatorSubmissions,
 	ConsumerAnnotatorGrades, ConsumerAnalyticsIris, ConsumerAnalyticsGrades, ConsumerAnalyticsAnnotations,
+	ConsumerIngestCallbacks, ConsumerAnnotatorCallbacks,
 }
 
 // Config returns the JetStream configuration of the consumer. MaxDeliver is

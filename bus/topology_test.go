@@ -58,9 +58,10 @@ func TestStreamsNeededBy(t *testing.T) {
 		user string
 		want []string
 	}{
-		{bus.UserIngest, []string{bus.StreamAnnotations, bus.StreamImages, bus.StreamCatalog, bus.StreamIris, obj}},
+		{bus.UserIngest, []string{bus.StreamAnnotations, bus.StreamImages, bus.StreamCatalog, bus.StreamIris, bus.StreamCallbacks,
+			bus.StreamGrades, bus.StreamDeadLetter, obj}},
 		{bus.UserInference, []string{bus.StreamGrades, bus.StreamImages, bus.StreamDeadLetter, obj}},
-		{bus.UserAnnotator, []string{bus.StreamAnnotations, bus.StreamDeadLetter, bus.StreamCatalog, bus.StreamImages, bus.StreamGrades}},
+		{bus.UserAnnotator, []string{bus.StreamAnnotations, bus.StreamDeadLetter, bus.StreamCatalog, bus.StreamImages, bus.StreamGrades, bus.StreamCallbacks}},
 		{bus.UserAnalytics, []string{bus.StreamIris, bus.StreamDeadLetter, bus.StreamGrades, bus.StreamAnnotations}},
 		{bus.UserAdmin, nil},
 		{bus.UserSubscriber, nil},
