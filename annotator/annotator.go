@@ -138,6 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 		{bus.ConsumerAnnotatorCatalog, a.handleCatalog},
 		{bus.ConsumerAnnotatorSubmissions, a.handleSubmissions},
 		{bus.ConsumerAnnotatorGrades, a.handleGrades},
+		{bus.ConsumerAnnotatorCallbacks, a.handleCallbacks},
 	} {
 		wg.Add(1)
 		go func() {

@@ -77,6 +77,10 @@ func (a *app) handleSubmissions(ctx context.Context, batch []*bus.Delivery) erro
 	return handle(ctx, batch, is[*bus.ImageSubmitted], a.store.InsertPending, a.storedBy(bus.ConsumerAnnotatorSubmissions))
 }
 
+func (a *app) handleCallbacks(ctx context.Context, batch []*bus.Delivery) error {
+	return handle(ctx, batch, is[*bus.GradeCallbackAttempted], a.store.InsertCallbackAttempts, a.storedBy(bus.ConsumerAnnotatorCallbacks))
+}
+
 func (a *app) handleGrades(ctx context.Context, batch []*bus.Delivery) error {
 	return handle(ctx, batch, anyOf(bus.TypeGradeCompleted, bus.TypeGradeFailed), a.store.ApplyResults, a.storedBy(bus.ConsumerAnnotatorGrades))
 }

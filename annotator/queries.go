@@ -205,6 +205,12 @@ func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, err
 	if !ok {
 		return bus.Grade{}, notFound("grade")
 	}
+	if g.Status != bus.GradeStatusPending {
+		// Attempts exist only once a result does.
+		if g.Callbacks, err = a.store.CallbackAttempts(ctx, q.ID); err != nil {
+			return bus.Grade{}, a.dbError(ctx, err)
+		}
+	}
 	return g, nil
 }
 
