@@ -114,10 +114,13 @@ func (r ImageRef) validate() error {
 // event id is the grade id the client polls.
 type ImageSubmitted struct {
 	Meta
-	ImageID string   `json:"image_id"`
-	Owner   string   `json:"owner"`
-	Model   string   `json:"model"`
-	Image   ImageRef `json:"image"`
+	ImageID string `json:"image_id"`
+	Owner   string `json:"owner"`
+	Model   string `json:"model"`
+	// ModelVersion is the version the client asked for ("" = the newest
+	// served); the grade event names the version that served.
+	ModelVersion string   `json:"model_version,omitempty"`
+	Image        ImageRef `json:"image"`
 	// Catalogued: ImageID is a catalogue image, so the grade is a model's
 	// prediction on it (the grade event carries it on).
 	Catalogued bool `json:"catalogued,omitempty"`

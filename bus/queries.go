@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -174,6 +175,8 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 	if submitted != nil {
 		g = Grade{ID: submitted.ID, Status: GradeStatusPending, ImageID: submitted.ImageID,
 			Owner: submitted.Owner, Model: submitted.Model, SubmittedAt: submitted.Time.UTC(), Catalogued: submitted.Catalogued}
+		// The version asked for, until the result says which one served.
+		g.ModelVersion = submitted.ModelVersion
 	}
 	// keep fills in what the result carries, leaving the submission's
 	// value where the result has none.
@@ -207,8 +210,12 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 
 // Models (answered by inference).
 
-// ModelsQuery asks inference for the models it serves; it has no fields.
-type ModelsQuery struct{}
+// ModelsQuery asks inference for the models it serves.
+type ModelsQuery struct {
+	// All lists also the models that serve no version (every version
+	// failed to load, or unloaded), with State and Error.
+	All bool `json:"all,omitempty"`
+}
 
 // ModelInput describes the tensor a model takes: its name, layout
 // (e.g. NCHW) and size.
@@ -232,6 +239,82 @@ type ModelInfo struct {
 	// Output names the model's output tensor (one score per label per
 	// image); empty from an inference replica older than the field.
 	Output ModelOutput `json:"output,omitzero"`
+	// Versions lists the versions in the model's folder, newest first,
+	// each READY (served) or UNAVAILABLE with the reason and the load
+	// error; Version is the newest served one, what a request naming no
+	// version gets. Empty from an inference replica older than the field.
+	Versions []ModelVersion `json:"versions,omitempty"`
+	// State is UNAVAILABLE and Error says why for a model that serves no
+	// version (listed only with ModelsQuery.All); empty otherwise.
+	State string `json:"state,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// ModelVersion is one version of a model (ModelInfo.Versions).
+type ModelVersion struct {
+	Version string `json:"version"`
+	// State is READY (served) or UNAVAILABLE (Triton's names).
+	State string `json:"state"`
+	// Reason says why a version is not served, or that a changed copy of
+	// a served one failed to load (the previous copy still serves).
+	Reason string `json:"reason,omitempty"`
+	// Error is the load error of the version's files, if any.
+	Error    string    `json:"error,omitempty"`
+	LoadedAt time.Time `json:"loaded_at,omitzero"`
+}
+
+// Served reports whether the model serves version (any version when
+// version is ""). A reply of an inference replica older than Versions
+// serves only Version.
+func (m ModelInfo) Served(version string) bool {
+	if m.State != "" && m.State != "READY" {
+		return false
+	}
+	if version == "" || version == m.Version {
+		return true
+	}
+	for _, v := range m.Versions {
+		if v.Version == version && v.State == "READY" {
+			return true
+		}
+	}
+	return false
+}
+
+// ServedVersions lists the versions the model serves, newest first.
+func (m ModelInfo) ServedVersions() []string {
+	if len(m.Versions) == 0 {
+		return []string{m.Version}
+	}
+	var out []string
+	for _, v := range m.Versions {
+		if v.State == "READY" {
+			out = append(out, v.Version)
+		}
+	}
+	return out
+}
+
+// SplitModelRef splits a model reference "name@version" (the version is
+// optional: "name" asks for the newest served version).
+func SplitModelRef(ref string) (name, version string) {
+	name, version, _ = strings.Cut(ref, "@")
+	return name, version
+}
+
+// Repository actions of ModelRepositoryQuery.
+const (
+	ModelLoad   = "load"
+	ModelUnload = "unload"
+)
+
+// ModelRepositoryQuery loads or unloads a model (Triton's repository
+// extension); every inference replica acts on it (SvcModelsRepository is
+// not a queue group) and the first reply answers: the model as that
+// replica serves it afterwards (State UNAVAILABLE once unloaded).
+type ModelRepositoryQuery struct {
+	Model  string `json:"model"`
+	Action string `json:"action"`
 }
 
 // ModelOutput describes the tensor a model produces: its name and how its

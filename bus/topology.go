@@ -68,6 +68,10 @@ const (
 	SvcStatsAgreement   = "gradeline.svc.stats.agreement"
 )
 
+// SvcModelsRepository loads or unloads a model on every inference replica
+// (no queue group: each acts, the first reply answers).
+const SvcModelsRepository = "gradeline.svc.models.repository"
+
 // Stream names.
 const (
 	StreamAnnotations = "ANNOTATIONS"
