@@ -77,7 +77,9 @@ func (s *Server) observe(c *fiber.Ctx) error {
 // metric labels stay bounded whatever paths clients send.
 func (s *Server) routeLabel(c *fiber.Ctx) string {
 	r := c.Route()
-	if r != nil {
+	// An unmatched request reports the middleware mounted at "/", the
+	// web page's path too: only the page itself is "/".
+	if r != nil && (r.Path != "/" || c.Path() == "/") {
 		if _, ok := s.routeSet[r.Method+" "+r.Path]; ok {
 			return r.Path
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // TestWebPageFiles checks how the page's files are served: embedded,
@@ -88,6 +90,19 @@ func TestWebPageFiles(t *testing.T) {
 				t.Fatalf("gzip: Content-Encoding %q, %d bytes of %d", res.Header.Get("Content-Encoding"), res.ContentLength, len(r.Body))
 			}
 		})
+	}
+	// The page is a route of its own in the metrics; unknown paths stay unmatched.
+	c.do("GET", "/no/such/page", nil, nil)
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(s.Reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`gradeline_ingest_http_requests_total{method="GET",route="/",status="200"}`,
+		`gradeline_ingest_http_requests_total{method="GET",route="/web/:file",status="200"}`,
+		`gradeline_ingest_http_requests_total{method="GET",route="unmatched",status="404"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s\n%s", want, grepLines(rec.Body.String(), "http_requests_total"))
+		}
 	}
 	// The API's answers keep their own headers: the page's CSP is the page's.
 	if r := c.do("GET", "/healthz", nil, nil); r.Header.Get("Content-Security-Policy") != "" {
@@ -536,10 +551,10 @@ func axString(v *accessibility.Value) string {
 
 // browserPage is one tab of a headless Chromium with the page open.
 type browserPage struct {
-	t        *testing.T
-	ctx      context.Context
-	shots    string
-	n        int
+	t         *testing.T
+	ctx       context.Context
+	shots     string
+	n         int
 	downloads string
 
 	mu       sync.Mutex
@@ -695,7 +710,7 @@ func (p *browserPage) rect(elementExpr string) screenRect {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
 	defer cancel()
-	r, err := chromedp.Run(ctx, chromedp.Evaluate[screenRect](`(() => { const r = (` + elementExpr + `).getBoundingClientRect(); return {X: r.x, Y: r.y, W: r.width, H: r.height}; })()`))
+	r, err := chromedp.Run(ctx, chromedp.Evaluate[screenRect](`(() => { const r = (`+elementExpr+`).getBoundingClientRect(); return {X: r.x, Y: r.y, W: r.width, H: r.height}; })()`))
 	if err != nil || r.W == 0 {
 		p.t.Fatalf("%s: %v (%+v)", elementExpr, err, r)
 	}
