@@ -126,10 +126,12 @@ func chromiumPath() string {
 	return ""
 }
 
-// TestWebPageInBrowser drives the page in a real Chromium through sign-in,
-// upload, grading, drawing a box, accepting a prediction, the review
-// queue and the exports, and checks each step against the API. A
-// screenshot of each step is written under the test's temp dir.
+// TestWebPageInBrowser drives the page in a real Chromium through
+// registration and sign-in, upload (picked and dropped) and grading, the
+// catalogue, drawing, deleting, labelling and moving boxes, accepting a
+// prediction, the review queue by keyboard, the exports and the Label
+// Studio import, and checks each step against the API. A screenshot of
+// each step is written under the test's temp dir.
 func TestWebPageInBrowser(t *testing.T) {
 	exe := chromiumPath()
 	if exe == "" {
@@ -201,9 +203,8 @@ func TestWebPageInBrowser(t *testing.T) {
 	imgs := api.do("GET", "/api/v1/images?tag="+tag, nil, nil)
 	var page struct {
 		Data []struct {
-			ID            string `json:"img_id"`
-			Width, Height int
-		}
+			ID string `json:"img_id"`
+		} `json:"data"`
 	}
 	if err := json.Unmarshal(imgs.Body, &page); err != nil || len(page.Data) != 1 {
 		t.Fatalf("catalogue by tag %s after the upload: %d %s", tag, imgs.Status, imgs.Body)
