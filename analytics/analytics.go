@@ -126,6 +126,7 @@ func Run(ctx context.Context, cfg Config) error {
 		{bus.ConsumerAnalyticsIris, bus.ConsumeOptions{MaxBatch: 32}, s.handleIris},
 		{bus.ConsumerAnalyticsGrades, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleGrades},
 		{bus.ConsumerAnalyticsAnnotations, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleAnnotations},
+		{bus.ConsumerAnalyticsRegrades, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleShadows},
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(consumers))

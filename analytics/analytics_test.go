@@ -772,3 +772,46 @@ func TestReviewAndAgreement(t *testing.T) {
 		}
 	}
 }
+
+// TestRegradeAgreement: shadow grades of a regrade run are stored once
+// (a redelivered event too) and compared with the served version per
+// grade: agreeing, changed per label, and the pairs.
+func TestRegradeAgreement(t *testing.T) {
+	s := startStack(t, nil)
+	ctx := context.Background()
+	served := func(id, label string) *bus.GradeCompleted {
+		return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: id, ImageID: "img-" + id, Owner: "u",
+			Model: "fashion", ModelVersion: "1", Label: label, Score: 0.5, Scores: map[string]float64{label: 0.5}}
+	}
+	shadow := func(of, owner, label string) *bus.GradeShadow {
+		ev := &bus.GradeShadow{Meta: bus.NewMeta(bus.TypeGradeShadow), Run: "r1", Of: of, ImageID: "img-" + of, Owner: owner,
+			Model: "fashion", ModelVersion: "2", Label: label, Score: 0.7}
+		ev.ID = "r1/" + of
+		return ev
+	}
+	failedShadow := shadow("g5", "u", "")
+	failedShadow.Reason = "undecodable"
+	sh := []bus.Event{shadow("g1", "u", "bag"), shadow("g2", "u", "coat"), shadow("g3", "u", "coat"), shadow("g9", "v", "bag"), failedShadow}
+	s.publish(t, append([]bus.Event{served("g1", "bag"), served("g2", "bag"), served("g3", "coat"), served("g4", "bag"), served("g5", "bag")}, sh...)...)
+	s.publishDuplicate(t, sh[0])
+	s.waitAcked(t, bus.ConsumerAnalyticsGrades)
+	s.waitAcked(t, bus.ConsumerAnalyticsRegrades)
+	if n := s.count(t, "SELECT count() FROM "+schema.TableShadows+" FINAL"); n != 5 {
+		t.Fatalf("%d shadow rows, want 5", n)
+	}
+	got, err := bus.Request[bus.RegradeAgreement](ctx, s.nc, bus.SvcStatsRegrade, bus.RegradeAgreementQuery{Owner: "u", Model: "fashion", A: "1", B: "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// g1 bag→bag, g2 bag→coat, g3 coat→coat; g4 has no shadow, g5's failed, g9 is v's.
+	want := "{A:1 B:2 Compared:3 Agree:2 Rate:0.6666666666666666 PerLabel:[{Label:bag Agree:1 Changed:1} {Label:coat Agree:1 Changed:0}] " +
+		"Confusion:[{A:bag B:bag Count:1} {A:bag B:coat Count:1} {A:coat B:coat Count:1}]}"
+	if fmt.Sprintf("%+v", got) != want {
+		t.Fatalf("agreement\n got %+v\nwant %s", got, want)
+	}
+	_, err = bus.Request[bus.RegradeAgreement](ctx, s.nc, bus.SvcStatsRegrade, bus.RegradeAgreementQuery{Owner: "u", Model: "fashion", A: "1"})
+	var be *bus.Error
+	if !errors.As(err, &be) || be.Code != bus.CodeUnprocessable || !strings.Contains(strings.Join(be.Details, " "), "b: required") {
+		t.Fatalf("without b: %v, want 422 naming b", err)
+	}
+}

@@ -37,6 +37,10 @@ func (s *service) addService(nc *nats.Conn, timeout time.Duration) (micro.Servic
 			Handler: bus.Handle(s.log, timeout, query(s, "stats_review", func(ctx context.Context, q bus.ReviewQuery) ([]bus.ReviewItem, error) {
 				return ReviewQueue(ctx, s.conn, q)
 			}))},
+		bus.Endpoint{Name: "stats-regrade", Subject: bus.SvcStatsRegrade,
+			Handler: bus.Handle(s.log, timeout, query(s, "stats_regrade", func(ctx context.Context, q bus.RegradeAgreementQuery) (bus.RegradeAgreement, error) {
+				return RegradeAgreement(ctx, s.conn, q)
+			}))},
 		bus.Endpoint{Name: "stats-agreement", Subject: bus.SvcStatsAgreement,
 			Handler: bus.Handle(s.log, timeout, query(s, "stats_agreement", func(ctx context.Context, q bus.AgreementQuery) ([]bus.AgreementRow, error) {
 				return Agreement(ctx, s.conn, q)

@@ -100,6 +100,7 @@ func TestSubjectsOnTheWire(t *testing.T) {
 		StreamIris:        {"gradeline.iris.>"},
 		StreamDeadLetter:  {"gradeline.deadletter.>"},
 		StreamCallbacks:   {"gradeline.callbacks.>"},
+		StreamRegrades:    {"gradeline.regrades.>"},
 	}
 	for _, s := range Streams {
 		if strings.Join(s.Subjects, " ") != strings.Join(want[s.Name], " ") {

@@ -23,6 +23,7 @@ const (
 	rootGrades      = "gradeline.grades."
 	rootCatalog     = "gradeline.catalog."
 	rootIris        = "gradeline.iris."
+	rootRegrades    = "gradeline.regrades."
 	rootCallbacks   = "gradeline.callbacks."
 )
 
@@ -40,6 +41,9 @@ const (
 	SubjectImageDeleted      = rootCatalog + "images.deleted"
 	SubjectIrisMeasured      = rootIris + "measurements"
 	SubjectTensorSubmitted   = rootImages + "tensor_submitted"
+	// SubjectGradeShadow: a grade re-run by another model version
+	// (`gradeline regrade`), beside the grades it never changes.
+	SubjectGradeShadow = rootRegrades + "results"
 	// SubjectGradeCallbackAttempted: one attempt to deliver a grade's
 	// result to its callback_url.
 	SubjectGradeCallbackAttempted = rootCallbacks + "attempted"
@@ -66,6 +70,7 @@ const (
 	SvcStatsAnnotations = "gradeline.svc.stats.annotations"
 	SvcStatsReview      = "gradeline.svc.stats.review"
 	SvcStatsAgreement   = "gradeline.svc.stats.agreement"
+	SvcStatsRegrade     = "gradeline.svc.stats.regrade"
 )
 
 // SvcModelsRepository loads or unloads a model on every inference replica
@@ -80,6 +85,7 @@ const (
 	StreamCatalog     = "CATALOG"
 	StreamIris        = "IRIS"
 	StreamDeadLetter  = "DEADLETTER"
+	StreamRegrades    = "REGRADES"
 	StreamCallbacks   = "CALLBACKS"
 )
 
@@ -145,6 +151,7 @@ var Streams = []StreamSpec{
 	{StreamCatalog, "image catalogue changes", under(rootCatalog), 365 * 24 * time.Hour, 1 << 30},
 	{StreamIris, "iris measurement batches", under(rootIris), 30 * 24 * time.Hour, 8 << 30},
 	{StreamDeadLetter, "messages consumers gave up on, with the reason", under(SubjectDeadLetterPrefix), 90 * 24 * time.Hour, 1 << 30},
+	{StreamRegrades, "shadow grades of regrade runs", under(rootRegrades), 90 * 24 * time.Hour, 512 << 20},
 	{StreamCallbacks, "attempts to deliver grade results to their callback_url", under(rootCallbacks), 90 * 24 * time.Hour, 256 << 20},
 }
 
@@ -177,6 +184,8 @@ var (
 		[]string{SubjectIrisMeasured}, 60 * time.Second, 256}
 	ConsumerAnalyticsGrades = ConsumerSpec{StreamGrades, "analytics-grades", "loads grades into ClickHouse",
 		under(rootGrades), 60 * time.Second, 8192}
+	ConsumerAnalyticsRegrades = ConsumerSpec{StreamRegrades, "analytics-regrades", "loads shadow grades into ClickHouse",
+		[]string{SubjectGradeShadow}, 60 * time.Second, 8192}
 	ConsumerAnalyticsAnnotations = ConsumerSpec{StreamAnnotations, "analytics-annotations", "loads annotation counts into ClickHouse",
 		[]string{SubjectAnnotationCreated}, 60 * time.Second, 8192}
 	// ConsumerIngestCallbacks reads every result and delivers those whose
@@ -192,7 +201,7 @@ var (
 // Consumers is the table of durable consumers.
 var Consumers = []ConsumerSpec{
 	ConsumerInference, ConsumerAnnotator, ConsumerAnnotatorCatalog, ConsumerAnnotatorSubmissions,
-	ConsumerAnnotatorGrades, ConsumerAnalyticsIris, ConsumerAnalyticsGrades, ConsumerAnalyticsAnnotations,
+	ConsumerAnnotatorGrades, ConsumerAnalyticsIris, ConsumerAnalyticsGrades, ConsumerAnalyticsAnnotations, ConsumerAnalyticsRegrades,
 	ConsumerIngestCallbacks, ConsumerAnnotatorCallbacks,
 }
 

@@ -62,7 +62,7 @@ func TestStreamsNeededBy(t *testing.T) {
 			bus.StreamGrades, bus.StreamDeadLetter, obj}},
 		{bus.UserInference, []string{bus.StreamGrades, bus.StreamImages, bus.StreamDeadLetter, obj}},
 		{bus.UserAnnotator, []string{bus.StreamAnnotations, bus.StreamDeadLetter, bus.StreamCatalog, bus.StreamImages, bus.StreamGrades, bus.StreamCallbacks}},
-		{bus.UserAnalytics, []string{bus.StreamIris, bus.StreamDeadLetter, bus.StreamGrades, bus.StreamAnnotations}},
+		{bus.UserAnalytics, []string{bus.StreamIris, bus.StreamDeadLetter, bus.StreamGrades, bus.StreamAnnotations, bus.StreamRegrades}},
 		{bus.UserAdmin, nil},
 		{bus.UserSubscriber, nil},
 		{"mallory", nil},

@@ -80,6 +80,23 @@ func (s *Server) agreementStats(c *fiber.Ctx) error {
 	case !validModel.MatchString(model):
 		return invalid("invalid query", "model: "+refRule)
 	}
+	if a, b := c.Query("a"), c.Query("b"); a != "" || b != "" {
+		// Two versions of the model on the same grades (gradeline regrade).
+		var details []string
+		for _, v := range [][2]string{{"a", a}, {"b", b}} {
+			if !validModel.MatchString(v[1]) {
+				details = append(details, v[0]+": a model version ("+refRule+"), with the other")
+			}
+		}
+		if len(details) > 0 {
+			return invalid("invalid query", details...)
+		}
+		res, err := request[bus.RegradeAgreement](c.UserContext(), s, bus.SvcStatsRegrade, bus.RegradeAgreementQuery{Owner: userOf(c), Model: model, A: a, B: b})
+		if err != nil {
+			return err
+		}
+		return c.JSON(fiber.Map{"model": model, "data": res})
+	}
 	rows, err := request[[]bus.AgreementRow](c.UserContext(), s, bus.SvcStatsAgreement, bus.AgreementQuery{Owner: userOf(c), Model: model})
 	if err != nil {
 		return err
@@ -97,9 +114,10 @@ func (s *Server) reviewRoutes() []route {
 			Responses: withErrors(map[int]resp{200: {Desc: "A page of images with their latest prediction.", Schema: M{"type": "object",
 				"properties": M{"data": arrOf(M{"type": "object", "properties": M{"image": ref("Image"), "prediction": M{"type": "object"}}}),
 					"page": M{"type": "integer"}, "per_page": M{"type": "integer"}, "next": M{"type": "string"}}}}}, 401, 422, 503)},
-		{Method: "GET", Path: "/api/v1/stats/agreement", Tag: "stats", Summary: "Agreement of a model's predictions with human labels", Auth: true, Handler: s.agreementStats,
-			Description: "Per model version, over your graded catalogue images that have a human image label (not one accepted from a prediction): images compared, agreeing, the rate and the confusion counts.",
-			Query:       []param{{Name: "model", Required: true, Schema: M{"type": "string"}}},
+		{Method: "GET", Path: "/api/v1/stats/agreement", Tag: "stats", Summary: "Agreement of a model with people, or of two versions", Auth: true, Handler: s.agreementStats,
+			Description: "Without a and b: per model version, over your graded catalogue images that have a human image label (not one accepted from a prediction): images compared, agreeing, the rate and the confusion counts. With a and b: over your grades of the model, version a's label against version b's for the same grade (served or from `gradeline regrade`): compared, agreeing, per label of a kept or changed, and the pairs.",
+			Query: []param{{Name: "model", Required: true, Schema: M{"type": "string"}},
+				{Name: "a", Description: "A model version (with b).", Schema: M{"type": "string"}}, {Name: "b", Description: "Another model version (with a).", Schema: M{"type": "string"}}},
 			Responses: withErrors(map[int]resp{200: {Desc: "One row per model version.", Schema: M{"type": "object",
 				"properties": M{"model": M{"type": "string"}, "data": arrOf(M{"type": "object"})}}}}, 401, 422, 503)},
 	}

@@ -96,7 +96,18 @@ func TestReviewQueue(t *testing.T) {
 		}
 		return true
 	})
+	// Two versions on the same grades: version 1 against itself agrees on
+	// every grade of the model (uploads too).
+	eventually(t, "version agreement", 30*time.Second, func() bool {
+		r := c.do("GET", "/api/v1/stats/agreement?model=fashion&a=1&b=1", nil, nil)
+		if r.Status != 200 {
+			t.Fatalf("version agreement: %d %s", r.Status, r.Body)
+		}
+		d := r.JSON(t)["data"].(map[string]any)
+		return d["compared"] == 4.0 && d["agree"] == 4.0 && d["rate"] == 1.0
+	})
 	for _, tc := range []struct{ path, detail string }{
+		{"/api/v1/stats/agreement?model=fashion&a=1", "b: a model version"},
 		{"/api/v1/stats/agreement", "model: required"},
 		{"/api/v1/stats/agreement?model=a%27b", "model"},
 		{"/api/v1/review?cursor=abc", "page=N"},

@@ -31,6 +31,8 @@ const (
 	TableIris        = "iris_measurements"
 	TableGrades      = "grades"
 	TableAnnotations = "annotations"
+	// TableShadows holds the shadow grades of regrade runs.
+	TableShadows = "grade_shadows"
 )
 
 // DedupWindow is how many recent inserts each table remembers the tokens of.
@@ -104,6 +106,26 @@ var Migrations = []Migration{
 		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS label String DEFAULT ''`,
 		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS boxes UInt32 DEFAULT 0`,
 		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS from_grade String DEFAULT ''`,
+	}},
+	// One row per grade.shadow event: a grade (of) re-run by another model
+	// version in a regrade run, compared with the served one by version.
+	{4, "shadow grades of regrade runs", []string{
+		`CREATE TABLE IF NOT EXISTS ` + TableShadows + ` (
+			event_id      String,
+			time          DateTime64(3, 'UTC'),
+			run           String,
+			of            String,
+			image_id      String,
+			owner         String,
+			model         LowCardinality(String),
+			model_version LowCardinality(String),
+			label         LowCardinality(String),
+			score         Float64,
+			reason        String
+		) ENGINE = ReplacingMergeTree
+		PARTITION BY toYYYYMM(time)
+		ORDER BY (owner, model, of, event_id)
+		SETTINGS non_replicated_deduplication_window = ` + fmt.Sprint(DedupWindow),
 	}},
 }
 

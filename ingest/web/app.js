@@ -194,22 +194,18 @@ function setPending(files) {
 }
 
 $('upload-image').addEventListener('change', (e) => setPending(e.target.files));
-// Files dropped anywhere on the upload view are taken; dropped elsewhere
-// they are ignored instead of the browser leaving the page to show them.
 for (const ev of ['dragenter', 'dragover']) {
-  document.addEventListener(ev, (e) => {
+  $('drop').addEventListener(ev, (e) => {
     e.preventDefault();
-    const here = !$('view-upload').hidden;
-    if (e.dataTransfer) e.dataTransfer.dropEffect = here ? 'copy' : 'none';
-    $('drop').classList.toggle('over', here);
+    $('drop').classList.add('over');
   });
 }
 for (const ev of ['dragleave', 'drop']) {
-  document.addEventListener(ev, () => $('drop').classList.remove('over'));
+  $('drop').addEventListener(ev, () => $('drop').classList.remove('over'));
 }
-document.addEventListener('drop', (e) => {
+$('drop').addEventListener('drop', (e) => {
   e.preventDefault();
-  if (!$('view-upload').hidden && e.dataTransfer && e.dataTransfer.files.length) setPending(e.dataTransfer.files);
+  if (e.dataTransfer && e.dataTransfer.files.length) setPending(e.dataTransfer.files);
 });
 
 function tagsOf(text) {

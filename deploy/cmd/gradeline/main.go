@@ -3,6 +3,7 @@
 //	gradeline setup [--replicas N] [--max-bytes-scale F]
 //	gradeline streams                          list streams and consumer lag
 //	gradeline replay STREAM [--consumer NAME] [--since 2h | --since 2026-11-25T10:00:00Z]
+//	gradeline regrade --model NAME@VERSION [--since 24h] [--run ID]
 //	gradeline nats-config [--bcrypt]           the nats-server users and permissions
 //	gradeline admin grant|revoke USER          give or take the admin role
 //
@@ -21,6 +22,15 @@
 // default to GRADELINE_REPLICAS (1; 3 on a cluster). docker-compose.yml
 // runs it as the one-shot service setup, deploy/k8s as the Job
 // gradeline-setup, and the local stack does the same at its start.
+//
+// regrade runs the images submitted in a period (from the IMAGES stream
+// and the image bucket) through another model version in this process,
+// beside the serving replicas, which it never touches. Each result is a
+// grade.shadow event on the REGRADES stream, stored by analytics, so
+// GET /api/v1/stats/agreement?model=NAME&a=SERVED&b=VERSION compares the
+// two versions per label; the command prints the same comparison. The
+// model comes from GRADELINE_MODELS_DIR (and the built-in models), with
+// ONNXRUNTIME_LIB, as the inference service loads them.
 //
 // nats-config prints the authorization block of a nats-server configuration
 // with every NATS user and its permissions, derived from the bus table.
@@ -76,6 +86,7 @@ const usage = `usage:
   gradeline setup [--replicas N] [--max-bytes-scale F]
   gradeline streams
   gradeline replay STREAM [--consumer NAME] [--since DURATION|RFC3339]
+  gradeline regrade --model NAME@VERSION [--since DURATION|RFC3339] [--run ID]
   gradeline nats-config [--bcrypt]
   gradeline admin grant|revoke USER
 environment: NATS_URL (default: the operator URL in $GRADELINE_DATA_DIR/nats/admin.url,
@@ -96,6 +107,8 @@ func run(ctx context.Context, args []string, out io.Writer, now time.Time) error
 	switch args[0] {
 	case "setup":
 		return setup(ctx, args[1:], out)
+	case "regrade":
+		return regrade(ctx, args[1:], out, now)
 	case "streams":
 		js, closeConn, err := connect(ctx)
 		if err != nil {
