@@ -47,24 +47,11 @@ func insertShadows(ctx context.Context, conn driver.Conn, rows []shadowRow) erro
 	for i, r := range rows {
 		ids[i] = r.EventID
 	}
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
-		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableShadows, ids),
-	}))
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableShadows+
-		" (event_id, time, run, of, image_id, owner, model, model_version, label, score, reason)")
-	if err != nil {
-		return fmt.Errorf("analytics: insert shadow grades: %w", err)
-	}
-	defer b.Close()
-	for _, r := range rows {
-		if err := b.Append(r.EventID, r.Time.UTC(), r.Run, r.Of, r.ImageID, r.Owner, r.Model, r.ModelVersion, r.Label, r.Score, r.Reason); err != nil {
-			return fmt.Errorf("analytics: insert shadow grades: %w", err)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("analytics: insert shadow grades: %w", err)
-	}
-	return nil
+	return insertRows(ctx, conn, schema.TableShadows, "event_id, time, run, of, image_id, owner, model, model_version, label, score, reason",
+		ids, func(i int) []any {
+			r := rows[i]
+			return []any{r.EventID, r.Time.UTC(), r.Run, r.Of, r.ImageID, r.Owner, r.Model, r.ModelVersion, r.Label, r.Score, r.Reason}
+		})
 }
 
 // RegradeAgreement compares, over q.Owner's grades of q.Model, the label

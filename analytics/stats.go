@@ -211,30 +211,41 @@ func batchToken(table string, ids []string) string {
 	return table + ":" + hex.EncodeToString(h.Sum(nil))
 }
 
+// insertRows inserts n rows into table as one batch whose deduplication
+// token derives from the rows' event ids (see batchToken); row(i) gives
+// the values of row i in the order of columns.
+func insertRows(ctx context.Context, conn driver.Conn, table, columns string, ids []string, row func(i int) []any) error {
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(table, ids),
+	}))
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+columns+")")
+	if err != nil {
+		return fmt.Errorf("analytics: insert into %s: %w", table, err)
+	}
+	defer b.Close()
+	for i := range ids {
+		if err := b.Append(row(i)...); err != nil {
+			return fmt.Errorf("analytics: insert into %s: %w", table, err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("analytics: insert into %s: %w", table, err)
+	}
+	return nil
+}
+
 func insertGrades(ctx context.Context, conn driver.Conn, rows []gradeRow) error {
 	ids := make([]string, len(rows))
 	for i, r := range rows {
 		ids[i] = r.EventID
 	}
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
-		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableGrades, ids),
-	}))
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableGrades+
-		" (event_id, time, status, grade_id, image_id, owner, model, model_version, label, score, inference_ms, batch_size, reason, catalogued)")
-	if err != nil {
-		return fmt.Errorf("analytics: insert grades: %w", err)
-	}
-	defer b.Close()
-	for _, r := range rows {
-		if err := b.Append(r.EventID, r.Time.UTC(), r.Status, r.GradeID, r.ImageID, r.Owner, r.Model, r.ModelVersion,
-			r.Label, r.Score, r.InferenceMS, r.BatchSize, r.Reason, r.Catalogued); err != nil {
-			return fmt.Errorf("analytics: insert grades: %w", err)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("analytics: insert grades: %w", err)
-	}
-	return nil
+	return insertRows(ctx, conn, schema.TableGrades,
+		"event_id, time, status, grade_id, image_id, owner, model, model_version, label, score, inference_ms, batch_size, reason, catalogued",
+		ids, func(i int) []any {
+			r := rows[i]
+			return []any{r.EventID, r.Time.UTC(), r.Status, r.GradeID, r.ImageID, r.Owner, r.Model, r.ModelVersion,
+				r.Label, r.Score, r.InferenceMS, r.BatchSize, r.Reason, r.Catalogued}
+		})
 }
 
 func insertAnnotations(ctx context.Context, conn driver.Conn, rows []annotationRow) error {
@@ -242,21 +253,9 @@ func insertAnnotations(ctx context.Context, conn driver.Conn, rows []annotationR
 	for i, r := range rows {
 		ids[i] = r.EventID
 	}
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
-		"insert_deduplicate": 1, "insert_deduplication_token": batchToken(schema.TableAnnotations, ids),
-	}))
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+schema.TableAnnotations+" (event_id, time, author, image_id, label, boxes, from_grade)")
-	if err != nil {
-		return fmt.Errorf("analytics: insert annotations: %w", err)
-	}
-	defer b.Close()
-	for _, r := range rows {
-		if err := b.Append(r.EventID, r.Time.UTC(), r.Author, r.ImageID, r.Label, r.Boxes, r.FromGrade); err != nil {
-			return fmt.Errorf("analytics: insert annotations: %w", err)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("analytics: insert annotations: %w", err)
-	}
-	return nil
+	return insertRows(ctx, conn, schema.TableAnnotations, "event_id, time, author, image_id, label, boxes, from_grade",
+		ids, func(i int) []any {
+			r := rows[i]
+			return []any{r.EventID, r.Time.UTC(), r.Author, r.ImageID, r.Label, r.Boxes, r.FromGrade}
+		})
 }
