@@ -297,7 +297,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("services not answering yet", "err", err)
 	}
 	if ctx.Err() == nil {
-		log.Info("gradeline is up", "http", ep.HTTP, "docs", ep.Docs, "admin", ep.Admin, "nats", ep.NATS,
+		log.Info("gradeline is up", "web", ep.HTTP+"/", "http", ep.HTTP, "docs", ep.Docs, "admin", ep.Admin, "nats", ep.NATS,
 			"nats_admin_url_file", ep.NATSAdminFile, "nats_subscriber_url_file", ep.NATSSubscriberFile, "mongo", ep.Mongo, "clickhouse", ep.ClickHouse, "data", dir)
 		if cfg.OnReady != nil {
 			cfg.OnReady(ep)
