@@ -57,6 +57,10 @@ type Config struct {
 	// headers are believed (the ingress); from anyone else the direct peer
 	// is the client address (see ParseTrustedProxies).
 	TrustedProxies []netip.Prefix
+	// CallbackAllow are the non-public addresses (CIDRs) a grade's
+	// callback_url may reach nonetheless; by default only public
+	// addresses are (no loopback, private, link-local ...).
+	CallbackAllow []netip.Prefix
 	// Local relaxes what only makes sense on one developer machine: the
 	// token cookie is not marked Secure (plain http://localhost) and the
 	// signup code defaults to CS193S.
@@ -212,6 +216,7 @@ var EnvVars = []admin.Var{
 	{Name: "GRADELINE_MAX_BODY_BYTES", Default: fmt.Sprintf("`%d` (20 MiB)", DefaultMaxBodyBytes), Meaning: "largest request body the edge reads (an uploaded image included)"},
 	{Name: "GRADELINE_GRADE_WAIT", Default: "`" + DefaultGradeWait.String() + "`", Meaning: "how long `POST /api/v1/grades` waits for the grade before answering 202 with its `Location` (a request's `?wait=` overrides it)"},
 	{Name: "GRADELINE_TRUSTED_PROXIES", Default: "none", Meaning: "comma-separated CIDRs of the proxies (the ingress) whose `X-Forwarded-For` / `Forwarded` name the client address for login throttling; from any other peer the headers are ignored"},
+	{Name: "GRADELINE_CALLBACK_ALLOW", Default: "none", Meaning: "comma-separated CIDRs a grade's `callback_url` may reach although they are not public (loopback, private, link-local ...); refused otherwise, at submission and again when delivering"},
 	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }
 
@@ -236,6 +241,10 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	e.Parse("GRADELINE_TRUSTED_PROXIES", "comma-separated CIDRs or addresses, e.g. 10.0.0.0/8", func(v string) (err error) {
 		cfg.TrustedProxies, err = ParseTrustedProxies(v)
+		return err
+	})
+	e.Parse("GRADELINE_CALLBACK_ALLOW", "comma-separated CIDRs or addresses, e.g. 10.1.2.0/24", func(v string) (err error) {
+		cfg.CallbackAllow, err = ParseTrustedProxies(v)
 		return err
 	})
 	var err error

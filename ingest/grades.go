@@ -264,12 +264,15 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	if err := s.knownModel(ctx, f.model); err != nil {
 		return err
 	}
+	if err := s.checkCallback(ctx, f.callbackURL); err != nil {
+		return err
+	}
 	imageID, ref, err := s.gradeImage(ctx, userOf(c), f)
 	if err != nil {
 		return err
 	}
 	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, Image: ref,
-		Catalogued: f.up == nil}
+		Catalogued: f.up == nil, CallbackURL: f.callbackURL}
 	ev.ID = idFor(ctx, "grade")
 	var ch chan bus.Event
 	if wait > 0 {
@@ -290,6 +293,8 @@ type gradeRequest struct {
 	model   string
 	up      *upload
 	imageID string
+	// callbackURL is where the result is POSTed (callbacks.go), if anywhere.
+	callbackURL string
 }
 
 // gradeForm reads a grade submission, every missing field named at once:
@@ -303,13 +308,15 @@ func (s *Server) gradeForm(c *fiber.Ctx) (gradeRequest, error) {
 	)
 	if strings.HasPrefix(strings.ToLower(c.Get(fiber.HeaderContentType)), fiber.MIMEApplicationJSON) {
 		var req struct {
-			Model   string `json:"model"`
-			ImageID string `json:"image_id"`
+			Model       string `json:"model"`
+			ImageID     string `json:"image_id"`
+			CallbackURL string `json:"callback_url"`
 		}
 		if err := decodeJSON(c.Body(), &req, true); err != nil {
 			return f, err
 		}
 		f.model, f.imageID = strings.TrimSpace(req.Model), strings.TrimSpace(req.ImageID)
+		f.callbackURL = strings.TrimSpace(req.CallbackURL)
 		if f.imageID == "" {
 			missing = append(missing, "image_id: required (the id of a catalogue image; upload a new image as multipart/form-data)")
 		}
@@ -319,6 +326,7 @@ func (s *Server) gradeForm(c *fiber.Ctx) (gradeRequest, error) {
 			return f, err
 		}
 		f.model, f.imageID = formValue(form, "model", "model_selected"), formValue(form, "image_id")
+		f.callbackURL = formValue(form, "callback_url")
 		if len(form.File["image"]) == 0 && f.imageID == "" {
 			missing = append(missing, "image: required (a file field), or image_id of a catalogue image")
 		}

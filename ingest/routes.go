@@ -97,12 +97,14 @@ var (
 			"image_id":       M{"type": "string", "description": "A catalogue image you may see, graded without uploading it again."},
 			"model":          M{"type": "string", "description": "Model name (see GET /api/v1/models)."},
 			"model_selected": M{"type": "string", "description": "Seed name of the model field; used when model is absent."},
+			"callback_url":   M{"type": "string", "format": "uri", "description": "Optional: POST the result here when known, signed (see GET /api/v1/auth/webhook-secret), retried with backoff. http(s) to a public address (GRADELINE_CALLBACK_ALLOW admits others)."},
 		},
 	}, "application/json": {
 		"type": "object", "required": []string{"model", "image_id"},
 		"properties": M{
-			"image_id": M{"type": "string", "description": "A catalogue image you may see."},
-			"model":    M{"type": "string", "description": "Model name (see GET /api/v1/models)."},
+			"image_id":     M{"type": "string", "description": "A catalogue image you may see."},
+			"model":        M{"type": "string", "description": "Model name (see GET /api/v1/models)."},
+			"callback_url": M{"type": "string", "format": "uri", "description": "Optional: POST the result here when known, signed (see GET /api/v1/auth/webhook-secret), retried with backoff. http(s) to a public address (GRADELINE_CALLBACK_ALLOW admits others)."},
 		},
 	}}}
 	imageBody = &reqBody{Required: true, Content: map[string]M{"multipart/form-data": {
@@ -128,7 +130,7 @@ var (
 // holds its part.
 func (s *Server) routeTable() []route {
 	return slices.Concat(s.systemRoutes(), s.userRoutes(), s.annotationRoutes(), s.gradeRoutes(), s.predictionRoutes(), s.exportRoutes(), s.importRoutes(), s.reviewRoutes(),
-		s.catalogRoutes(), s.irisRoutes(), s.statsRoutes(), s.seedRoutes(), s.oipRoutes(), s.webRoutes())
+		s.catalogRoutes(), s.irisRoutes(), s.statsRoutes(), s.seedRoutes(), s.oipRoutes(), s.webRoutes(), s.callbackRoutes())
 }
 
 // systemRoutes are liveness, readiness and the API's own description.
@@ -165,6 +167,13 @@ func (s *Server) gradeRoutes() []route {
 			Description: "Newest submission first, each with its result once stored. image_id is required (the image_id a grade answer carries).",
 			Query:       append([]param{{Name: "image_id", Required: true, Schema: M{"type": "string"}}}, pageParams...),
 			Responses:   withErrors(map[int]resp{200: {Desc: "A page of grades.", Schema: ref("GradePage")}}, 401, 422, 503)},
+		{Method: "GET", Path: "/api/v1/grades/events", Tag: "grades", Summary: "Stream your grade results (Server-Sent Events)", Auth: true, Handler: s.gradeEvents,
+			Description: "Each result of yours as it completes: `id:` is its sequence in the GRADES stream, `event:` grade.completed or grade.failed, `data:` the grade " +
+				"(the result's fields; no submitted_at). Reconnect with `Last-Event-ID` (or ?last_event_id=) to get every result after it, then the live ones: none lost, none twice. " +
+				"A comment line every 15 s keeps the stream open.",
+			Query: []param{{Name: "last_event_id", Description: "Resume after this event id (for clients that cannot send the Last-Event-ID header).", Schema: M{"type": "integer", "minimum": 1}}},
+			Responses: withErrors(map[int]resp{200: {Desc: "An endless text/event-stream.", Media: "text/event-stream", Schema: M{"type": "string"}},
+				400: errResp("Last-Event-ID is not a positive integer.")}, 401, 503)},
 		{Method: "GET", Path: "/api/v1/grades/:id", Tag: "grades", Summary: "Get a grade", Auth: true, Handler: s.getGrade,
 			Responses: withErrors(map[int]resp{200: {Desc: "Completed, or failed with the reason.", Schema: ref("Grade")},
 				202: {Desc: "Pending.", Schema: ref("Grade")}}, 401, 404, 503)},

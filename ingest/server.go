@@ -46,6 +46,13 @@ type Server struct {
 	grades   *gradeWaiters
 	models   *modelCache
 	oip      *oipStatsTable // the Open Inference Protocol's statistics
+	// secrets sign callbacks; callbacks delivers them in the background
+	// (stopCallbacks ends it, callbacksDone is closed when it has).
+	secrets       *webhookSecrets
+	stopCallbacks context.CancelFunc
+	callbacksDone chan struct{}
+	// eventStreams counts the open GET /api/v1/grades/events streams.
+	eventStreams atomic.Int64
 
 	routes   []route
 	routeSet map[string]struct{}
@@ -143,6 +150,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.startAuthState(ctx); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
+	if s.secrets, err = newWebhookSecrets(ctx, s.js, cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
 	s.models = newModelCache(5*time.Second, s.log)
 	// One subscription per server for all grade results; requests wait on
 	// it by grade id.
@@ -185,6 +195,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.openapi, err = s.buildOpenAPI(); err != nil {
 		return nil, fmt.Errorf("ingest: openapi: %w", err)
 	}
+	s.startCallbacks()
 	ok = true
 	return s, nil
 }
@@ -301,6 +312,10 @@ func (s *Server) Shutdown(timeout time.Duration) error {
 // Close releases the NATS and MongoDB connections. Call after Shutdown.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
+		if s.stopCallbacks != nil {
+			s.stopCallbacks()
+			<-s.callbacksDone
+		}
 		s.grades.unsubscribe()
 		if s.revoked != nil {
 			s.revoked.Stop()
