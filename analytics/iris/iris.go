@@ -24,6 +24,7 @@ package iris
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -58,16 +59,22 @@ var Funcs = bus.IrisStatsFuncs
 // Table is the ClickHouse table of measurements (see package schema).
 const Table = schema.TableIris
 
-// Statement is a query and its parameters. Run it with
-// conn.Query(st.Context(ctx), st.SQL).
+// Statement is a query, its parameters and the settings it needs (nil
+// for most). Run it with conn.Query(st.Context(ctx), st.SQL).
 type Statement struct {
-	SQL    string
-	Params clickhouse.Parameters
+	SQL      string
+	Params   clickhouse.Parameters
+	Settings clickhouse.Settings
 }
 
-// Context returns ctx carrying the statement's parameters for clickhouse-go.
+// Context returns ctx carrying the statement's parameters and settings for
+// clickhouse-go.
 func (st Statement) Context(ctx context.Context) context.Context {
-	return clickhouse.Context(ctx, clickhouse.WithParameters(st.Params))
+	opts := []clickhouse.QueryOption{clickhouse.WithParameters(st.Params)}
+	if st.Settings != nil {
+		opts = append(opts, clickhouse.WithSettings(st.Settings))
+	}
+	return clickhouse.Context(ctx, opts...)
 }
 
 // columnSQL maps an accepted column name to its identifier; lookups through
@@ -248,12 +255,18 @@ func aggregate(fn, col string) string {
 	panic("iris: unvalidated function " + fn)
 }
 
-// StatsStatement returns the query of a stats query: one row per species
-// with the count and the function of each column, in Columns order.
+// StatsStatement returns the direct query of a stats query: one row per
+// species with the count and the function of each column, in Columns
+// order.
 func StatsStatement(q StatsQuery) (Statement, error) {
 	if err := NormalizeStats(&q); err != nil {
 		return Statement{}, err
 	}
+	return statsStatement(q), nil
+}
+
+// statsStatement is StatsStatement of a query NormalizeStats passed.
+func statsStatement(q StatsQuery) Statement {
 	params := clickhouse.Parameters{}
 	if q.Func == "quantile" {
 		params["q"] = formatFloat(q.Q)
@@ -266,16 +279,33 @@ func StatsStatement(q StatsQuery) (Statement, error) {
 		SQL: "SELECT toString(species), count(), " + strings.Join(aggs, ", ") + " FROM " + Table +
 			where(q.IrisFilter, params) + " GROUP BY species ORDER BY species",
 		Params: params,
-	}, nil
+	}
 }
 
 // Stats returns the function of every column per species that has
 // matching rows. An invalid q gives a *bus.Error 422.
+//
+// Median and quantile without column bounds come from the per-value
+// counts (CountsStatement) while the columns have few distinct values,
+// else from StatsStatement; the other functions always run
+// StatsStatement, which ClickHouse answers from the per-species
+// projection when it can.
 func Stats(ctx context.Context, conn driver.Conn, q StatsQuery) ([]Stat, error) {
-	st, err := StatsStatement(q)
-	if err != nil {
+	if err := NormalizeStats(&q); err != nil {
 		return nil, err
 	}
+	if st, ok := countsStatement(q); ok {
+		out, err := statsFromCounts(ctx, conn, q, st)
+		if err == nil {
+			return out, nil
+		}
+		var ex *clickhouse.Exception
+		if !errors.As(err, &ex) || ex.Code != codeTooManyRows {
+			return nil, err
+		}
+		countsFallbacks.Add(1) // too many distinct values: the direct query is cheaper
+	}
+	st := statsStatement(q)
 	rows, err := conn.Query(st.Context(ctx), st.SQL)
 	if err != nil {
 		return nil, fmt.Errorf("iris: stats: %w", err)

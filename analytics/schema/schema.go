@@ -107,6 +107,9 @@ var Migrations = []Migration{
 		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS boxes UInt32 DEFAULT 0`,
 		`ALTER TABLE ` + TableAnnotations + ` ADD COLUMN IF NOT EXISTS from_grade String DEFAULT ''`,
 	}},
+	// Projections of the iris table, so the statistics and sorts that
+	// scanned every row read a few rows instead (see irisProjections).
+	{3, "iris projections", irisProjections()},
 	// One row per grade.shadow event: a grade (of) re-run by another model
 	// version in a regrade run, compared with the served one by version.
 	{4, "shadow grades of regrade runs", []string{
