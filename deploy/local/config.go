@@ -29,6 +29,7 @@ var EnvVars = []admin.Var{
 	{Name: "GRADELINE_JWT_SECRET", Default: "generated once, kept in the data dir", Meaning: "HS256 signing secret, at least 32 bytes; **required** outside local mode"},
 	{Name: "GRADELINE_SIGNUP_CODE", Default: "`" + ingest.LocalSignupCode + "`", Meaning: "code needed to register; **required** outside local mode"},
 	{Name: "GRADELINE_GRADE_WAIT", Default: "`" + ingest.DefaultGradeWait.String() + "`", Meaning: "how long `POST /api/v1/grades` waits for the grade before answering 202 with its `Location` (a request's `?wait=` overrides it)"},
+	{Name: "GRADELINE_CALLBACK_ALLOW", Default: "none", Meaning: "comma-separated CIDRs a grade's `callback_url` may reach although they are not public (loopback, private, link-local ...); refused otherwise, at submission and again when delivering"},
 	{Name: "GRADELINE_MODELS_DIR", Meaning: "colon-separated folders of extra model directories"},
 	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + inference.DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`)"},
 	{Name: natsserver.EnvNATSSync, Default: "server default (`2m`)", Meaning: "local mode: how often the embedded NATS fsyncs its streams (JetStream `sync_interval`); `always` fsyncs every event before it is acknowledged, so a power cut on the single node loses nothing acknowledged, at the cost measured under Performance; or a duration (`1s`). A real NATS server takes `jetstream { sync_interval: always }` in its configuration"},
@@ -60,6 +61,10 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if v := getenv("GRADELINE_JWT_SECRET"); v != "" { // else generated once into the data dir
 		cfg.JWTSecret = e.Secret("GRADELINE_JWT_SECRET", ingest.MinSecretBytes, "random bytes, e.g. `openssl rand -hex 32`, or unset to keep one in the data dir")
 	}
+	e.Parse("GRADELINE_CALLBACK_ALLOW", "comma-separated CIDRs or addresses, e.g. 127.0.0.1", func(v string) (err error) {
+		cfg.CallbackAllow, err = ingest.ParseTrustedProxies(v)
+		return err
+	})
 	var err error
 	cfg.NATSSync, err = natsserver.ParseSync(e.Get(natsserver.EnvNATSSync))
 	e.Add(err)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -65,6 +66,9 @@ type Config struct {
 	// GradeWait and MaxQueueDelay pass through to ingest and inference.
 	GradeWait     time.Duration
 	MaxQueueDelay time.Duration
+	// CallbackAllow: non-public addresses grade callbacks may reach
+	// (GRADELINE_CALLBACK_ALLOW), e.g. a receiver on this machine.
+	CallbackAllow []netip.Prefix
 
 	Logger *slog.Logger
 	// Registry receives every metric (default a new registry).
@@ -220,7 +224,7 @@ func Run(ctx context.Context, cfg Config) error {
 	edge, err := ingest.New(ctx, ingest.Config{
 		Addr: cfg.HTTPAddr, NATSURL: urls.ingest, MongoURI: cfg.MongoURI,
 		JWTSecret: cfg.JWTSecret, SignupCode: cfg.SignupCode, GradeWait: cfg.GradeWait,
-		Logger: log, Registerer: cfg.Registry, Local: true,
+		Logger: log, Registerer: cfg.Registry, Local: true, CallbackAllow: cfg.CallbackAllow,
 	})
 	if err == nil && storage != nil {
 		edge.SetStorageProblem(storage.Problem)
