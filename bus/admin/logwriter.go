@@ -59,6 +59,9 @@ func (l *LogWriter) Write(p []byte) (int, error) {
 		l.startLocked()
 		l.written.Wait()
 	}
+	if l.buf == nil {
+		l.buf = make([]byte, 0, min(l.limit, 64<<10))
+	}
 	l.buf = append(l.buf, p...)
 	l.accepted += uint64(len(p))
 	switch {
@@ -114,14 +117,19 @@ func (l *LogWriter) run() {
 	l.mu.Lock()
 	for len(l.buf) > 0 {
 		out := l.buf
-		l.buf, l.spare = l.spare[:0], nil
+		// Writes go on into the other buffer meanwhile; two buffers are
+		// kept, so a steady stream of lines allocates nothing.
+		l.buf, l.spare = l.spare, nil
+		if l.buf == nil {
+			l.buf = make([]byte, 0, min(l.limit, 64<<10))
+		}
 		l.mu.Unlock()
 		// A failed write to stderr has nowhere to be reported; the
 		// lines are counted as done so that Flush and Write never hang.
 		_, _ = l.w.Write(out)
 		l.mu.Lock()
 		l.done += uint64(len(out))
-		if cap(out) <= l.limit {
+		if cap(out) <= 2*l.limit { // not grown by a single huge line
 			l.spare = out[:0]
 		}
 		l.written.Broadcast()
