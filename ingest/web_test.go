@@ -126,10 +126,12 @@ func chromiumPath() string {
 	return ""
 }
 
-// TestWebPageInBrowser drives the page in a real Chromium through sign-in,
-// upload, grading, drawing a box, accepting a prediction, the review
-// queue and the exports, and checks each step against the API. A
-// screenshot of each step is written under the test's temp dir.
+// TestWebPageInBrowser drives the page in a real Chromium through
+// registration and sign-in, upload (picked and dropped) and grading, the
+// catalogue, drawing, deleting, labelling and moving boxes, accepting a
+// prediction, the review queue by keyboard, the exports and the Label
+// Studio import, and checks each step against the API. A screenshot of
+// each step is written under the test's temp dir.
 func TestWebPageInBrowser(t *testing.T) {
 	exe := chromiumPath()
 	if exe == "" {
@@ -201,9 +203,8 @@ func TestWebPageInBrowser(t *testing.T) {
 	imgs := api.do("GET", "/api/v1/images?tag="+tag, nil, nil)
 	var page struct {
 		Data []struct {
-			ID            string `json:"img_id"`
-			Width, Height int
-		}
+			ID string `json:"img_id"`
+		} `json:"data"`
 	}
 	if err := json.Unmarshal(imgs.Body, &page); err != nil || len(page.Data) != 1 {
 		t.Fatalf("catalogue by tag %s after the upload: %d %s", tag, imgs.Status, imgs.Body)
@@ -306,15 +307,30 @@ func TestWebPageInBrowser(t *testing.T) {
 		t.Fatalf("annotations from predictions %v, want %v", fromGrade, want)
 	}
 
-	// The review queue, by keyboard: a second image, graded, not annotated.
-	second := api.multipart("POST", "/api/v1/images", [][2]string{{"tags", tag}}, filePart{"image", "second.png", pngImage(t, 64, 48)})
-	if second.Status != 201 {
-		t.Fatalf("second image: %d %s", second.Status, second.Body)
+	// A second image dropped on the upload view and graded: graded, not
+	// annotated, it is the review queue's.
+	secondPath := filepath.Join(dir, "second.png")
+	if err := os.WriteFile(secondPath, pngImage(t, 64, 48), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	secondID := second.JSON(t)["img_id"].(string)
-	if r := api.json("POST", "/api/v1/grades?wait=30s", map[string]string{"image_id": secondID, "model": "fashion"}); r.Status != 200 {
-		t.Fatalf("grading the second image by id: %d %s", r.Status, r.Body)
+	p.do("upload view", chromedp.Click("Upload", named("link", "Upload")), chromedp.WaitVisible("Grade", named("button", "Grade")))
+	drop := p.rect(`document.getElementById('drop')`)
+	p.drop(drop.X+drop.W/2, drop.Y+drop.H/2, secondPath)
+	p.poll("the dropped file", `document.querySelector('[aria-label="Images to send"]').textContent.includes('second.png')`)
+	p.do("grade the dropped image", chromedp.Click("Grade", named("button", "Grade")))
+	p.poll("the second grade", `document.querySelectorAll('#results .predicted-label').length === 2`)
+	p.shot("dropped-and-graded")
+	second := api.do("GET", "/api/v1/images?tag="+tag, nil, nil)
+	var both struct {
+		Data []struct {
+			ID       string `json:"img_id"`
+			Filename string `json:"filename"`
+		} `json:"data"`
 	}
+	if err := json.Unmarshal(second.Body, &both); err != nil || len(both.Data) != 2 || both.Data[0].Filename != "second.png" {
+		t.Fatalf("the catalogue by tag after the drop: %d %s", second.Status, second.Body)
+	}
+	secondID := both.Data[0].ID
 	if routes["GET /api/v1/review"] {
 		// The queue is read from ClickHouse, which follows the streams:
 		// wait until it has the grades and the annotations of both images.
@@ -736,6 +752,20 @@ func (p *browserPage) drag(x0, y0 float64) func(x1, y1 float64) {
 		steps = append(steps, chromedp.MouseEvent(chromedp.MouseReleased, x1, y1, held))
 		p.do(fmt.Sprintf("drag (%.0f,%.0f) to (%.0f,%.0f)", x0, y0, x1, y1), steps...)
 	}
+}
+
+// drop drags files from outside the page and drops them at x, y.
+func (p *browserPage) drop(x, y float64, files ...string) {
+	p.t.Helper()
+	data := &input.DragData{Items: []*input.DragDataItem{}, Files: files, DragOperationsMask: 1}
+	var steps []chromedp.Action[chromedp.Void]
+	for _, typ := range []input.DispatchDragEventType{input.DispatchDragEventTypeDragEnter, input.DispatchDragEventTypeDragOver, input.DispatchDragEventTypeDrop} {
+		steps = append(steps, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := cdp.Call(ctx, t, input.DispatchDragEvent, input.DispatchDragEventParams{Type: typ, X: x, Y: y, Data: data})
+			return err
+		}))
+	}
+	p.do("drop "+strings.Join(files, ", "), steps...)
 }
 
 // download clicks the button and returns the bytes of the file the page

@@ -194,18 +194,22 @@ function setPending(files) {
 }
 
 $('upload-image').addEventListener('change', (e) => setPending(e.target.files));
+// Files dropped anywhere on the upload view are taken; dropped elsewhere
+// they are ignored instead of the browser leaving the page to show them.
 for (const ev of ['dragenter', 'dragover']) {
-  $('drop').addEventListener(ev, (e) => {
+  document.addEventListener(ev, (e) => {
     e.preventDefault();
-    $('drop').classList.add('over');
+    const here = !$('view-upload').hidden;
+    if (e.dataTransfer) e.dataTransfer.dropEffect = here ? 'copy' : 'none';
+    $('drop').classList.toggle('over', here);
   });
 }
 for (const ev of ['dragleave', 'drop']) {
-  $('drop').addEventListener(ev, () => $('drop').classList.remove('over'));
+  document.addEventListener(ev, () => $('drop').classList.remove('over'));
 }
-$('drop').addEventListener('drop', (e) => {
+document.addEventListener('drop', (e) => {
   e.preventDefault();
-  if (e.dataTransfer && e.dataTransfer.files.length) setPending(e.dataTransfer.files);
+  if (!$('view-upload').hidden && e.dataTransfer && e.dataTransfer.files.length) setPending(e.dataTransfer.files);
 });
 
 function tagsOf(text) {
