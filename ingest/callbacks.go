@@ -44,7 +44,10 @@ const (
 	callbackAttempts = 12
 	// callbackBodyLimit is how much of a receiver's answer is read.
 	callbackBodyLimit = 1 << 10
-	// callbackParallel bounds the deliveries in flight per edge replica.
+	// callbackParallel bounds the deliveries in flight per edge replica;
+	// a batch holds twice as many, so its last delivery starts well
+	// within the consumer's AckWait (two rounds of recordWait plus
+	// callbackTimeout).
 	callbackParallel = 32
 	// callbackResolveTimeout bounds the look-up of a callback host at submission.
 	callbackResolveTimeout = 3 * time.Second
@@ -330,7 +333,7 @@ func (s *Server) startCallbacks() {
 func (cb *callbacker) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := bus.Consume(ctx, cb.s.js, bus.ConsumerIngestCallbacks, bus.ConsumeOptions{
-			MaxBatch: 256, MaxDeliveries: callbackAttempts, Backoff: callbackBackoff,
+			MaxBatch: 2 * callbackParallel, MaxDeliveries: callbackAttempts, Backoff: callbackBackoff,
 			DrainTimeout: 2 * callbackTimeout, Logger: cb.log}, cb.handle)
 		if err == nil || ctx.Err() != nil {
 			return

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -70,6 +71,11 @@ func (s *Server) gradeEvents(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if c.Method() == fiber.MethodHead {
+		// Headers only: no consumer for a body never sent.
+		c.Set(fiber.HeaderContentType, "text/event-stream")
+		return c.SendStatus(http.StatusOK)
+	}
 	if n := s.eventStreams.Add(1); n > maxEventStreams {
 		s.eventStreams.Add(-1)
 		c.Set(fiber.HeaderRetryAfter, "5")
@@ -97,6 +103,7 @@ func (s *Server) gradeEvents(c *fiber.Ctx) error {
 		return errorf(http.StatusServiceUnavailable, "event stream unavailable; retry")
 	}
 	user := userOf(c)
+	conn := c.Context().Conn()
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	c.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
@@ -112,14 +119,20 @@ func (s *Server) gradeEvents(c *fiber.Ctx) error {
 			}
 			cancel()
 		}()
-		s.streamGrades(w, it, user)
+		s.streamGrades(w, it, user, conn)
 	})
 	return nil
 }
 
 // streamGrades writes the user's results from it until the client goes
-// away, the server stops, or the stream fails.
-func (s *Server) streamGrades(w *bufio.Writer, it jetstream.MessagesContext, user string) {
+// away, the server stops, or the stream fails. The server's write timeout
+// bounds a whole response; each write of the stream moves it on instead
+// (a client that stops reading is dropped after two heartbeats).
+func (s *Server) streamGrades(w *bufio.Writer, it jetstream.MessagesContext, user string, conn net.Conn) {
+	flush := func() bool {
+		_ = conn.SetWriteDeadline(time.Now().Add(2 * sseHeartbeat))
+		return w.Flush() == nil
+	}
 	msgs := make(chan jetstream.Msg, sseBuffer)
 	stop := make(chan struct{})
 	defer close(stop)
@@ -143,7 +156,7 @@ func (s *Server) streamGrades(w *bufio.Writer, it jetstream.MessagesContext, use
 	// The retry hint and a first comment reach the client at once: it
 	// knows the stream is open before any result.
 	fmt.Fprintf(w, "retry: 2000\n: streaming grade results of %s\n\n", user)
-	if w.Flush() != nil {
+	if !flush() {
 		return
 	}
 	beat := time.NewTicker(sseHeartbeat)
@@ -153,7 +166,7 @@ func (s *Server) streamGrades(w *bufio.Writer, it jetstream.MessagesContext, use
 		case <-s.stopping:
 			return
 		case <-beat.C:
-			if _, err := w.WriteString(": heartbeat\n\n"); err != nil || w.Flush() != nil {
+			if _, err := w.WriteString(": heartbeat\n\n"); err != nil || !flush() {
 				return
 			}
 		case m, ok := <-msgs:
@@ -163,7 +176,7 @@ func (s *Server) streamGrades(w *bufio.Writer, it jetstream.MessagesContext, use
 			if !s.writeGradeEvent(w, m, user) {
 				continue
 			}
-			if w.Flush() != nil {
+			if !flush() {
 				return
 			}
 		}

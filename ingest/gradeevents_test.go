@@ -179,6 +179,12 @@ func TestGradeEventsStreamsOwnResultsAndResumes(t *testing.T) {
 			expectError(t, r, http.StatusBadRequest)
 		}
 	})
+	t.Run("HEAD", func(t *testing.T) {
+		r := alice.do("HEAD", "/api/v1/grades/events", nil, nil)
+		if r.Status != http.StatusOK || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/event-stream") {
+			t.Fatalf("HEAD: %d %s", r.Status, r.Header.Get("Content-Type"))
+		}
+	})
 	t.Run("no token", func(t *testing.T) {
 		r := s.client(t).do("GET", "/api/v1/grades/events", nil, nil)
 		expectError(t, r, http.StatusUnauthorized)
