@@ -29,6 +29,9 @@ type job struct {
 	pred     *Prediction
 	retry    error
 	skip     bool
+	// inputTook is how long decoding and preprocessing (or checking a
+	// submitted tensor) took.
+	inputTook time.Duration
 }
 
 func (j *job) failWith(kind string, err error) { j.failKind, j.fail = kind, err }
@@ -64,12 +67,14 @@ func gradeJobs(ctx context.Context, jobs []*job, load func(context.Context, *job
 		}
 		decoders <- struct{}{}
 		defer func() { <-decoders }()
+		t0 := time.Now()
 		in := make([]float32, j.model.pre.size())
 		if err := j.model.pre.bytes(j.data, in); err != nil {
 			j.failWith(failUndecodable, err)
 		} else {
 			j.input = in
 		}
+		j.inputTook = time.Since(t0)
 		j.data = nil
 	})
 	if loadErr != nil {
@@ -98,8 +103,15 @@ func gradeJobs(ctx context.Context, jobs []*job, load func(context.Context, *job
 	}
 	for _, md := range order {
 		g := groups[md]
-		for lo := 0; lo < len(g); lo += md.MaxBatch {
-			chunk := g[lo:min(lo+md.MaxBatch, len(g))]
+		if m != nil {
+			for _, j := range g {
+				m.compInput.WithLabelValues(md.Name, md.Version).Observe(j.inputTook.Seconds())
+			}
+		}
+		for lo := 0; lo < len(g); {
+			n := md.chunk(len(g) - lo)
+			chunk := g[lo : lo+n]
+			lo += n
 			inputs := make([][]float32, len(chunk))
 			for i, j := range chunk {
 				inputs[i] = j.input
@@ -115,6 +127,10 @@ func gradeJobs(ctx context.Context, jobs []*job, load func(context.Context, *job
 			if m != nil {
 				m.batchSize.WithLabelValues(md.Name).Observe(float64(len(chunk)))
 				m.inference.WithLabelValues(md.Name).Observe(preds[0].Inference.Seconds())
+				m.execCount.WithLabelValues(md.Name, md.Version).Inc()
+				m.infCount.WithLabelValues(md.Name, md.Version).Add(float64(len(chunk)))
+				m.compInfer.WithLabelValues(md.Name, md.Version).Observe(preds[0].Inference.Seconds())
+				m.compOutput.WithLabelValues(md.Name, md.Version).Observe(preds[0].Output.Seconds())
 			}
 			for i, j := range chunk {
 				if bad := nonFinite(preds[i].Scores); bad >= 0 {
@@ -131,6 +147,18 @@ func gradeJobs(ctx context.Context, jobs []*job, load func(context.Context, *job
 	return nil
 }
 
+// chunk is the size of the next batch the dynamic batcher cuts from n
+// waiting images of this model version: the largest preferred batch size
+// that n fills, else n up to max_batch (Triton's rule).
+func (m *Model) chunk(n int) int {
+	for _, p := range m.PreferredBatch { // largest first
+		if p <= n && p <= m.MaxBatch {
+			return p
+		}
+	}
+	return min(n, m.MaxBatch)
+}
+
 // nonFinite returns the index of the first NaN or infinite score, or -1.
 func nonFinite(v []float32) int {
 	for i, x := range v {
@@ -143,20 +171,24 @@ func nonFinite(v []float32) int {
 
 var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// Grade grades images with the named model through the batcher the
-// service runs every consumed batch through (decoding in parallel, one
-// ONNX Runtime call per chunk of max_batch, scores checked): the service's
+// Grade grades images with the named model ("name" for its newest served
+// version, "name@version" for another) through the batcher the service
+// runs every consumed batch through (decoding in parallel, one ONNX
+// Runtime call per chunk of max_batch, scores checked): the service's
 // path without JetStream and the object store, for benchmarks and tests.
 // A Prediction has Err set for an image that cannot be graded (unknown
-// model, undecodable bytes, a non-finite score); the error is a failure of
-// the runtime (worth retrying) or of ctx.
+// model or version, undecodable bytes, a non-finite score); the error is
+// a failure of the runtime (worth retrying) or of ctx.
 func (r *Registry) Grade(ctx context.Context, model string, images [][]byte) ([]Prediction, error) {
-	m, ok := r.Model(model)
+	m, err := r.Acquire(bus.SplitModelRef(model))
+	if err == nil {
+		defer m.Release()
+	}
 	jobs := make([]*job, len(images))
 	for i, data := range images {
 		jobs[i] = &job{model: m, data: data}
-		if !ok {
-			jobs[i].failWith(failUnknownModel, fmt.Errorf("unknown model %q", model))
+		if err != nil {
+			jobs[i].failWith(failUnknownModel, err)
 		}
 	}
 	if err := gradeJobs(ctx, jobs, nil, nil, discardLog); err != nil {

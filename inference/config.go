@@ -12,13 +12,17 @@ import (
 // adds latency.
 const maxQueueDelayLimit = 10 * time.Second
 
+// maxModelsPoll bounds GRADELINE_MODELS_POLL.
+const maxModelsPoll = time.Hour
+
 // EnvVars are the environment variables ConfigFromEnv reads (and
 // GRADELINE_MAX_IMAGE_PIXELS, read when the package loads).
 var EnvVars = []admin.Var{
 	admin.VarNATSURL,
 	{Name: "ONNXRUNTIME_LIB", Default: "`.cache/onnxruntime/libonnxruntime.so.1` (`make`); **required** by the service binary", Meaning: "another copy of ONNX Runtime (≥ 1.24)"},
 	{Name: "GRADELINE_MODELS_DIR", Meaning: "colon-separated folders of extra model directories"},
-	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`)"},
+	{Name: "GRADELINE_MODELS_POLL", Default: "`" + DefaultModelsPoll.String() + "`", Meaning: "how often each inference replica scans its models folders for new, changed and removed versions (`off`: never; the repository API still loads and unloads)"},
+	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`); a model's `max_queue_delay` in its `model.yaml` may raise it"},
 	{Name: EnvMaxImagePixels, Default: fmt.Sprintf("`%d` (16 MP)", DefaultMaxImagePixels), Meaning: "absolute cap on the pixels inference decodes; below it each model decodes at most `input.max_pixels` of its `model.yaml` (default 64× its input, at least 4 MP); a JPEG much larger than the input is decoded downscaled (libjpeg DCT scaling, up to 1/8) and the limit applies to what is decoded; other larger images fail with a 422 naming the limit"},
 	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }
@@ -34,6 +38,11 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		ModelsDirs:    e.Paths("GRADELINE_MODELS_DIR"),
 		MaxQueueDelay: e.Duration("GRADELINE_MAX_QUEUE_DELAY", DefaultMaxQueueDelay, maxQueueDelayLimit),
 		Logger:        e.Logger(false),
+	}
+	if e.Get("GRADELINE_MODELS_POLL") == "off" {
+		cfg.ModelsPoll = -1
+	} else {
+		cfg.ModelsPoll = e.Duration("GRADELINE_MODELS_POLL", DefaultModelsPoll, maxModelsPoll)
 	}
 	e.Parse(EnvMaxImagePixels, fmt.Sprintf("use e.g. %d", DefaultMaxImagePixels), func(v string) error {
 		if _, err := parseMaxImagePixels(v); err != nil {

@@ -23,8 +23,10 @@ func TestConfigFromEnv(t *testing.T) {
 		{"long delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "11s"}, `GRADELINE_MAX_QUEUE_DELAY="11s"`},
 		{"bad replicas", map[string]string{"GRADELINE_REPLICAS": "0"}, "GRADELINE_REPLICAS"},
 		{"bad pixel cap", map[string]string{"GRADELINE_MAX_IMAGE_PIXELS": "lots"}, `GRADELINE_MAX_IMAGE_PIXELS="lots"`},
+		{"bad poll", map[string]string{"GRADELINE_MODELS_POLL": "0s"}, `GRADELINE_MODELS_POLL="0s"`},
+		{"poll off", map[string]string{"GRADELINE_MODELS_POLL": "off"}, ""},
 		{"all", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "3ms", "GRADELINE_REPLICAS": "3",
-			"GRADELINE_MODELS_DIR": "/a:: /b :", "GRADELINE_ADMIN_ADDR": ":9090"}, ""},
+			"GRADELINE_MODELS_DIR": "/a:: /b :", "GRADELINE_ADMIN_ADDR": ":9090", "GRADELINE_MODELS_POLL": "500ms"}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -45,9 +47,12 @@ func TestConfigFromEnv(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if tc.name == "poll off" && cfg.ModelsPoll >= 0 {
+				t.Errorf("models poll %v, want negative (off)", cfg.ModelsPoll)
+			}
 			if tc.name == "all" {
 				if cfg.MaxQueueDelay != 3*time.Millisecond || cfg.Replicas != 3 || cfg.AdminAddr != ":9090" ||
-					strings.Join(cfg.ModelsDirs, ",") != "/a,/b" {
+					strings.Join(cfg.ModelsDirs, ",") != "/a,/b" || cfg.ModelsPoll != 500*time.Millisecond {
 					t.Errorf("config %+v", cfg)
 				}
 			}

@@ -12,7 +12,18 @@ type metrics struct {
 	preprocess prometheus.Histogram
 	completed  *prometheus.CounterVec
 	failed     *prometheus.CounterVec
-	models     prometheus.Gauge
+
+	// Triton's per model and version statistics (nv_inference_*), with
+	// durations as histograms rather than cumulative counters.
+	success    *prometheus.CounterVec   // model, version
+	failure    *prometheus.CounterVec   // model, version, reason
+	infCount   *prometheus.CounterVec   // model, version: images run
+	execCount  *prometheus.CounterVec   // model, version: ONNX Runtime calls
+	queue      *prometheus.HistogramVec // model, version
+	compInput  *prometheus.HistogramVec // model, version
+	compInfer  *prometheus.HistogramVec // model, version
+	compOutput *prometheus.HistogramVec // model, version
+	loads      *prometheus.CounterVec   // model, version, result
 }
 
 // Reasons a grade fails, the label of gradeline_inference_grades_failed_total
@@ -25,11 +36,54 @@ const (
 	failModelOutput   = "model_output"
 )
 
-func newMetrics(r prometheus.Registerer) *metrics {
+// Label values of gradeline_inference_model_loads_total.
+const (
+	loadOK     = "ok"
+	loadFailed = "failed"
+)
+
+// durationBuckets span 50 µs to about 100 s.
+var durationBuckets = prometheus.ExponentialBuckets(50e-6, 2, 22)
+
+// newMetrics registers the service's metrics; models counts the served
+// models when scraped.
+func newMetrics(r prometheus.Registerer, models func() float64) *metrics {
 	if r == nil {
 		r = prometheus.DefaultRegisterer
 	}
+	mv := []string{"model", "version"}
+	hist := func(name, help string) *prometheus.HistogramVec {
+		return admin.MustRegister(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: durationBuckets}, mv))
+	}
 	m := &metrics{
+		success: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gradeline_inference_request_success_total",
+			Help: "Grades completed, per model and version served (Triton's nv_inference_request_success).",
+		}, mv)),
+		failure: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gradeline_inference_request_failure_total",
+			Help: "Grades failed for a served model version, by reason (Triton's nv_inference_request_failure).",
+		}, []string{"model", "version", "reason"})),
+		infCount: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gradeline_inference_count_total",
+			Help: "Images (inferences) run, per model and version (Triton's nv_inference_count); divided by gradeline_inference_exec_count_total it is the average batch size.",
+		}, mv)),
+		execCount: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gradeline_inference_exec_count_total",
+			Help: "ONNX Runtime calls (batches executed), per model and version (Triton's nv_inference_exec_count).",
+		}, mv)),
+		queue: hist("gradeline_inference_queue_seconds",
+			"Time a grade waited from its submission until its batch was taken in hand, per model and version."),
+		compInput: hist("gradeline_inference_compute_input_seconds",
+			"Decoding and preprocessing one image (or checking one submitted tensor), per model and version."),
+		compInfer: hist("gradeline_inference_compute_infer_seconds",
+			"One ONNX Runtime call (a whole batch), per model and version."),
+		compOutput: hist("gradeline_inference_compute_output_seconds",
+			"Turning one call's output tensor into scores per label, per model and version."),
+		loads: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gradeline_inference_model_loads_total",
+			Help: "Loads of a model version from its folder (at start, by the watcher or the repository API): ok (checked and swapped in) or failed (not served; the previous copy keeps serving).",
+		}, []string{"model", "version", "result"})),
 		batchSize: admin.MustRegister(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gradeline_inference_batch_size",
 			Help:    "Images per ONNX Runtime call.",
@@ -53,10 +107,10 @@ func newMetrics(r prometheus.Registerer) *metrics {
 			Name: "gradeline_inference_grades_failed_total",
 			Help: "Grades published as failed, by reason.",
 		}, []string{"reason"})),
-		models: admin.MustRegister(r, prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "gradeline_inference_models_loaded",
-			Help: "Models loaded by the registry.",
-		})),
 	}
+	admin.MustRegister(r, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gradeline_inference_models_loaded",
+		Help: "Models served by the registry (with at least one version).",
+	}, models))
 	return m
 }

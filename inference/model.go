@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -19,6 +21,8 @@ type Model struct {
 	Manifest
 	// Source tells where the model was loaded from ("builtin" or a path).
 	Source string
+	// LoadedAt is when this version's session was created and checked.
+	LoadedAt time.Time
 
 	session *ort.DynamicAdvancedSession
 	pre     *preprocessor
@@ -27,6 +31,46 @@ type Model struct {
 	fixedBatch int
 	// outLen is the number of output values per image (len(Labels)).
 	outLen int
+
+	// fingerprint identifies the files the version was loaded from, so
+	// the watcher reloads it only when they change.
+	fingerprint string
+	// refs counts the batches holding this version (acquire, release); a
+	// version swapped out (retired) is closed once none holds it, so
+	// batches in flight finish on the session they started with.
+	refs      atomic.Int64
+	retired   atomic.Bool
+	closeOnce sync.Once
+}
+
+// acquire holds the version for a batch; the registry calls it under its
+// lock, so a retired version is never acquired.
+func (m *Model) acquire() { m.refs.Add(1) }
+
+// Release ends the hold of a batch (Registry.Acquire): the last release of
+// a version the registry retired closes its session.
+func (m *Model) Release() {
+	if m.refs.Add(-1) == 0 && m.retired.Load() {
+		m.closeOnce.Do(func() { _ = m.Close() })
+	}
+}
+
+// retire closes the session now or after the last batch holding it.
+func (m *Model) retire() {
+	m.retired.Store(true)
+	if m.refs.Load() == 0 {
+		m.closeOnce.Do(func() { _ = m.Close() })
+	}
+}
+
+// warmUp runs one inference on a zero input of the declared shape: a
+// version is swapped in only when its session runs and its output has one
+// score per label (Run checks the count).
+func (m *Model) warmUp() error {
+	if _, err := m.Run([][]float32{make([]float32, m.pre.size())}); err != nil {
+		return fmt.Errorf("warm-up inference on a zero input: %w", err)
+	}
+	return nil
 }
 
 // Prediction is the grade of one image.
@@ -40,6 +84,9 @@ type Prediction struct {
 	BatchSize int
 	// Inference is the duration of that call.
 	Inference time.Duration
+	// Output is the time the scores of that call took to compute from
+	// its output tensor.
+	Output time.Duration
 	// Err is set when this image could not be graded (ErrUndecodable).
 	Err error
 }
@@ -132,6 +179,7 @@ func (m *Model) Run(inputs [][]float32) ([]Prediction, error) {
 		return nil, fmt.Errorf("inference: %s: output %s is %T, want a float tensor", m.Name, m.Output.Name, outputs[0])
 	}
 	out := ot.GetData()
+	outStart := time.Now()
 	if len(out) != rows*m.outLen {
 		return nil, fmt.Errorf("inference: %s: output %s has %d values for %d images, want %d per image", m.Name, m.Output.Name, len(out), rows, m.outLen)
 	}
@@ -147,6 +195,10 @@ func (m *Model) Run(inputs [][]float32) ([]Prediction, error) {
 			}
 		}
 		preds[i] = Prediction{Label: m.Labels[best], Index: best, Scores: scores, BatchSize: n, Inference: took}
+	}
+	outTook := time.Since(outStart)
+	for i := range preds {
+		preds[i].Output = outTook
 	}
 	return preds, nil
 }
@@ -205,6 +257,11 @@ func newModel(man *Manifest, onnx []byte, source string, threads int) (*Model, e
 		return nil, fmt.Errorf("model.onnx: session: %w", err)
 	}
 	m.session = s
+	if err := m.warmUp(); err != nil {
+		_ = m.Close()
+		return nil, err
+	}
+	m.LoadedAt = time.Now()
 	return m, nil
 }
 

@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"strings"
+	"time"
 
 	"github.com/gradeline/gradeline/bus"
 )
 
 // failBadTensor labels a tensor that does not fit its model (shape, input
-// name, version): final, like an undecodable image.
+// name): final, like an undecodable image.
 const failBadTensor = "bad_tensor"
 
 // InputShape is the shape of one preprocessed image as the model takes it,
@@ -33,14 +33,14 @@ func (in Input) InputShape() []int64 {
 // job carries an ImageSubmitted built from the tensor's fields (no image),
 // which is all the outcome events take from a submission.
 func (s *server) tensorJob(j *job, ev *bus.TensorSubmitted) {
-	j.ev = &bus.ImageSubmitted{Meta: ev.Meta, Owner: ev.Owner, Model: ev.Model}
-	m, ok := s.reg.Model(ev.Model)
-	if !ok {
-		j.failWith(failUnknownModel, fmt.Errorf("unknown model %q (available: %s)", ev.Model, strings.Join(s.reg.Names(), ", ")))
+	j.ev = &bus.ImageSubmitted{Meta: ev.Meta, Owner: ev.Owner, Model: ev.Model, ModelVersion: ev.ModelVersion}
+	s.resolve(j, ev.Model, ev.ModelVersion)
+	if j.model == nil {
 		return
 	}
-	j.model = m
-	input, err := tensorInput(m, ev)
+	t0 := time.Now()
+	input, err := tensorInput(j.model, ev)
+	j.inputTook = time.Since(t0)
 	if err != nil {
 		j.failWith(failBadTensor, err)
 		return
@@ -51,9 +51,6 @@ func (s *server) tensorJob(j *job, ev *bus.TensorSubmitted) {
 // tensorInput checks a submitted tensor against the model and returns its
 // values.
 func tensorInput(m *Model, ev *bus.TensorSubmitted) ([]float32, error) {
-	if ev.ModelVersion != "" && ev.ModelVersion != m.Version {
-		return nil, fmt.Errorf("model %s has no version %q (serving %q)", m.Name, ev.ModelVersion, m.Version)
-	}
 	if ev.Input != m.Input.Name {
 		return nil, fmt.Errorf("model %s has no input %q (its input is %q)", m.Name, ev.Input, m.Input.Name)
 	}

@@ -76,7 +76,7 @@ func TestGradeSubmittedTensors(t *testing.T) {
 			}
 		})
 	}
-	if c := s.counter(t, "gradeline_inference_grades_failed_total", failBadTensor, 4); c < 4 {
-		t.Errorf("bad tensor counter %v, want >= 4", c)
+	if c := s.counter(t, "gradeline_inference_grades_failed_total", failBadTensor, 3); c < 3 {
+		t.Errorf("bad tensor counter %v, want >= 3", c)
 	}
 }

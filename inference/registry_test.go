@@ -1,15 +1,19 @@
 package inference
 
 import (
+	"errors"
 	"fmt"
 	"image"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/inference/internal/datasets"
 	"github.com/gradeline/gradeline/inference/internal/testenv"
 	"github.com/gradeline/gradeline/inference/onnxpb"
@@ -290,5 +294,180 @@ func TestMissingRuntimeNamesTheFix(t *testing.T) {
 		if !strings.Contains(s, "ERR: inference: ONNX Runtime is not available") || !strings.Contains(s, "ONNXRUNTIME_LIB") || !strings.Contains(s, "make install") {
 			t.Errorf("with %s: %s", path, s)
 		}
+	}
+}
+
+// versionedDir writes model "m" in the versioned layout: m/model.yaml with
+// extra (a version policy), good graphs in versions 1 and 2, garbage in 3.
+func versionedDir(t testing.TB, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeHealthModel(t, dir, "m")
+	flat := filepath.Join(dir, "m")
+	good := readFile(t, filepath.Join(flat, "model.onnx"))
+	if err := os.Remove(filepath.Join(flat, "model.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	yaml := strings.Replace(string(readFile(t, filepath.Join(flat, "model.yaml"))), "version: \"3\"\n", "", 1) + extra
+	writeModelDir(t, flat, nil, yaml)
+	writeModelDir(t, filepath.Join(flat, "1"), good, "")
+	writeModelDir(t, filepath.Join(flat, "2"), good, "")
+	writeModelDir(t, filepath.Join(flat, "3"), []byte("not onnx"), "")
+	return dir
+}
+
+// The versioned layout under each version policy: a version that fails to
+// load does not count, so the policy picks among the others.
+func TestVersionPolicies(t *testing.T) {
+	for _, tc := range []struct {
+		name, policy string
+		served       string // newest first; "" = none
+	}{
+		{"default: newest that loads", "", "2"},
+		{"latest 2", "version_policy: {latest: {num_versions: 2}}\n", "2,1"},
+		{"latest 5", "version_policy: {latest: {num_versions: 5}}\n", "2,1"},
+		{"all", "version_policy: {all: {}}\n", "2,1"},
+		{"specific 1", "version_policy: {specific: {versions: [1]}}\n", "1"},
+		{"specific broken only", "version_policy: {specific: {versions: [3]}}\n", ""},
+		{"specific missing", "version_policy: {specific: {versions: [5]}}\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := testRegistry(t, versionedDir(t, tc.policy))
+			var info *bus.ModelInfo
+			for _, i := range r.Infos(true) {
+				if i.Name == "m" {
+					info = &i
+				}
+			}
+			if info == nil {
+				t.Fatalf("m is not listed: %v", r.Infos(true))
+			}
+			if tc.served == "" {
+				if info.State != StateUnavailable || !strings.Contains(info.Error, "version 3: model.onnx") ||
+					!strings.Contains(info.Error, "selects none of the loadable versions 2, 1") {
+					t.Errorf("info %+v, want UNAVAILABLE with the load error of the version the policy selects", info)
+				}
+				if _, err := r.Acquire("m", ""); !errors.Is(err, ErrUnknownModel) {
+					t.Errorf("acquire: %v", err)
+				}
+				return
+			}
+			if got := strings.Join(info.ServedVersions(), ","); got != tc.served {
+				t.Fatalf("served %s, want %s (versions %+v)", got, tc.served, info.Versions)
+			}
+			if newest := strings.Split(tc.served, ",")[0]; info.Version != newest {
+				t.Errorf("version %s, want the newest served %s", info.Version, newest)
+			}
+			if len(info.Versions) != 3 || info.Versions[0].Version != "3" || info.Versions[0].State != StateUnavailable ||
+				!strings.Contains(info.Versions[0].Error, "model.onnx") {
+				t.Errorf("versions %+v: want 3 UNAVAILABLE with its load error first", info.Versions)
+			}
+			m, err := r.Acquire("m", "")
+			if err != nil || m.Version != info.Version {
+				t.Fatalf("acquire newest: %v %v", m, err)
+			}
+			m.Release()
+			if _, err := r.Acquire("m", "3"); err == nil || !strings.Contains(err.Error(), "served versions: "+strings.ReplaceAll(tc.served, ",", ", ")) {
+				t.Errorf("acquire of the broken version: %v", err)
+			}
+			// Grade takes model@version.
+			img := encodePNG(t, image.NewRGBA(image.Rect(0, 0, 4, 4)))
+			for _, v := range strings.Split(tc.served, ",") {
+				p, err := r.Grade(t.Context(), "m@"+v, [][]byte{img})
+				if err != nil || p[0].Err != nil {
+					t.Fatalf("grade m@%s: %v %v", v, err, p[0].Err)
+				}
+			}
+			if p, err := r.Grade(t.Context(), "m@9", [][]byte{img}); err != nil || p[0].Err == nil {
+				t.Errorf("grade of an unknown version: %v %+v", err, p)
+			}
+		})
+	}
+}
+
+// A flat model.onnx is the manifest's version beside numbered folders.
+func TestFlatAndVersionedLayouts(t *testing.T) {
+	dir := t.TempDir()
+	writeHealthModel(t, dir, "m") // flat, version "3"
+	writeModelDir(t, filepath.Join(dir, "m", "7"), readFile(t, filepath.Join(dir, "m", "model.onnx")), "")
+	writeModelDir(t, filepath.Join(dir, "m", "model.yaml.d"), nil, "") // not a version folder: ignored
+	if err := os.WriteFile(filepath.Join(dir, "m", "model.yaml"),
+		append(readFile(t, filepath.Join(dir, "m", "model.yaml")), "version_policy: {all: {}}\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := testRegistry(t, dir)
+	var got []string
+	for _, i := range r.Infos(false) {
+		if i.Name == "m" {
+			got = i.ServedVersions()
+		}
+	}
+	if strings.Join(got, ",") != "7,3" {
+		t.Errorf("served %v, want 7 (folder) and 3 (flat, the manifest's version)", got)
+	}
+}
+
+// The dynamic batcher cuts a model version's images by its preferred
+// batch sizes, then max_batch (Triton's rule).
+func TestPreferredBatchChunks(t *testing.T) {
+	for _, tc := range []struct {
+		max       int
+		preferred []int
+		n, want   int
+	}{
+		{8, nil, 20, 8},
+		{8, nil, 3, 3},
+		{8, []int{4, 2}, 20, 4},
+		{8, []int{4, 2}, 3, 2},
+		{8, []int{4, 2}, 1, 1},
+		{8, []int{16}, 20, 8}, // a fixed-batch graph lowered max_batch below it
+	} {
+		m := &Model{Manifest: Manifest{MaxBatch: tc.max, PreferredBatch: tc.preferred}}
+		if got := m.chunk(tc.n); got != tc.want {
+			t.Errorf("max %d preferred %v: chunk of %d = %d, want %d", tc.max, tc.preferred, tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestManifestBatchingAndPolicy(t *testing.T) {
+	base := "name: m\ninput: {name: x, width: 8, height: 8, channels: 1}\noutput: {name: y}\nlabels: [a, b]\nmax_batch: 16\n"
+	for _, tc := range []struct {
+		yaml, want string // want: an error mentioning it, or "" for valid
+		check      func(*Manifest) bool
+	}{
+		{"preferred_batch: 4\nmax_queue_delay: 5ms\n", "", func(m *Manifest) bool {
+			return slices.Equal(m.PreferredBatch, BatchSizes{4}) && m.MaxQueueDelay == 5*time.Millisecond
+		}},
+		{"preferred_batch: [2, 8, 4]\n", "", func(m *Manifest) bool { return slices.Equal(m.PreferredBatch, BatchSizes{8, 4, 2}) }},
+		{"version_policy: {latest: {num_versions: 2}}\n", "", func(m *Manifest) bool { return m.VersionPolicy.String() == "latest 2" }},
+		{"version_policy: {all: {}}\n", "", func(m *Manifest) bool { return m.VersionPolicy.String() == "all" }},
+		{"version_policy: {specific: {versions: [1, 3]}}\n", "", func(m *Manifest) bool { return m.VersionPolicy.String() == "specific 1,3" }},
+		{"", "", func(m *Manifest) bool { return m.VersionPolicy.String() == "latest 1" && m.MaxQueueDelay == 0 }},
+		{"preferred_batch: 32\n", "preferred_batch 32", nil},
+		{"preferred_batch: [0]\n", "preferred_batch 0", nil},
+		{"preferred_batch: lots\n", "preferred_batch", nil},
+		{"max_queue_delay: 1h\n", "max_queue_delay", nil},
+		{"max_queue_delay: soon\n", "model.yaml", nil},
+		{"version_policy: {latest: {num_versions: 0}}\n", "num_versions 0", nil},
+		{"version_policy: {all: {}, latest: {num_versions: 1}}\n", "one of latest, all and specific", nil},
+		{"version_policy: {specific: {versions: []}}\n", "specific.versions", nil},
+		{"version_policy: {specific: {versions: ['a b']}}\n", "specific version", nil},
+		{"version: 'two words'\n", "version", nil},
+	} {
+		t.Run(tc.yaml, func(t *testing.T) {
+			m, err := ParseManifest([]byte(base+tc.yaml), "d")
+			if tc.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(m) {
+				t.Errorf("manifest %+v", m)
+			}
+		})
 	}
 }

@@ -14,10 +14,12 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gradeline/gradeline/bus"
@@ -33,6 +35,11 @@ type Config struct {
 	// ModelsDirs are folders of model directories loaded after the
 	// built-in models (GRADELINE_MODELS_DIR, colon-separated).
 	ModelsDirs []string
+	// ModelsPoll is how often the models folders are scanned for new,
+	// changed and removed versions (GRADELINE_MODELS_POLL; default
+	// DefaultModelsPoll, negative: never). Each replica watches its own
+	// folders.
+	ModelsPoll time.Duration
 	// ORTLib is the path of libonnxruntime.so.1 (ONNXRUNTIME_LIB).
 	ORTLib string
 	// MaxQueueDelay is how long a batch waits for more images after its
@@ -49,6 +56,11 @@ type Config struct {
 	// consumer is about to start (a readiness probe).
 	OnReady func()
 }
+
+// DefaultModelsPoll is how often the models folders are scanned: a
+// changed version serves within about two polls (a file is loaded once it
+// has stayed the same for one poll).
+const DefaultModelsPoll = 2 * time.Second
 
 // DefaultMaxQueueDelay is short: at one client every grade pays it in
 // full.
@@ -80,10 +92,28 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MaxQueueDelay <= 0 {
 		cfg.MaxQueueDelay = DefaultMaxQueueDelay
 	}
-	reg, err := LoadRegistry(RegistryOptions{Dirs: cfg.ModelsDirs, ORTLib: cfg.ORTLib, Logger: log})
+	if cfg.ModelsPoll == 0 {
+		cfg.ModelsPoll = DefaultModelsPoll
+	}
+	var served atomic.Pointer[Registry]
+	m := newMetrics(cfg.Registerer, func() float64 {
+		if r := served.Load(); r != nil {
+			return float64(len(r.Names()))
+		}
+		return 0
+	})
+	reg, err := LoadRegistry(RegistryOptions{Dirs: cfg.ModelsDirs, ORTLib: cfg.ORTLib, Logger: log,
+		OnLoad: func(model, version string, err error) {
+			result := loadOK
+			if err != nil {
+				result = loadFailed
+			}
+			m.loads.WithLabelValues(model, version, result).Inc()
+		}})
 	if err != nil {
 		return err
 	}
+	served.Store(reg)
 	defer reg.Close()
 	nc, js, err := bus.Connect(ctx, cfg.NATSURL, "inference", log)
 	if err != nil {
@@ -97,30 +127,42 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	s := &server{reg: reg, js: js, objects: newObjectReader(ctx, js, store), log: log, m: newMetrics(cfg.Registerer)}
-	s.m.models.Set(float64(len(reg.models)))
+	s := &server{reg: reg, js: js, objects: newObjectReader(ctx, js, store), log: log, m: m}
 
 	svc, err := bus.AddService(nc, "inference", "1.0.0", "lists the models the inference service grades with",
 		bus.Endpoint{Name: "models-list", Subject: bus.SvcModelsList,
-			Handler: bus.Handle(log, 5*time.Second, func(context.Context, bus.ModelsQuery) ([]bus.ModelInfo, error) {
-				return s.modelInfos(), nil
+			Handler: bus.Handle(log, 5*time.Second, func(_ context.Context, q bus.ModelsQuery) ([]bus.ModelInfo, error) {
+				return reg.Infos(q.All), nil
 			})})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = svc.Stop() }()
+	// Every replica loads and unloads (no queue group): each watches and
+	// serves its own folders.
+	if err := svc.AddEndpoint("models-repository", bus.Handle(log, time.Minute, s.repository),
+		micro.WithEndpointSubject(bus.SvcModelsRepository), micro.WithEndpointQueueGroupDisabled()); err != nil {
+		return fmt.Errorf("inference: endpoint models-repository: %w", err)
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go reg.Watch(watchCtx, cfg.ModelsPoll)
 
-	maxBatch := 1
+	// The consumer's batch: the largest max_batch and the longest
+	// max_queue_delay of the models served at start; each model version's
+	// chunks are then cut by its own max_batch and preferred_batch.
+	maxBatch, delay := 1, cfg.MaxQueueDelay
 	for _, m := range reg.Models() {
 		maxBatch = max(maxBatch, m.MaxBatch)
+		delay = max(delay, m.MaxQueueDelay)
 	}
 	maxBatch = min(maxBatch, maxConsumeBatch)
 	if cfg.OnReady != nil {
 		cfg.OnReady()
 	}
-	log.Info("inference consuming", "max_batch", maxBatch, "max_queue_delay", cfg.MaxQueueDelay, "models", reg.Names())
+	log.Info("inference consuming", "max_batch", maxBatch, "max_queue_delay", delay, "models", reg.Names(), "models_poll", cfg.ModelsPoll)
 	err = bus.Consume(ctx, js, bus.ConsumerInference,
-		bus.ConsumeOptions{MaxBatch: maxBatch, MaxQueueDelay: cfg.MaxQueueDelay, Logger: log}, s.handle)
+		bus.ConsumeOptions{MaxBatch: maxBatch, MaxQueueDelay: delay, Logger: log}, s.handle)
 	if err != nil {
 		return err
 	}
@@ -138,24 +180,70 @@ type server struct {
 	m       *metrics
 }
 
-func (s *server) modelInfos() []bus.ModelInfo {
-	models := s.reg.Models()
-	out := make([]bus.ModelInfo, len(models))
-	for i, m := range models {
-		out[i] = m.Info()
+// repository loads or unloads a model (bus.ModelRepositoryQuery) and
+// answers the model as this replica serves it afterwards.
+func (s *server) repository(_ context.Context, q bus.ModelRepositoryQuery) (bus.ModelInfo, error) {
+	if !nameRE.MatchString(q.Model) {
+		return bus.ModelInfo{}, bus.Errorf(bus.CodeNotFound, "unknown model %q", q.Model)
 	}
-	return out
+	var err error
+	switch q.Action {
+	case bus.ModelLoad:
+		err = s.reg.Load(q.Model)
+	case bus.ModelUnload:
+		err = s.reg.Unload(q.Model)
+	default:
+		return bus.ModelInfo{}, bus.Errorf(bus.CodeUnprocessable, "action %q: want %s or %s", q.Action, bus.ModelLoad, bus.ModelUnload)
+	}
+	switch {
+	case errors.Is(err, ErrUnknownModel):
+		return bus.ModelInfo{}, &bus.Error{Code: bus.CodeNotFound, Message: err.Error()}
+	case err != nil:
+		return bus.ModelInfo{}, &bus.Error{Code: bus.CodeBadRequest, Message: fmt.Sprintf("model %s failed to load: %v", q.Model, err)}
+	}
+	for _, info := range s.reg.Infos(true) {
+		if info.Name == q.Model {
+			return info, nil
+		}
+	}
+	return bus.ModelInfo{Name: q.Model, State: StateUnavailable, Error: errUnloaded.Error()}, nil
+}
+
+// resolve holds the model version a submission names (model@version in
+// its model, or its model_version) for the job, or fails the job.
+func (s *server) resolve(j *job, ref, version string) {
+	name, v := bus.SplitModelRef(ref)
+	if version != "" {
+		v = version
+	}
+	m, err := s.reg.Acquire(name, v)
+	if err != nil {
+		j.failWith(failUnknownModel, err)
+		return
+	}
+	j.model = m
 }
 
 // handle grades one consumed batch: fetch and decode in parallel, one ONNX
-// Runtime call per model per chunk of max_batch, one event per image.
+// Runtime call per model version per chunk (max_batch, preferred_batch),
+// one event per image. The model versions are held until the batch is
+// done, so a reload meanwhile closes the old session after it.
 func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
+	start := time.Now()
 	jobs := make([]*job, len(batch))
+	defer func() {
+		for _, j := range jobs {
+			if j != nil && j.model != nil {
+				j.model.Release()
+			}
+		}
+	}()
 	for i, d := range batch {
 		j := &job{d: d}
 		jobs[i] = j
 		if te, ok := d.Event.(*bus.TensorSubmitted); ok {
 			s.tensorJob(j, te)
+			s.observeQueue(j, start)
 			continue
 		}
 		ev, ok := d.Event.(*bus.ImageSubmitted)
@@ -165,9 +253,8 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 			continue
 		}
 		j.ev = ev
-		if j.model, ok = s.reg.Model(ev.Model); !ok {
-			j.failWith(failUnknownModel, fmt.Errorf("unknown model %q (available: %s)", ev.Model, strings.Join(s.reg.Names(), ", ")))
-		}
+		s.resolve(j, ev.Model, ev.ModelVersion)
+		s.observeQueue(j, start)
 	}
 
 	// The batcher every grade goes through; the bytes come from the
@@ -182,6 +269,15 @@ func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
 		}
 	}
 	return s.publish(ctx, jobs)
+}
+
+// observeQueue records how long the job's submission waited (in the
+// stream and for its batch) until the service took it in hand.
+func (s *server) observeQueue(j *job, start time.Time) {
+	if j.model == nil || j.ev == nil {
+		return
+	}
+	s.m.queue.WithLabelValues(j.model.Name, j.model.Version).Observe(max(start.Sub(j.ev.Time), 0).Seconds())
 }
 
 // fetch reads the image bytes named by the event and checks their digest.
@@ -248,9 +344,13 @@ func (s *server) publish(ctx context.Context, jobs []*job) error {
 		}
 		if j.fail != nil {
 			s.m.failed.WithLabelValues(j.failKind).Inc()
+			if j.model != nil {
+				s.m.failure.WithLabelValues(j.model.Name, j.model.Version, j.failKind).Inc()
+			}
 			s.log.Info("grade failed", "grade_id", j.ev.ID, "model", j.ev.Model, "reason", j.fail.Error(), "request_id", bus.RequestID(j.d.Ctx))
 		} else {
 			s.m.completed.WithLabelValues(j.model.Name).Inc()
+			s.m.success.WithLabelValues(j.model.Name, j.model.Version).Inc()
 		}
 	})
 	if errs == nil {

@@ -568,13 +568,28 @@ func TestRunConfigErrors(t *testing.T) {
 // scores are not numbers fails the grade with the reason.
 func TestModelFailures(t *testing.T) {
 	dir := t.TempDir()
-	// Reshape to 7 values cannot succeed for any batch of 2-value images,
-	// but only the run finds out.
+	// Seven scores per image, reshaped to rows of 7 + sign(sum |x|):
+	// the zero input of the load's warm-up passes, and any real image
+	// (8 columns of 7 values) fails, but only the run finds out.
 	g := onnxpb.Graph{
-		Nodes:        []onnxpb.Node{{OpType: "Reshape", Inputs: []string{"x", "shape"}, Outputs: []string{"y"}}},
-		Initializers: []onnxpb.Tensor{{Name: "shape", Dims: []int64{2}, Int64: []int64{-1, 7}}},
-		Inputs:       []onnxpb.ValueInfo{{Name: "x", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "N"}, {Value: 1}, {Value: 1}, {Value: 2}}}},
-		Outputs:      []onnxpb.ValueInfo{{Name: "y", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "M"}, {Value: 7}}}},
+		Nodes: []onnxpb.Node{
+			{OpType: "Flatten", Inputs: []string{"x"}, Outputs: []string{"f"}, Attrs: []onnxpb.Attr{onnxpb.Int("axis", 1)}},
+			{OpType: "MatMul", Inputs: []string{"f", "w"}, Outputs: []string{"z"}},
+			{OpType: "Abs", Inputs: []string{"x"}, Outputs: []string{"a"}},
+			{OpType: "ReduceSum", Inputs: []string{"a"}, Outputs: []string{"sum"}, Attrs: []onnxpb.Attr{onnxpb.Int("keepdims", 0)}},
+			{OpType: "Sign", Inputs: []string{"sum"}, Outputs: []string{"sign"}},
+			{OpType: "Cast", Inputs: []string{"sign"}, Outputs: []string{"signi"}, Attrs: []onnxpb.Attr{onnxpb.Int("to", onnxpb.Int64)}},
+			{OpType: "Add", Inputs: []string{"signi", "seven"}, Outputs: []string{"cols"}},
+			{OpType: "Concat", Inputs: []string{"minus1", "cols"}, Outputs: []string{"shape"}, Attrs: []onnxpb.Attr{onnxpb.Int("axis", 0)}},
+			{OpType: "Reshape", Inputs: []string{"z", "shape"}, Outputs: []string{"y"}},
+		},
+		Initializers: []onnxpb.Tensor{
+			{Name: "w", Dims: []int64{2, 7}, Float: make([]float32, 14)},
+			{Name: "seven", Dims: []int64{1}, Int64: []int64{7}},
+			{Name: "minus1", Dims: []int64{1}, Int64: []int64{-1}},
+		},
+		Inputs:  []onnxpb.ValueInfo{{Name: "x", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "N"}, {Value: 1}, {Value: 1}, {Value: 2}}}},
+		Outputs: []onnxpb.ValueInfo{{Name: "y", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "M"}, {Param: "C"}}}},
 	}
 	m := onnxpb.Model{Graph: g}
 	writeModelDir(t, filepath.Join(dir, "flaky"), m.Marshal(), `name: flaky
