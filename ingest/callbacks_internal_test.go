@@ -1,0 +1,117 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+func TestAddrKind(t *testing.T) {
+	tests := []struct {
+		addr, kind string
+	}{
+		{"8.8.8.8", ""},
+		{"2606:4700::1111", ""},
+		{"127.0.0.1", "loopback"},
+		{"::1", "loopback"},
+		{"::ffff:127.0.0.1", "loopback"},
+		{"10.0.0.1", "private"},
+		{"172.16.5.4", "private"},
+		{"192.168.1.1", "private"},
+		{"fd00::1", "private"},
+		{"169.254.169.254", "link-local"},
+		{"fe80::1", "link-local"},
+		{"0.0.0.0", "unspecified"},
+		{"0.1.2.3", "unspecified"},
+		{"::", "unspecified"},
+		{"239.1.2.3", "multicast"},
+		{"224.0.0.1", "link-local"},
+		{"100.64.1.1", "shared (carrier-grade NAT)"},
+		{"198.18.0.1", "reserved"},
+		{"255.255.255.255", "reserved"},
+		{"64:ff9b::a00:1", "translated (NAT64/6to4)"},
+		{"2002:a00:1::1", "translated (NAT64/6to4)"},
+	}
+	for _, tt := range tests {
+		if got := addrKind(netip.MustParseAddr(tt.addr)); got != tt.kind {
+			t.Errorf("addrKind(%s) = %q, want %q", tt.addr, got, tt.kind)
+		}
+	}
+}
+
+// TestCallbackClientChecksTheDialedAddress: the delivery client refuses
+// a connection to an address the policy refuses after resolving the name
+// (what a name rebound to an internal address meets), follows no
+// redirect, and connects where the allow-list admits.
+func TestCallbackClientChecksTheDialedAddress(t *testing.T) {
+	var redirected atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/moved":
+			http.Redirect(w, r, "/target", http.StatusFound)
+		case "/target":
+			redirected.Add(1)
+		}
+	}))
+	defer srv.Close()
+	byName := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	tests := []struct {
+		name    string
+		allow   []netip.Prefix
+		url     string
+		refused bool
+		status  int
+	}{
+		{"address refused", nil, srv.URL + "/ok", true, 0},
+		{"name resolved, then refused", nil, byName + "/ok", true, 0},
+		{"allowed address", loopback, srv.URL + "/ok", false, http.StatusOK},
+		{"allowed name", loopback, byName + "/ok", false, http.StatusOK},
+		{"redirect not followed", loopback, srv.URL + "/moved", false, http.StatusFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, tt.url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := callbackPolicy{allow: tt.allow}.client().Do(req)
+			var refused *refusedAddrError
+			if tt.refused {
+				if !errors.As(err, &refused) || refused.kind != "loopback" {
+					t.Fatalf("err %v, want the address refused as loopback", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, tt.status)
+			}
+		})
+	}
+	if n := redirected.Load(); n != 0 {
+		t.Fatalf("the redirect was followed %d times", n)
+	}
+}
+
+func TestCallbackBackoff(t *testing.T) {
+	var total int64
+	for n := uint64(1); n < callbackAttempts; n++ {
+		d := callbackBackoff(n)
+		if n > 1 && d != 2*callbackBackoff(n-1) && d != callbackBackoff(n-1) {
+			t.Fatalf("delay %d: %s after %s", n, d, callbackBackoff(n-1))
+		}
+		total += int64(d.Seconds())
+	}
+	if callbackBackoff(1).Seconds() != 1 || total < 30*60 || total > 60*60 {
+		t.Fatalf("first delay %s, all %d s: want 1 s, then within the hour", callbackBackoff(1), total)
+	}
+}
