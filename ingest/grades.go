@@ -158,11 +158,12 @@ func (m *modelCache) get(ctx context.Context, s *Server) ([]bus.ModelInfo, error
 	return models, nil
 }
 
-// has reports whether the service knows model. On a miss a list older than
-// refreshAfter is refetched once; when that fails, the last list answers.
-func (m *modelCache) has(ctx context.Context, s *Server, model string) ([]bus.ModelInfo, bool, error) {
+// has reports whether the service serves model (at version, when not
+// ""). On a miss a list older than refreshAfter is refetched once; when
+// that fails, the last list answers.
+func (m *modelCache) has(ctx context.Context, s *Server, model, version string) ([]bus.ModelInfo, bool, error) {
 	found := func(ms []bus.ModelInfo) bool {
-		return slices.ContainsFunc(ms, func(mi bus.ModelInfo) bool { return mi.Name == model })
+		return slices.ContainsFunc(ms, func(mi bus.ModelInfo) bool { return mi.Name == model && mi.Served(version) })
 	}
 	models, err := m.get(ctx, s)
 	if err != nil || found(models) {
@@ -261,7 +262,7 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 		return err
 	}
 	ctx := c.UserContext()
-	if err := s.knownModel(ctx, f.model); err != nil {
+	if err := s.knownModel(ctx, f.model, f.version); err != nil {
 		return err
 	}
 	if err := s.checkCallback(ctx, f.callbackURL); err != nil {
@@ -271,7 +272,7 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, Image: ref,
+	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, ModelVersion: f.version, Image: ref,
 		Catalogued: f.up == nil, CallbackURL: f.callbackURL}
 	ev.ID = idFor(ctx, "grade")
 	var ch chan bus.Event
@@ -290,7 +291,10 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 // gradeRequest is a grade submission: the model and either an uploaded
 // image or the id of a catalogue image the caller may see.
 type gradeRequest struct {
+	// model and version: "name@version" names a version ("" = the newest
+	// served).
 	model   string
+	version string
 	up      *upload
 	imageID string
 	// callbackURL is where the result is POSTed (callbacks.go), if anywhere.
@@ -346,8 +350,9 @@ func (s *Server) gradeForm(c *fiber.Ctx) (gradeRequest, error) {
 			return f, err
 		}
 	}
-	if !validModel.MatchString(f.model) {
-		return f, invalid("invalid model name", "model: "+refRule)
+	var err error
+	if f.model, f.version, err = parseModelRef(f.model); err != nil {
+		return f, err
 	}
 	return f, nil
 }
@@ -368,12 +373,27 @@ func (s *Server) gradeImage(ctx context.Context, user string, f gradeRequest) (s
 	return id, ref, err
 }
 
+// parseModelRef splits and checks a model reference "name[@version]".
+func parseModelRef(ref string) (name, version string, err error) {
+	name, version = bus.SplitModelRef(ref)
+	if !validModel.MatchString(name) || (strings.Contains(ref, "@") && !validModel.MatchString(version)) {
+		return "", "", invalid("invalid model name", "model: "+refRule+", optionally followed by @version (e.g. fashion@2)")
+	}
+	return name, version, nil
+}
+
 // knownModel is a 404 naming the available models for a model inference
-// does not have.
-func (s *Server) knownModel(ctx context.Context, model string) error {
-	models, known, err := s.models.has(ctx, s, model)
+// does not have, or the versions it serves for a version it does not.
+func (s *Server) knownModel(ctx context.Context, model, version string) error {
+	models, known, err := s.models.has(ctx, s, model, version)
 	if err != nil || known {
 		return err
+	}
+	if i := slices.IndexFunc(models, func(m bus.ModelInfo) bool { return m.Name == model }); i >= 0 {
+		versions := models[i].ServedVersions()
+		e := errorf(http.StatusNotFound, "model %q has no version %q; served versions: %s", model, version, strings.Join(versions, ", "))
+		e.Extra = map[string]any{"available": versions}
+		return e
 	}
 	names := make([]string, len(models))
 	for i, m := range models {

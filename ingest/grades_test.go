@@ -105,6 +105,47 @@ func TestGradesEndToEnd(t *testing.T) {
 		})
 	}
 
+	t.Run("model@version", func(t *testing.T) {
+		png := filePart{"image", "v.png", pngImage(t, 28, 28)}
+		r := c.multipart("POST", "/api/v1/grades", [][2]string{{"model", "fashion@1"}}, png)
+		if r.Status != 200 {
+			t.Fatalf("%d %s", r.Status, r.Body)
+		}
+		g := r.JSON(t)
+		checkCompleted(t, g, "fashion")
+		if g["model_version"] != "1" {
+			t.Errorf("model_version %v, want the served 1", g["model_version"])
+		}
+		// The listing names every version with its state.
+		var versions []any
+		for _, m := range c.do("GET", "/api/v1/models", nil, nil).JSON(t)["data"].([]any) {
+			if mm := m.(map[string]any); mm["name"] == "fashion" {
+				versions, _ = mm["versions"].([]any)
+			}
+		}
+		if len(versions) != 1 || versions[0].(map[string]any)["version"] != "1" || versions[0].(map[string]any)["state"] != "READY" {
+			t.Errorf("fashion versions %v", versions)
+		}
+		for _, tc := range []struct {
+			model  string
+			status int
+			msg    string
+		}{
+			{"fashion@7", 404, `model "fashion" has no version "7"; served versions: 1`},
+			{"nosuch@1", 404, `unknown model "nosuch"`},
+			{"fashion@", 422, "invalid model name"},
+			{"fashion@a b", 422, "invalid model name"},
+			{"fashion@1@2", 422, "invalid model name"},
+		} {
+			t.Run(tc.model, func(t *testing.T) {
+				r := c.multipart("POST", "/api/v1/grades", [][2]string{{"model", tc.model}}, png)
+				if msg := expectError(t, r, tc.status); !strings.Contains(msg, tc.msg) {
+					t.Errorf("message %q, want it to contain %q", msg, tc.msg)
+				}
+			})
+		}
+	})
+
 	t.Run("seed alias with model_selected", func(t *testing.T) {
 		r := c.multipart("POST", "/api/grade", [][2]string{{"model_selected", "fashion"}}, filePart{"image", "x.png", pngImage(t, 28, 28)})
 		if r.Status != 200 {

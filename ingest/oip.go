@@ -19,6 +19,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"log/slog"
@@ -130,11 +131,11 @@ func (s *Server) oipRoutes() []route {
 	rows = append(rows,
 		route{Method: "POST", Path: oipPrefix + "/repository/index", Tag: oipTag, Summary: "Model repository index", Auth: true, Handler: s.oipRepositoryIndex,
 			Body:      &reqBody{Content: map[string]M{"application/json": {"type": "object", "properties": M{"ready": M{"type": "boolean"}}}}},
-			Responses: errs(map[int]resp{200: {Desc: "Every model with its version and state.", Schema: arrOf(M{"type": "object", "properties": M{"name": M{"type": "string"}, "version": M{"type": "string"}, "state": M{"type": "string"}, "reason": M{"type": "string"}}})}})},
-		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/load", Tag: oipTag, Summary: "Load a model (models load from their folders at start: a loaded model answers 200)", Auth: true, Handler: s.oipRepositoryLoad,
-			Responses: errs(map[int]resp{200: {Desc: "The model is loaded (empty body)."}})},
-		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/unload", Tag: oipTag, Summary: "Unload a model (not supported: 400)", Auth: true, Handler: s.oipRepositoryUnload,
-			Responses: errs(map[int]resp{})},
+			Responses: errs(map[int]resp{200: {Desc: "Every version of every model in the inference service's folders: READY, or UNAVAILABLE with the reason (load error, version policy, unloaded).", Schema: arrOf(M{"type": "object", "properties": M{"name": M{"type": "string"}, "version": M{"type": "string"}, "state": M{"type": "string"}, "reason": M{"type": "string"}}})}})},
+		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/load", Tag: oipTag, Summary: "Load a model: every inference replica reads it from its folder again (after an unload, or to retry versions that failed)", Auth: true, Handler: s.oipRepositoryLoad,
+			Responses: errs(map[int]resp{200: {Desc: "The model is served (empty body)."}})},
+		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/unload", Tag: oipTag, Summary: "Unload a model: every inference replica stops serving it (grades in flight finish) until it is loaded", Auth: true, Handler: s.oipRepositoryUnload,
+			Responses: errs(map[int]resp{200: {Desc: "The model is no longer served (empty body)."}})},
 	)
 	return rows
 }
@@ -202,28 +203,42 @@ func (s *Server) oipServerMetadata(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"name": oipServerName, "version": oipServerVersion, "extensions": oipExtensions})
 }
 
-// oipModel resolves the model (and version, when the path names one) of
-// the request: 404 for an unknown one.
-func (s *Server) oipModel(c *fiber.Ctx) (bus.ModelInfo, error) {
-	name, version := c.Params("model"), c.Params("version")
-	if !validModel.MatchString(name) {
-		return bus.ModelInfo{}, errorf(http.StatusNotFound, "unknown model %q", name)
+// oipModelRef is the model and version the path names: .../models/{m}
+// with .../versions/{v}, or {m} written as name@version.
+func oipModelRef(c *fiber.Ctx) (name, version string) {
+	name, version = bus.SplitModelRef(c.Params("model"))
+	if v := c.Params("version"); v != "" {
+		version = v
 	}
-	models, known, err := s.models.has(c.UserContext(), s, name)
+	return name, version
+}
+
+// oipModel resolves the model (and version, when the path names one) of
+// the request: 404 for an unknown one. The info's Version is the version
+// asked for, else the newest served.
+func (s *Server) oipModel(c *fiber.Ctx) (bus.ModelInfo, error) {
+	name, version := oipModelRef(c)
+	if !validModel.MatchString(name) || (version != "" && !validModel.MatchString(version)) {
+		return bus.ModelInfo{}, errorf(http.StatusNotFound, "unknown model %q", c.Params("model"))
+	}
+	models, known, err := s.models.has(c.UserContext(), s, name, version)
 	if err != nil {
 		return bus.ModelInfo{}, err
 	}
-	if !known {
+	i := slices.IndexFunc(models, func(m bus.ModelInfo) bool { return m.Name == name })
+	if i < 0 {
 		names := make([]string, len(models))
 		for i, m := range models {
 			names[i] = m.Name
 		}
 		return bus.ModelInfo{}, errorf(http.StatusNotFound, "unknown model %q; available models: %s", name, strings.Join(names, ", "))
 	}
-	i := slices.IndexFunc(models, func(m bus.ModelInfo) bool { return m.Name == name })
 	info := models[i]
-	if version != "" && version != info.Version {
-		return bus.ModelInfo{}, errorf(http.StatusNotFound, "model %q has no version %q; versions: %s", name, version, info.Version)
+	if !known {
+		return bus.ModelInfo{}, errorf(http.StatusNotFound, "model %q has no version %q; versions: %s", name, version, strings.Join(info.ServedVersions(), ", "))
+	}
+	if version != "" {
+		info.Version = version
 	}
 	return info, nil
 }
@@ -260,7 +275,7 @@ func (s *Server) oipModelMetadata(c *fiber.Ctx) error {
 	}
 	return c.JSON(fiber.Map{
 		"name":     info.Name,
-		"versions": []string{info.Version},
+		"versions": info.ServedVersions(),
 		"platform": oipPlatform,
 		"inputs":   []oipTensorMeta{{Name: info.Input.Name, Datatype: "FP32", Shape: append([]int64{-1}, oipInputShape(info.Input)...)}},
 		"outputs":  []oipTensorMeta{{Name: oipOutputName(info), Datatype: "FP32", Shape: []int64{-1, int64(len(info.Labels))}}},
@@ -620,6 +635,9 @@ func (s *Server) oipRows(c *fiber.Ctx, info bus.ModelInfo, req *oipRequest) ([]*
 		return nil
 	}
 	owner := userOf(c)
+	// Only a version the request names is pinned: otherwise inference
+	// grades with its newest, which a reload may have just changed.
+	_, version := oipModelRef(c)
 	switch t.Datatype {
 	case "FP32":
 		if len(t.Shape) != len(shape)+1 || !slices.Equal(t.Shape[1:], shape) {
@@ -640,7 +658,7 @@ func (s *Server) oipRows(c *fiber.Ctx, info bus.ModelInfo, req *oipRequest) ([]*
 		rows := make([]*oipRow, t.Shape[0])
 		for i := range rows {
 			ev := &bus.TensorSubmitted{Meta: bus.NewMeta(bus.TypeTensorSubmitted), Owner: owner, Model: info.Name,
-				ModelVersion: c.Params("version"), RequestID: req.ID, Input: t.Name, Datatype: bus.DatatypeFP32, Shape: shape,
+				ModelVersion: version, RequestID: req.ID, Input: t.Name, Datatype: bus.DatatypeFP32, Shape: shape,
 				Data: t.raw[i*rowBytes : (i+1)*rowBytes]}
 			rows[i] = &oipRow{ev: ev, id: ev.ID}
 		}
@@ -658,7 +676,7 @@ func (s *Server) oipRows(c *fiber.Ctx, info bus.ModelInfo, req *oipRequest) ([]*
 			if err != nil {
 				return nil, badRequest("input %s, element %d: %v", t.Name, i, err)
 			}
-			ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: bus.NewID(), Owner: owner, Model: info.Name}
+			ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: bus.NewID(), Owner: owner, Model: info.Name, ModelVersion: version}
 			rows[i] = &oipRow{ev: ev, id: ev.ID, up: up}
 		}
 		return rows, nil
@@ -785,9 +803,12 @@ func writeInferResponse(c *fiber.Ctx, model, version, id, gradeIDs string, outpu
 	return c.Send(append(head, tail...))
 }
 
-// oipRepositoryIndex lists the models the inference service serves, all
-// READY (a model that failed to load is not served, hence not listed).
+// oipRepositoryIndex lists every version of every model in the
+// inference service's folders with its state: READY (served) or
+// UNAVAILABLE with the reason (failed to load, not selected by the
+// version policy, unloaded). With {"ready": true}, the READY ones only.
 func (s *Server) oipRepositoryIndex(c *fiber.Ctx) error {
+	var readyOnly bool
 	if body := bytes.TrimSpace(c.Body()); len(body) > 0 {
 		var req struct {
 			Ready *bool `json:"ready"`
@@ -795,34 +816,71 @@ func (s *Server) oipRepositoryIndex(c *fiber.Ctx) error {
 		if err := json.Unmarshal(body, &req); err != nil {
 			return badRequest("malformed repository index request: %v", err)
 		}
+		readyOnly = req.Ready != nil && *req.Ready
 	}
-	models, err := s.models.get(c.UserContext(), s)
+	models, err := request[[]bus.ModelInfo](c.UserContext(), s, bus.SvcModelsList, bus.ModelsQuery{All: true})
 	if err != nil {
 		return err
 	}
 	out := make([]fiber.Map, 0, len(models))
+	add := func(name, version, state, reason string) {
+		if !readyOnly || state == "READY" {
+			out = append(out, fiber.Map{"name": name, "version": version, "state": state, "reason": reason})
+		}
+	}
 	for _, m := range models {
-		out = append(out, fiber.Map{"name": m.Name, "version": m.Version, "state": "READY", "reason": ""})
+		switch {
+		case m.State != "" && m.State != "READY":
+			add(m.Name, "", m.State, m.Error)
+		case len(m.Versions) == 0: // a replica older than versions
+			add(m.Name, m.Version, "READY", "")
+		}
+		for _, v := range m.Versions {
+			reason := v.Reason
+			if v.Error != "" {
+				reason += ": " + v.Error
+			}
+			add(m.Name, v.Version, v.State, reason)
+		}
 	}
 	return c.JSON(out)
 }
 
-// oipRepositoryLoad answers 200 for a served model: models load from
-// their folders when the inference service starts, so a load of a loaded
-// model has nothing to do.
+// oipRepositoryLoad reads the model from its folder again on every
+// inference replica (after an unload, or to retry versions that failed)
+// and answers 200 once it serves, 400 with the load error otherwise.
 func (s *Server) oipRepositoryLoad(c *fiber.Ctx) error {
-	if _, err := s.oipModel(c); err != nil {
+	return s.oipRepository(c, bus.ModelLoad)
+}
+
+// oipRepositoryUnload stops serving the model on every inference replica
+// (grades in flight finish); it is served again after a load.
+func (s *Server) oipRepositoryUnload(c *fiber.Ctx) error {
+	return s.oipRepository(c, bus.ModelUnload)
+}
+
+func (s *Server) oipRepository(c *fiber.Ctx, action string) error {
+	name := c.Params("model")
+	if !validModel.MatchString(name) {
+		return errorf(http.StatusNotFound, "unknown model %q", name)
+	}
+	_, err := request[bus.ModelInfo](c.UserContext(), s, bus.SvcModelsRepository, bus.ModelRepositoryQuery{Model: name, Action: action})
+	var be *bus.Error
+	if errors.As(err, &be) {
+		switch be.Code {
+		case bus.CodeNotFound:
+			return errorf(http.StatusNotFound, "%s", be.Message)
+		case bus.CodeBadRequest, bus.CodeUnprocessable:
+			return badRequest("%s", be.Message)
+		}
+	}
+	if err != nil {
 		return err
+	}
+	// The next request sees the change: the list is fetched again now.
+	if _, err := s.models.fetch(c.UserContext(), s); err != nil {
+		s.log.Warn("model list refresh failed after a repository change", "model", name, "err", err)
 	}
 	c.Status(http.StatusOK)
 	return nil
-}
-
-// oipRepositoryUnload refuses: the inference service serves every model of
-// its folders for as long as it runs.
-func (s *Server) oipRepositoryUnload(c *fiber.Ctx) error {
-	if _, err := s.oipModel(c); err != nil {
-		return err
-	}
-	return badRequest("unloading is not supported: the inference service serves every model of its folders while it runs")
 }

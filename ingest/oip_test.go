@@ -20,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/inference"
 )
 
@@ -423,7 +426,7 @@ func TestOIPMetadataAndHealth(t *testing.T) {
 	wantMeta := `{"name":"fashion","versions":["1"],"platform":"onnxruntime_onnx",` +
 		`"inputs":[{"name":"pixels","datatype":"FP32","shape":[-1,1,28,28]}],` +
 		`"outputs":[{"name":"probabilities","datatype":"FP32","shape":[-1,10]}]}`
-	for _, p := range []string{"/v2/models/fashion", "/v2/models/fashion/versions/1"} {
+	for _, p := range []string{"/v2/models/fashion", "/v2/models/fashion/versions/1", "/v2/models/fashion@1"} {
 		r := c.do("GET", p, nil, nil)
 		var got, want any
 		_ = json.Unmarshal([]byte(wantMeta), &want)
@@ -469,7 +472,8 @@ func TestOIPMetadataAndHealth(t *testing.T) {
 		{"POST", "/v2/models/fashion/versions/2/infer", false, 404},
 		{"GET", "/v2/models/fashion/versions/2/stats", false, 404},
 		{"POST", "/v2/repository/models/nosuch/load", false, 404},
-		{"POST", "/v2/repository/models/fashion/unload", false, 400},
+		{"POST", "/v2/repository/models/nosuch/unload", false, 404},
+		{"GET", "/v2/models/fashion@2", false, 404},
 		{"POST", "/v2/repository/index", false, 400}, // body "not json"
 		{"GET", "/v2/nosuch", false, 404},
 	} {
@@ -682,5 +686,104 @@ func TestOIPStatistics(t *testing.T) {
 	}
 	if r := c.do("GET", "/v2/models/nosuch/stats", nil, nil); r.Status != http.StatusNotFound {
 		t.Fatalf("stats of an unknown model: %d", r.Status)
+	}
+}
+
+// The repository extension acts on the inference service: unload stops
+// serving a model (the grade route and OIP answer 404, the index says
+// UNAVAILABLE), load serves it again.
+func TestOIPRepositoryUnloadAndLoad(t *testing.T) {
+	needInference(t)
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	img := pngImage(t, 8, 8)
+	grade := func() response {
+		return c.multipart("POST", "/api/v1/grades", [][2]string{{"model", "digits"}}, filePart{"image", "d.png", img})
+	}
+	state := func() string {
+		r := c.json("POST", "/v2/repository/index", `{}`)
+		var index []map[string]string
+		if r.Status != 200 || json.Unmarshal(r.Body, &index) != nil {
+			t.Fatalf("repository index: %d %s", r.Status, r.Body)
+		}
+		for _, m := range index {
+			if m["name"] == "digits" {
+				return m["state"] + " " + m["reason"]
+			}
+		}
+		return "absent"
+	}
+	if r := c.do("POST", "/v2/repository/models/digits/unload", nil, nil); r.Status != 200 {
+		t.Fatalf("unload: %d %s", r.Status, r.Body)
+	}
+	// Loaded again whatever happens below: other tests grade with digits.
+	t.Cleanup(func() { c.do("POST", "/v2/repository/models/digits/load", nil, nil) })
+	if st := state(); !strings.HasPrefix(st, "UNAVAILABLE unloaded") {
+		t.Errorf("index after unload: %s", st)
+	}
+	if r := grade(); r.Status != 404 {
+		t.Errorf("grade of an unloaded model: %d %s", r.Status, r.Body)
+	}
+	if r := c.do("GET", "/v2/models/digits/ready", nil, nil); r.Status != 404 {
+		t.Errorf("ready of an unloaded model: %d %s", r.Status, r.Body)
+	}
+	if r := c.do("POST", "/v2/repository/models/digits/unload", nil, nil); r.Status != 404 {
+		t.Errorf("second unload: %d %s", r.Status, r.Body)
+	}
+	if r := c.do("POST", "/v2/repository/models/digits/load", nil, nil); r.Status != 200 {
+		t.Fatalf("load: %d %s", r.Status, r.Body)
+	}
+	if st := state(); st != "READY " {
+		t.Errorf("index after load: %q", st)
+	}
+	if r := grade(); r.Status != 200 {
+		t.Fatalf("grade after load: %d %s", r.Status, r.Body)
+	}
+}
+
+// The trace context of an OIP request travels in the events it publishes
+// (as on every route) and on to the grade inference publishes.
+func TestOIPCarriesTraceparent(t *testing.T) {
+	needInference(t)
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	submitted, err := nc.SubscribeSync(bus.SubjectTensorSubmitted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	completed, err := nc.SubscribeSync(bus.SubjectGradeCompleted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	tp := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	body, _ := specRequest{ID: "traced", Inputs: []specInput{{Name: "pixels", Shape: []int64{1, 1, 28, 28}, Datatype: "FP32", Data: make([]float32, 784)}}}.encode(t)
+	r := c.do("POST", "/v2/models/fashion@1/infer", bytes.NewReader(body), map[string]string{"Content-Type": "application/json", "traceparent": tp, "X-Request-Id": "oip-trace-1"})
+	if r.Status != 200 {
+		t.Fatalf("infer: %d %s", r.Status, r.Body)
+	}
+	var res specResponse
+	if json.Unmarshal(r.Body, &res) != nil || res.ModelVersion != "1" {
+		t.Fatalf("response %s", r.Body)
+	}
+	for _, sub := range []*nats.Subscription{submitted, completed} {
+		for {
+			msg, err := sub.NextMsg(10 * time.Second)
+			if err != nil {
+				t.Fatalf("no event on %s with the request's trace: %v", sub.Subject, err)
+			}
+			if msg.Header.Get(bus.HeaderRequestID) != "oip-trace-1" {
+				continue // another test's
+			}
+			if got := msg.Header.Get(bus.HeaderTraceparent); got != tp {
+				t.Errorf("%s: traceparent %q, want %q", sub.Subject, got, tp)
+			}
+			break
+		}
 	}
 }
