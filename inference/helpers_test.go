@@ -114,23 +114,6 @@ func readFile(t testing.TB, path string) []byte {
 // colour (a real, checkable rule, which a random model would not be).
 func writeHealthModel(t testing.TB, dir, name string) {
 	t.Helper()
-	g := onnxpb.Graph{
-		Name: "redness",
-		Nodes: []onnxpb.Node{
-			{OpType: "ReduceMean", Inputs: []string{"image"}, Outputs: []string{"rgb"}, Attrs: []onnxpb.Attr{onnxpb.Ints("axes", 1, 2), onnxpb.Int("keepdims", 0)}},
-			{OpType: "MatMul", Inputs: []string{"rgb", "w"}, Outputs: []string{"z"}},
-			{OpType: "Add", Inputs: []string{"z", "b"}, Outputs: []string{"logits"}},
-		},
-		Initializers: []onnxpb.Tensor{
-			{Name: "w", Dims: []int64{3, 2}, Float: []float32{-10, 10, 10, -10, 0, 0}},
-			{Name: "b", Dims: []int64{2}, Float: []float32{0, 0}},
-		},
-		Inputs: []onnxpb.ValueInfo{{Name: "image", ElemType: onnxpb.Float,
-			Shape: []onnxpb.Dim{{Param: "batch"}, {Value: 224}, {Value: 224}, {Value: 3}}}},
-		Outputs: []onnxpb.ValueInfo{{Name: "logits", ElemType: onnxpb.Float,
-			Shape: []onnxpb.Dim{{Param: "batch"}, {Value: 2}}}},
-	}
-	m := onnxpb.Model{ProducerName: "inference-test", Graph: g}
 	yaml := `name: ` + name + `
 version: "3"
 task: image-classification
@@ -140,7 +123,34 @@ labels: [healthy, unhealthy]
 max_batch: 8
 owner: the tests   # an extra key, allowed
 `
-	writeModelDir(t, filepath.Join(dir, name), m.Marshal(), yaml)
+	writeModelDir(t, filepath.Join(dir, name), healthONNX(false), yaml)
+}
+
+// healthONNX is the graph of the health model; flipped, it calls an image
+// unhealthy when it is greener than it is red.
+func healthONNX(flipped bool) []byte {
+	w := []float32{-10, 10, 10, -10, 0, 0}
+	if flipped {
+		w = []float32{10, -10, -10, 10, 0, 0}
+	}
+	g := onnxpb.Graph{
+		Name: "redness",
+		Nodes: []onnxpb.Node{
+			{OpType: "ReduceMean", Inputs: []string{"image"}, Outputs: []string{"rgb"}, Attrs: []onnxpb.Attr{onnxpb.Ints("axes", 1, 2), onnxpb.Int("keepdims", 0)}},
+			{OpType: "MatMul", Inputs: []string{"rgb", "w"}, Outputs: []string{"z"}},
+			{OpType: "Add", Inputs: []string{"z", "b"}, Outputs: []string{"logits"}},
+		},
+		Initializers: []onnxpb.Tensor{
+			{Name: "w", Dims: []int64{3, 2}, Float: w},
+			{Name: "b", Dims: []int64{2}, Float: []float32{0, 0}},
+		},
+		Inputs: []onnxpb.ValueInfo{{Name: "image", ElemType: onnxpb.Float,
+			Shape: []onnxpb.Dim{{Param: "batch"}, {Value: 224}, {Value: 224}, {Value: 3}}}},
+		Outputs: []onnxpb.ValueInfo{{Name: "logits", ElemType: onnxpb.Float,
+			Shape: []onnxpb.Dim{{Param: "batch"}, {Value: 2}}}},
+	}
+	m := onnxpb.Model{ProducerName: "inference-test", Graph: g}
+	return m.Marshal()
 }
 
 func writeModelDir(t testing.TB, dir string, onnx []byte, yaml string) {

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/natsserver"
@@ -72,6 +73,12 @@ func getStack(t testing.TB) *stack {
 }
 
 func startStack(lib string, delay time.Duration, modelsDirs ...string) (*stack, error) {
+	return startStackPolling(lib, delay, 0, modelsDirs...)
+}
+
+// startStackPolling starts a stack whose service scans its models folders
+// every poll (0: the default).
+func startStackPolling(lib string, delay, poll time.Duration, modelsDirs ...string) (*stack, error) {
 	tmp, err := os.MkdirTemp("", "inference-test-")
 	if err != nil {
 		return nil, err
@@ -94,8 +101,8 @@ func startStack(lib string, delay time.Duration, modelsDirs ...string) (*stack, 
 	go func() {
 		s.done <- Run(ctx, Config{
 			NATSURL: ns.ClientURL(), ModelsDirs: modelsDirs, ORTLib: lib,
-			MaxQueueDelay: delay,
-			Logger:        log, Registerer: s.metrics,
+			MaxQueueDelay: delay, ModelsPoll: poll,
+			Logger: log, Registerer: s.metrics,
 			OnReady: func() { close(ready) },
 		})
 	}()
@@ -681,4 +688,88 @@ func TestObjectReader(t *testing.T) {
 	if _, err := direct.read(t.Context(), ref.Object, MaxImageBytes); !errors.Is(err, jetstream.ErrObjectNotFound) {
 		t.Errorf("deleted object: %v", err)
 	}
+}
+
+// awaitOutcome waits up to d for the first outcome of a grade (nil when
+// none came), for goroutines that may not call t.Fatal.
+func (s *stack) awaitOutcome(gradeID string, d time.Duration) bus.Event {
+	deadline := time.After(d)
+	for {
+		s.mu.Lock()
+		evs, arrived := s.outcomes[gradeID], s.arrived
+		s.mu.Unlock()
+		if len(evs) > 0 {
+			return evs[0]
+		}
+		select {
+		case <-arrived:
+		case <-deadline:
+			return nil
+		}
+	}
+}
+
+// readLabels reads a counter with the model and version labels.
+func (s *stack) readLabels(t testing.TB, name, model, version string) float64 {
+	t.Helper()
+	if m := s.metric(t, name, model, version); m != nil {
+		return m.GetCounter().GetValue()
+	}
+	return 0
+}
+
+// histogramCount reads the count of a histogram with the model and
+// version labels.
+func (s *stack) histogramCount(t testing.TB, name, model, version string) uint64 {
+	t.Helper()
+	if m := s.metric(t, name, model, version); m != nil {
+		return m.GetHistogram().GetSampleCount()
+	}
+	return 0
+}
+
+// sumCounter adds up the series of a counter with a label of that value.
+func (s *stack) sumCounter(t testing.TB, name, value string) float64 {
+	t.Helper()
+	mfs, err := s.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == value {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+func (s *stack) metric(t testing.TB, name, model, version string) *dto.Metric {
+	t.Helper()
+	mfs, err := s.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["model"] == model && labels["version"] == version {
+				return m
+			}
+		}
+	}
+	return nil
 }
