@@ -91,6 +91,14 @@ func (s *Server) gradeEvents(c *fiber.Ctx) error {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
 	}
 	ctx := c.UserContext()
+	if after > 0 {
+		// An id beyond the stream's end comes from before the stream was
+		// made anew (its sequences restarted): the live results then,
+		// rather than silence until the new stream catches up.
+		if st, err := s.js.Stream(ctx, bus.StreamGrades); err == nil && after > st.CachedInfo().State.LastSeq {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverNewPolicy, 0
+		}
+	}
 	cons, err := s.js.OrderedConsumer(ctx, bus.StreamGrades, cfg)
 	if err != nil {
 		s.eventStreams.Add(-1)

@@ -179,6 +179,10 @@ func TestGradeEventsStreamsOwnResultsAndResumes(t *testing.T) {
 			expectError(t, r, http.StatusBadRequest)
 		}
 	})
+	t.Run("an id beyond the stream's end opens with the live results", func(t *testing.T) {
+		st := openEvents(t, alice, "999999999999")
+		st.cancel()
+	})
 	t.Run("HEAD", func(t *testing.T) {
 		r := alice.do("HEAD", "/api/v1/grades/events", nil, nil)
 		if r.Status != http.StatusOK || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/event-stream") {
