@@ -167,16 +167,23 @@ func where(f Filter, params clickhouse.Parameters) string {
 func formatFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 
 // RangeStatements returns the page query and the count query of a range
-// query (normalized first).
+// query (normalized first). When the filter bounds no column other than
+// the sort column, the page reads in the sort order (see OrderedPage);
+// otherwise which plan is cheaper depends on how many rows match, and
+// Range decides with the count.
 func RangeStatements(q RangeQuery) (page, count Statement, err error) {
 	if err := NormalizeRange(&q); err != nil {
 		return Statement{}, Statement{}, err
 	}
 	page, count = rangeStatements(q)
+	if !boundsOtherColumns(q) {
+		page = OrderedPage(page, q)
+	}
 	return page, count, nil
 }
 
-// rangeStatements is RangeStatements of a query NormalizeRange passed.
+// rangeStatements is RangeStatements of a query NormalizeRange passed,
+// with the page left to ClickHouse's choice of projection.
 func rangeStatements(q RangeQuery) (page, count Statement) {
 	params := clickhouse.Parameters{}
 	w := where(q.IrisFilter, params)
@@ -195,6 +202,44 @@ func rangeStatements(q RangeQuery) (page, count Statement) {
 	return page, count
 }
 
+// OrderedPage returns page (a page query of q) set to read rows in q's
+// order and stop after the page: from the projection ordered by the sort
+// column (schema.ProjectionIrisOrderPrefix), or for row-id order from the
+// table itself. ClickHouse alone picks the projection with the fewest
+// granules to read, which for a filter bounding another column is that
+// column's order: every matching row is then read and sorted.
+func OrderedPage(page Statement, q RangeQuery) Statement {
+	if q.Sort != "" {
+		page.Settings = clickhouse.Settings{"preferred_optimize_projection_name": schema.ProjectionIrisOrderPrefix + columnSQL[q.Sort]}
+	} else {
+		page.Settings = clickhouse.Settings{"optimize_use_projections": 0}
+	}
+	return page
+}
+
+// boundsOtherColumns reports whether q's filter bounds a column other than
+// its sort column.
+func boundsOtherColumns(q RangeQuery) bool {
+	for _, m := range []map[string]float64{q.Lower, q.Upper} {
+		for c := range m {
+			if c != q.Sort {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// readsInOrder reports whether reading q's page in order is the cheaper
+// plan when matching of the table's all rows pass the filter: in order,
+// about
+// (offset+limit)*all/matching rows are read before the page is full; the
+// other plan reads at least every matching row and sorts them.
+func readsInOrder(q RangeQuery, matching, all uint64) bool {
+	end := float64(q.Page) * float64(q.PerPage)
+	return matching > 0 && end*float64(all) < float64(matching)*float64(matching)
+}
+
 // Range returns one page of rows matching q and the total number of
 // matching rows. An invalid q gives a *bus.Error 422.
 func Range(ctx context.Context, conn driver.Conn, q RangeQuery) (Page, error) {
@@ -203,35 +248,59 @@ func Range(ctx context.Context, conn driver.Conn, q RangeQuery) (Page, error) {
 		return Page{}, err
 	}
 	pageSt, countSt := rangeStatements(q)
-	// The count and the page are independent: run them side by side.
+	out := Page{Page: q.Page, PerPage: q.PerPage}
 	var total uint64
-	countErr := make(chan error, 1)
-	go func() {
-		countErr <- conn.QueryRow(countSt.Context(ctx), countSt.SQL).Scan(&total)
-	}()
-	out := Page{Data: make([]Row, 0, q.PerPage), Page: q.Page, PerPage: q.PerPage}
-	rows, err := conn.Query(pageSt.Context(ctx), pageSt.SQL)
-	if err == nil {
-		for rows.Next() {
-			var r Row
-			if err = rows.Scan(&r.SepalLength, &r.SepalWidth, &r.PetalLength, &r.PetalWidth, &r.Species); err != nil {
-				break
-			}
-			out.Data = append(out.Data, r)
+	var err error
+	if boundsOtherColumns(q) {
+		// Count first (a projection answers it, or an index range of
+		// one), then read the page the cheaper way.
+		var all uint64
+		allErr := make(chan error, 1)
+		go func() { allErr <- conn.QueryRow(ctx, "SELECT count() FROM "+Table).Scan(&all) }()
+		err = conn.QueryRow(countSt.Context(ctx), countSt.SQL).Scan(&total)
+		if aerr := <-allErr; err == nil {
+			err = aerr
 		}
 		if err == nil {
-			err = rows.Err()
+			if readsInOrder(q, total, all) {
+				pageSt = OrderedPage(pageSt, q)
+			}
+			out.Data, err = readPage(ctx, conn, pageSt, q.PerPage)
 		}
-		rows.Close()
-	}
-	if cerr := <-countErr; err == nil && cerr != nil {
-		err = cerr
+	} else {
+		// The count and the page are independent: run them side by side.
+		countErr := make(chan error, 1)
+		go func() {
+			countErr <- conn.QueryRow(countSt.Context(ctx), countSt.SQL).Scan(&total)
+		}()
+		out.Data, err = readPage(ctx, conn, OrderedPage(pageSt, q), q.PerPage)
+		if cerr := <-countErr; err == nil && cerr != nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		return Page{}, fmt.Errorf("iris: range: %w", err)
 	}
 	out.Total = int64(total)
 	return out, nil
+}
+
+// readPage runs a page query.
+func readPage(ctx context.Context, conn driver.Conn, st Statement, perPage int) ([]Row, error) {
+	rows, err := conn.Query(st.Context(ctx), st.SQL)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]Row, 0, perPage)
+	for rows.Next() {
+		var r Row
+		if err := rows.Scan(&r.SepalLength, &r.SepalWidth, &r.PetalLength, &r.PetalWidth, &r.Species); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }
 
 // aggregate returns the SQL aggregate of fn applied to col.
