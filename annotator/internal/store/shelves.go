@@ -48,16 +48,16 @@ const legacyShelfID = "#legacy" // no username starts with #
 
 // shelves hands out shelf places to annotations being stored.
 type shelves struct {
-	coll *mongo.Collection
-	size int
+	coll        *mongo.Collection
+	annotations *mongo.Collection
+	size        int64
 
 	mu   sync.Mutex
 	open map[string]*openShelf
 }
 
 type openShelf struct {
-	n    int64
-	used int
+	n, used int64
 }
 
 // shelfKey is the stored key of an author's shelf n: the number first, so
@@ -78,6 +78,24 @@ func (sh *shelves) place(ctx context.Context, author string) (string, error) {
 		return shelfKey(author, n), nil
 	}
 	sh.mu.Unlock()
+	if o == nil {
+		// Not seen since this process started: go on filling the newest
+		// shelf while it has room, so restarts do not leave a trail of
+		// short shelves for listings to walk. Two replicas doing so at once
+		// overfill it by a batch at most.
+		n, used, err := sh.newest(ctx, author)
+		if err != nil {
+			return "", err
+		}
+		if n > 0 && used < sh.size {
+			sh.mu.Lock()
+			if cur := sh.open[author]; cur == nil || cur.n < n {
+				sh.open[author] = &openShelf{n: n, used: used}
+			}
+			sh.mu.Unlock()
+			return sh.place(ctx, author)
+		}
+	}
 	n, err := sh.claim(ctx, author)
 	if err != nil {
 		return "", err
@@ -110,6 +128,18 @@ func (sh *shelves) claim(ctx context.Context, author string) (int64, error) {
 		return 0, fmt.Errorf("store: claim a shelf for %s: %w", author, err)
 	}
 	return c.N, nil
+}
+
+// newest is author's newest shelf and how many annotations it holds.
+func (sh *shelves) newest(ctx context.Context, author string) (n, used int64, err error) {
+	if n, err = sh.top(ctx, author); err != nil || n == 0 {
+		return n, 0, err
+	}
+	used, err = sh.annotations.CountDocuments(ctx, bson.D{{Key: "shelf", Value: shelfKey(author, n)}})
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: shelf %d of %s: %w", n, author, err)
+	}
+	return n, used, nil
 }
 
 // top is the newest shelf number of author; 0 when none was claimed.

@@ -58,7 +58,8 @@ func New(db *mongo.Database, m *Metrics) *Store {
 		grades:      db.Collection(CollGrades),
 		submissions: db.Collection(CollGradeSubmissions),
 		m:           m,
-		shelves:     &shelves{coll: db.Collection(CollShelves), size: DefaultShelfSize, open: map[string]*openShelf{}},
+		shelves: &shelves{coll: db.Collection(CollShelves), annotations: db.Collection(CollAnnotations),
+			size: DefaultShelfSize, open: map[string]*openShelf{}},
 	}
 }
 

@@ -818,3 +818,34 @@ func TestListGrades(t *testing.T) {
 		t.Fatalf("unknown image: %+v, %v; want an empty list with total 0", l, err)
 	}
 }
+
+// TestShelvesAfterRestart: a restarted annotator goes on filling the
+// author's newest shelf while it has room, instead of leaving short
+// shelves behind at every restart.
+func TestShelvesAfterRestart(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	s.shelves.size = 5
+	var evs []*bus.AnnotationCreated
+	for range 3 {
+		evs = append(evs, annotation("a", "", `{}`))
+	}
+	check(t)(s.InsertAnnotations(ctx, evs))
+	s = New(s.db, s.m)
+	s.shelves.size = 5
+	evs = nil
+	for range 4 {
+		evs = append(evs, annotation("a", "", `{}`))
+	}
+	check(t)(s.InsertAnnotations(ctx, evs))
+	count := func(shelf string) int64 {
+		n, err := s.annotations.CountDocuments(ctx, bson.D{{Key: "shelf", Value: shelf}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if a, b := count("1:a"), count("2:a"); a != 5 || b != 2 {
+		t.Fatalf("shelves hold %d and %d, want 5 and 2", a, b)
+	}
+}
