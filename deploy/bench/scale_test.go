@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -179,6 +180,83 @@ func BenchmarkScale(b *testing.B) {
 	if code, body := httpDo(loginAs(b, st.ep.HTTP, "bench-u7"), "GET", st.ep.HTTP+routes[0].path, ""); code != 200 {
 		b.Fatalf("after restart: %d %s", code, body)
 	}
+
+	// A COCO export of one user's 100,000 catalogue images streams in
+	// flat memory (the stack runs in this process: its heap is measured).
+	nExport := int(100_000 * scale)
+	exportImg := func(i int) bus.Event {
+		return &bus.ImageCatalogued{Meta: bus.NewMeta(bus.TypeImageCatalogued), ImageID: fmt.Sprintf("export-%d", i),
+			Owner: "bench-export", Filename: "x.png", Width: 28, Height: 28, Tags: []string{"export"},
+			Image: bus.ImageRef{Object: fmt.Sprintf("obj-%d", i), SHA256: strings.Repeat("ab", 32), ContentType: "image/png", Size: 100}}
+	}
+	nc2, err := nats.Connect(st.ep.NATSAdmin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc2.Close()
+	js2, _ := jetstream.New(nc2)
+	loadAndDrain(b, ctx, js2, "catalogue images of one user (export)", nExport, exportImg, bus.ConsumerAnnotatorCatalog)
+	exportExport(b, st.ep.HTTP, loginAs(b, st.ep.HTTP, "bench-export"), nExport)
+}
+
+// exportExport downloads the COCO export of the user's images tagged
+// export, checks it holds n images, and prints its time, size and the
+// peak of the process's heap meanwhile.
+func exportExport(b *testing.B, base, token string, n int) {
+	b.Helper()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before, peak := ms.HeapInuse, ms.HeapInuse
+	done := make(chan struct{})
+	var sampled sync.WaitGroup
+	sampled.Add(1)
+	go func() {
+		defer sampled.Done()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				runtime.ReadMemStats(&ms)
+				peak = max(peak, ms.HeapInuse)
+			}
+		}
+	}()
+	t0 := time.Now()
+	req, _ := http.NewRequest("GET", base+"/api/v1/exports/coco?tag=export", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		Images []struct {
+			ID int `json:"id"`
+		} `json:"images"`
+	}
+	cr := &countingReader{r: resp.Body}
+	if err := json.NewDecoder(cr).Decode(&doc); err != nil || resp.StatusCode != 200 || len(doc.Images) != n {
+		b.Fatalf("export: %d, %d images, %v; want %d", resp.StatusCode, len(doc.Images), err, n)
+	}
+	close(done)
+	sampled.Wait()
+	fmt.Printf("scale: COCO export of %d images: %.1f s, %.1f MB; heap in use %.0f MB before, peak %.0f MB (the decoded document is in this process too)\n",
+		n, time.Since(t0).Seconds(), float64(cr.n)/1e6, float64(before)/1e6, float64(peak)/1e6)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 type stack struct {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gradeline/gradeline/bus"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"golang.org/x/sync/errgroup"
 )
 
 // annotationDoc is one annotation; _id is the AnnotationCreated event id.
@@ -201,6 +202,31 @@ func (s *Store) changeAnnotation(ctx context.Context, id, author string, cond, u
 	return nil
 }
 
+// newestShelf is author's newest shelf number. When this process knows
+// it (it stored the author's last annotations), the shelf is read at the
+// same time as its number is checked, saving a round trip; docs count only
+// when the number was right (ok).
+func (s *Store) newestShelf(ctx context.Context, author string, limit int64) (top int64, docs []annotationDoc, ok bool, err error) {
+	hint := s.shelves.hint(author)
+	if hint == 0 {
+		top, err = s.shelves.top(ctx, author)
+		return top, nil, false, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		top, err = s.shelves.top(gctx, author)
+		return err
+	})
+	g.Go(func() (err error) {
+		docs, err = findSorted[annotationDoc](gctx, s.annotations, bson.D{{Key: "shelf", Value: shelfKey(author, hint)}, live}, createdAt, 0, limit)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return 0, nil, false, err
+	}
+	return top, docs, top == hint, nil
+}
+
 // AnnotationFilter selects annotations by equality; empty fields match all.
 type AnnotationFilter struct {
 	ImageID, Author string
@@ -251,18 +277,25 @@ func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page,
 // shelf first, then through the annotations stored before shelves existed
 // (shelf 0 in cursors). Each read is bounded by the shelf's size.
 func (s *Store) listShelves(ctx context.Context, author string, p Page) (docs []annotationDoc, next string, total *int64, err error) {
-	top, err := s.shelves.top(ctx, author)
-	if err != nil {
-		return nil, "", nil, err
-	}
 	legacy, err := s.legacyAnnotations(ctx)
 	if err != nil {
 		return nil, "", nil, err
 	}
-	start, after, skip := top, p.After, int64(0)
+	after, skip := p.After, int64(0)
+	if after == nil {
+		skip = p.Skip
+	}
+	want := skip + p.Limit + 1
+	var (
+		start     int64
+		first     []annotationDoc // the newest shelf's documents, when read beside its number
+		haveFirst bool
+	)
 	switch {
 	case after == nil:
-		skip = p.Skip
+		if start, first, haveFirst, err = s.newestShelf(ctx, author, want); err != nil {
+			return nil, "", nil, err
+		}
 	case after.Shelved:
 		start = after.Shelf
 	case legacy:
@@ -271,15 +304,17 @@ func (s *Store) listShelves(ctx context.Context, author string, p Page) (docs []
 	default:
 		return nil, "", nil, ErrBadCursor
 	}
-	want := skip + p.Limit + 1
 	var shelfOf []int64
 	read := func(n int64, filter bson.D) error {
-		if n == start && after != nil {
-			filter = append(filter, afterCond(createdAt, after))
-		}
-		got, err := findSorted[annotationDoc](ctx, s.annotations, filter, createdAt, 0, want-int64(len(docs)))
-		if err != nil {
-			return err
+		got := first
+		if n != start || !haveFirst {
+			if n == start && after != nil {
+				filter = append(filter, afterCond(createdAt, after))
+			}
+			var err error
+			if got, err = findSorted[annotationDoc](ctx, s.annotations, filter, createdAt, 0, want-int64(len(docs))); err != nil {
+				return err
+			}
 		}
 		for range got {
 			shelfOf = append(shelfOf, n)

@@ -116,6 +116,17 @@ func (sh *shelves) place(ctx context.Context, author string) (string, error) {
 	return shelfKey(author, n), nil
 }
 
+// hint is the shelf this process last filled for author (0: none): the
+// newest one unless another replica has claimed since.
+func (sh *shelves) hint(author string) int64 {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if o := sh.open[author]; o != nil {
+		return o.n
+	}
+	return 0
+}
+
 // claim takes the next shelf number of author.
 func (sh *shelves) claim(ctx context.Context, author string) (int64, error) {
 	var c struct {

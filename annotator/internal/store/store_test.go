@@ -720,6 +720,23 @@ func TestAuthorShelves(t *testing.T) {
 			return Page{Skip: n * limit, Limit: limit}, true
 		})
 	}
+	// Another replica (no memory of the shelves) lists the same.
+	writer := s
+	s = New(s.db, s.m)
+	walk("other replica", func(prev bus.List[bus.Annotation], n int64) (Page, bool) {
+		if n == 0 {
+			return Page{Limit: 4}, true
+		}
+		if prev.Next == "" {
+			return Page{}, false
+		}
+		c, err := ParseCursor(prev.Next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Page{Limit: 4, After: c}, true
+	})
+	s = writer
 	l, err := s.ListAnnotations(ctx, AnnotationFilter{Author: "ann"}, Page{Limit: 100}, nil)
 	if err != nil || l.Total == nil || int(*l.Total) != len(want) || l.Next != "" {
 		t.Fatalf("one page: total %v, next %q, err %v; want %d and no next", l.Total, l.Next, err, len(want))
@@ -831,6 +848,7 @@ func TestShelvesAfterRestart(t *testing.T) {
 		evs = append(evs, annotation("a", "", `{}`))
 	}
 	check(t)(s.InsertAnnotations(ctx, evs))
+	first := s
 	s = New(s.db, s.m)
 	s.shelves.size = 5
 	evs = nil
@@ -847,5 +865,11 @@ func TestShelvesAfterRestart(t *testing.T) {
 	}
 	if a, b := count("1:a"), count("2:a"); a != 5 || b != 2 {
 		t.Fatalf("shelves hold %d and %d, want 5 and 2", a, b)
+	}
+	// The first process still remembers shelf 1 as the newest: its listing
+	// finds shelf 2 all the same.
+	l, err := first.ListAnnotations(ctx, AnnotationFilter{Author: "a"}, Page{Limit: 10}, nil)
+	if err != nil || len(l.Data) != 7 || l.Data[0].ID != evs[3].ID {
+		t.Fatalf("listed %d (first %v), %v; want all 7, the newest first", len(l.Data), l.Data, err)
 	}
 }
