@@ -78,7 +78,7 @@ func met(ok bool) string {
 // It prints the table, writes it to .bench/results.md and, with
 // GRADELINE_BENCH_README=1 (make bench), into the README.
 func BenchmarkStack(b *testing.B) {
-	began := time.Now()
+	began, loadBefore := time.Now(), loadAverage()
 	ctx := context.Background()
 	if err := requireTools(); err != nil {
 		b.Fatal(err)
@@ -142,7 +142,7 @@ func BenchmarkStack(b *testing.B) {
 	}
 	rows = append(rows, row{What: "clean stop, idle", Measured: secs(time.Since(t0)), Target: "≤ 2 s", Met: met(time.Since(t0) <= 2*time.Second)})
 
-	md := resultsMarkdown(rows, began, time.Since(began))
+	md := resultsMarkdown(rows, began, time.Since(began), loadBefore, loadAverage())
 	fmt.Print("\n" + md)
 	if err := os.WriteFile(filepath.Join(out, "results.md"), []byte(md), 0o644); err != nil {
 		b.Fatal(err)
@@ -593,10 +593,21 @@ func machine() string {
 	return fmt.Sprintf("%d × %s, %s/%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH)
 }
 
+// loadAverage is the 1-minute load average ("?" when unknown): on a
+// shared machine it says how much else ran beside the benchmark.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if fields := strings.Fields(string(data)); err == nil && len(fields) > 0 {
+		return fields[0]
+	}
+	return "?"
+}
+
 // resultsMarkdown renders the results as the README presents them.
-func resultsMarkdown(rows []row, began time.Time, took time.Duration) string {
+func resultsMarkdown(rows []row, began time.Time, took time.Duration, loadBefore, loadAfter string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured on %s with `make bench` (%.1f minutes) on %s:\n\n", began.Format("2006-01-02"), took.Minutes(), machine())
+	fmt.Fprintf(&b, "Measured on %s with `make bench` (%.1f minutes) on %s, 1-minute load average %s at the start and %s at the end:\n\n",
+		began.Format("2006-01-02"), took.Minutes(), machine(), loadBefore, loadAfter)
 	b.WriteString("| what | measured | baseline in the same run | ratio | target | met |\n|---|---|---|---|---|---|\n")
 	cell := func(s string) string {
 		if s == "" {
