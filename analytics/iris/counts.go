@@ -1,6 +1,7 @@
 package iris
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -13,10 +14,14 @@ import (
 )
 
 // MaxCountedValues bounds the distinct (species, value) pairs of one column
-// that Stats reads to compute a median or quantile from counts. Past it the
-// counts are about as many as the rows, and ClickHouse stops the counts
-// query early (TOO_MANY_ROWS) and Stats runs the direct query instead.
+// that Stats reads to compute a statistic from counts. Past it the counts
+// are about as many as the rows, so ClickHouse stops the counts query
+// early (TOO_MANY_ROWS) and Stats runs the direct query instead. The bound
+// holds per aggregating thread, which is enough to stop early.
 const MaxCountedValues = 10_000
+
+// maxCountedValues is MaxCountedValues; the tests lower it.
+var maxCountedValues = MaxCountedValues
 
 // codeTooManyRows is ClickHouse's TOO_MANY_ROWS, raised by
 // max_rows_to_group_by with group_by_overflow_mode = 'throw'.
@@ -26,28 +31,22 @@ const codeTooManyRows = 158
 // (read by the tests, which check which path answered).
 var countsFallbacks atomic.Int64
 
-// CountsStatement returns the query that Stats runs for a median or
-// quantile whose filter has no column bounds (none or species only): per
-// column (0..3 in Columns order), species and value, the number of rows.
-// ClickHouse answers it from the per-value count projections
-// (schema.ProjectionIrisCountsPrefix), a few rows per distinct value
-// instead of every row. ok is false when q is another function or has
-// column bounds; the error is the 422 of an invalid q.
-func CountsStatement(q StatsQuery) (st Statement, ok bool, err error) {
+// CountsStatement returns the query that Stats runs first: per column (0..3
+// in Columns order), species and value, the number of matching rows.
+// ClickHouse answers it from the counts projection
+// (schema.ProjectionIrisCounts), whose keys every filter is a condition
+// on: a row per distinct measurement instead of every row.
+func CountsStatement(q StatsQuery) (Statement, error) {
 	if err := NormalizeStats(&q); err != nil {
-		return Statement{}, false, err
+		return Statement{}, err
 	}
-	st, ok = countsStatement(q)
-	return st, ok, nil
+	return countsStatement(q), nil
 }
 
 // countsStatement is CountsStatement of a query NormalizeStats passed.
-func countsStatement(q StatsQuery) (Statement, bool) {
-	if (q.Func != "median" && q.Func != "quantile") || len(q.Lower) > 0 || len(q.Upper) > 0 {
-		return Statement{}, false
-	}
+func countsStatement(q StatsQuery) Statement {
 	params := clickhouse.Parameters{}
-	w := where(q.IrisFilter, params) // species only
+	w := where(q.IrisFilter, params)
 	parts := make([]string, len(Columns))
 	for i, c := range Columns {
 		col := columnSQL[c]
@@ -58,10 +57,10 @@ func countsStatement(q StatsQuery) (Statement, bool) {
 		SQL:    strings.Join(parts, " UNION ALL "),
 		Params: params,
 		Settings: clickhouse.Settings{
-			"max_rows_to_group_by":   MaxCountedValues,
+			"max_rows_to_group_by":   maxCountedValues,
 			"group_by_overflow_mode": "throw",
 		},
-	}, true
+	}
 }
 
 // valueCount is one distinct value of a column and its number of rows.
@@ -70,8 +69,8 @@ type valueCount struct {
 	n uint64
 }
 
-// statsFromCounts runs st (countsStatement of q) and computes the median
-// or quantile of every column per species from the counts.
+// statsFromCounts runs st (countsStatement of q) and computes q's function
+// of every column per species from the counts.
 func statsFromCounts(ctx context.Context, conn driver.Conn, q StatsQuery, st Statement) ([]Stat, error) {
 	rows, err := conn.Query(st.Context(ctx), st.SQL)
 	if err != nil {
@@ -98,10 +97,6 @@ func statsFromCounts(ctx context.Context, conn driver.Conn, q StatsQuery, st Sta
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("iris: stats from counts: %w", err)
 	}
-	level := q.Q
-	if q.Func == "median" {
-		level = 0.5
-	}
 	species := make([]string, 0, len(bySpecies))
 	for s := range bySpecies {
 		species = append(species, s)
@@ -116,22 +111,53 @@ func statsFromCounts(ctx context.Context, conn driver.Conn, q StatsQuery, st Sta
 		}
 		for i, c := range Columns {
 			vcs := cols[i]
-			slices.SortFunc(vcs, func(a, b valueCount) int {
-				if a.v < b.v {
-					return -1
-				}
-				if a.v > b.v {
-					return 1
-				}
-				return 0
-			})
-			if v := quantileFromCounts(vcs, level); !math.IsNaN(v) {
+			slices.SortFunc(vcs, func(a, b valueCount) int { return cmp.Compare(a.v, b.v) })
+			// JSON has no NaN: an undefined value is left out.
+			if v := fromCounts(q, vcs); !math.IsNaN(v) && !math.IsInf(v, 0) {
 				s.Values[c] = Round(v)
 			}
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// fromCounts returns q's function of the values that vcs (sorted by value,
+// at least one) counts, as the direct query's aggregate would.
+func fromCounts(q StatsQuery, vcs []valueCount) float64 {
+	var n, sum float64
+	for _, vc := range vcs {
+		n += float64(vc.n)
+		sum += vc.v * float64(vc.n)
+	}
+	mean := sum / n
+	switch q.Func {
+	case "count":
+		return n
+	case "mean":
+		return mean
+	case "min":
+		return vcs[0].v
+	case "max":
+		return vcs[len(vcs)-1].v
+	case "stddev":
+		// Two passes over the distinct values: as stable as
+		// stddevSampStable, and undefined (NaN) for one row.
+		if n < 2 {
+			return math.NaN()
+		}
+		var ss float64
+		for _, vc := range vcs {
+			d := vc.v - mean
+			ss += float64(vc.n) * float64(d*d)
+		}
+		return math.Sqrt(ss / (n - 1))
+	case "median":
+		return quantileFromCounts(vcs, 0.5)
+	case "quantile":
+		return quantileFromCounts(vcs, q.Q)
+	}
+	panic("iris: unvalidated function " + q.Func)
 }
 
 // quantileFromCounts returns quantileExactInclusive(level) of the values

@@ -324,9 +324,9 @@ func aggregate(fn, col string) string {
 	panic("iris: unvalidated function " + fn)
 }
 
-// StatsStatement returns the direct query of a stats query: one row per
-// species with the count and the function of each column, in Columns
-// order.
+// StatsStatement returns the direct query of a stats query, which reads
+// the rows: one row per species with the count and the function of each
+// column, in Columns order. Stats runs it when the counts are too many.
 func StatsStatement(q StatsQuery) (Statement, error) {
 	if err := NormalizeStats(&q); err != nil {
 		return Statement{}, err
@@ -354,33 +354,29 @@ func statsStatement(q StatsQuery) Statement {
 // Stats returns the function of every column per species that has
 // matching rows. An invalid q gives a *bus.Error 422.
 //
-// Median and quantile without column bounds come from the per-value
-// counts (CountsStatement) while the columns have few distinct values,
-// else from StatsStatement; the other functions always run
-// StatsStatement, which ClickHouse answers from the per-species
-// projection when it can.
+// It computes the function from the per-value counts (CountsStatement)
+// while the columns have few distinct values among the matching rows
+// (MaxCountedValues), else runs the direct query (StatsStatement).
 func Stats(ctx context.Context, conn driver.Conn, q StatsQuery) ([]Stat, error) {
 	if err := NormalizeStats(&q); err != nil {
 		return nil, err
 	}
-	if st, ok := countsStatement(q); ok {
-		out, err := statsFromCounts(ctx, conn, q, st)
-		if err == nil {
-			return out, nil
-		}
-		var ex *clickhouse.Exception
-		if !errors.As(err, &ex) || ex.Code != codeTooManyRows {
-			return nil, err
-		}
-		countsFallbacks.Add(1) // too many distinct values: the direct query is cheaper
+	out, err := statsFromCounts(ctx, conn, q, countsStatement(q))
+	if err == nil {
+		return out, nil
 	}
+	var ex *clickhouse.Exception
+	if !errors.As(err, &ex) || ex.Code != codeTooManyRows {
+		return nil, err
+	}
+	countsFallbacks.Add(1) // too many distinct values: the direct query is cheaper
 	st := statsStatement(q)
 	rows, err := conn.Query(st.Context(ctx), st.SQL)
 	if err != nil {
 		return nil, fmt.Errorf("iris: stats: %w", err)
 	}
 	defer rows.Close()
-	out := []Stat{}
+	out = []Stat{}
 	for rows.Next() {
 		var s Stat
 		v := make([]float64, len(Columns))
