@@ -40,8 +40,6 @@ type Config struct {
 	// NATSURL and ClickHouseDSN are required.
 	NATSURL       string
 	ClickHouseDSN string
-	// Replicas of the streams (1 for a single NATS server, 3 in production).
-	Replicas int
 	Logger   *slog.Logger
 	// Registerer receives the metrics (nil = prometheus.DefaultRegisterer).
 	Registerer prometheus.Registerer

@@ -1,7 +1,6 @@
 package analytics
 
 import (
-	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 )
 
@@ -9,7 +8,7 @@ import (
 var EnvVars = []admin.Var{
 	admin.VarNATSURL,
 	{Name: "CLICKHOUSE_DSN", Default: "embedded ClickHouse engine (local mode); **required** by the service binaries", Meaning: "a real clickhouse-server, e.g. `clickhouse://host:9000/default`"},
-	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
+	admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }
 
 // ConfigFromEnv reads the production configuration of analytics; the
@@ -22,8 +21,5 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		ClickHouseDSN: e.Required("CLICKHOUSE_DSN", "e.g. clickhouse://clickhouse:9000/default"),
 		Logger:        e.Logger(false),
 	}
-	var err error
-	cfg.Replicas, err = bus.ParseReplicas(e.Get(bus.EnvReplicas))
-	e.Add(err)
 	return cfg, e.Err()
 }

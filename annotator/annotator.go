@@ -40,8 +40,6 @@ type Config struct {
 	MongoURI string
 	// Database defaults to DefaultDatabase.
 	Database string
-	// Replicas of the JetStream streams (1 for a single server).
-	Replicas int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the metrics (nil = prometheus.DefaultRegisterer).

@@ -98,7 +98,7 @@ func (e *env) run() (stop func()) {
 	go func() {
 		done <- annotator.Run(ctx, annotator.Config{
 			NATSURL: e.ns.ClientURL(), MongoURI: e.mongo.URI(), Database: dbName,
-			Replicas: 1, Logger: quietLog(), Registerer: e.reg,
+			Logger: quietLog(), Registerer: e.reg,
 		})
 	}()
 	stopped := false

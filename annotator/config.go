@@ -1,7 +1,6 @@
 package annotator
 
 import (
-	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 )
 
@@ -10,7 +9,7 @@ var EnvVars = []admin.Var{
 	admin.VarNATSURL,
 	{Name: "MONGO_URI", Default: "embedded FerretDB on PostgreSQL 15 (local mode); **required** by the service binaries", Meaning: "a real MongoDB (replica set in production)"},
 	{Name: "GRADELINE_MONGO_DB", Default: "`" + DefaultDatabase + "`", Meaning: "MongoDB database of the users, annotations, image catalogue and grade history (ingest, annotator, `gradeline admin`)"},
-	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
+	admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }
 
 // ConfigFromEnv reads the production configuration of the annotator; the
@@ -24,8 +23,5 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		Database:  e.Or("GRADELINE_MONGO_DB", DefaultDatabase),
 		Logger:    e.Logger(false),
 	}
-	var err error
-	cfg.Replicas, err = bus.ParseReplicas(e.Get(bus.EnvReplicas))
-	e.Add(err)
 	return cfg, e.Err()
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/bus/admin"
 )
 
@@ -24,7 +23,7 @@ var EnvVars = []admin.Var{
 	{Name: "GRADELINE_MODELS_POLL", Default: "`" + DefaultModelsPoll.String() + "`", Meaning: "how often each inference replica scans its models folders for new, changed and removed versions (`off`: never; the repository API still loads and unloads)"},
 	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`); a model's `max_queue_delay` in its `model.yaml` may raise it"},
 	{Name: EnvMaxImagePixels, Default: fmt.Sprintf("`%d` (16 MP)", DefaultMaxImagePixels), Meaning: "absolute cap on the pixels inference decodes; below it each model decodes at most `input.max_pixels` of its `model.yaml` (default 64× its input, at least 4 MP); a JPEG much larger than the input is decoded downscaled (libjpeg DCT scaling, up to 1/8) and the limit applies to what is decoded; other larger images fail with a 422 naming the limit"},
-	admin.VarReplicas, admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
+	admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }
 
 // ConfigFromEnv reads the production configuration of inference; the
@@ -50,8 +49,5 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		return nil
 	})
-	var err error
-	cfg.Replicas, err = bus.ParseReplicas(e.Get(bus.EnvReplicas))
-	e.Add(err)
 	return cfg, e.Err()
 }

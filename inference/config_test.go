@@ -21,11 +21,10 @@ func TestConfigFromEnv(t *testing.T) {
 		{"bad delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "soon"}, `GRADELINE_MAX_QUEUE_DELAY="soon"`},
 		{"negative delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "-1ms"}, `GRADELINE_MAX_QUEUE_DELAY="-1ms"`},
 		{"long delay", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "11s"}, `GRADELINE_MAX_QUEUE_DELAY="11s"`},
-		{"bad replicas", map[string]string{"GRADELINE_REPLICAS": "0"}, "GRADELINE_REPLICAS"},
 		{"bad pixel cap", map[string]string{"GRADELINE_MAX_IMAGE_PIXELS": "lots"}, `GRADELINE_MAX_IMAGE_PIXELS="lots"`},
 		{"bad poll", map[string]string{"GRADELINE_MODELS_POLL": "0s"}, `GRADELINE_MODELS_POLL="0s"`},
 		{"poll off", map[string]string{"GRADELINE_MODELS_POLL": "off"}, ""},
-		{"all", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "3ms", "GRADELINE_REPLICAS": "3",
+		{"all", map[string]string{"GRADELINE_MAX_QUEUE_DELAY": "3ms",
 			"GRADELINE_MODELS_DIR": "/a:: /b :", "GRADELINE_ADMIN_ADDR": ":9090", "GRADELINE_MODELS_POLL": "500ms"}, ""},
 	}
 	for _, tc := range tests {
@@ -51,7 +50,7 @@ func TestConfigFromEnv(t *testing.T) {
 				t.Errorf("models poll %v, want negative (off)", cfg.ModelsPoll)
 			}
 			if tc.name == "all" {
-				if cfg.MaxQueueDelay != 3*time.Millisecond || cfg.Replicas != 3 || cfg.AdminAddr != ":9090" ||
+				if cfg.MaxQueueDelay != 3*time.Millisecond || cfg.AdminAddr != ":9090" ||
 					strings.Join(cfg.ModelsDirs, ",") != "/a,/b" || cfg.ModelsPoll != 500*time.Millisecond {
 					t.Errorf("config %+v", cfg)
 				}

@@ -47,8 +47,6 @@ type Config struct {
 	// that arrive while a batch runs are batched anyway; the delay only
 	// trades latency for batch size when traffic is light.
 	MaxQueueDelay time.Duration
-	// Replicas of streams and the object store (EnsureService).
-	Replicas int
 	Logger   *slog.Logger
 	// Registerer receives the metrics (nil = prometheus.DefaultRegisterer).
 	Registerer prometheus.Registerer

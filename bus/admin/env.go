@@ -40,7 +40,7 @@ var (
 	VarNATSCA = Var{Name: "NATS_CA",
 		Meaning: "PEM file of the CA that signed the NATS server's certificate (`tls://` URLs)"}
 	VarReplicas = Var{Name: "GRADELINE_REPLICAS", Default: "`1`",
-		Meaning: "replicas of every stream and the image bucket (service binaries; 3 on a cluster)"}
+		Meaning: "replicas of every stream and the image bucket (`gradeline setup`) and of the edge's key-value buckets; 3 on a cluster"}
 )
 
 // Env reads configuration through getenv and collects every problem, so

@@ -230,7 +230,7 @@ func startAnnotators(t *testing.T, n int, natsURL, mongoURI string, replicas int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := annotator.Run(ctx, annotator.Config{NATSURL: natsURL, MongoURI: mongoURI, Replicas: replicas, Logger: quiet, Registerer: reg})
+			err := annotator.Run(ctx, annotator.Config{NATSURL: natsURL, MongoURI: mongoURI, Logger: quiet, Registerer: reg})
 			if err != nil && ctx.Err() == nil {
 				t.Errorf("annotator replica: %v", err)
 			}
