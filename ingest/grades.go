@@ -123,13 +123,16 @@ func newModelCache(ttl time.Duration, log *slog.Logger) *modelCache {
 // dropped in a moment ago is found without waiting out the whole ttl.
 const refreshAfter = time.Second
 
-// Each fetch of the list is one request to the inference service's queue
-// group, which picks a replica at random: a short attempt, retried, reaches
-// a live replica when another one is stopped, instead of waiting out the
-// request timeout on the stopped one.
+// Each request for the list goes to one replica of the inference
+// service's queue group, picked at random. A fetch sends waves of requests
+// at once, each wave twice the last (1, 2, 4, 8), every request with a
+// short deadline: the first answer wins, so a stopped replica that takes
+// its share of requests and answers none delays the list by a wave or two
+// instead of failing it (all 15 requests landing on it when one other
+// replica is up: 1 in 32,768).
 const (
-	modelFetchAttempt  = 3 * time.Second
-	modelFetchAttempts = 3
+	modelFetchAttempt = 1500 * time.Millisecond
+	modelFetchWaves   = 4
 )
 
 // get returns the model list, starting a background refresh when it is
@@ -186,15 +189,39 @@ func (m *modelCache) has(ctx context.Context, s *Server, model, version string) 
 // fetch asks the inference service for its models (retrying short attempts)
 // and keeps the answer.
 func (m *modelCache) fetch(ctx context.Context, s *Server) ([]bus.ModelInfo, error) {
+	type answer struct {
+		models []bus.ModelInfo
+		err    error
+	}
 	var err error
-	for range modelFetchAttempts {
+	for wave := range modelFetchWaves {
+		n := 1 << wave
+		answers := make(chan answer, n)
 		actx, cancel := context.WithTimeout(ctx, modelFetchAttempt)
+		for range n {
+			go func() {
+				models, err := request[[]bus.ModelInfo](actx, s, bus.SvcModelsList, bus.ModelsQuery{})
+				answers <- answer{models, err}
+			}()
+		}
 		var models []bus.ModelInfo
-		models, err = request[[]bus.ModelInfo](actx, s, bus.SvcModelsList, bus.ModelsQuery{})
-		cancel()
-		if err != nil {
+		for range n {
+			a := <-answers
+			if a.err == nil {
+				models, err = a.models, nil
+				cancel() // the others need not wait
+				break
+			}
+			err = a.err
 			var be *bus.Error
-			if errors.As(err, &be) || ctx.Err() != nil {
+			if errors.As(err, &be) {
+				cancel()
+				return nil, err
+			}
+		}
+		cancel()
+		if models == nil && err != nil {
+			if ctx.Err() != nil {
 				return nil, err
 			}
 			continue

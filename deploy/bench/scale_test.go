@@ -95,7 +95,23 @@ func BenchmarkScale(b *testing.B) {
 	loadAndDrain(b, ctx, js, "catalogue images (bulk)", nImg, img, bus.ConsumerAnnotatorCatalog)
 	loadAndDrain(b, ctx, js, "grade results (bulk)", nGrades-2*probe, grade, bus.ConsumerAnnotatorGrades)
 
+	// The submissions' images are not in the bucket: inference would fail
+	// every one (a burst of 100,000 grade.failed). It is paused while they
+	// are stored, and they are purged from the stream before it resumes.
+	if _, err := js.PauseConsumer(ctx, bus.StreamImages, bus.ConsumerInference.Durable, time.Now().Add(time.Hour)); err != nil {
+		b.Fatal(err)
+	}
 	loadAndDrain(b, ctx, js, "grade submissions (bulk)", nGrades, submission, bus.ConsumerAnnotatorSubmissions)
+	imagesStream, err := js.Stream(ctx, bus.StreamImages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := imagesStream.Purge(ctx, jetstream.WithPurgeSubject(bus.SubjectImageSubmitted)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := js.ResumeConsumer(ctx, bus.StreamImages, bus.ConsumerInference.Durable); err != nil {
+		b.Fatal(err)
+	}
 
 	// Write rate at size.
 	fullAnn := loadAndDrain(b, ctx, js, "annotations (full store)", probe, ann, bus.ConsumerAnnotator)

@@ -117,34 +117,42 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 	var (
 		docs []any
 		ids  []string
-		sets []bson.D
+		sets []bson.D // the update of a result already there, when this one may replace it
 		idx  []int
 	)
 	for i, ev := range evs {
-		switch e := ev.(type) {
-		case *bus.GradeCompleted:
-			d := docOf(bus.GradeFrom(nil, e))
-			set := bson.D{{Key: "status", Value: d.Status}}
-			set = setIf(set, "image_id", d.ImageID)
-			set = setIf(set, "owner", d.Owner)
-			set = setIf(set, "model", d.Model)
+		switch ev.(type) {
+		case *bus.GradeCompleted, *bus.GradeFailed:
+		default:
+			out[i] = fmt.Errorf("store: unexpected grade event %T", ev)
+			continue
+		}
+		d := docOf(bus.GradeFrom(nil, ev))
+		set := bson.D{{Key: "status", Value: d.Status}}
+		set = setIf(set, "image_id", d.ImageID)
+		set = setIf(set, "owner", d.Owner)
+		set = setIf(set, "model", d.Model)
+		var update bson.D
+		if d.Status == bus.GradeStatusCompleted {
 			set = setIf(set, "model_version", d.ModelVersion)
 			set = append(set,
 				bson.E{Key: "label", Value: d.Label}, bson.E{Key: "score", Value: d.Score},
 				bson.E{Key: "scores", Value: d.Scores},
 				bson.E{Key: "inference_ms", Value: d.InferenceMS}, bson.E{Key: "batch_size", Value: d.BatchSize},
 				bson.E{Key: "completed_at", Value: d.CompletedAt})
-			docs, ids, sets, idx = append(docs, d), append(ids, d.ID), append(sets, set), append(idx, i)
-		case *bus.GradeFailed:
-			// Handled below, one by one: failures are rare.
-		default:
-			out[i] = fmt.Errorf("store: unexpected grade event %T", ev)
+			update = bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}}
+		} else {
+			set = append(set, bson.E{Key: "reason", Value: d.Reason}, bson.E{Key: "completed_at", Value: d.CompletedAt})
+			update = bson.D{{Key: "$set", Value: set}}
 		}
+		docs, ids, sets, idx = append(docs, d), append(ids, d.ID), append(sets, update), append(idx, i)
 	}
 	// A result is written once: a batch insert, which stays as fast at a
-	// million grades as on an empty store (an upsert per document does not).
-	// A grade already there is a redelivery, or a failure reported first:
-	// the completed result replaces anything but a completed result.
+	// million grades as on an empty store (an upsert per document does
+	// not), failures too (a burst of them, e.g. images gone from the
+	// bucket, must not jam the consumer). A grade already there is a
+	// redelivery or the other result of the same grade: a completed result
+	// replaces anything but a completed result, and nothing replaces it.
 	dup, item, err := s.insertMany(ctx, s.grades, ids, docs)
 	if err != nil {
 		return nil, err
@@ -156,34 +164,10 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 		}
 		start := time.Now()
 		_, err := s.grades.UpdateOne(ctx,
-			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}},
-			bson.D{{Key: "$set", Value: sets[k]}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}})
+			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}}, sets[k])
 		s.m.observe(CollGrades, "update_one", start)
 		if err != nil {
 			item, batch := itemOrBatch(CollGrades, ids[k], err)
-			if batch != nil {
-				return nil, batch
-			}
-			out[i] = item
-		}
-	}
-	for i, ev := range evs {
-		e, ok := ev.(*bus.GradeFailed)
-		if !ok {
-			continue
-		}
-		d := docOf(bus.GradeFrom(nil, e))
-		set := bson.D{{Key: "status", Value: d.Status}, {Key: "reason", Value: d.Reason}}
-		set = setIf(set, "image_id", d.ImageID)
-		set = setIf(set, "owner", d.Owner)
-		set = setIf(set, "model", d.Model)
-		set = append(set, bson.E{Key: "completed_at", Value: d.CompletedAt})
-		insert := append(bson.D{{Key: "_id", Value: e.GradeID}}, set...)
-		_, err := s.updateNewer(ctx, s.grades, e.GradeID,
-			bson.D{{Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}},
-			bson.D{{Key: "$set", Value: set}}, insert)
-		if err != nil {
-			item, batch := itemOrBatch(CollGrades, e.GradeID, err)
 			if batch != nil {
 				return nil, batch
 			}

@@ -873,3 +873,25 @@ func TestShelvesAfterRestart(t *testing.T) {
 		t.Fatalf("listed %d (first %v), %v; want all 7, the newest first", len(l.Data), l.Data, err)
 	}
 }
+
+// TestResultsInOneBatch: failures are stored by the same batch insert as
+// completed grades; within one batch, whatever the order, a completed
+// result wins over a failure of the same grade, and a redelivered failure
+// does not replace a completed result.
+func TestResultsInOneBatch(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	done := func(id string) bus.Event { return completed(id) }
+	fail := func(id string) bus.Event { return failed(id, "undecodable image") }
+	check(t)(s.ApplyResults(ctx, []bus.Event{fail("g1"), done("g1"), done("g2"), fail("g2"), fail("g3"), fail("g3")}))
+	check(t)(s.ApplyResults(ctx, []bus.Event{fail("g1"), fail("g4")}))
+	for id, want := range map[string]string{"g1": bus.GradeStatusCompleted, "g2": bus.GradeStatusCompleted, "g3": bus.GradeStatusFailed, "g4": bus.GradeStatusFailed} {
+		g, ok, err := s.GetGrade(ctx, id, "")
+		if err != nil || !ok || g.Status != want {
+			t.Fatalf("%s: %+v %v %v, want %s", id, g, ok, err, want)
+		}
+		if want == bus.GradeStatusFailed && g.Reason != "undecodable image" || want == bus.GradeStatusCompleted && (g.Reason != "" || g.Label != "bag") {
+			t.Fatalf("%s: %+v", id, g)
+		}
+	}
+}
