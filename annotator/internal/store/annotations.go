@@ -9,7 +9,6 @@ import (
 
 	"github.com/gradeline/gradeline/bus"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"golang.org/x/sync/errgroup"
 )
 
 // annotationDoc is one annotation; _id is the AnnotationCreated event id.
@@ -202,31 +201,6 @@ func (s *Store) changeAnnotation(ctx context.Context, id, author string, cond, u
 	return nil
 }
 
-// newestShelf is author's newest shelf number. When this process knows
-// it (it stored the author's last annotations), the shelf is read at the
-// same time as its number is checked, saving a round trip; docs count only
-// when the number was right (ok).
-func (s *Store) newestShelf(ctx context.Context, author string, limit int64) (top int64, docs []annotationDoc, ok bool, err error) {
-	hint := s.shelves.hint(author)
-	if hint == 0 {
-		top, err = s.shelves.top(ctx, author)
-		return top, nil, false, err
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		top, err = s.shelves.top(gctx, author)
-		return err
-	})
-	g.Go(func() (err error) {
-		docs, err = findSorted[annotationDoc](gctx, s.annotations, bson.D{{Key: "shelf", Value: shelfKey(author, hint)}, live}, createdAt, 0, limit)
-		return err
-	})
-	if err := g.Wait(); err != nil {
-		return 0, nil, false, err
-	}
-	return top, docs, top == hint, nil
-}
-
 // AnnotationFilter selects annotations by equality; empty fields match all.
 type AnnotationFilter struct {
 	ImageID, Author string
@@ -245,7 +219,8 @@ func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page,
 		err   error
 	)
 	if f.ImageID == "" && f.Author != "" {
-		docs, next, total, err = s.listShelves(ctx, f.Author, p)
+		docs, next, total, err = listShelves[annotationDoc](ctx, s.shelves, shelfQuery{owner: f.Author, match: bson.D{live},
+			legacy: bson.D{{Key: "author", Value: f.Author}, live}}, p)
 	} else {
 		filter := bson.D{live}
 		if f.ImageID != "" {
@@ -271,83 +246,6 @@ func (s *Store) ListAnnotations(ctx context.Context, f AnnotationFilter, p Page,
 		out.Data = append(out.Data, a)
 	}
 	return out, nil
-}
-
-// listShelves pages through author's annotations shelf by shelf, newest
-// shelf first, then through the annotations stored before shelves existed
-// (shelf 0 in cursors). Each read is bounded by the shelf's size.
-func (s *Store) listShelves(ctx context.Context, author string, p Page) (docs []annotationDoc, next string, total *int64, err error) {
-	legacy, err := s.legacyAnnotations(ctx)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	after, skip := p.After, int64(0)
-	if after == nil {
-		skip = p.Skip
-	}
-	want := skip + p.Limit + 1
-	var (
-		start     int64
-		first     []annotationDoc // the newest shelf's documents, when read beside its number
-		haveFirst bool
-	)
-	switch {
-	case after == nil:
-		if start, first, haveFirst, err = s.newestShelf(ctx, author, want); err != nil {
-			return nil, "", nil, err
-		}
-	case after.Shelved:
-		start = after.Shelf
-	case legacy:
-		// A cursor from before shelves existed pages the old annotations.
-		start = 0
-	default:
-		return nil, "", nil, ErrBadCursor
-	}
-	var shelfOf []int64
-	read := func(n int64, filter bson.D) error {
-		got := first
-		if n != start || !haveFirst {
-			if n == start && after != nil {
-				filter = append(filter, afterCond(createdAt, after))
-			}
-			var err error
-			if got, err = findSorted[annotationDoc](ctx, s.annotations, filter, createdAt, 0, want-int64(len(docs))); err != nil {
-				return err
-			}
-		}
-		for range got {
-			shelfOf = append(shelfOf, n)
-		}
-		docs = append(docs, got...)
-		return nil
-	}
-	for n := start; n >= 1 && int64(len(docs)) < want; n-- {
-		if err := read(n, bson.D{{Key: "shelf", Value: shelfKey(author, n)}, live}); err != nil {
-			return nil, "", nil, err
-		}
-	}
-	if legacy && int64(len(docs)) < want {
-		// Documents without a shelf: $exists is checked after the indexed
-		// author match, on the last pages of an old store only.
-		if err := read(0, bson.D{{Key: "author", Value: author}, live, {Key: "shelf", Value: bson.D{{Key: "$exists", Value: false}}}}); err != nil {
-			return nil, "", nil, err
-		}
-	}
-	if skip >= int64(len(docs)) {
-		return []annotationDoc{}, "", nil, nil
-	}
-	docs, shelfOf = docs[skip:], shelfOf[skip:]
-	if int64(len(docs)) > p.Limit {
-		docs = docs[:p.Limit]
-		c := docs[len(docs)-1].key()
-		c.Shelved, c.Shelf = true, shelfOf[len(docs)-1]
-		next = c.Encode()
-	} else if p.After == nil && p.Skip == 0 {
-		n := int64(len(docs))
-		total = &n
-	}
-	return docs, next, total, nil
 }
 
 // GetAnnotation returns the annotation with id; false when there is none.

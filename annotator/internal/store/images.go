@@ -38,6 +38,9 @@ type imageDoc struct {
 	Deleted     bool      `bson:"deleted"`
 	CreatedAt   time.Time `bson:"created_at"`
 	UpdatedAt   time.Time `bson:"updated_at"`
+	// Shelf is the owner's shelf the image is listed from (shelves.go);
+	// empty on placeholders and on images stored before shelves existed.
+	Shelf string `bson:"shelf,omitempty"`
 }
 
 func (d imageDoc) key() Cursor { return Cursor{At: d.CreatedAt, ID: d.ID} }
@@ -106,10 +109,21 @@ func (s *Store) ApplyCatalog(ctx context.Context, evs []bus.Event) ([]error, err
 }
 
 func (s *Store) catalogue(ctx context.Context, evs []*bus.ImageCatalogued, idx []int, out []error) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	if err := s.EnsureIndexes(ctx); err != nil {
+		return err
+	}
 	docs := make([]any, len(evs))
 	ids := make([]string, len(evs))
+	shelf := make([]string, len(evs))
 	for i, e := range evs {
-		docs[i] = imageDoc{
+		var err error
+		if shelf[i], err = s.imageShelves.place(ctx, e.Owner); err != nil {
+			return err
+		}
+		docs[i] = imageDoc{Shelf: shelf[i],
 			ID: e.ImageID, Owner: e.Owner, Filename: e.Filename, ContentType: e.Image.ContentType,
 			SHA256: e.Image.SHA256, Object: e.Image.Object, Size: e.Image.Size, Width: e.Width, Height: e.Height,
 			Tags: nonNil(e.Tags), TagsEvent: e.ID, Catalogued: true,
@@ -141,6 +155,11 @@ func (s *Store) catalogue(ctx context.Context, evs []*bus.ImageCatalogued, idx [
 			{Key: "$max", Value: bson.D{{Key: "updated_at", Value: e.Time.UTC()}}},
 		})
 		s.m.observe(CollImages, "update_one", start)
+		if err == nil {
+			// A placeholder gets its shelf now; a replay keeps the one it has.
+			_, err = s.images.UpdateOne(ctx, bson.D{{Key: "_id", Value: e.ImageID}, {Key: "shelf", Value: bson.D{{Key: "$exists", Value: false}}}},
+				bson.D{{Key: "$set", Value: bson.D{{Key: "shelf", Value: shelf[i]}}}})
+		}
 		if err == nil {
 			err = s.setTags(ctx, e.ID, e.ImageID, e.Owner, e.Tags, e.Time)
 		}
@@ -219,26 +238,22 @@ type ImageFilter struct {
 	Tags  []string
 }
 
-func liveImages(owner string) bson.D {
-	return bson.D{
-		{Key: "owner", Value: owner},
-		{Key: "catalogued", Value: true},
-		{Key: "deleted", Value: false},
-	}
-}
 
-// ListImages returns one page of the owner's images, newest first. The
-// first tag is part of the indexed filter (an array holding it matches);
-// further tags narrow it down.
+// ListImages returns one page of the owner's images, newest first, from
+// the owner's shelves (see shelves.go): each shelf read matches the tags
+// among at most a shelf's images, so a page costs the same however many
+// images the owner has (a rare tag walks more shelves). Further tags
+// narrow the first down.
 func (s *Store) ListImages(ctx context.Context, f ImageFilter, p Page) (bus.List[bus.Image], error) {
-	filter := liveImages(f.Owner)
+	match := bson.D{{Key: "catalogued", Value: true}, {Key: "deleted", Value: false}}
 	if len(f.Tags) > 0 {
-		filter = append(filter, bson.E{Key: "tags", Value: f.Tags[0]})
+		match = append(match, bson.E{Key: "tags", Value: f.Tags[0]})
 	}
 	if len(f.Tags) > 1 {
-		filter = append(filter, bson.E{Key: "$and", Value: bson.A{bson.D{{Key: "tags", Value: bson.D{{Key: "$all", Value: f.Tags}}}}}})
+		match = append(match, bson.E{Key: "$and", Value: bson.A{bson.D{{Key: "tags", Value: bson.D{{Key: "$all", Value: f.Tags}}}}}})
 	}
-	docs, next, total, err := findPage[imageDoc](ctx, s.images, filter, createdAt, p)
+	docs, next, total, err := listShelves[imageDoc](ctx, s.imageShelves,
+		shelfQuery{owner: f.Owner, match: match, legacy: append(bson.D{{Key: "owner", Value: f.Owner}}, match...)}, p)
 	if err != nil {
 		return bus.List[bus.Image]{}, err
 	}

@@ -47,6 +47,9 @@ func TestQueriesUseIndexes(t *testing.T) {
 	if _, err := s.shelves.coll.InsertMany(ctx, counters); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.imageShelves.coll.InsertMany(ctx, counters); err != nil {
+		t.Fatal(err)
+	}
 	if err := server.SyncIndexes(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +83,9 @@ func TestQueriesUseIndexes(t *testing.T) {
 		{"annotations by image and author", CollAnnotations, []eq{{"image_id", `"img-7"`}, {"author", `"u7"`}}},
 		{"annotations by author's shelf", CollAnnotations, []eq{{"shelf", `"1:u7"`}}},
 		{"author's newest shelf", CollShelves, []eq{{"_id", `"u7"`}}},
+		{"images by owner's shelf", CollImages, []eq{{"shelf", `"1:o7"`}, {"catalogued", `true`}, {"deleted", `false`}}},
+		{"images by owner's shelf and tag", CollImages, []eq{{"shelf", `"1:o7"`}, {"catalogued", `true`}, {"deleted", `false`}, {"tags", `"t7"`}}},
+		{"owner's newest shelf", CollImageShelves, []eq{{"_id", `"o7"`}}},
 		{"annotation by id", CollAnnotations, []eq{{"_id", `"` + anns[5].ID + `"`}}},
 		{"images by owner", CollImages, []eq{{"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}}},
 		{"images by owner and tag", CollImages, []eq{{"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}, {"tags", `"t7"`}}},

@@ -40,12 +40,12 @@ type Store struct {
 	submissions *mongo.Collection
 	m           *Metrics
 
-	shelves *shelves
+	// An author's annotations and an owner's images are listed from
+	// shelves (shelves.go).
+	shelves, imageShelves *shelves
 
 	mu      sync.Mutex
 	indexed bool
-	// legacy: annotations from before shelves exist (nil: not known yet).
-	legacy *bool
 }
 
 // New returns a Store on db. Indexes are created on first use, so the
@@ -58,26 +58,11 @@ func New(db *mongo.Database, m *Metrics) *Store {
 		grades:      db.Collection(CollGrades),
 		submissions: db.Collection(CollGradeSubmissions),
 		m:           m,
-		shelves: &shelves{coll: db.Collection(CollShelves), annotations: db.Collection(CollAnnotations),
-			size: DefaultShelfSize, open: map[string]*openShelf{}},
+		shelves:      newShelves(db.Collection(CollShelves), db.Collection(CollAnnotations)),
+		imageShelves: newShelves(db.Collection(CollImageShelves), db.Collection(CollImages)),
 	}
 }
 
-// legacyAnnotations reports whether annotations stored before shelves
-// existed are present (see shelves.go), deciding it on first use.
-func (s *Store) legacyAnnotations(ctx context.Context) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.legacy != nil {
-		return *s.legacy, nil
-	}
-	l, err := s.shelves.markLegacy(ctx, s.annotations)
-	if err != nil {
-		return false, err
-	}
-	s.legacy = &l
-	return l, nil
-}
 
 // ItemError is a write the server refused for one document (not a
 // duplicate): a problem of that message, not of the database.
@@ -110,7 +95,7 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 		at   string // listed newest first by this field, with a cursor
 	}{
 		{s.annotations, []string{"image_id", "author", "shelf"}, createdAt},
-		{s.images, []string{"owner", "tags"}, createdAt},
+		{s.images, []string{"owner", "tags", "shelf"}, createdAt},
 		{s.grades, []string{"image_id"}, ""},
 		{s.submissions, []string{"image_id"}, submittedAt},
 	}
@@ -127,13 +112,11 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 			}
 		}
 	}
-	// Decided before the first annotation with a shelf is stored.
-	if s.legacy == nil {
-		l, err := s.shelves.markLegacy(ctx, s.annotations)
-		if err != nil {
+	// Decided before the first document with a shelf is stored.
+	for _, sh := range []*shelves{s.shelves, s.imageShelves} {
+		if _, err := sh.hasLegacy(ctx); err != nil {
 			return err
 		}
-		s.legacy = &l
 	}
 	s.indexed = true
 	return nil

@@ -761,7 +761,7 @@ func TestShelvesFreshStore(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
 	check(t)(s.InsertAnnotations(ctx, []*bus.AnnotationCreated{annotation("u", "", `{}`), annotation("u", "", `{}`)}))
-	if legacy, err := s.legacyAnnotations(ctx); err != nil || legacy {
+	if legacy, err := s.shelves.hasLegacy(ctx); err != nil || legacy {
 		t.Fatalf("legacy %v, %v; want false on a fresh store", legacy, err)
 	}
 	_, err := s.ListAnnotations(ctx, AnnotationFilter{Author: "u"}, Page{Limit: 1, After: &Cursor{At: time.Now(), ID: "x"}}, nil)
@@ -893,5 +893,80 @@ func TestResultsInOneBatch(t *testing.T) {
 		if want == bus.GradeStatusFailed && g.Reason != "undecodable image" || want == bus.GradeStatusCompleted && (g.Reason != "" || g.Label != "bag") {
 			t.Fatalf("%s: %+v", id, g)
 		}
+	}
+}
+
+// TestImageShelves walks an owner's catalogue through shelves of 5: every
+// live image once, newest first, by cursor, with and without a tag; images
+// from before shelves come last; a placeholder made by an early tags event
+// gets its shelf when the image is catalogued, and a replay keeps it.
+func TestImageShelves(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Millisecond)
+	var want, wantEven []string
+	for i := range 3 { // from before shelves
+		d := imageDoc{ID: fmt.Sprintf("old%d", i), Owner: "olga", Tags: []string{"even"}, Catalogued: true, CreatedAt: at.Add(time.Duration(i) * time.Second)}
+		if _, err := s.images.InsertOne(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		want, wantEven = append(want, d.ID), append(wantEven, d.ID)
+	}
+	s.imageShelves.size = 5
+	check(t)(s.ApplyCatalog(ctx, []bus.Event{tagsSet("early", "olga", "even")})) // a placeholder first
+	var evs []bus.Event
+	for i := range 17 {
+		tags := []string{"all"}
+		if i%2 == 0 {
+			tags = append(tags, "even")
+		}
+		id := fmt.Sprintf("img%02d", i)
+		if i == 16 {
+			id, tags = "early", []string{"all"} // newer than the tags event: these tags win
+		}
+		ev := catalogued(id, "olga", tags...)
+		ev.Time = at.Add(time.Minute + time.Duration(i)*time.Second)
+		evs = append(evs, ev, catalogued(fmt.Sprintf("dan%02d", i), "dan", "even"))
+		want = append(want, id)
+		if i%2 == 0 && id != "early" {
+			wantEven = append(wantEven, id)
+		}
+	}
+	check(t)(s.ApplyCatalog(ctx, evs))
+	check(t)(s.ApplyCatalog(ctx, evs[len(evs)-2:])) // a replay
+	slices.Reverse(want)
+	slices.Reverse(wantEven)
+	walk := func(tags []string, limit int64) []string {
+		t.Helper()
+		var got []string
+		p := Page{Limit: limit}
+		for range 100 {
+			l, err := s.ListImages(ctx, ImageFilter{Owner: "olga", Tags: tags}, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, im := range l.Data {
+				got = append(got, im.ID)
+			}
+			if l.Next == "" {
+				break
+			}
+			if p.After, err = ParseCursor(l.Next); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+	for _, limit := range []int64{1, 4, 7, 100} {
+		if got := walk(nil, limit); !slices.Equal(got, want) {
+			t.Fatalf("all, pages of %d:\ngot  %v\nwant %v", limit, got, want)
+		}
+		if got := walk([]string{"even"}, limit); !slices.Equal(got, wantEven) {
+			t.Fatalf("even, pages of %d:\ngot  %v\nwant %v", limit, got, wantEven)
+		}
+	}
+	d, ok, err := findOne[imageDoc](ctx, s.images, bson.D{{Key: "_id", Value: "early"}})
+	if err != nil || !ok || d.Shelf != "4:olga" {
+		t.Fatalf("placeholder catalogued: shelf %q, %v %v; want 4:olga (kept on replay)", d.Shelf, ok, err)
 	}
 }
