@@ -63,7 +63,8 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 	}
 	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: user, Annotation: ann}
 	ev.ID = idFor(c.UserContext(), "annotation")
-	if err := validAnnotationEvent(ev, ann); err != nil {
+	st, err := validAnnotationEvent(ev, ann)
+	if err != nil {
 		return nil, err
 	}
 	if req.ImageID != nil {
@@ -77,7 +78,7 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 		if err != nil {
 			return nil, err
 		}
-		if err := boxesFit(img, ann); err != nil {
+		if err := boxesFit(img, st); err != nil {
 			return nil, err
 		}
 	}
@@ -86,11 +87,10 @@ func (s *Server) parseAnnotation(c *fiber.Ctx, strict bool) (*bus.AnnotationCrea
 
 // boxesFit refuses boxes that reach outside the image, when its size is
 // known (the catalogue records it).
-func boxesFit(img bus.Image, ann []byte) error {
+func boxesFit(img bus.Image, st bus.Structure) error {
 	if img.Width <= 0 || img.Height <= 0 {
 		return nil
 	}
-	st, _ := bus.ParseStructure(ann)
 	if out := st.Outside(img.Width, img.Height); len(out) > 0 {
 		return invalid("boxes outside the image", out...)
 	}
@@ -118,22 +118,23 @@ func compactAnnotation(js json.RawMessage) ([]byte, error) {
 // validAnnotationEvent checks an annotation event by the contract's one
 // rule (its Validate, which applies bus.ValidateAnnotation), so the edge
 // accepts exactly what consumers accept and never publishes what they
-// would dead-letter.
-func validAnnotationEvent(ev bus.Event, ann []byte) error {
+// would dead-letter. It returns the annotation's label and boxes, which
+// are checked on the way in: exports and tools read them (stored
+// annotations stay as they were).
+func validAnnotationEvent(ev bus.Event, ann []byte) (bus.Structure, error) {
 	err := ev.Validate()
 	switch {
 	case err == nil:
-		// Label and boxes, when present, are what exports and tools read:
-		// checked on the way in (stored annotations stay as they were).
-		if _, details := bus.ParseStructure(ann); len(details) > 0 {
-			return invalid("invalid annotation", details...)
+		st, details := bus.ParseStructure(ann)
+		if len(details) > 0 {
+			return st, invalid("invalid annotation", details...)
 		}
-		return nil
+		return st, nil
 	case errors.Is(err, bus.ErrJSONTooLarge):
-		return &apiError{Status: http.StatusRequestEntityTooLarge, Message: "annotation too large",
+		return bus.Structure{}, &apiError{Status: http.StatusRequestEntityTooLarge, Message: "annotation too large",
 			Details: []string{fmt.Sprintf("annotation: %d bytes, at most %d", len(ann), bus.MaxAnnotationBytes)}}
 	default:
-		return invalid("invalid annotation", err.Error())
+		return bus.Structure{}, invalid("invalid annotation", err.Error())
 	}
 }
 
@@ -221,17 +222,18 @@ func (s *Server) updateAnnotation(c *fiber.Ctx) error {
 	// Checked before the lookup, as a creation is: a bad body is 422
 	// whether or not the annotation exists.
 	ev := &bus.AnnotationUpdated{Meta: bus.NewMeta(bus.TypeAnnotationUpdated), AnnotationID: c.Params("id"), Author: userOf(c), Annotation: ann}
-	if err := validAnnotationEvent(ev, ann); err != nil {
+	st, err := validAnnotationEvent(ev, ann)
+	if err != nil {
 		return err
 	}
 	an, err := s.authoredAnnotation(c)
 	if err != nil {
 		return err
 	}
-	if an.ImageID != "" && bytes.Contains(ann, []byte(`"boxes"`)) {
+	if an.ImageID != "" && len(st.Boxes) > 0 {
 		img, err := s.getImageMeta(c.UserContext(), an.Author, an.ImageID)
 		if err == nil {
-			err = boxesFit(img, ann)
+			err = boxesFit(img, st)
 		}
 		if err != nil && !isNotFound(err) {
 			return err // an image since deleted leaves no size to check

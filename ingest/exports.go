@@ -105,35 +105,40 @@ func (src *exportSource) walk(ctx context.Context, fn func(exportItem) error) er
 
 // fill reads the annotations (and predictions) of one image, every page.
 func (src *exportSource) fill(ctx context.Context, it *exportItem) error {
-	cursor := ""
-	for {
-		l, err := request[bus.List[bus.Annotation]](ctx, src.s, bus.SvcAnnotationsList,
-			bus.AnnotationsQuery{Viewer: src.user, ImageID: it.image.ID, Cursor: cursor, PerPage: bus.MaxPerPage,
-				AfterSeq: src.s.writes.after(src.user, bus.ConsumerAnnotator.Stream)})
+	anns, err := allPages[bus.Annotation](ctx, src.s, bus.SvcAnnotationsList, func(cursor string) any {
+		return bus.AnnotationsQuery{Viewer: src.user, ImageID: it.image.ID, Cursor: cursor, PerPage: bus.MaxPerPage,
+			AfterSeq: src.s.writes.after(src.user, bus.ConsumerAnnotator.Stream)}
+	})
+	if err != nil {
+		return err
+	}
+	for _, a := range anns {
+		st, _ := bus.ParseStructure(a.Annotation) // a malformed part of an old annotation is left out
+		it.annotations = append(it.annotations, exportAnnotation{a, st})
+	}
+	if src.predictions {
+		it.predictions, err = allPages[bus.Grade](ctx, src.s, bus.SvcGradesList, func(cursor string) any {
+			return bus.GradesQuery{Viewer: src.user, ImageID: it.image.ID, Cursor: cursor, PerPage: bus.MaxPerPage,
+				AfterSeq: src.s.writes.after(src.user, bus.ConsumerAnnotatorSubmissions.Stream)}
+		})
+	}
+	return err
+}
+
+// allPages asks a listing query service for every page, the query of each
+// made from the cursor of the page before ("" first).
+func allPages[T any](ctx context.Context, s *Server, subject string, query func(cursor string) any) ([]T, error) {
+	var out []T
+	for cursor := ""; ; {
+		l, err := request[bus.List[T]](ctx, s, subject, query(cursor))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		for _, a := range l.Data {
-			st, _ := bus.ParseStructure(a.Annotation) // a malformed part of an old annotation is left out
-			it.annotations = append(it.annotations, exportAnnotation{a, st})
-		}
+		out = append(out, l.Data...)
 		if cursor = l.Next; cursor == "" {
-			break
+			return out, nil
 		}
 	}
-	for cursor = ""; src.predictions; {
-		l, err := request[bus.List[bus.Grade]](ctx, src.s, bus.SvcGradesList,
-			bus.GradesQuery{Viewer: src.user, ImageID: it.image.ID, Cursor: cursor, PerPage: bus.MaxPerPage,
-				AfterSeq: src.s.writes.after(src.user, bus.ConsumerAnnotatorSubmissions.Stream)})
-		if err != nil {
-			return err
-		}
-		it.predictions = append(it.predictions, l.Data...)
-		if cursor = l.Next; cursor == "" {
-			break
-		}
-	}
-	return nil
 }
 
 // stream sends the export's body from write, after the handler returns,

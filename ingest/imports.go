@@ -123,10 +123,10 @@ func (imp *importer) annotation(ti, ai int, id string, a lsAnnotation) (skipped 
 	}
 	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), ImageID: id, Author: imp.user, Annotation: ann}
 	ev.ID = idFor(imp.ctx, fmt.Sprintf("labelstudio/%d/%d", ti, ai))
-	if err := validAnnotationEvent(ev, ann); err != nil {
+	if _, err := validAnnotationEvent(ev, ann); err != nil {
 		return err.Error(), nil
 	}
-	if err := boxesFit(*img, ann); err != nil {
+	if err := boxesFit(*img, st); err != nil {
 		return err.Error(), nil
 	}
 	if err := imp.s.publish(imp.ctx, ev); err != nil {

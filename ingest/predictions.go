@@ -67,20 +67,16 @@ func (s *Server) annotateFromPrediction(c *fiber.Ctx) error {
 	case g.Status != bus.GradeStatusCompleted:
 		return errorf(http.StatusConflict, "grade %s is %s: only a completed grade is a prediction", g.ID, g.Status)
 	}
-	model := g.Model
-	if g.ModelVersion != "" {
-		model += "@" + g.ModelVersion
-	}
 	ann, err := json.Marshal(struct {
 		bus.Structure
 		Model string `json:"model"`
-	}{bus.Structure{Label: g.Label, Score: g.Score, FromGrade: g.ID}, model})
+	}{bus.Structure{Label: g.Label, Score: g.Score, FromGrade: g.ID}, modelAt(g)})
 	if err != nil {
 		return err
 	}
 	ev := &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), ImageID: img.ID, Author: user, Annotation: ann}
 	ev.ID = idFor(ctx, "annotation")
-	if err := validAnnotationEvent(ev, ann); err != nil {
+	if _, err := validAnnotationEvent(ev, ann); err != nil {
 		return err
 	}
 	if err := s.publish(ctx, ev); err != nil {

@@ -34,8 +34,8 @@ func regrade(ctx context.Context, args []string, out io.Writer, now time.Time) e
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("regrade: %w\n%s", err, usage)
 	}
-	name, version, ok := strings.Cut(*model, "@")
-	if !ok || name == "" || version == "" {
+	name, version := bus.SplitModelRef(*model)
+	if name == "" || version == "" {
 		return fmt.Errorf("regrade: --model NAME@VERSION is required (e.g. fashion@2)\n%s", usage)
 	}
 	from, err := parseSince(*since, now)
@@ -124,7 +124,10 @@ func (r *regradeRun) gradeSubmissions(ctx context.Context, from time.Time) error
 		var data [][]byte
 		for _, ev := range batch {
 			s, ok := ev.(*bus.ImageSubmitted)
-			if !ok || strings.SplitN(s.Model, "@", 2)[0] != r.name {
+			if !ok {
+				continue
+			}
+			if name, _ := bus.SplitModelRef(s.Model); name != r.name {
 				continue
 			}
 			r.seen++
