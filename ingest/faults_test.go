@@ -1,11 +1,13 @@
 package ingest_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"syscall"
@@ -130,6 +132,97 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 		t.Fatal("a request after shutdown was answered")
 	} else {
 		t.Logf("after shutdown: %v", fmt.Sprint(err))
+	}
+}
+
+// gatedListener stops taking connections from the accept queue once
+// paused, until it is closed: connections made meanwhile wait in the
+// kernel's queue, as they do on a busy server at the moment of shutdown.
+type gatedListener struct {
+	*net.TCPListener // SyscallConn too, as the edge's own listener has
+	mu      sync.Mutex
+	paused  bool
+	waiting chan struct{} // closed when Accept waits at the gate
+	closed  chan struct{}
+	once    sync.Once
+	wait    sync.Once
+}
+
+func (g *gatedListener) Accept() (net.Conn, error) {
+	g.mu.Lock()
+	paused := g.paused
+	g.mu.Unlock()
+	if paused {
+		g.wait.Do(func() { close(g.waiting) })
+		<-g.closed
+	}
+	return g.TCPListener.Accept()
+}
+
+func (g *gatedListener) Close() error {
+	g.once.Do(func() { close(g.closed) })
+	return g.TCPListener.Close()
+}
+
+// TestShutdownAnswersQueuedConnections: requests from clients whose
+// connection was still in the kernel's accept queue when the shutdown
+// began are answered, not reset by the listener's close (the cause of a
+// flaky TestShutdownAnswersRequestsInFlight under load in CI); and a
+// connection whose client sent nothing does not make Shutdown time out.
+func TestShutdownAnswersQueuedConnections(t *testing.T) {
+	inner, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedListener{TCPListener: inner, waiting: make(chan struct{}), closed: make(chan struct{})}
+	s := serveIngest(t, testConfig(), g)
+	c, _ := s.newUser(t)
+
+	// Pause, then push the accept loop out of its current Accept with one
+	// connection, so that it waits at the gate.
+	g.mu.Lock()
+	g.paused = true
+	g.mu.Unlock()
+	push, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// push stays open and silent, as a load balancer's spare connection
+	// does: it holds no request, and must not hold the shutdown.
+	defer push.Close()
+	<-g.waiting
+
+	body := `{"annotation":{"label":"queued"}}`
+	req := fmt.Sprintf("POST /api/v1/annotations HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", c.token, len(body), body)
+	const n = 5
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		if conns[i], err = net.Dial("tcp", inner.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		defer conns[i].Close()
+		if _, err := io.WriteString(conns[i], req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(ingest.ShutdownTimeout) }()
+	for i, conn := range conns {
+		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Errorf("queued connection %d: %v", i, err)
+			continue
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusAccepted || !res.Close {
+			t.Errorf("queued connection %d: status %d, close %v; want 202 with Connection: close", i, res.StatusCode, res.Close)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
 	}
 }
 

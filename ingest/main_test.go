@@ -153,23 +153,34 @@ type testServer struct {
 }
 
 // startIngest runs an ingest server on a loopback port for the test.
+// testConfig is an edge on the test's NATS and store, with a database
+// of its own.
+func testConfig() ingest.Config {
+	return ingest.Config{
+		NATSURL: natsURL, MongoURI: mongoURI, Database: fmt.Sprintf("ingest_test_%d", dbSeq.Add(1)),
+		JWTSecret: secret, SignupCode: "letmein", Logger: quiet, Registerer: prometheus.NewRegistry(), GradeWait: 20 * time.Second,
+	}
+}
+
 func startIngest(t testing.TB, mutate ...func(*ingest.Config)) *testServer {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	cfg := ingest.Config{
-		NATSURL: natsURL, MongoURI: mongoURI, Database: fmt.Sprintf("ingest_test_%d", dbSeq.Add(1)),
-		JWTSecret: secret, SignupCode: "letmein", Logger: quiet, Registerer: reg, GradeWait: 20 * time.Second,
-	}
+	cfg := testConfig()
 	for _, f := range mutate {
 		f(&cfg)
-	}
-	srv, err := ingest.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("ingest.New: %v", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	return serveIngest(t, cfg, ln)
+}
+
+// serveIngest serves an edge with cfg on ln until the test ends.
+func serveIngest(t testing.TB, cfg ingest.Config, ln net.Listener) *testServer {
+	t.Helper()
+	srv, err := ingest.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("ingest.New: %v", err)
 	}
 	served := make(chan struct{})
 	go func() {
@@ -181,7 +192,7 @@ func startIngest(t testing.TB, mutate ...func(*ingest.Config)) *testServer {
 		<-served
 		srv.Close()
 	})
-	return &testServer{Server: srv, URL: "http://" + ln.Addr().String(), Reg: reg, Cfg: cfg}
+	return &testServer{Server: srv, URL: "http://" + ln.Addr().String(), Reg: cfg.Registerer.(*prometheus.Registry), Cfg: cfg}
 }
 
 // client is an HTTP client bound to a server, optionally with a token.

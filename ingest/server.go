@@ -65,8 +65,9 @@ type Server struct {
 	stopOnce sync.Once
 	lnMu     sync.Mutex
 	ln       *onceListener
-	// active counts connections reading or answering a request.
-	active atomic.Int64
+	// conns holds the open client connections (*edgeConn) and their
+	// fasthttp state.
+	conns sync.Map
 	// storageProblem names why the event store cannot store now (a full
 	// disk), for the 503 of a failed publish; nil when not known here.
 	storageProblem atomic.Pointer[func() string]
@@ -95,9 +96,18 @@ const drainGrace = time.Second
 // onceListener lets Shutdown close the listener first (stop accepting)
 // while fasthttp closes it again later: the second Close must not fail,
 // or fasthttp would skip closing idle connections.
+//
+// Closing a listening socket resets the connections still in the kernel's
+// accept queue: clients that connected and sent their request before the
+// shutdown, and got no answer. stopAccepting takes them from the queue
+// first and hands them to the server's accept loop before it sees the
+// close.
 type onceListener struct {
 	net.Listener
 	once sync.Once
+
+	mu     sync.Mutex
+	queued []net.Conn // taken from the accept queue by stopAccepting
 }
 
 func (l *onceListener) Close() error {
@@ -105,6 +115,51 @@ func (l *onceListener) Close() error {
 	l.once.Do(func() { err = l.Listener.Close() })
 	return err
 }
+
+// stopAccepting takes the connections the kernel already accepted, then
+// closes the listener.
+func (l *onceListener) stopAccepting() {
+	queued := acceptQueued(l.Listener)
+	l.mu.Lock()
+	l.queued = append(l.queued, queued...)
+	l.mu.Unlock()
+	_ = l.Close()
+}
+
+// Accept returns the connections stopAccepting took before the error that
+// tells the server the listener is closed.
+func (l *onceListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		return &edgeConn{Conn: c}, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.queued) > 0 {
+		c, l.queued = l.queued[0], l.queued[1:]
+		return &edgeConn{Conn: c}, nil
+	}
+	return nil, err
+}
+
+// edgeConn is a client connection that records whether its client has
+// sent anything, for Shutdown.
+type edgeConn struct {
+	net.Conn
+	heard atomic.Bool
+}
+
+func (c *edgeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.heard.Load() {
+		c.heard.Store(true)
+	}
+	return n, err
+}
+
+// silent reports a connection whose client has sent nothing, and has
+// nothing waiting to be read.
+func (c *edgeConn) silent() bool { return !c.heard.Load() && !hasPending(c.Conn) }
 
 // New connects to NATS and MongoDB, waits for the streams the operator
 // creates (bus.EnsureService), opens its key-value buckets, subscribes
@@ -220,19 +275,11 @@ func (s *Server) newApp() *fiber.App {
 	// keep-alive client reconnects (to another replica) instead of sending
 	// its next request into a connection about to close.
 	app.Server().CloseOnShutdown = true
-	var states sync.Map // net.Conn → fasthttp.ConnState
 	app.Server().ConnState = func(c net.Conn, st fasthttp.ConnState) {
-		prev, _ := states.Load(c)
-		if prev == fasthttp.StateActive {
-			s.active.Add(-1)
-		}
-		if st == fasthttp.StateActive {
-			s.active.Add(1)
-		}
 		if st == fasthttp.StateClosed || st == fasthttp.StateHijacked {
-			states.Delete(c)
+			s.conns.Delete(c)
 		} else {
-			states.Store(c, st)
+			s.conns.Store(c, st)
 		}
 	}
 	app.Use(func(c *fiber.Ctx) error {
@@ -271,6 +318,32 @@ func (s *Server) isStopping() bool {
 	}
 }
 
+// busy reports whether a client has a request on its way or being
+// answered: fasthttp counts a connection active from its accept, before
+// its client has sent anything.
+func (s *Server) busy() bool {
+	busy := false
+	s.conns.Range(func(c, st any) bool {
+		ec, ok := c.(*edgeConn)
+		busy = st == fasthttp.StateActive && (!ok || ec.heard.Load())
+		return !busy
+	})
+	return busy
+}
+
+// closeSilent closes the connections whose client has sent nothing (a
+// load balancer's spare connection, a client that connected and stalled):
+// no request is in flight on them, and fasthttp would wait for them until
+// the shutdown times out.
+func (s *Server) closeSilent() {
+	s.conns.Range(func(c, st any) bool {
+		if ec, ok := c.(*edgeConn); ok && st == fasthttp.StateActive && ec.silent() {
+			_ = ec.Close()
+		}
+		return true
+	})
+}
+
 // drain waits until no connection has been busy for a moment, at most
 // grace: requests arriving on open keep-alive connections are answered.
 func (s *Server) drain(grace time.Duration) {
@@ -278,7 +351,7 @@ func (s *Server) drain(grace time.Duration) {
 	end := time.Now().Add(grace)
 	idleSince := time.Now()
 	for time.Now().Before(end) {
-		if s.active.Load() > 0 {
+		if s.busy() {
 			idleSince = time.Now()
 		} else if time.Since(idleSince) >= quiet {
 			return
@@ -301,8 +374,9 @@ func (s *Server) Shutdown(timeout time.Duration) error {
 		ln := s.ln
 		s.lnMu.Unlock()
 		if ln != nil {
-			_ = ln.Close()
+			ln.stopAccepting()
 			s.drain(min(drainGrace, timeout/2))
+			s.closeSilent()
 		}
 		timeout = time.Until(deadline)
 	}
