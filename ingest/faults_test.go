@@ -140,12 +140,12 @@ func TestShutdownAnswersRequestsInFlight(t *testing.T) {
 // kernel's queue, as they do on a busy server at the moment of shutdown.
 type gatedListener struct {
 	*net.TCPListener // SyscallConn too, as the edge's own listener has
-	mu      sync.Mutex
-	paused  bool
-	waiting chan struct{} // closed when Accept waits at the gate
-	closed  chan struct{}
-	once    sync.Once
-	wait    sync.Once
+	mu               sync.Mutex
+	paused           bool
+	waiting          chan struct{} // closed when Accept waits at the gate
+	closed           chan struct{}
+	once             sync.Once
+	wait             sync.Once
 }
 
 func (g *gatedListener) Accept() (net.Conn, error) {
