@@ -97,6 +97,9 @@ var Access = []ServiceAccess{
 		PublishesTo: []string{StreamGrades},
 		Answers:     []string{svcPrefix + "models.>"},
 		Objects:     ObjectsRead,
+		// What the repository API unloaded, shared by every replica
+		// (created by `gradeline setup`).
+		Buckets: []string{ModelStateBucket},
 	},
 	{
 		User:    UserAnnotator,
@@ -245,8 +248,9 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	case ObjectsRead:
 		pub = append(pub, readStream(ObjectStream())...)
 	}
-	// Its key-value buckets are its own state (one owner: the edge), so
-	// it creates and updates them itself.
+	// Its key-value buckets are its own state: the edge creates and
+	// updates its buckets itself (inference finds the model state bucket
+	// made by `gradeline setup`, and never creates it).
 	for _, b := range a.Buckets {
 		kv := "KV_" + b
 		pub = append(pub, "$KV."+b+".>",

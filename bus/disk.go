@@ -15,7 +15,7 @@ func StoreReservation(opt TopologyOptions) int64 {
 	for _, s := range Streams {
 		sum += StreamMaxBytes(s, opt)
 	}
-	return sum + ImageBucketMaxBytes + IdempotencyBucketMaxBytes
+	return sum + ImageBucketMaxBytes + IdempotencyBucketMaxBytes + ModelStateBucketMaxBytes
 }
 
 // StreamMaxBytes is the size bound of stream s under opt (its MaxBytes

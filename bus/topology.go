@@ -92,6 +92,20 @@ const (
 // ImageBucket is the object store bucket that holds image bytes.
 const ImageBucket = "gradeline-images"
 
+// ModelStateBucket is the key-value bucket that remembers the models
+// unloaded through the repository API (POST
+// /v2/repository/models/{m}/unload): key the model's name, value
+// ModelStateUnloaded; a load deletes the key. Every inference replica
+// applies it at start and watches it, so replicas, and a replica that
+// restarts, agree on what is unloaded. `gradeline setup` creates it with
+// the streams.
+const (
+	ModelStateBucket   = "gradeline-model-state"
+	ModelStateUnloaded = "unloaded"
+	// ModelStateBucketMaxBytes bounds it: one small entry per model.
+	ModelStateBucketMaxBytes = 1 << 20
+)
+
 // DuplicateWindow is how long a stream remembers message ids: a publish
 // retried within it is stored once.
 const DuplicateWindow = 2 * time.Minute
@@ -315,7 +329,10 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opt TopologyOpti
 			return fmt.Errorf("bus: stream %s: %w", s.Name, err)
 		}
 	}
-	return ensureImageBucket(ctx, js, opt.Replicas)
+	if err := ensureImageBucket(ctx, js, opt.Replicas); err != nil {
+		return err
+	}
+	return ensureModelStateBucket(ctx, js, opt.Replicas)
 }
 
 // EnsureConsumers creates or updates the durable consumers that belong to
@@ -585,6 +602,44 @@ func ensureImageBucket(ctx context.Context, js jetstream.JetStream, replicas int
 		return fmt.Errorf("bus: object store %s: %w", ImageBucket, err)
 	}
 	return nil
+}
+
+// ensureModelStateBucket creates the model state bucket when it is
+// missing; like the image bucket, an existing one is left as it is.
+func ensureModelStateBucket(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := js.KeyValue(ctx, ModelStateBucket)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("bus: key-value bucket %s: %w", ModelStateBucket, err)
+	}
+	_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      ModelStateBucket,
+		Description: "models unloaded through the repository API, for every inference replica",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(1, replicas),
+		MaxBytes:    ModelStateBucketMaxBytes,
+	})
+	if err != nil {
+		return fmt.Errorf("bus: key-value bucket %s: %w", ModelStateBucket, err)
+	}
+	return nil
+}
+
+// ModelStateStore returns the model state bucket. It never creates it
+// (EnsureStreams does): a missing bucket is an error wrapping
+// ErrStreamsMissing.
+func ModelStateStore(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, ModelStateBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("bus: key-value bucket %s: %w: %s", ModelStateBucket, ErrStreamsMissing, SetupHint)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: key-value bucket %s: %w", ModelStateBucket, err)
+	}
+	return kv, nil
 }
 
 // EnvReplicas is the environment variable that sets the replicas of every

@@ -710,6 +710,14 @@ func (r *Registry) Unload(name string) error {
 	return nil
 }
 
+// Unloaded reports whether the model called name is unloaded through the
+// repository API (Unload, until Load).
+func (r *Registry) Unloaded(name string) bool {
+	r.scanMu.Lock()
+	defer r.scanMu.Unlock()
+	return r.unloaded[name]
+}
+
 // Load reads the model called name from its folder again and serves it
 // (after an Unload, or to retry versions that failed to load). The error
 // says why no version serves.

@@ -126,6 +126,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	s := &server{reg: reg, js: js, objects: newObjectReader(ctx, js, store), log: log, m: m}
+	// What the repository API unloaded stays unloaded across restarts and
+	// on every replica: applied before anything is served.
+	if s.state, err = openModelState(ctx, js, reg, log); err != nil {
+		return err
+	}
 
 	svc, err := bus.AddService(nc, "inference", "1.0.0", "lists the models the inference service grades with",
 		bus.Endpoint{Name: "models-list", Subject: bus.SvcModelsList,
@@ -176,26 +181,31 @@ type server struct {
 	objects *objectReader
 	log     *slog.Logger
 	m       *metrics
+	state   *modelState
 }
 
-// repository loads or unloads a model (bus.ModelRepositoryQuery) and
+// repository loads or unloads a model (bus.ModelRepositoryQuery), which
+// the model state bucket remembers for every replica and restart, and
 // answers the model as this replica serves it afterwards.
-func (s *server) repository(_ context.Context, q bus.ModelRepositoryQuery) (bus.ModelInfo, error) {
+func (s *server) repository(ctx context.Context, q bus.ModelRepositoryQuery) (bus.ModelInfo, error) {
 	if !nameRE.MatchString(q.Model) {
 		return bus.ModelInfo{}, bus.Errorf(bus.CodeNotFound, "unknown model %q", q.Model)
 	}
 	var err error
 	switch q.Action {
 	case bus.ModelLoad:
-		err = s.reg.Load(q.Model)
+		err = s.state.load(ctx, q.Model)
 	case bus.ModelUnload:
-		err = s.reg.Unload(q.Model)
+		err = s.state.unload(ctx, q.Model)
 	default:
 		return bus.ModelInfo{}, bus.Errorf(bus.CodeUnprocessable, "action %q: want %s or %s", q.Action, bus.ModelLoad, bus.ModelUnload)
 	}
+	var be *bus.Error
 	switch {
 	case errors.Is(err, ErrUnknownModel):
 		return bus.ModelInfo{}, &bus.Error{Code: bus.CodeNotFound, Message: err.Error()}
+	case errors.As(err, &be):
+		return bus.ModelInfo{}, be
 	case err != nil:
 		return bus.ModelInfo{}, &bus.Error{Code: bus.CodeBadRequest, Message: fmt.Sprintf("model %s failed to load: %v", q.Model, err)}
 	}

@@ -12,8 +12,9 @@
 // services pick the replay up while running; their writes are keyed by
 // event id, so events already stored are not stored twice.
 //
-// setup creates or updates every stream of the bus table and the image
-// bucket (bus.EnsureStreams): the deploy step before the services start,
+// setup creates or updates every stream of the bus table, the image
+// bucket and the model state bucket (bus.EnsureStreams): the deploy step
+// before the services start,
 // and again after an upgrade that changes the table. It is the only writer
 // of the streams' settings: the services' NATS users may not create or
 // update a stream, and a service started before it waits for its streams
@@ -185,6 +186,7 @@ func setup(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "stream %s (%d replicas)\n", st.Name, *replicas)
 	}
 	fmt.Fprintf(out, "object store %s\n", bus.ImageBucket)
+	fmt.Fprintf(out, "key-value bucket %s\n", bus.ModelStateBucket)
 	fmt.Fprintln(out, "the services create their own durable consumers at start")
 	return nil
 }

@@ -54,7 +54,8 @@ func TestParseSince(t *testing.T) {
 }
 
 // TestSetupCreatesTheStreams: `gradeline setup` on an empty server creates
-// every stream of the table and the image bucket, and no consumer (each
+// every stream of the table, the image bucket and the model state bucket,
+// and no consumer (each
 // service ensures its own); a second run changes nothing.
 func TestSetupCreatesTheStreams(t *testing.T) {
 	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
@@ -69,7 +70,8 @@ func TestSetupCreatesTheStreams(t *testing.T) {
 		if err := run(ctx, []string{"setup", "--max-bytes-scale", "0.01"}, &out, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out.String(), "stream IMAGES (1 replicas)\n") || !strings.Contains(out.String(), "object store "+bus.ImageBucket) {
+		if !strings.Contains(out.String(), "stream IMAGES (1 replicas)\n") || !strings.Contains(out.String(), "object store "+bus.ImageBucket) ||
+			!strings.Contains(out.String(), "key-value bucket "+bus.ModelStateBucket) {
 			t.Fatalf("setup output %q", out.String())
 		}
 	}
@@ -89,6 +91,9 @@ func TestSetupCreatesTheStreams(t *testing.T) {
 	}
 	if _, err := js.ObjectStore(ctx, bus.ImageBucket); err != nil {
 		t.Errorf("image bucket: %v", err)
+	}
+	if _, err := bus.ModelStateStore(ctx, js); err != nil {
+		t.Errorf("model state bucket: %v", err)
 	}
 	for _, user := range []string{bus.UserIngest, bus.UserInference, bus.UserAnnotator, bus.UserAnalytics} {
 		if err := bus.CheckStreams(ctx, js, user); err != nil {
