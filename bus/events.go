@@ -94,18 +94,45 @@ func (e *AnnotationDeleted) Validate() error {
 	return nil
 }
 
-// ImageRef locates image bytes in the object store (claim check): events
-// carry the object name and digest, never the bytes.
+// MaxInlineImageBytes is the largest image an ImageSubmitted carries inline
+// (ImageRef.Data) instead of in the object store. Inline bytes save the
+// submission two object-store round trips (the edge's put, inference's
+// get), which cost more than grading a small image; the bound keeps the
+// events small (about 11 KiB in JSON at most), so the IMAGES stream still
+// holds about 95,000 inline submissions at the least in its size bound,
+// and a replay still grades them from the stream alone.
+const MaxInlineImageBytes = 8 << 10
+
+// ImageRef locates image bytes (claim check): events carry the object name
+// and digest, and the bytes themselves only when the image is small.
 type ImageRef struct {
+	// Object is the image's name in the object store bucket ImageBucket;
+	// an image sent inline (Data) is named but not stored there.
 	Object      string `json:"object"`
 	SHA256      string `json:"sha256"`
 	ContentType string `json:"content_type"`
 	Size        int64  `json:"size"`
+	// Data, when present, holds the image bytes themselves (base64 in
+	// JSON, at most MaxInlineImageBytes): readers take them from here,
+	// not from the object store. Absent in events from before it was
+	// added and for larger or catalogued images, which are in the store.
+	Data []byte `json:"data,omitempty"`
 }
+
+// Inline reports whether the event carries the bytes (Data).
+func (r ImageRef) Inline() bool { return r.Data != nil }
 
 func (r ImageRef) validate() error {
 	if r.Object == "" || len(r.SHA256) != 64 {
 		return errors.New("image object and sha256 are required")
+	}
+	if r.Data != nil {
+		if len(r.Data) > MaxInlineImageBytes {
+			return fmt.Errorf("inline image data of %d bytes exceeds %d", len(r.Data), MaxInlineImageBytes)
+		}
+		if int64(len(r.Data)) != r.Size {
+			return fmt.Errorf("inline image data has %d bytes, size says %d", len(r.Data), r.Size)
+		}
 	}
 	return nil
 }
@@ -132,8 +159,10 @@ type ImageSubmitted struct {
 }
 
 // Validate requires the image id, owner and model, a complete image
-// reference (object name and sha256), and a callback URL, if any, of
-// the allowed form (CheckCallbackURL).
+// reference (object name and sha256; inline data within
+// MaxInlineImageBytes and of the stated size), and a callback URL, if
+// any, of the allowed form (CheckCallbackURL). A catalogued image is
+// never inline: it is graded from the store, where the catalogue keeps it.
 func (e *ImageSubmitted) Validate() error {
 	if e.ImageID == "" || e.Model == "" || e.Owner == "" {
 		return errors.New("image_id, owner and model are required")
@@ -142,6 +171,9 @@ func (e *ImageSubmitted) Validate() error {
 		if err := CheckCallbackURL(e.CallbackURL); err != nil {
 			return fmt.Errorf("callback_url: %w", err)
 		}
+	}
+	if e.Catalogued && e.Image.Inline() {
+		return errors.New("image: a catalogued image is in the object store, not inline")
 	}
 	return e.Image.validate()
 }
@@ -210,10 +242,15 @@ type ImageCatalogued struct {
 	Image    ImageRef `json:"image"`
 }
 
-// Validate requires the image id and owner and a complete image reference.
+// Validate requires the image id and owner and a complete image reference
+// to the object store: a catalogue image is read back from there (by the
+// edge, exports, grades of it), so it never travels inline.
 func (e *ImageCatalogued) Validate() error {
 	if e.ImageID == "" || e.Owner == "" {
 		return errors.New("image_id and owner are required")
+	}
+	if e.Image.Inline() {
+		return errors.New("image: a catalogue image is in the object store, not inline")
 	}
 	return e.Image.validate()
 }
