@@ -33,7 +33,8 @@ const BucketWebhookSecrets = "gradeline-webhook-secrets"
 const (
 	// CallbackDelivered: the receiver answered 2xx.
 	CallbackDelivered = "delivered"
-	// CallbackRetrying: the attempt failed and another is scheduled.
+	// CallbackRetrying: the attempt failed and another is scheduled:
+	// after the backoff, or when the receiver's Retry-After says (429, 503).
 	CallbackRetrying = "retrying"
 	// CallbackGaveUp: the attempt failed and no other follows (a 4xx
 	// other than 408 and 429, a refused address, or the last attempt).
@@ -55,6 +56,9 @@ type CallbackAttempt struct {
 	Outcome    string  `json:"outcome"`
 	// NextAttemptAt is when the next attempt is due (retrying only).
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	// RetryAfter is the receiver's Retry-After header as it came (a 429
+	// or 503 that had one): NextAttemptAt then follows it, within bounds.
+	RetryAfter string `json:"retry_after,omitempty"`
 }
 
 // GradeCallbackAttempted records one attempt to deliver the result of
@@ -71,6 +75,9 @@ type GradeCallbackAttempted struct {
 	Outcome    string  `json:"outcome"`
 	// NextAttemptAt is when the next attempt is due (retrying only).
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	// RetryAfter is the receiver's Retry-After header as it came (a 429
+	// or 503 that had one): NextAttemptAt then follows it, within bounds.
+	RetryAfter string `json:"retry_after,omitempty"`
 }
 
 // Validate requires the grade id, owner, URL, an attempt number from 1 and
@@ -93,7 +100,7 @@ func (e *GradeCallbackAttempted) Validate() error {
 // attempt started.
 func (e *GradeCallbackAttempted) Record() CallbackAttempt {
 	return CallbackAttempt{Attempt: e.Attempt, At: e.Time.UTC(), URL: e.URL, StatusCode: e.StatusCode, Error: e.Error,
-		DurationMS: e.DurationMS, Outcome: e.Outcome, NextAttemptAt: e.NextAttemptAt}
+		DurationMS: e.DurationMS, Outcome: e.Outcome, NextAttemptAt: e.NextAttemptAt, RetryAfter: e.RetryAfter}
 }
 
 // MaxCallbackURL bounds the length of a callback URL.

@@ -27,6 +27,8 @@ type Delivery struct {
 	seq     uint64
 	outcome outcome
 	reason  string
+	// delay replaces the Backoff of a Retry when set (RetryAfter).
+	delay time.Duration
 }
 
 type outcome int
@@ -44,6 +46,14 @@ func (d *Delivery) Reject(reason string) { d.outcome, d.reason = outcomeReject, 
 // Retry naks the message with backoff because of a failure specific to it.
 // After ConsumeOptions.MaxDeliveries such failures it is dead-lettered.
 func (d *Delivery) Retry(err error) { d.outcome, d.reason = outcomeRetry, err.Error() }
+
+// RetryAfter is Retry with the nak delay the handler knows better than the
+// backoff (a receiver's Retry-After, say); delay <= 0 means the backoff.
+// The delivery limit applies as for Retry.
+func (d *Delivery) RetryAfter(err error, delay time.Duration) {
+	d.Retry(err)
+	d.delay = delay
+}
 
 // Handler processes a batch. Returning an error means the batch could not
 // be handled at all (a dependency is down): every message is naked with
@@ -275,8 +285,12 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 				c.deadLetter(d.Ctx, d.msg, md, fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, d.reason))
 				continue
 			}
-			Log(d.Ctx, c.log).Warn("event will be retried", "id", d.Event.EventMeta().ID, "delivery", d.NumDelivered, "reason", d.reason)
-			_ = d.msg.NakWithDelay(c.opt.Backoff(d.NumDelivered))
+			delay := c.opt.Backoff(d.NumDelivered)
+			if d.delay > 0 {
+				delay = d.delay
+			}
+			Log(d.Ctx, c.log).Warn("event will be retried", "id", d.Event.EventMeta().ID, "delivery", d.NumDelivered, "reason", d.reason, "delay", delay)
+			_ = d.msg.NakWithDelay(delay)
 		}
 	}
 }

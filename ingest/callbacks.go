@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -30,8 +31,9 @@ import (
 // there, signed with its owner's webhook secret. The submission carries
 // the URL and inference copies it onto the result, so the edge's durable
 // consumer ingest-callbacks (GRADES) only acks results without one. A
-// failed attempt is naked with the next retry's delay: the schedule lives
-// on the server and survives a restart of the edge. Every attempt is
+// failed attempt is naked with the next retry's delay (the backoff, or
+// the receiver's Retry-After on a 429 or 503): the schedule lives on the
+// server and survives a restart of the edge. Every attempt is
 // published as grade.callback_attempted, which the annotator stores and
 // lists on the grade.
 
@@ -51,7 +53,40 @@ const (
 	callbackParallel = 32
 	// callbackResolveTimeout bounds the look-up of a callback host at submission.
 	callbackResolveTimeout = 3 * time.Second
+	// callbackRetryAfterMin and callbackRetryAfterMax bound the delay a
+	// receiver's Retry-After sets: no sooner than the first backoff (a
+	// "0" or a past date must not make a busy loop), no later than the
+	// backoff's ceiling (a receiver cannot park a result for days).
+	callbackRetryAfterMin = time.Second
+	callbackRetryAfterMax = 30 * time.Minute
+	// callbackRetryAfterLen bounds the Retry-After text kept on the record.
+	callbackRetryAfterLen = 64
 )
+
+// retryAfter reads a Retry-After value (RFC 9110: delay-seconds or an
+// HTTP-date) at now as a delay within [callbackRetryAfterMin,
+// callbackRetryAfterMax]; ok is false when v is neither form.
+func retryAfter(v string, now time.Time) (d time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || secs > uint64(callbackRetryAfterMax/time.Second) {
+			// Digits beyond uint64 or beyond the ceiling: the ceiling.
+			return callbackRetryAfterMax, true
+		}
+		d = time.Duration(secs) * time.Second
+	} else {
+		t, err := http.ParseTime(v)
+		if err != nil {
+			return 0, false
+		}
+		d = t.Sub(now)
+	}
+	return min(max(d, callbackRetryAfterMin), callbackRetryAfterMax), true
+}
 
 // callbackBackoff is the delay before attempt n+1: 1s doubled per
 // attempt (1s, 2s, 4s ...), at most 30 minutes.
@@ -384,9 +419,19 @@ func (cb *callbacker) deliver(ctx context.Context, d *bus.Delivery, u, grade, ow
 	n := int(d.NumDelivered)
 	rec := &bus.GradeCallbackAttempted{Meta: bus.NewMeta(bus.TypeGradeCallbackAttempted), GradeID: grade, Owner: owner, URL: u, Attempt: n}
 	start := time.Now()
-	status, err := cb.attempt(ctx, d, u, grade, owner, n)
+	status, after, err := cb.attempt(ctx, d, u, grade, owner, n)
 	rec.DurationMS = float64(time.Since(start).Microseconds()) / 1000
 	rec.StatusCode = status
+	// A 429 or 503 that says when to come back sets the next delay
+	// instead of the backoff (0: the backoff).
+	var delay time.Duration
+	if (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) && after != "" {
+		rec.RetryAfter = after
+		if len(after) > callbackRetryAfterLen {
+			rec.RetryAfter = after[:callbackRetryAfterLen]
+		}
+		delay, _ = retryAfter(after, time.Now())
+	}
 	var refused *refusedAddrError
 	switch {
 	case err == nil && status >= 200 && status < 300:
@@ -399,7 +444,11 @@ func (cb *callbacker) deliver(ctx context.Context, d *bus.Delivery, u, grade, ow
 		rec.Outcome = bus.CallbackGaveUp
 	default:
 		rec.Outcome = bus.CallbackRetrying
-		rec.NextAttemptAt = time.Now().Add(callbackBackoff(d.NumDelivered)).UTC().Truncate(time.Millisecond)
+		next := delay
+		if next <= 0 {
+			next = callbackBackoff(d.NumDelivered)
+		}
+		rec.NextAttemptAt = time.Now().Add(next).UTC().Truncate(time.Millisecond)
 	}
 	if rec.Error == "" {
 		switch {
@@ -422,8 +471,8 @@ func (cb *callbacker) deliver(ctx context.Context, d *bus.Delivery, u, grade, ow
 	}
 	switch rec.Outcome {
 	case bus.CallbackRetrying:
-		log.Info("callback failed; will retry", "status", status, "err", rec.Error, "next", rec.NextAttemptAt)
-		d.Retry(errors.New(rec.Error))
+		log.Info("callback failed; will retry", "status", status, "err", rec.Error, "next", rec.NextAttemptAt, "retry_after", rec.RetryAfter)
+		d.RetryAfter(errors.New(rec.Error), delay)
 	case bus.CallbackGaveUp:
 		log.Warn("callback given up", "status", status, "err", rec.Error)
 	}
@@ -462,28 +511,29 @@ func (cb *callbacker) record(ctx context.Context, grade, owner string) (bus.Grad
 }
 
 // attempt POSTs the grade's record (GET /api/v1/grades/{id} without its
-// callbacks) to u, signed; it returns the receiver's status.
-func (cb *callbacker) attempt(ctx context.Context, d *bus.Delivery, u, grade, owner string, n int) (int, error) {
+// callbacks) to u, signed; it returns the receiver's status and its
+// Retry-After header, if any.
+func (cb *callbacker) attempt(ctx context.Context, d *bus.Delivery, u, grade, owner string, n int) (status int, after string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*callbackTimeout)
 	defer cancel()
 	g, err := cb.record(ctx, grade, owner)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	g.Callbacks = nil
 	body, err := json.Marshal(g)
 	if err != nil {
-		return 0, fmt.Errorf("encode grade: %w", err)
+		return 0, "", fmt.Errorf("encode grade: %w", err)
 	}
 	secret, err := cb.secrets.get(ctx, owner)
 	if err != nil {
-		return 0, fmt.Errorf("no request made: %w", err)
+		return 0, "", fmt.Errorf("no request made: %w", err)
 	}
 	actx, acancel := context.WithTimeout(ctx, callbackTimeout)
 	defer acancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
-		return 0, fmt.Errorf("callback request: %w", err)
+		return 0, "", fmt.Errorf("callback request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "gradeline-callbacks/1")
@@ -498,13 +548,13 @@ func (cb *callbacker) attempt(ctx context.Context, d *bus.Delivery, u, grade, ow
 	if err != nil {
 		var refused *refusedAddrError
 		if errors.As(err, &refused) {
-			return 0, refused
+			return 0, "", refused
 		}
-		return 0, err
+		return 0, "", err
 	}
-	// Only the status matters; a little of the body is read so a short
-	// answer leaves the connection reusable, never more.
+	// Only the status (and Retry-After) matter; a little of the body is
+	// read so a short answer leaves the connection reusable, never more.
 	_, _ = io.CopyN(io.Discard, res.Body, callbackBodyLimit)
 	_ = res.Body.Close()
-	return res.StatusCode, nil
+	return res.StatusCode, res.Header.Get("Retry-After"), nil
 }

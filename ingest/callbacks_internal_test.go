@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestAddrKind(t *testing.T) {
@@ -113,5 +114,41 @@ func TestCallbackBackoff(t *testing.T) {
 	}
 	if callbackBackoff(1).Seconds() != 1 || total < 30*60 || total > 60*60 {
 		t.Fatalf("first delay %s, all %d s: want 1 s, then within the hour", callbackBackoff(1), total)
+	}
+}
+
+// TestRetryAfter: both forms of Retry-After (RFC 9110), bounded to
+// [1 s, 30 min]; anything else is no answer (the backoff applies).
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"120", 2 * time.Minute, true},
+		{" 7 ", 7 * time.Second, true},
+		{"0", time.Second, true},
+		{"1800", 30 * time.Minute, true},
+		{"1801", 30 * time.Minute, true},
+		{"86400", 30 * time.Minute, true},
+		{"99999999999999999999999999", 30 * time.Minute, true},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
+		{"Wed, 02 Dec 2026 16:05:00 GMT", 5 * time.Minute, true},
+		{"Wednesday, 02-Dec-26 16:00:30 GMT", 30 * time.Second, true}, // RFC 850
+		{"Wed Dec  2 16:00:10 2026", 10 * time.Second, true},          // asctime
+		{now.Add(-time.Hour).Format(http.TimeFormat), time.Second, true},
+		{now.Add(48 * time.Hour).Format(http.TimeFormat), 30 * time.Minute, true},
+		{"", 0, false},
+		{"-5", 0, false},
+		{"1.5", 0, false},
+		{"soon", 0, false},
+		{"2026-12-02T16:05:00Z", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := retryAfter(tt.in, now)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("retryAfter(%q) = %s, %v; want %s, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
 	}
 }

@@ -37,6 +37,12 @@ type receiver struct {
 }
 
 func newReceiver(t *testing.T, statuses ...int) *receiver {
+	return newAnsweringReceiver(t, func(i int, _ http.Header) int { return statuses[min(i, len(statuses)-1)] })
+}
+
+// newAnsweringReceiver is a receiver whose answer to the i-th request
+// (from 0) is what answer sets in the headers and returns as the status.
+func newAnsweringReceiver(t *testing.T, answer func(i int, h http.Header) int) *receiver {
 	rc := &receiver{arrived: make(chan struct{}, 64)}
 	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -44,7 +50,7 @@ func newReceiver(t *testing.T, statuses ...int) *receiver {
 		i := len(rc.requests)
 		rc.requests = append(rc.requests, received{header: r.Header.Clone(), body: body, at: time.Now()})
 		rc.mu.Unlock()
-		w.WriteHeader(statuses[min(i, len(statuses)-1)])
+		w.WriteHeader(answer(i, w.Header()))
 		_, _ = w.Write([]byte(strings.Repeat("x", 4096))) // more than the deliverer reads
 		rc.arrived <- struct{}{}
 	}))
@@ -312,3 +318,67 @@ func TestCallbackSurvivesEdgeRestart(t *testing.T) {
 		t.Fatalf("attempts %+v", attempts)
 	}
 }
+
+// TestCallbackRetryAfter: a 429 or 503 with Retry-After (seconds, or an
+// HTTP date) sets when the next attempt comes instead of the backoff
+// (1 s, then 2 s), and the attempt records the header and that time; a
+// 503 without one keeps the backoff.
+func TestCallbackRetryAfter(t *testing.T) {
+	needInference(t)
+	s := startIngest(t, allowLoopback)
+	c, _ := s.newUser(t)
+	const wait = 4 * time.Second // above both backoffs it replaces
+	var dateSent string
+	rc := newAnsweringReceiver(t, func(i int, h http.Header) int {
+		switch i {
+		case 0:
+			h.Set("Retry-After", "4")
+			return http.StatusTooManyRequests
+		case 1:
+			// A date one second further: its whole seconds are cut.
+			dateSent = time.Now().Add(wait + time.Second).UTC().Format(http.TimeFormat)
+			h.Set("Retry-After", dateSent)
+			return http.StatusServiceUnavailable
+		case 2:
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	id := submitWithCallback(t, c, rc.URL)
+	reqs := rc.waitRequests(t, 4)
+	// No sooner than asked (the server holds the redelivery that long);
+	// the third attempt follows the backoff of the 503 without a header.
+	for i, min := range []time.Duration{wait, wait - time.Second} {
+		if gap := reqs[i+1].at.Sub(reqs[i].at); gap < min {
+			t.Errorf("attempt %d came %s after attempt %d; Retry-After asked for %s", i+2, gap, i+1, min)
+		}
+	}
+	attempts := gradeCallbacks(t, c, id, 4)
+	want := []struct {
+		status     int
+		retryAfter string
+		outcome    string
+	}{
+		{http.StatusTooManyRequests, "4", bus.CallbackRetrying},
+		{http.StatusServiceUnavailable, dateSent, bus.CallbackRetrying},
+		{http.StatusServiceUnavailable, "", bus.CallbackRetrying},
+		{http.StatusOK, "", bus.CallbackDelivered},
+	}
+	for i, a := range attempts {
+		w := want[i]
+		if a.StatusCode != w.status || a.RetryAfter != w.retryAfter || a.Outcome != w.outcome {
+			t.Fatalf("attempt %d: %+v, want status %d, retry_after %q, %s", i+1, a, w.status, w.retryAfter, w.outcome)
+		}
+	}
+	// The record says when the next attempt was due: after the wait asked
+	// for (its start plus the wait, at least), and the backoff's 4 s is
+	// not what a header-less 503 after two attempts gets (2 s).
+	for i := range 2 {
+		if due := attempts[i].NextAttemptAt.Sub(attempts[i].At); due < wait-time.Second || due > callbackCeiling {
+			t.Errorf("attempt %d: next attempt due %s after it, want at least %s", i+1, due, wait-time.Second)
+		}
+	}
+}
+
+// callbackCeiling is the bound of a Retry-After (the backoff's ceiling).
+const callbackCeiling = 30 * time.Minute

@@ -35,6 +35,7 @@ type callbackDoc struct {
 	DurationMS    float64   `bson:"duration_ms"`
 	Outcome       string    `bson:"outcome"`
 	NextAttemptAt time.Time `bson:"next_attempt_at,omitempty"`
+	RetryAfter    string    `bson:"retry_after,omitempty"`
 }
 
 // callbacksIndexed remembers the stores whose callbacks index exists (the
@@ -67,7 +68,8 @@ func (s *Store) InsertCallbackAttempts(ctx context.Context, evs []*bus.GradeCall
 	ids := make([]string, len(evs))
 	for i, e := range evs {
 		docs[i] = callbackDoc{ID: e.ID, GradeID: e.GradeID, Owner: e.Owner, URL: e.URL, Attempt: e.Attempt, At: e.Time.UTC(),
-			StatusCode: e.StatusCode, Error: e.Error, DurationMS: e.DurationMS, Outcome: e.Outcome, NextAttemptAt: e.NextAttemptAt.UTC()}
+			StatusCode: e.StatusCode, Error: e.Error, DurationMS: e.DurationMS, Outcome: e.Outcome, NextAttemptAt: e.NextAttemptAt.UTC(),
+			RetryAfter: e.RetryAfter}
 		ids[i] = e.ID
 	}
 	_, item, err := s.insertMany(ctx, s.callbacks(), ids, docs)
@@ -94,7 +96,7 @@ func (s *Store) CallbackAttempts(ctx context.Context, id string) ([]bus.Callback
 	out := make([]bus.CallbackAttempt, len(docs))
 	for i, d := range docs {
 		out[i] = bus.CallbackAttempt{Attempt: d.Attempt, At: d.At.UTC(), URL: d.URL, StatusCode: d.StatusCode, Error: d.Error,
-			DurationMS: d.DurationMS, Outcome: d.Outcome}
+			DurationMS: d.DurationMS, Outcome: d.Outcome, RetryAfter: d.RetryAfter}
 		if !d.NextAttemptAt.IsZero() {
 			out[i].NextAttemptAt = d.NextAttemptAt.UTC()
 		}
