@@ -27,6 +27,8 @@ type Delivery struct {
 	seq     uint64
 	outcome outcome
 	reason  string
+	// done settles a delivery of ConsumeStream (Done); nil for Consume.
+	done func(error)
 	// delay replaces the Backoff of a Retry when set (RetryAfter).
 	delay time.Duration
 }
@@ -74,6 +76,10 @@ type ConsumeOptions struct {
 	// Backoff returns the nak delay for the n-th delivery (default
 	// exponential from 250ms, capped at 30s).
 	Backoff func(n uint64) time.Duration
+	// MaxInFlight bounds the deliveries ConsumeStream has handed out and
+	// that are not yet Done (default DefaultMaxInFlight); Consume ignores
+	// it (its bound is MaxBatch).
+	MaxInFlight int
 	// DrainTimeout bounds the handling of the last batch at shutdown.
 	DrainTimeout time.Duration
 	Logger       *slog.Logger
@@ -228,29 +234,13 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 	batch := make([]*Delivery, 0, len(msgs))
 	var pending uint64
 	for _, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil {
-			c.log.Error("message without metadata", "subject", m.Subject(), "err", err)
-			_ = m.Term()
-			continue
+		d, md := c.decode(ctx, m)
+		if md != nil {
+			pending = md.NumPending
 		}
-		if md.NumDelivered > 1 {
-			consumerRedeliveries.WithLabelValues(c.spec.Durable).Inc()
+		if d != nil {
+			batch = append(batch, d)
 		}
-		pending = md.NumPending
-		ev, err := Decode(m.Data())
-		if err != nil {
-			c.deadLetter(ctx, m, md, err.Error())
-			continue
-		}
-		d := &Delivery{
-			Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered,
-			Ctx: contextFrom(ctx, m.Headers()), msg: m, seq: md.Sequence.Stream,
-		}
-		if c.log.Enabled(ctx, slog.LevelDebug) {
-			Log(d.Ctx, c.log).Debug("event received", "id", ev.EventMeta().ID, "type", ev.EventMeta().Type, "delivery", md.NumDelivered)
-		}
-		batch = append(batch, d)
 	}
 	// The backlog after the batch's last message, set once per batch.
 	consumerPending.WithLabelValues(c.spec.Durable).Set(float64(pending))
@@ -269,29 +259,62 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 	}
 	observeSince(consumerHandleSeconds.WithLabelValues(c.spec.Durable, "ok"), start)
 	for _, d := range batch {
-		switch d.outcome {
-		case outcomeAck:
-			// A lost ack only causes a redelivery, which the idempotent
-			// effect absorbs, so the ack is not confirmed (one round trip less).
-			if err := d.msg.Ack(); err != nil {
-				c.log.Warn("ack failed", "id", d.Event.EventMeta().ID, "err", err)
-			}
-		case outcomeReject:
-			md, _ := d.msg.Metadata()
-			c.deadLetter(d.Ctx, d.msg, md, d.reason)
-		case outcomeRetry:
-			if d.NumDelivered >= c.opt.MaxDeliveries {
-				md, _ := d.msg.Metadata()
-				c.deadLetter(d.Ctx, d.msg, md, fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, d.reason))
-				continue
-			}
-			delay := c.opt.Backoff(d.NumDelivered)
-			if d.delay > 0 {
-				delay = d.delay
-			}
-			Log(d.Ctx, c.log).Warn("event will be retried", "id", d.Event.EventMeta().ID, "delivery", d.NumDelivered, "reason", d.reason, "delay", delay)
-			_ = d.msg.NakWithDelay(delay)
+		c.settle(d)
+	}
+}
+
+// decode turns a message into a Delivery, or dead-letters (or, without
+// metadata, terminates) it and returns nil. md is nil when the message
+// has no metadata.
+func (c *consumer) decode(ctx context.Context, m jetstream.Msg) (d *Delivery, md *jetstream.MsgMetadata) {
+	md, err := m.Metadata()
+	if err != nil {
+		c.log.Error("message without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return nil, nil
+	}
+	if md.NumDelivered > 1 {
+		consumerRedeliveries.WithLabelValues(c.spec.Durable).Inc()
+	}
+	ev, err := Decode(m.Data())
+	if err != nil {
+		c.deadLetter(ctx, m, md, err.Error())
+		return nil, md
+	}
+	d = &Delivery{
+		Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered,
+		Ctx: contextFrom(ctx, m.Headers()), msg: m, seq: md.Sequence.Stream,
+	}
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		Log(d.Ctx, c.log).Debug("event received", "id", ev.EventMeta().ID, "type", ev.EventMeta().Type, "delivery", md.NumDelivered)
+	}
+	return d, md
+}
+
+// settle acks, dead-letters or naks a handled message by its outcome.
+func (c *consumer) settle(d *Delivery) {
+	switch d.outcome {
+	case outcomeAck:
+		// A lost ack only causes a redelivery, which the idempotent
+		// effect absorbs, so the ack is not confirmed (one round trip less).
+		if err := d.msg.Ack(); err != nil {
+			c.log.Warn("ack failed", "id", d.Event.EventMeta().ID, "err", err)
 		}
+	case outcomeReject:
+		md, _ := d.msg.Metadata()
+		c.deadLetter(d.Ctx, d.msg, md, d.reason)
+	case outcomeRetry:
+		if d.NumDelivered >= c.opt.MaxDeliveries {
+			md, _ := d.msg.Metadata()
+			c.deadLetter(d.Ctx, d.msg, md, fmt.Sprintf("gave up after %d deliveries: %s", d.NumDelivered, d.reason))
+			return
+		}
+		delay := c.opt.Backoff(d.NumDelivered)
+		if d.delay > 0 {
+			delay = d.delay
+		}
+		Log(d.Ctx, c.log).Warn("event will be retried", "id", d.Event.EventMeta().ID, "delivery", d.NumDelivered, "reason", d.reason, "delay", delay)
+		_ = d.msg.NakWithDelay(delay)
 	}
 }
 
