@@ -288,11 +288,22 @@ func (s *server) observeQueue(j *job, start time.Time) {
 	s.m.queue.WithLabelValues(j.model.Name, j.model.Version).Observe(max(start.Sub(j.ev.Time), 0).Seconds())
 }
 
-// fetch reads the image bytes named by the event and checks their digest.
-// A missing object or a wrong digest is final (a GradeFailed); any other
-// error is returned (the store is unavailable).
+// fetch reads the image bytes named by the event and checks their digest:
+// the event's own (an inline image, bus.MaxInlineImageBytes at most, with
+// no round trip) or the object's. A missing object or a wrong digest is
+// final (a GradeFailed); any other error is returned (the store is
+// unavailable).
 func (s *server) fetch(ctx context.Context, j *job) error {
 	ref := j.ev.Image
+	if ref.Inline() {
+		sum := sha256.Sum256(ref.Data)
+		if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
+			j.failWith(failChecksum, fmt.Errorf("inline image %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256))
+			return nil
+		}
+		j.data = ref.Data
+		return nil
+	}
 	data, err := s.objects.read(ctx, ref.Object, MaxImageBytes)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
