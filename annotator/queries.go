@@ -16,6 +16,7 @@ func (a *app) endpoints() []bus.Endpoint {
 		{Name: "annotations-get", Subject: bus.SvcAnnotationsGet, Handler: bus.Handle(a.log, queryTimeout, a.getAnnotation)},
 		{Name: "images-list", Subject: bus.SvcImagesList, Handler: bus.Handle(a.log, queryTimeout, a.listImages)},
 		{Name: "images-get", Subject: bus.SvcImagesGet, Handler: bus.Handle(a.log, queryTimeout, a.getImage)},
+		{Name: "images-tagged", Subject: bus.SvcImagesTagged, Handler: bus.Handle(a.log, queryTimeout, a.taggedImages)},
 		{Name: "grades-get", Subject: bus.SvcGradesGet, Handler: bus.Handle(a.log, queryTimeout, a.getGrade)},
 		{Name: "grades-list", Subject: bus.SvcGradesList, Handler: bus.Handle(a.log, queryTimeout, a.listGrades)},
 	}
@@ -164,6 +165,28 @@ func (a *app) listImages(ctx context.Context, q bus.ImagesQuery) (bus.List[bus.I
 		return bus.List[bus.Image]{}, a.dbError(ctx, err)
 	}
 	return list, nil
+}
+
+// taggedImages answers one page of every owner's images carrying a tag,
+// for the operator's regrade (no user's visibility applies: the edge has
+// no route to it).
+func (a *app) taggedImages(ctx context.Context, q bus.TaggedImagesQuery) (bus.List[bus.TaggedImage], error) {
+	if err := required([2]string{"tag", q.Tag}); err != nil {
+		return bus.List[bus.TaggedImage]{}, err
+	}
+	if (q.Model == "") != (q.Version == "") {
+		return bus.List[bus.TaggedImage]{}, &bus.Error{Code: bus.CodeUnprocessable, Message: "model and version go together",
+			Details: []string{"model, version: both or neither"}}
+	}
+	_, perPage := bus.PageDefaults(1, q.PerPage)
+	if err := bus.ValidatePage(1, perPage); err != nil {
+		return bus.List[bus.TaggedImage]{}, err
+	}
+	data, next, err := a.store.TaggedImages(ctx, store.TaggedFilter{Tag: q.Tag, Since: q.Since, Model: q.Model, Version: q.Version}, q.Cursor, perPage)
+	if err != nil {
+		return bus.List[bus.TaggedImage]{}, a.dbError(ctx, err)
+	}
+	return bus.List[bus.TaggedImage]{Data: data, Next: next, PerPage: perPage}, nil
 }
 
 func (a *app) getImage(ctx context.Context, q bus.ImageGetQuery) (bus.Image, error) {

@@ -103,6 +103,45 @@ type Image struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// TaggedImagesQuery lists the live catalogue images that carry Tag, of
+// every owner: the operator's query behind `gradeline regrade --tag`
+// (the edge offers no route to it). A page reads a bounded number of
+// owners' shelves, so it may hold fewer than PerPage images, even none,
+// and still have a Next; the listing ends when Next is empty.
+type TaggedImagesQuery struct {
+	Tag string `json:"tag"`
+	// Since, when set, keeps only images catalogued at or after it.
+	Since time.Time `json:"since,omitzero"`
+	// Model and Version, when set, ask for each image's latest completed
+	// grade by that model version (TaggedImage.Served).
+	Model   string `json:"model,omitempty"`
+	Version string `json:"version,omitempty"`
+	Cursor  string `json:"cursor,omitempty"` // Next of the previous page
+	PerPage int    `json:"per_page"`
+}
+
+// TaggedImage is one image of a TaggedImagesQuery page: whose it is,
+// where its bytes are in the image bucket, and what was served for it.
+type TaggedImage struct {
+	ID          string    `json:"img_id"`
+	Owner       string    `json:"owner"`
+	Object      string    `json:"object"`
+	ContentType string    `json:"content_type"`
+	SHA256      string    `json:"sha256"`
+	CreatedAt   time.Time `json:"created_at"`
+	// Served is the latest completed grade of the image by the query's
+	// model version; nil when there is none (or no version was asked).
+	Served *ServedGrade `json:"served,omitempty"`
+}
+
+// ServedGrade is a completed grade as a regrade compares with it.
+type ServedGrade struct {
+	GradeID      string    `json:"grade_id"`
+	ModelVersion string    `json:"model_version"`
+	Label        string    `json:"label"`
+	CompletedAt  time.Time `json:"completed_at"`
+}
+
 // Grades (answered by annotator from the grade history).
 
 // GradeGetQuery finds a grade of Owner. A pending grade is answered once

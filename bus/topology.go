@@ -61,6 +61,9 @@ const (
 	SvcAnnotationsGet   = "gradeline.svc.annotations.get"
 	SvcImagesList       = "gradeline.svc.images.list"
 	SvcImagesGet        = "gradeline.svc.images.get"
+	// SvcImagesTagged lists every owner's images carrying a tag
+	// (TaggedImagesQuery): the operator's `gradeline regrade --tag`.
+	SvcImagesTagged = "gradeline.svc.images.tagged"
 	SvcGradesGet        = "gradeline.svc.grades.get"
 	SvcGradesList       = "gradeline.svc.grades.list"
 	SvcModelsList       = "gradeline.svc.models.list"

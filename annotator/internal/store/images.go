@@ -2,13 +2,17 @@ package store
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"golang.org/x/sync/errgroup"
 )
 
 // imageDoc is one catalogue entry; _id is the image id. Events about an
@@ -238,7 +242,6 @@ type ImageFilter struct {
 	Tags  []string
 }
 
-
 // ListImages returns one page of the owner's images, newest first, from
 // the owner's shelves (see shelves.go): each shelf read matches the tags
 // among at most a shelf's images, so a page costs the same however many
@@ -282,3 +285,225 @@ func (s *Store) GetImage(ctx context.Context, viewer, id string) (bus.Image, boo
 	}
 	return img, true, nil
 }
+
+// Listing by tag across owners (TaggedImages) walks every owner's shelves,
+// newest first, owner by owner in name order. Each shelf read is the
+// indexed equality {shelf, catalogued, deleted, tags} over at most a
+// shelf's images, so a page costs about the same at 100,000 images as at
+// 100 and nothing holds more than a page: a plain {tags} filter would make
+// FerretDB fetch and sort every tagged image in Go for every page (it
+// pushes down equality only, never the sort, the limit or a cursor's $gt).
+// Owners come from the shelf counters, one small document each, read
+// whole and sorted per page (no index can page them on FerretDB): the cost
+// grows with the number of owners, not of images. Images stored before
+// shelves existed are listed last, from their own phase.
+
+// Bounds of one page of TaggedImages: owners named per page, and shelves
+// read per page, so a rare tag's page ends in time (shorter, with a next).
+const (
+	taggedOwnersPerPage  = 256
+	taggedShelvesPerPage = 256
+)
+
+// TaggedFilter selects the live catalogued images carrying Tag, of every
+// owner; with Since only those catalogued at or after it; with Model and
+// Version, each image's latest completed grade by that version is read too.
+type TaggedFilter struct {
+	Tag            string
+	Since          time.Time
+	Model, Version string
+}
+
+// taggedPos is where a TaggedImages page resumes: in the shelves phase at
+// owner's shelf (0: with the owner after owner), or in the phase of images
+// without a shelf after the image id.
+type taggedPos struct {
+	legacy bool
+	owner  string
+	shelf  int64
+	after  string // legacy phase: the last image id listed
+}
+
+func (p taggedPos) encode() string {
+	s := "s" + strconv.FormatInt(p.shelf, 36) + "." + p.owner
+	if p.legacy {
+		s = "l." + p.after
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(s))
+}
+
+func parseTaggedPos(s string) (taggedPos, error) {
+	if s == "" {
+		return taggedPos{}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) > 300 {
+		return taggedPos{}, ErrBadCursor
+	}
+	head, rest, ok := strings.Cut(string(b), ".")
+	switch {
+	case ok && head == "l":
+		return taggedPos{legacy: true, after: rest}, nil
+	case ok && strings.HasPrefix(head, "s") && rest != "":
+		n, err := strconv.ParseInt(head[1:], 36, 64)
+		if err != nil || n < 0 {
+			return taggedPos{}, ErrBadCursor
+		}
+		return taggedPos{owner: rest, shelf: n}, nil
+	}
+	return taggedPos{}, ErrBadCursor
+}
+
+// TaggedImages returns one page of the images f selects, of every owner,
+// and the cursor of the next page ("" after the last). A page stops at a
+// shelf's end once it holds limit images (so it may hold up to a shelf
+// more), or after a bounded number of shelf reads (so it may hold fewer,
+// even none, with a next cursor).
+func (s *Store) TaggedImages(ctx context.Context, f TaggedFilter, cursor string, limit int) ([]bus.TaggedImage, string, error) {
+	pos, err := parseTaggedPos(cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	match := bson.D{{Key: "catalogued", Value: true}, {Key: "deleted", Value: false}, {Key: "tags", Value: f.Tag}}
+	var docs []imageDoc
+	keep := func(got []imageDoc) int {
+		n := len(docs)
+		for _, d := range got {
+			if f.Since.IsZero() || !d.CreatedAt.Before(f.Since) {
+				docs = append(docs, d)
+			}
+		}
+		return len(docs) - n
+	}
+	next := ""
+	if !pos.legacy {
+		next, err = s.taggedShelves(ctx, match, pos, limit, keep)
+		if err != nil {
+			return nil, "", err
+		}
+		if next == "" {
+			legacy, err := s.imageShelves.hasLegacy(ctx)
+			if err != nil {
+				return nil, "", err
+			}
+			if legacy {
+				// Images without a shelf: next page.
+				next = taggedPos{legacy: true}.encode()
+			}
+		}
+	} else {
+		// Only stores from before shelves existed get here: {tags} is
+		// pushed down, the rest is checked in FerretDB, page by _id.
+		filter := append(slices.Clone(match), bson.E{Key: "shelf", Value: bson.D{{Key: "$exists", Value: false}}},
+			bson.E{Key: "_id", Value: bson.D{{Key: "$gt", Value: pos.after}}})
+		cur, err := s.images.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(int64(limit)))
+		if err != nil {
+			return nil, "", fmt.Errorf("store: find %s: %w", CollImages, err)
+		}
+		var got []imageDoc
+		if err := cur.All(ctx, &got); err != nil {
+			return nil, "", fmt.Errorf("store: read %s: %w", CollImages, err)
+		}
+		keep(got)
+		if len(got) == limit {
+			next = taggedPos{legacy: true, after: got[len(got)-1].ID}.encode()
+		}
+	}
+	out, err := s.withServed(ctx, f, docs)
+	return out, next, err
+}
+
+// taggedShelves reads shelves from pos on into keep until the page is
+// full or its bounds are reached, and returns the next page's cursor (""
+// when every owner's shelves are read).
+func (s *Store) taggedShelves(ctx context.Context, match bson.D, pos taggedPos, limit int, keep func([]imageDoc) int) (string, error) {
+	owners, err := s.imageOwners(ctx, pos.owner, pos.shelf > 0)
+	if err != nil {
+		return "", err
+	}
+	n, reads := 0, 0
+	for _, o := range owners {
+		top := o.N
+		if o.ID == pos.owner && pos.shelf > 0 {
+			top = min(top, pos.shelf)
+		}
+		for k := top; k >= 1; k-- {
+			if n >= limit || reads >= taggedShelvesPerPage {
+				return taggedPos{owner: o.ID, shelf: k}.encode(), nil
+			}
+			got, err := findSorted[imageDoc](ctx, s.images, append(bson.D{{Key: "shelf", Value: shelfKey(o.ID, k)}}, match...), createdAt, 0, 0)
+			if err != nil {
+				return "", err
+			}
+			reads++
+			n += keep(got)
+		}
+	}
+	if len(owners) == taggedOwnersPerPage {
+		return taggedPos{owner: owners[len(owners)-1].ID}.encode(), nil
+	}
+	return "", nil
+}
+
+// shelfCounter is one owner's counter of shelves.
+type shelfCounter struct {
+	ID string `bson:"_id"`
+	N  int64  `bson:"n"`
+}
+
+// imageOwners returns up to taggedOwnersPerPage owners after owner (from
+// owner on with from), in name order, with their newest shelf.
+func (s *Store) imageOwners(ctx context.Context, owner string, from bool) ([]shelfCounter, error) {
+	op := "$gt"
+	if from {
+		op = "$gte"
+	}
+	cur, err := s.imageShelves.coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: op, Value: owner}}}},
+		options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}).SetLimit(taggedOwnersPerPage+1).
+			SetProjection(bson.D{{Key: "n", Value: 1}}))
+	if err != nil {
+		return nil, fmt.Errorf("store: find %s: %w", CollImageShelves, err)
+	}
+	var all []shelfCounter
+	if err := cur.All(ctx, &all); err != nil {
+		return nil, fmt.Errorf("store: read %s: %w", CollImageShelves, err)
+	}
+	out := all[:0]
+	for _, c := range all {
+		if !strings.HasPrefix(c.ID, "#") && c.N > 0 && len(out) < taggedOwnersPerPage {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// withServed turns docs into the reply, each with its latest completed
+// grade by f's model version (by the image's owner), read a few at once.
+func (s *Store) withServed(ctx context.Context, f TaggedFilter, docs []imageDoc) ([]bus.TaggedImage, error) {
+	out := make([]bus.TaggedImage, len(docs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, d := range docs {
+		out[i] = bus.TaggedImage{ID: d.ID, Owner: d.Owner, Object: d.Object, ContentType: d.ContentType, SHA256: d.SHA256, CreatedAt: d.CreatedAt.UTC()}
+		if f.Model == "" || f.Version == "" {
+			continue
+		}
+		g.Go(func() error {
+			got, err := findSorted[gradeDoc](gctx, s.grades, bson.D{{Key: "image_id", Value: d.ID}, {Key: "owner", Value: d.Owner},
+				{Key: "status", Value: bus.GradeStatusCompleted}, {Key: "model", Value: f.Model}, {Key: "model_version", Value: f.Version}},
+				completedAt, 0, 1)
+			if err != nil || len(got) == 0 {
+				return err
+			}
+			out[i].Served = &bus.ServedGrade{GradeID: got[0].ID, ModelVersion: got[0].ModelVersion, Label: got[0].Label, CompletedAt: got[0].CompletedAt.UTC()}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// completedAt orders a grade's results, latest first.
+const completedAt = "completed_at"

@@ -94,6 +94,12 @@ func TestQueriesUseIndexes(t *testing.T) {
 		{"grade results by image", CollGrades, []eq{{"image_id", `"im0007"`}}},
 		{"grade submissions by image and owner", CollGradeSubmissions, []eq{{"image_id", `"im0007"`}, {"owner", `"o1"`}}},
 		{"grade submission by id", CollGradeSubmissions, []eq{{"_id", `"` + subs[3].ID + `"`}}},
+		// TaggedImages: each shelf of every owner, and each image's served
+		// grade. (Its owners come from the shelf counters, read whole:
+		// one small document per owner, which no equality can page.)
+		{"tagged images on a shelf", CollImages, []eq{{"shelf", `"1:o7"`}, {"catalogued", `true`}, {"deleted", `false`}, {"tags", `"t7"`}}},
+		{"served grade of an image by model version", CollGrades, []eq{{"image_id", `"im0007"`}, {"owner", `"erin"`},
+			{"status", `"completed"`}, {"model", `"fashion"`}, {"model_version", `"1"`}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
