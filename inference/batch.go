@@ -2,19 +2,19 @@ package inference
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
 )
 
-// job is one image on its way through a batch.
+// job is one image on its way through the batcher.
 type job struct {
 	d     *bus.Delivery       // nil outside the service
 	ev    *bus.ImageSubmitted // nil outside the service
@@ -23,128 +23,327 @@ type job struct {
 	input []float32
 	// Exactly one outcome is set: fail (final, published as GradeFailed
 	// with its text), pred (published as GradeCompleted), retry (a failure
-	// of the runtime: redelivered) or skip (nothing published).
+	// of the runtime: redelivered), loadErr (the bytes could not be read:
+	// redelivered without a delivery limit), shutdown (returned unhandled
+	// at shutdown) or skip (nothing published).
 	fail     error
 	failKind string
 	pred     *Prediction
 	retry    error
+	loadErr  error
+	shutdown bool
 	skip     bool
 	// inputTook is how long decoding and preprocessing (or checking a
 	// submitted tensor) took.
 	inputTook time.Duration
+	// queued is when the job entered its model version's queue.
+	queued time.Time
+	// done is told the job's outcome, once, by the batcher.
+	done func(*job)
 }
 
 func (j *job) failWith(kind string, err error) { j.failKind, j.fail = kind, err }
 
-// gradeJobs is the batcher: the one path from image bytes to predictions,
-// for the service's consumed batches and for Registry.Grade alike. Each
-// job's bytes are loaded (load, nil when they are in hand) and decoded as
-// they arrive: loading is I/O, so up to fetchers are in flight; decoding
-// is CPU-bound, so one per core. Then the jobs of each model run in
-// chunks of its max_batch, one ONNX Runtime call per chunk, in arrival
-// order. It sets each job's outcome; an error of load (the object store
-// unavailable) or of ctx fails the whole batch. m may be nil.
-func gradeJobs(ctx context.Context, jobs []*job, load func(context.Context, *job) error, m *metrics, log *slog.Logger) error {
-	start := time.Now()
-	var loadErr error
-	var mu sync.Mutex
-	decoders := make(chan struct{}, runtime.GOMAXPROCS(0))
-	parallelN(ctx, len(jobs), fetchers, func(i int) {
-		j := jobs[i]
-		if j.skip || j.fail != nil || j.input != nil {
-			return // settled, or a submitted tensor: nothing to load or decode
-		}
-		if load != nil {
-			if err := load(ctx, j); err != nil {
-				mu.Lock()
-				loadErr = errors.Join(loadErr, err)
-				mu.Unlock()
-				return
-			}
-			if j.fail != nil {
-				return
-			}
-		}
-		decoders <- struct{}{}
-		defer func() { <-decoders }()
-		t0 := time.Now()
-		in := make([]float32, j.model.pre.size())
-		if err := j.model.pre.bytes(j.data, in); err != nil {
-			j.failWith(failUndecodable, err)
-		} else {
-			j.input = in
-		}
-		j.inputTook = time.Since(t0)
-		j.data = nil
-	})
-	if loadErr != nil {
-		// Nothing of the batch is graded: it is retried as a whole, with
-		// no delivery limit, so nothing is lost during an outage.
-		return fmt.Errorf("inference: fetch images: %w", loadErr)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if m != nil {
-		m.preprocess.Observe(time.Since(start).Seconds())
-	}
+// batcher is Triton's dynamic batcher, the one path from image bytes (or
+// submitted tensors) to predictions, for the service's deliveries and for
+// Registry.Grade alike. Jobs are loaded (I/O: up to fetchers at once) and
+// decoded (CPU: one per core) as they arrive, then wait in a queue per
+// model version. A queue forms a batch as soon as it holds the model's
+// largest preferred batch size (max_batch without preferred sizes), or
+// when its oldest job has waited the model's max_queue_delay: then it
+// cuts the largest preferred size that fits, else what waits up to
+// max_batch. So one model's delay never holds up another's images, and
+// batches of different models run at the same time, up to one ONNX
+// Runtime call per core.
+type batcher struct {
+	// delay is the max_queue_delay of a model whose manifest sets none.
+	delay time.Duration
+	// eager cuts every queue at once: Registry.Grade hands over all its
+	// images together, so waiting for more would only add latency.
+	eager bool
+	// maxWaiting bounds the jobs waiting in queues: beyond it the queue
+	// of the oldest job is cut early, so long delays cannot fill the
+	// consumer's deliveries in flight and starve the other models.
+	maxWaiting int
+	m          *metrics // nil: none
+	log        *slog.Logger
 
-	// Group by model, keeping arrival order within a model.
-	var order []*Model
-	groups := map[*Model][]*job{}
-	for _, j := range jobs {
-		if j.skip || j.fail != nil {
+	loaders, decoders, runs chan struct{}
+
+	mu      sync.Mutex
+	queues  map[*Model]*queue
+	waiting int
+	closed  bool
+}
+
+// queue is one model version's jobs waiting for a batch, oldest first.
+type queue struct {
+	model *Model
+	jobs  []*job
+	timer *time.Timer
+}
+
+// newBatcher makes a batcher; delay is the default max_queue_delay and
+// maxWaiting the bound of waiting jobs (0: none). m may be nil.
+func newBatcher(delay time.Duration, maxWaiting int, m *metrics, log *slog.Logger) *batcher {
+	cores := runtime.GOMAXPROCS(0)
+	return &batcher{delay: delay, maxWaiting: maxWaiting, m: m, log: log,
+		loaders: make(chan struct{}, fetchers), decoders: make(chan struct{}, cores), runs: make(chan struct{}, cores),
+		queues: map[*Model]*queue{}}
+}
+
+// add loads (load, nil when the bytes are in hand) and decodes the jobs
+// in parallel, then queues them in their order. A job settled on the way
+// (skipped, failed, not loaded) is done at once; the others are done
+// when their batch has run. If ctx ends first, the jobs not yet loaded
+// are done with ctx's error as their loadErr.
+func (b *batcher) add(ctx context.Context, jobs []*job, load func(context.Context, *job) error) {
+	start := time.Now()
+	prepared := make([]bool, len(jobs))
+	parallelN(ctx, len(jobs), fetchers, func(i int) {
+		b.prepare(ctx, jobs[i], load)
+		prepared[i] = true
+	})
+	if b.m != nil {
+		b.m.preprocess.Observe(time.Since(start).Seconds())
+	}
+	ready := make([]*job, 0, len(jobs))
+	var settled []*job
+	for i, j := range jobs {
+		if !prepared[i] && j.loadErr == nil {
+			j.loadErr = ctx.Err()
+		}
+		if j.skip || j.fail != nil || j.loadErr != nil {
+			settled = append(settled, j)
 			continue
 		}
-		if _, ok := groups[j.model]; !ok {
-			order = append(order, j.model)
+		if b.m != nil {
+			b.m.compInput.WithLabelValues(j.model.Name, j.model.Version).Observe(j.inputTook.Seconds())
 		}
-		groups[j.model] = append(groups[j.model], j)
+		ready = append(ready, j)
 	}
-	for _, md := range order {
-		g := groups[md]
-		if m != nil {
-			for _, j := range g {
-				m.compInput.WithLabelValues(md.Name, md.Version).Observe(j.inputTook.Seconds())
+	b.enqueue(ready)
+	for _, j := range settled {
+		j.done(j)
+	}
+}
+
+// prepare loads and decodes one job unless it is settled or already has
+// its input (a submitted tensor).
+func (b *batcher) prepare(ctx context.Context, j *job, load func(context.Context, *job) error) {
+	if j.skip || j.fail != nil || j.input != nil {
+		return
+	}
+	if load != nil {
+		b.loaders <- struct{}{}
+		err := load(ctx, j)
+		<-b.loaders
+		if err != nil {
+			j.loadErr = err
+			return
+		}
+		if j.fail != nil {
+			return
+		}
+	}
+	b.decoders <- struct{}{}
+	defer func() { <-b.decoders }()
+	t0 := time.Now()
+	in := make([]float32, j.model.pre.size())
+	if err := j.model.pre.bytes(j.data, in); err != nil {
+		j.failWith(failUndecodable, err)
+	} else {
+		j.input = in
+	}
+	j.inputTook = time.Since(t0)
+	j.data = nil
+}
+
+// enqueue appends jobs to their model versions' queues and runs the
+// batches that are due. After close, jobs are returned unhandled.
+func (b *batcher) enqueue(jobs []*job) {
+	if len(jobs) == 0 {
+		return
+	}
+	now := time.Now()
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		for _, j := range jobs {
+			j.shutdown = true
+			j.done(j)
+		}
+		return
+	}
+	var touched []*queue
+	for _, j := range jobs {
+		q := b.queues[j.model]
+		if q == nil {
+			q = &queue{model: j.model}
+			b.queues[j.model] = q
+		}
+		if !slices.Contains(touched, q) {
+			touched = append(touched, q)
+		}
+		j.queued = now
+		q.jobs = append(q.jobs, j)
+		b.waiting++
+	}
+	var batches [][]*job
+	for _, q := range touched {
+		batches = append(batches, b.cut(q, now, false)...)
+	}
+	for b.maxWaiting > 0 && b.waiting > b.maxWaiting {
+		var oldest *queue
+		for _, q := range b.queues {
+			if oldest == nil || q.jobs[0].queued.Before(oldest.jobs[0].queued) {
+				oldest = q
 			}
 		}
-		for lo := 0; lo < len(g); {
-			n := md.chunk(len(g) - lo)
-			chunk := g[lo : lo+n]
-			lo += n
-			inputs := make([][]float32, len(chunk))
-			for i, j := range chunk {
-				inputs[i] = j.input
+		batches = append(batches, b.cut(oldest, now, true)...)
+	}
+	b.mu.Unlock()
+	for _, batch := range batches {
+		go b.run(batch)
+	}
+}
+
+// fullBatch is the batch size a queue runs as soon as it holds it: the
+// largest preferred size, else max_batch (Triton's rule).
+func (m *Model) fullBatch() int {
+	if len(m.PreferredBatch) > 0 {
+		return min(m.PreferredBatch[0], m.MaxBatch) // largest first
+	}
+	return m.MaxBatch
+}
+
+// queueDelay is how long the model version's oldest waiting job may wait
+// for a fuller batch.
+func (b *batcher) queueDelay(m *Model) time.Duration {
+	if m.MaxQueueDelay > 0 {
+		return m.MaxQueueDelay
+	}
+	return b.delay
+}
+
+// cut takes the due batches off q (force: at least one) and arms its timer
+// for the oldest job left, or forgets the queue when it is empty. b.mu is
+// held.
+func (b *batcher) cut(q *queue, now time.Time, force bool) [][]*job {
+	md := q.model
+	delay := b.queueDelay(md)
+	var batches [][]*job
+	for len(q.jobs) > 0 && (force || b.eager || len(q.jobs) >= md.fullBatch() || now.Sub(q.jobs[0].queued) >= delay) {
+		n := md.chunk(len(q.jobs))
+		batches = append(batches, q.jobs[:n:n])
+		q.jobs = q.jobs[n:]
+		b.waiting -= n
+		force = false
+	}
+	if len(q.jobs) == 0 {
+		if q.timer != nil {
+			q.timer.Stop()
+		}
+		delete(b.queues, md)
+		return batches
+	}
+	wait := q.jobs[0].queued.Add(delay).Sub(now)
+	if q.timer == nil {
+		q.timer = time.AfterFunc(wait, func() { b.expire(q) })
+	} else {
+		q.timer.Reset(wait)
+	}
+	return batches
+}
+
+// expire runs the batches of q that are due when its timer fires.
+func (b *batcher) expire(q *queue) {
+	b.mu.Lock()
+	if b.queues[q.model] != q {
+		b.mu.Unlock()
+		return // emptied and forgotten meanwhile
+	}
+	batches := b.cut(q, time.Now(), false)
+	b.mu.Unlock()
+	for _, batch := range batches {
+		go b.run(batch)
+	}
+}
+
+// close returns every waiting job unhandled (shutdown) and every job
+// queued later; batches already cut still run.
+func (b *batcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	var jobs []*job
+	for md, q := range b.queues {
+		if q.timer != nil {
+			q.timer.Stop()
+		}
+		jobs = append(jobs, q.jobs...)
+		delete(b.queues, md)
+	}
+	b.waiting = 0
+	b.mu.Unlock()
+	for _, j := range jobs {
+		j.shutdown = true
+		j.done(j)
+	}
+}
+
+// run makes one ONNX Runtime call for a batch of one model version, sets
+// each job's outcome and tells the jobs, several at a time (publishing is
+// I/O).
+func (b *batcher) run(batch []*job) {
+	md := batch[0].model
+	b.runs <- struct{}{}
+	if b.m != nil {
+		// The queue time ends when the batch is taken in hand, and starts
+		// at the submission (it includes the stream's backlog), or at
+		// the queue for a job without one.
+		now := time.Now()
+		for _, j := range batch {
+			since := j.queued
+			if j.ev != nil && !j.ev.Time.IsZero() {
+				since = j.ev.Time
 			}
-			preds, err := md.Run(inputs)
-			if err != nil {
-				log.Error("inference failed; will retry", "model", md.Name, "batch", len(chunk), "err", err)
-				for _, j := range chunk {
-					j.retry = err
-				}
+			b.m.queue.WithLabelValues(md.Name, md.Version).Observe(max(now.Sub(since), 0).Seconds())
+		}
+	}
+	inputs := make([][]float32, len(batch))
+	for i, j := range batch {
+		inputs[i] = j.input
+	}
+	preds, err := md.Run(inputs)
+	<-b.runs
+	switch {
+	case err != nil:
+		b.log.Error("inference failed; will retry", "model", md.Name, "version", md.Version, "batch", len(batch), "err", err)
+		for _, j := range batch {
+			j.retry = err
+		}
+	default:
+		if b.m != nil {
+			b.m.batchSize.WithLabelValues(md.Name).Observe(float64(len(batch)))
+			b.m.inference.WithLabelValues(md.Name).Observe(preds[0].Inference.Seconds())
+			b.m.execCount.WithLabelValues(md.Name, md.Version).Inc()
+			b.m.infCount.WithLabelValues(md.Name, md.Version).Add(float64(len(batch)))
+			b.m.compInfer.WithLabelValues(md.Name, md.Version).Observe(preds[0].Inference.Seconds())
+			b.m.compOutput.WithLabelValues(md.Name, md.Version).Observe(preds[0].Output.Seconds())
+		}
+		for i, j := range batch {
+			j.input = nil
+			if bad := nonFinite(preds[i].Scores); bad >= 0 {
+				// The same input gives the same output: final, like an
+				// undecodable image (and NaN cannot be sent as JSON).
+				j.failWith(failModelOutput, fmt.Errorf("model %s produced a non-finite score (%v) for label %q",
+					md.Name, preds[i].Scores[bad], md.Labels[bad]))
 				continue
 			}
-			if m != nil {
-				m.batchSize.WithLabelValues(md.Name).Observe(float64(len(chunk)))
-				m.inference.WithLabelValues(md.Name).Observe(preds[0].Inference.Seconds())
-				m.execCount.WithLabelValues(md.Name, md.Version).Inc()
-				m.infCount.WithLabelValues(md.Name, md.Version).Add(float64(len(chunk)))
-				m.compInfer.WithLabelValues(md.Name, md.Version).Observe(preds[0].Inference.Seconds())
-				m.compOutput.WithLabelValues(md.Name, md.Version).Observe(preds[0].Output.Seconds())
-			}
-			for i, j := range chunk {
-				if bad := nonFinite(preds[i].Scores); bad >= 0 {
-					// The same input gives the same output: final, like an
-					// undecodable image (and NaN cannot be sent as JSON).
-					j.failWith(failModelOutput, fmt.Errorf("model %s produced a non-finite score (%v) for label %q",
-						md.Name, preds[i].Scores[bad], md.Labels[bad]))
-					continue
-				}
-				j.pred = &preds[i]
-			}
+			j.pred = &preds[i]
 		}
 	}
-	return nil
+	parallelN(context.Background(), len(batch), fetchers, func(i int) { batch[i].done(batch[i]) })
 }
 
 // chunk is the size of the next batch the dynamic batcher cuts from n
@@ -172,31 +371,37 @@ func nonFinite(v []float32) int {
 var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // Grade grades images with the named model ("name" for its newest served
-// version, "name@version" for another) through the batcher the service
-// runs every consumed batch through (decoding in parallel, one ONNX
-// Runtime call per chunk of max_batch, scores checked): the service's
-// path without JetStream and the object store, for benchmarks and tests.
-// A Prediction has Err set for an image that cannot be graded (unknown
-// model or version, undecodable bytes, a non-finite score); the error is
-// a failure of the runtime (worth retrying) or of ctx.
+// version, "name@version" for another) through the service's batcher
+// (decoding in parallel, one ONNX Runtime call per batch of max_batch or
+// a preferred size, scores checked), without JetStream and the object
+// store, for tools, benchmarks and tests. All the images are handed over
+// at once, so no batch waits for more. A Prediction has Err set for an
+// image that cannot be graded (unknown model or version, undecodable
+// bytes, a non-finite score); the error is a failure of the runtime
+// (worth retrying) or of ctx.
 func (r *Registry) Grade(ctx context.Context, model string, images [][]byte) ([]Prediction, error) {
 	m, err := r.Acquire(bus.SplitModelRef(model))
 	if err == nil {
 		defer m.Release()
 	}
+	var wg sync.WaitGroup
+	wg.Add(len(images))
 	jobs := make([]*job, len(images))
 	for i, data := range images {
-		jobs[i] = &job{model: m, data: data}
+		jobs[i] = &job{model: m, data: data, done: func(*job) { wg.Done() }}
 		if err != nil {
 			jobs[i].failWith(failUnknownModel, err)
 		}
 	}
-	if err := gradeJobs(ctx, jobs, nil, nil, discardLog); err != nil {
-		return nil, err
-	}
+	b := newBatcher(DefaultMaxQueueDelay, 0, nil, discardLog)
+	b.eager = true
+	b.add(ctx, jobs, nil)
+	wg.Wait()
 	preds := make([]Prediction, len(jobs))
 	for i, j := range jobs {
 		switch {
+		case j.loadErr != nil:
+			return nil, j.loadErr
 		case j.retry != nil:
 			return nil, j.retry
 		case j.fail != nil:

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,17 +66,20 @@ const DefaultMaxQueueDelay = time.Millisecond
 // MaxImageBytes bounds the image object the service reads.
 const MaxImageBytes = 64 << 20
 
-// Bounds of one consumed batch: images fetched at once, and messages per
-// batch whatever the models' max_batch (their chunks are smaller anyway).
+// Bounds of the batcher: images fetched at once; deliveries in hand
+// (fetching, decoding, queued, running or publishing), more than a
+// full batch of the largest max_batch so other models still get in; and
+// of those, the most that may wait in queues.
 const (
-	fetchers        = 16
-	maxConsumeBatch = 256
+	fetchers    = 16
+	maxInFlight = MaxMaxBatch + 256
+	maxWaiting  = MaxMaxBatch
 )
 
 // Run connects to NATS, waits for its streams and ensures its consumer
 // (bus.EnsureService), loads the models and grades
-// submitted images until ctx is cancelled; it then finishes the batch in
-// hand and returns.
+// submitted images until ctx is cancelled; it then finishes the batches
+// in hand, returns the images still queued to the server and returns.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	if log == nil {
@@ -151,21 +153,17 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopWatch()
 	go reg.Watch(watchCtx, cfg.ModelsPoll)
 
-	// The consumer's batch: the largest max_batch and the longest
-	// max_queue_delay of the models served at start; each model version's
-	// chunks are then cut by its own max_batch and preferred_batch.
-	maxBatch, delay := 1, cfg.MaxQueueDelay
-	for _, m := range reg.Models() {
-		maxBatch = max(maxBatch, m.MaxBatch)
-		delay = max(delay, m.MaxQueueDelay)
-	}
-	maxBatch = min(maxBatch, maxConsumeBatch)
+	// Deliveries stream in and wait in a queue per model version, each
+	// batched by its own max_batch, preferred_batch and max_queue_delay.
+	s.batcher = newBatcher(cfg.MaxQueueDelay, maxWaiting, m, log)
+	stopped := context.AfterFunc(ctx, s.batcher.close)
+	defer stopped()
 	if cfg.OnReady != nil {
 		cfg.OnReady()
 	}
-	log.Info("inference consuming", "max_batch", maxBatch, "max_queue_delay", delay, "models", reg.Names(), "models_poll", cfg.ModelsPoll)
-	err = bus.Consume(ctx, js, bus.ConsumerInference,
-		bus.ConsumeOptions{MaxBatch: maxBatch, MaxQueueDelay: delay, Logger: log}, s.handle)
+	log.Info("inference consuming", "max_queue_delay", cfg.MaxQueueDelay, "max_in_flight", maxInFlight, "models", reg.Names(), "models_poll", cfg.ModelsPoll)
+	err = bus.ConsumeStream(ctx, js, bus.ConsumerInference,
+		bus.ConsumeOptions{MaxInFlight: maxInFlight, Logger: log}, s.receive)
 	if err != nil {
 		return err
 	}
@@ -182,6 +180,7 @@ type server struct {
 	log     *slog.Logger
 	m       *metrics
 	state   *modelState
+	batcher *batcher
 }
 
 // repository loads or unloads a model (bus.ModelRepositoryQuery), which
@@ -232,60 +231,47 @@ func (s *server) resolve(j *job, ref, version string) {
 	j.model = m
 }
 
-// handle grades one consumed batch: fetch and decode in parallel, one ONNX
-// Runtime call per model version per chunk (max_batch, preferred_batch),
-// one event per image. The model versions are held until the batch is
-// done, so a reload meanwhile closes the old session after it.
-func (s *server) handle(ctx context.Context, batch []*bus.Delivery) error {
-	start := time.Now()
-	jobs := make([]*job, len(batch))
-	defer func() {
-		for _, j := range jobs {
-			if j != nil && j.model != nil {
-				j.model.Release()
-			}
-		}
-	}()
-	for i, d := range batch {
-		j := &job{d: d}
-		jobs[i] = j
-		if te, ok := d.Event.(*bus.TensorSubmitted); ok {
-			s.tensorJob(j, te)
-			s.observeQueue(j, start)
-			continue
-		}
-		ev, ok := d.Event.(*bus.ImageSubmitted)
-		if !ok {
-			d.Reject(fmt.Sprintf("inference consumes %s events, got %s", bus.TypeImageSubmitted, d.Event.EventMeta().Type))
-			j.skip = true
-			continue
-		}
+// receive takes one delivery into the batcher: a submitted image or
+// tensor is resolved to the model version it names (held until its
+// outcome is settled, so a reload meanwhile closes the old session after
+// it), loaded and decoded, queued and graded; settle publishes its outcome.
+func (s *server) receive(_ context.Context, d *bus.Delivery) {
+	j := &job{d: d, done: s.settle}
+	switch ev := d.Event.(type) {
+	case *bus.TensorSubmitted:
+		s.tensorJob(j, ev)
+	case *bus.ImageSubmitted:
 		j.ev = ev
 		s.resolve(j, ev.Model, ev.ModelVersion)
-		s.observeQueue(j, start)
+	default:
+		d.Reject(fmt.Sprintf("inference consumes %s events, got %s", bus.TypeImageSubmitted, d.Event.EventMeta().Type))
+		j.skip = true
 	}
-
-	// The batcher every grade goes through; the bytes come from the
-	// object store.
-	if err := gradeJobs(ctx, jobs, s.fetch, s.m, s.log); err != nil {
-		return err
-	}
-	for _, j := range jobs {
-		if j.retry != nil {
-			j.d.Retry(j.retry)
-			j.skip = true
-		}
-	}
-	return s.publish(ctx, jobs)
+	// The bytes come from the object store (or the event). The
+	// delivery's context outlives shutdown: an image in hand is finished.
+	go s.batcher.add(d.Ctx, []*job{j}, s.fetch)
 }
 
-// observeQueue records how long the job's submission waited (in the
-// stream and for its batch) until the service took it in hand.
-func (s *server) observeQueue(j *job, start time.Time) {
-	if j.model == nil || j.ev == nil {
-		return
+// settle publishes a job's outcome and then settles its delivery: acked
+// after its event is published, naked with backoff when the publish or
+// the image's load failed (no delivery limit: a dependency is down),
+// retried on a failure of the runtime, returned at shutdown.
+func (s *server) settle(j *job) {
+	if j.model != nil {
+		defer j.model.Release()
 	}
-	s.m.queue.WithLabelValues(j.model.Name, j.model.Version).Observe(max(start.Sub(j.ev.Time), 0).Seconds())
+	var err error
+	switch {
+	case j.shutdown:
+		err = bus.ErrShutdown
+	case j.loadErr != nil:
+		err = fmt.Errorf("inference: fetch image: %w", j.loadErr)
+	case j.retry != nil:
+		j.d.Retry(j.retry)
+	default:
+		err = s.publish(j)
+	}
+	j.d.Done(err)
 }
 
 // fetch reads the image bytes named by the event and checks their digest:
@@ -327,55 +313,43 @@ func (s *server) fetch(ctx context.Context, j *job) error {
 	return nil
 }
 
-// publish sends one event per graded or failed image. Publishing is I/O,
-// so several are in flight. Any failure fails the batch: it is redelivered
-// and the events republished under the same ids, which the stream's
-// duplicate window drops.
-func (s *server) publish(ctx context.Context, jobs []*job) error {
-	var mu sync.Mutex
-	var errs error
-	parallelN(ctx, len(jobs), 16, func(i int) {
-		j := jobs[i]
-		var ev bus.Event
-		switch {
-		case j.skip:
-			return
-		case j.fail != nil:
-			ev = &bus.GradeFailed{Meta: outcomeMeta(bus.TypeGradeFailed, j.ev.ID),
-				GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner, Model: j.ev.Model, Reason: j.fail.Error(),
-				CallbackURL: j.ev.CallbackURL}
-		case j.pred != nil:
-			p := j.pred
-			ev = &bus.GradeCompleted{Meta: outcomeMeta(bus.TypeGradeCompleted, j.ev.ID),
-				GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner,
-				Model: j.model.Name, ModelVersion: j.model.Version,
-				Label: p.Label, Score: float64(p.Scores[p.Index]), Scores: j.model.ScoreMap(*p),
-				InferenceMS: float64(p.Inference.Microseconds()) / 1000, BatchSize: p.BatchSize, Catalogued: j.ev.Catalogued,
-				CallbackURL: j.ev.CallbackURL}
-		default:
-			return
-		}
-		if _, err := bus.Publish(j.d.Ctx, s.js, ev); err != nil {
-			mu.Lock()
-			errs = errors.Join(errs, err)
-			mu.Unlock()
-			return
-		}
-		if j.fail != nil {
-			s.m.failed.WithLabelValues(j.failKind).Inc()
-			if j.model != nil {
-				s.m.failure.WithLabelValues(j.model.Name, j.model.Version, j.failKind).Inc()
-			}
-			s.log.Info("grade failed", "grade_id", j.ev.ID, "model", j.ev.Model, "reason", j.fail.Error(), "request_id", bus.RequestID(j.d.Ctx))
-		} else {
-			s.m.completed.WithLabelValues(j.model.Name).Inc()
-			s.m.success.WithLabelValues(j.model.Name, j.model.Version).Inc()
-		}
-	})
-	if errs == nil {
-		errs = ctx.Err()
+// publish sends the event of a graded or failed image. A failure is
+// returned: the submission is redelivered and the event republished under
+// the same id, which the stream's duplicate window drops.
+func (s *server) publish(j *job) error {
+	var ev bus.Event
+	switch {
+	case j.skip:
+		return nil
+	case j.fail != nil:
+		ev = &bus.GradeFailed{Meta: outcomeMeta(bus.TypeGradeFailed, j.ev.ID),
+			GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner, Model: j.ev.Model, Reason: j.fail.Error(),
+			CallbackURL: j.ev.CallbackURL}
+	case j.pred != nil:
+		p := j.pred
+		ev = &bus.GradeCompleted{Meta: outcomeMeta(bus.TypeGradeCompleted, j.ev.ID),
+			GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner,
+			Model: j.model.Name, ModelVersion: j.model.Version,
+			Label: p.Label, Score: float64(p.Scores[p.Index]), Scores: j.model.ScoreMap(*p),
+			InferenceMS: float64(p.Inference.Microseconds()) / 1000, BatchSize: p.BatchSize, Catalogued: j.ev.Catalogued,
+			CallbackURL: j.ev.CallbackURL}
+	default:
+		return nil
 	}
-	return errs
+	if _, err := bus.Publish(j.d.Ctx, s.js, ev); err != nil {
+		return err
+	}
+	if j.fail != nil {
+		s.m.failed.WithLabelValues(j.failKind).Inc()
+		if j.model != nil {
+			s.m.failure.WithLabelValues(j.model.Name, j.model.Version, j.failKind).Inc()
+		}
+		s.log.Info("grade failed", "grade_id", j.ev.ID, "model", j.ev.Model, "reason", j.fail.Error(), "request_id", bus.RequestID(j.d.Ctx))
+	} else {
+		s.m.completed.WithLabelValues(j.model.Name).Inc()
+		s.m.success.WithLabelValues(j.model.Name, j.model.Version).Inc()
+	}
+	return nil
 }
 
 // outcomeMeta gives the outcome event of a grade an id derived from the
