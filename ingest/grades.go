@@ -277,8 +277,9 @@ func parseWait(v string, def time.Duration) (time.Duration, error) {
 
 var validModel = validRef
 
-// submitGrade stores the image, publishes the submission and waits for
-// its result: 200 completed, 422 failed, 202 + Location when not ready.
+// submitGrade stores the image (or puts a small one in the event),
+// publishes the submission and waits for its result: 200 completed, 422
+// failed, 202 + Location when not ready.
 func (s *Server) submitGrade(c *fiber.Ctx) error {
 	wait, err := parseWait(c.Query("wait"), s.cfg.GradeWait)
 	if err != nil {
@@ -384,9 +385,9 @@ func (s *Server) gradeForm(c *fiber.Ctx) (gradeRequest, error) {
 	return f, nil
 }
 
-// gradeImage is the image a submission grades: the upload, stored under
-// a new id, or the catalogue image the caller may see (404 otherwise),
-// graded from the bytes already stored.
+// gradeImage is the image a submission grades: the upload under a new id,
+// or the catalogue image the caller may see (404 otherwise), graded from
+// the bytes already stored.
 func (s *Server) gradeImage(ctx context.Context, user string, f gradeRequest) (string, bus.ImageRef, error) {
 	if f.up == nil {
 		img, err := s.getImageMeta(ctx, user, f.imageID)
@@ -396,8 +397,24 @@ func (s *Server) gradeImage(ctx context.Context, user string, f gradeRequest) (s
 		return img.ID, bus.ImageRef{Object: img.ID, SHA256: img.SHA256, ContentType: img.ContentType, Size: img.Size}, nil
 	}
 	id := idFor(ctx, "image")
+	if ref, ok := inlineImage(id, f.up); ok {
+		return id, ref, nil
+	}
 	ref, err := s.storeImage(ctx, id, f.up)
 	return id, ref, err
+}
+
+// inlineImage is the reference of an upload small enough to travel in its
+// event (bus.MaxInlineImageBytes): nothing is put in the object store, so
+// the submission is stored, and the 2xx earned, by the one publish of the
+// event, which holds the bytes for inference and for any replay. Only
+// grades use it: nothing reads a graded upload back from the store (a
+// catalogue image is always stored).
+func inlineImage(id string, up *upload) (bus.ImageRef, bool) {
+	if len(up.Data) > bus.MaxInlineImageBytes {
+		return bus.ImageRef{}, false
+	}
+	return bus.ImageRef{Object: id, SHA256: up.SHA256, ContentType: up.ContentType, Size: int64(len(up.Data)), Data: up.Data}, true
 }
 
 // parseModelRef splits and checks a model reference "name[@version]".
