@@ -90,7 +90,7 @@ var Access = []ServiceAccess{
 		Tails:       []string{StreamGrades},
 		Calls:       []string{svcPrefix + ">"},
 		Objects:     ObjectsReadWrite,
-		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens, IdempotencyBucket, BucketWebhookSecrets},
+		Buckets:     []string{BucketLoginThrottle, BucketRevokedTokens, IdempotencyBucket, BucketWebhookSecrets, BucketOIPStats},
 	},
 	{
 		User:        UserInference,

@@ -27,6 +27,13 @@ const (
 	RevokedTokensTTL    = 13 * time.Hour
 )
 
+// BucketOIPStats is the edge's key-value bucket of the Open Inference
+// Protocol's statistics: one entry per model version with the counts of
+// every replica's inference requests, merged by compare-and-set, so every
+// replica answers GET /v2/models/{m}/stats alike. No expiry: the counts
+// are cumulative, as Triton's are (losing the bucket only zeroes them).
+const BucketOIPStats = "gradeline-oip-stats"
+
 // KVBucket returns the bucket named name, creating it with ttl (history 1,
 // file storage, replicas) when it does not exist yet.
 func KVBucket(ctx context.Context, js jetstream.JetStream, name string, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {

@@ -94,7 +94,7 @@ func (s *Server) oipRoutes() []route {
 	ready := resp{Desc: "The model is ready.", Schema: M{"type": "object", "properties": M{"name": M{"type": "string"}, "ready": M{"type": "boolean"}}}}
 	infer := resp{Desc: "The outputs (JSON, or JSON then binary tensor data when outputs are asked as binary).", Schema: oipInferResponseSchema,
 		Headers: map[string]string{HeaderInferenceHeaderLength: "Length of the JSON part when binary output data follows it."}}
-	stats := resp{Desc: "Statistics of this edge replica's inferences, per model and version (Triton's shape).", Schema: oipStatsSchema}
+	stats := resp{Desc: "Statistics of the inferences of every edge replica, per model and version (Triton's shape): every replica answers the same counts.", Schema: oipStatsSchema}
 	rows := []route{
 		{Method: "GET", Path: oipPrefix + "/health/live", Tag: oipTag, Summary: "Server live (status code only)", Handler: s.oipLive,
 			Responses: map[int]resp{200: {Desc: "Live (empty body)."}}},
@@ -523,7 +523,7 @@ func (s *Server) oipInfer(c *fiber.Ctx) error {
 	}
 	var tm oipTiming
 	n, err := s.oipRun(c, info, &tm)
-	s.oipStatsOf(info).record(start, time.Since(start), n, tm, err)
+	s.recordOIP(c.UserContext(), info, start, n, tm, err)
 	return err
 }
 

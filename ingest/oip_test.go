@@ -609,16 +609,49 @@ func TestOIPBadRequests(t *testing.T) {
 	}
 }
 
+// oipModelStat is one $model_stat of a statistics answer.
+type oipModelStat struct {
+	Name, Version  string
+	LastInference  int64                                 `json:"last_inference"`
+	InferenceCount uint64                                `json:"inference_count"`
+	ExecutionCount uint64                                `json:"execution_count"`
+	InferenceStats map[string]struct{ Count, NS uint64 } `json:"inference_stats"`
+	BatchStats     []struct {
+		BatchSize    int                        `json:"batch_size"`
+		ComputeInfer struct{ Count, NS uint64 } `json:"compute_infer"`
+	} `json:"batch_stats"`
+}
+
+// oipStats reads a statistics route: the answer's text and its entries.
+func oipStats(t *testing.T, c *client, path string) (string, []oipModelStat) {
+	t.Helper()
+	r := c.do("GET", path, nil, nil)
+	var stats struct {
+		ModelStats []oipModelStat `json:"model_stats"`
+	}
+	if r.Status != 200 || json.Unmarshal(r.Body, &stats) != nil {
+		t.Fatalf("%s: %d %s", path, r.Status, r.Body)
+	}
+	return string(r.Body), stats.ModelStats
+}
+
+// The statistics are the cluster's: two edge replicas on one NATS, each
+// answering some of the inferences, report the same counts, which add up
+// what both answered. Counts are cumulative (the bucket outlives a test's
+// edges), so the test compares them with those before its requests.
 func TestOIPStatistics(t *testing.T) {
 	needInference(t)
 	s := startIngest(t)
+	other := startIngest(t)
 	c, _ := s.newUser(t)
+	oc := other.client(t)
+	oc.token = c.token
 	m := fashionModel(t)
 	x, err := m.Preprocess(pngImage(t, 28, 28))
 	if err != nil {
 		t.Fatal(err)
 	}
-	infer := func(rows int) int {
+	infer := func(c *client, rows int) int {
 		var data []float32
 		for range rows {
 			data = append(data, x...)
@@ -629,63 +662,97 @@ func TestOIPStatistics(t *testing.T) {
 		}
 		return st
 	}
-	if infer(3) != 200 || infer(1) != 200 {
+	one := func(c *client, path string) oipModelStat {
+		t.Helper()
+		_, st := oipStats(t, c, path)
+		if len(st) != 1 || st[0].Name != "fashion" || st[0].Version != "1" {
+			t.Fatalf("%s: %+v, want fashion 1 alone", path, st)
+		}
+		return st[0]
+	}
+	before := one(c, "/v2/models/fashion/stats")
+
+	// Rows of 3 on one replica, of 1 on the other; a bad request on each.
+	if infer(c, 3) != 200 || infer(oc, 1) != 200 {
 		t.Fatal("inference failed")
 	}
-	if st, _ := c.specInfer("/v2/models/fashion/infer", specRequest{Inputs: []specInput{{Name: "pixels", Shape: []int64{1, 2}, Datatype: "FP32", Data: []float32{1, 2}}}}); st != 400 {
-		t.Fatalf("bad request: %d", st)
+	bad := specRequest{Inputs: []specInput{{Name: "pixels", Shape: []int64{1, 2}, Datatype: "FP32", Data: []float32{1, 2}}}}
+	for _, cl := range []*client{c, oc} {
+		if st, _ := cl.specInfer("/v2/models/fashion/infer", bad); st != 400 {
+			t.Fatalf("bad request: %d", st)
+		}
 	}
 	// An unknown model is not a model's failure.
 	if st, _ := c.specInfer("/v2/models/nosuch/infer", specRequest{Inputs: []specInput{{Name: "pixels", Shape: []int64{1}, Datatype: "FP32", Data: []float32{1}}}}); st != 404 {
 		t.Fatalf("unknown model: %d", st)
 	}
 
-	type duration struct{ Count, NS uint64 }
-	type modelStat struct {
-		Name, Version  string
-		LastInference  int64               `json:"last_inference"`
-		InferenceCount uint64              `json:"inference_count"`
-		ExecutionCount uint64              `json:"execution_count"`
-		InferenceStats map[string]duration `json:"inference_stats"`
-		BatchStats     []struct {
-			BatchSize    int      `json:"batch_size"`
-			ComputeInfer duration `json:"compute_infer"`
-		} `json:"batch_stats"`
-	}
-	var stats struct {
-		ModelStats []modelStat `json:"model_stats"`
-	}
-	for _, p := range []string{"/v2/models/fashion/stats", "/v2/models/fashion/versions/1/stats"} {
-		r := c.do("GET", p, nil, nil)
-		if r.Status != 200 || json.Unmarshal(r.Body, &stats) != nil || len(stats.ModelStats) != 1 {
-			t.Fatalf("%s: %d %s", p, r.Status, r.Body)
-		}
-		st := stats.ModelStats[0]
-		is := st.InferenceStats
-		if st.Name != "fashion" || st.Version != "1" || st.InferenceCount != 4 || is["success"].Count != 2 || is["fail"].Count != 1 ||
-			is["queue"].Count != 2 || is["compute_infer"].Count != 2 || is["compute_input"].Count != 2 || is["compute_output"].Count != 2 {
-			t.Fatalf("%s: %s", p, r.Body)
-		}
-		if st.ExecutionCount < 1 || st.ExecutionCount > 4 || is["compute_infer"].NS == 0 || is["success"].NS < is["compute_infer"].NS || st.LastInference == 0 || len(st.BatchStats) == 0 {
-			t.Fatalf("%s: durations or executions do not add up: %s", p, r.Body)
+	var first string
+	for _, p := range []string{"/v2/models/fashion/stats", "/v2/models/fashion/versions/1/stats", "/v2/models/fashion@1/stats"} {
+		for i, cl := range []*client{c, oc} {
+			body, _ := oipStats(t, cl, p)
+			st := one(cl, p)
+			is, was := st.InferenceStats, before.InferenceStats
+			d := func(k string) uint64 { return is[k].Count - was[k].Count }
+			if st.InferenceCount-before.InferenceCount != 4 || d("success") != 2 || d("fail") != 2 ||
+				d("queue") != 2 || d("compute_infer") != 2 || d("compute_input") != 2 || d("compute_output") != 2 {
+				t.Fatalf("replica %d, %s: %s\nbefore the test's requests: %+v", i+1, p, body, before)
+			}
+			if runs := st.ExecutionCount - before.ExecutionCount; runs < 1 || runs > 4 || is["compute_infer"].NS <= was["compute_infer"].NS ||
+				is["success"].NS-was["success"].NS < is["compute_infer"].NS-was["compute_infer"].NS || st.LastInference < before.LastInference || st.LastInference == 0 || len(st.BatchStats) == 0 {
+				t.Fatalf("replica %d, %s: durations or executions do not add up: %s", i+1, p, body)
+			}
+			// Both replicas answer the very same document.
+			if first == "" {
+				first = body
+			} else if body != first {
+				t.Fatalf("replica %d, %s answers\n%s\nreplica 1 answered\n%s", i+1, p, body, first)
+			}
 		}
 	}
-	r := c.do("GET", "/v2/models/stats", nil, nil)
-	if r.Status != 200 || json.Unmarshal(r.Body, &stats) != nil {
-		t.Fatalf("all stats: %d %s", r.Status, r.Body)
-	}
-	names := map[string]uint64{}
-	for _, st := range stats.ModelStats {
-		names[st.Name] = st.InferenceCount
-	}
-	if names["fashion"] != 4 {
-		t.Fatalf("all stats: %v", names)
-	}
-	if _, ok := names["digits"]; !ok {
-		t.Fatalf("all stats lack the served model digits: %v", names)
+	for i, cl := range []*client{c, oc} {
+		_, all := oipStats(t, cl, "/v2/models/stats")
+		names := map[string]uint64{}
+		for _, st := range all {
+			names[st.Name] = st.InferenceCount
+		}
+		if names["fashion"]-before.InferenceCount != 4 {
+			t.Fatalf("replica %d, all stats: %v", i+1, names)
+		}
+		if _, ok := names["digits"]; !ok {
+			t.Fatalf("replica %d: all stats lack the served model digits: %v", i+1, names)
+		}
 	}
 	if r := c.do("GET", "/v2/models/nosuch/stats", nil, nil); r.Status != http.StatusNotFound {
 		t.Fatalf("stats of an unknown model: %d", r.Status)
+	}
+
+	// Requests at once on both replicas: their merges conflict and are
+	// retried, and none is lost.
+	const each = 8
+	var wg sync.WaitGroup
+	statuses := make(chan int, 2*each)
+	for range each {
+		for _, cl := range []*client{c, oc} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				statuses <- infer(cl, 1)
+			}()
+		}
+	}
+	wg.Wait()
+	close(statuses)
+	for st := range statuses {
+		if st != 200 {
+			t.Fatalf("concurrent inference: %d", st)
+		}
+	}
+	for i, cl := range []*client{c, oc} {
+		st := one(cl, "/v2/models/fashion/stats")
+		if n, ok := st.InferenceCount-before.InferenceCount, st.InferenceStats["success"].Count-before.InferenceStats["success"].Count; n != 4+2*each || ok != 2+2*each {
+			t.Fatalf("replica %d after concurrent requests: %d inferences, %d successes; want %d, %d", i+1, n, ok, 4+2*each, 2+2*each)
+		}
 	}
 }
 

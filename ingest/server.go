@@ -226,8 +226,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 
+	if s.oip, err = newOIPStats(ctx, s.js, cfg.Replicas, s.log); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
 	s.app = s.newApp()
-	s.oip = newOIPStats()
 	s.app.Use(oipPrefix, s.oipErrors) // the protocol's routes answer errors as {"error": ...}
 	s.routes = s.routeTable()
 	s.routeSet = map[string]struct{}{}
