@@ -131,6 +131,10 @@ func (r *regradeRun) gradeSubmissions(ctx context.Context, from time.Time) error
 				continue
 			}
 			r.seen++
+			if s.Image.Inline() { // a small image travels in its event
+				subs, data = append(subs, s), append(data, s.Image.Data)
+				continue
+			}
 			b, err := images.GetBytes(ctx, s.Image.Object)
 			if errors.Is(err, jetstream.ErrObjectNotFound) {
 				r.gone++ // deleted since
