@@ -394,10 +394,15 @@ const (
 	DatatypeFP32 = "FP32"
 )
 
-// MaxTensorBytes bounds the data of one TensorSubmitted: the event travels
-// inline (base64 in JSON), so it must stay below NATS's default 1 MiB
-// message limit. It holds one 224x224 RGB image as FP32.
+// MaxTensorBytes bounds the data a TensorSubmitted carries inline: the
+// event travels base64 in JSON, so it must stay below NATS's default 1 MiB
+// message limit. It holds one 224x224 RGB image as FP32; a larger row
+// travels in the image bucket (TensorSubmitted.Object).
 const MaxTensorBytes = 640 << 10
+
+// MaxTensorObjectBytes bounds the data of a row held in the image bucket
+// (far above any edge's body limit: a bound on what a reader allocates).
+const MaxTensorObjectBytes = 256 << 20
 
 // TensorSubmitted: one preprocessed input (one row of the batch of an Open
 // Inference Protocol request) was submitted for grading with a model. It is
@@ -419,12 +424,18 @@ type TensorSubmitted struct {
 	Datatype string `json:"datatype"`
 	// Shape of the row, without the batch dimension.
 	Shape []int64 `json:"shape"`
-	// Data holds the elements row-major, little-endian (base64 in JSON).
-	Data []byte `json:"data"`
+	// Data holds the elements row-major, little-endian (base64 in JSON),
+	// at most MaxTensorBytes; empty when Object holds them.
+	Data []byte `json:"data,omitempty"`
+	// Object locates a larger row's data (the bytes Data would hold) in
+	// the image bucket: the claim check of an uploaded image, for tensors.
+	Object ImageRef `json:"object,omitzero"`
 }
 
-// Validate requires owner, model and input, an FP32 tensor whose data
-// holds exactly the elements of its shape, within MaxTensorBytes.
+// Validate requires owner, model and input, and an FP32 tensor whose data
+// (Data within MaxTensorBytes, or an Object of at most
+// MaxTensorObjectBytes with its digest) holds exactly the elements of
+// its shape.
 func (e *TensorSubmitted) Validate() error {
 	if e.Owner == "" || e.Model == "" || e.Input == "" {
 		return errors.New("owner, model and input are required")
@@ -432,24 +443,37 @@ func (e *TensorSubmitted) Validate() error {
 	if e.Datatype != DatatypeFP32 {
 		return fmt.Errorf("datatype %q: want %s", e.Datatype, DatatypeFP32)
 	}
-	if len(e.Data) > MaxTensorBytes {
-		return fmt.Errorf("data of %d bytes exceeds %d", len(e.Data), MaxTensorBytes)
+	size, limit := int64(len(e.Data)), int64(MaxTensorBytes)
+	switch {
+	case e.Object.Object != "" && len(e.Data) > 0:
+		return errors.New("data and object are both given: one holds the elements")
+	case e.Object.Object != "" || e.Object.SHA256 != "" || e.Object.Size != 0 || len(e.Object.Data) > 0:
+		if err := e.Object.validate(); err != nil {
+			return fmt.Errorf("object: %w", err)
+		}
+		if len(e.Object.Data) > 0 {
+			return errors.New("object: its bytes are in the bucket, not in the event")
+		}
+		size, limit = e.Object.Size, MaxTensorObjectBytes
+	}
+	if size > limit {
+		return fmt.Errorf("data of %d bytes exceeds %d", size, limit)
 	}
 	if len(e.Shape) == 0 {
 		return errors.New("shape is required")
 	}
 	n := int64(1)
 	for _, d := range e.Shape {
-		if d < 1 || d > MaxTensorBytes {
-			return fmt.Errorf("shape %v: every dimension must be in 1..%d", e.Shape, MaxTensorBytes)
+		if d < 1 || d > limit {
+			return fmt.Errorf("shape %v: every dimension must be in 1..%d", e.Shape, limit)
 		}
 		n *= d
-		if n > MaxTensorBytes {
-			return fmt.Errorf("shape %v holds more than %d elements", e.Shape, MaxTensorBytes)
+		if n > limit {
+			return fmt.Errorf("shape %v holds more than %d elements", e.Shape, limit)
 		}
 	}
-	if int64(len(e.Data)) != 4*n {
-		return fmt.Errorf("data has %d bytes; shape %v of FP32 needs %d", len(e.Data), e.Shape, 4*n)
+	if size != 4*n {
+		return fmt.Errorf("data has %d bytes; shape %v of FP32 needs %d", size, e.Shape, 4*n)
 	}
 	return nil
 }

@@ -5,11 +5,18 @@ package inference
 // batcher as images, without decoding.
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
 )
@@ -27,11 +34,16 @@ func (in Input) InputShape() []int64 {
 	return []int64{int64(in.Channels), int64(in.Height), int64(in.Width)}
 }
 
+// tensorObjectTimeout bounds the read of a row held in the image bucket.
+const tensorObjectTimeout = 30 * time.Second
+
 // tensorJob makes the job of a submitted tensor: its input is the tensor
 // itself, so the batcher skips loading and decoding. A tensor that does
 // not fit the model fails the grade (GradeFailed with the reason). The
 // job carries an ImageSubmitted built from the tensor's fields (no image),
-// which is all the outcome events take from a submission.
+// which is all the outcome events take from a submission. A row in the
+// image bucket (ev.Object) is read here, at most the model's input size;
+// a store that does not answer retries the delivery.
 func (s *server) tensorJob(j *job, ev *bus.TensorSubmitted) {
 	j.ev = &bus.ImageSubmitted{Meta: ev.Meta, Owner: ev.Owner, Model: ev.Model, ModelVersion: ev.ModelVersion}
 	s.resolve(j, ev.Model, ev.ModelVersion)
@@ -39,6 +51,22 @@ func (s *server) tensorJob(j *job, ev *bus.TensorSubmitted) {
 		return
 	}
 	t0 := time.Now()
+	if ev.Object.Object != "" && len(ev.Data) == 0 {
+		data, fail, err := s.tensorObject(j.d.Ctx, ev.Object, 4*int64(j.model.InputSize()))
+		switch {
+		case err != nil:
+			// Not the tensor's fault: nothing is published, the delivery
+			// comes back after the backoff.
+			j.d.Retry(fmt.Errorf("tensor object %s: %w", ev.Object.Object, err))
+			j.skip = true
+			return
+		case fail != nil:
+			j.inputTook = time.Since(t0)
+			j.failWith(failBadTensor, fail)
+			return
+		}
+		ev.Data = data
+	}
 	input, err := tensorInput(j.model, ev)
 	j.inputTook = time.Since(t0)
 	if err != nil {
@@ -46,6 +74,30 @@ func (s *server) tensorJob(j *job, ev *bus.TensorSubmitted) {
 		return
 	}
 	j.input = input
+}
+
+// tensorObject reads a row held in the image bucket and checks its
+// digest: fail says why the tensor can never be graded (missing, larger
+// than the model's input, corrupt), err that the store did not answer.
+func (s *server) tensorObject(ctx context.Context, ref bus.ImageRef, limit int64) (data []byte, fail, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tensorObjectTimeout)
+	defer cancel()
+	data, err = s.objects.read(ctx, ref.Object, limit)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return nil, fmt.Errorf("tensor object %q not found in bucket %s", ref.Object, bus.ImageBucket), nil
+	case errors.Is(err, errTooLarge):
+		return nil, fmt.Errorf("tensor object %q: %w (the model's input)", ref.Object, err), nil
+	case errors.Is(err, jetstream.ErrDigestMismatch):
+		return nil, fmt.Errorf("tensor object %q is corrupt: %w", ref.Object, err), nil
+	case err != nil:
+		return nil, nil, err
+	}
+	sum := sha256.Sum256(data)
+	if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
+		return nil, fmt.Errorf("tensor object %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256), nil
+	}
+	return data, nil, nil
 }
 
 // tensorInput checks a submitted tensor against the model and returns its

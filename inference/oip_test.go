@@ -2,6 +2,7 @@ package inference
 
 import (
 	"encoding/binary"
+	"image"
 	"math"
 	"strings"
 	"testing"
@@ -78,5 +79,63 @@ func TestGradeSubmittedTensors(t *testing.T) {
 	}
 	if c := s.counter(t, "gradeline_inference_grades_failed_total", failBadTensor, 3); c < 3 {
 		t.Errorf("bad tensor counter %v, want >= 3", c)
+	}
+}
+
+// A row too large for an event travels in the image bucket: graded as the
+// same row inline, with the same scores; an object that is missing,
+// corrupt or larger than the model's input fails the grade with the
+// reason, as a bad image does.
+func TestGradeTensorObjects(t *testing.T) {
+	s := getStack(t)
+	dir := t.TempDir()
+	writeHealthModel(t, dir, "retina-health")
+	m := mustModel(t, testRegistry(t, dir), "retina-health")
+	// A reddish photograph-sized input, preprocessed by the model itself.
+	img := image.NewNRGBA(image.Rect(0, 0, 300, 200))
+	for i := 0; i < len(img.Pix); i += 4 {
+		img.Pix[i], img.Pix[i+1], img.Pix[i+2], img.Pix[i+3] = uint8(150+i%100), uint8(i%90), uint8(i%7), 255
+	}
+	x, err := m.Preprocess(encodePNG(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := le32(x)
+	shape := []int64{224, 224, 3}
+	byEvent := s.submitTensor(t, &bus.TensorSubmitted{Model: "retina-health", Input: "image", Datatype: bus.DatatypeFP32, Shape: shape, Data: row})
+	byObject := s.submitTensor(t, &bus.TensorSubmitted{Model: "retina-health", Input: "image", Datatype: bus.DatatypeFP32, Shape: shape, Object: s.put(t, row)})
+	want, got := s.completed(t, byEvent), s.completed(t, byObject)
+	checkScores(t, got, m.Labels)
+	if got.Label != want.Label || got.Label != "unhealthy" || got.GradeID != byObject {
+		t.Fatalf("by object %+v, inline %+v", got, want)
+	}
+	for l, p := range want.Scores {
+		if math.Abs(got.Scores[l]-p) > 1e-6 {
+			t.Fatalf("label %s: by object %v, inline %v", l, got.Scores[l], p)
+		}
+	}
+
+	missing := s.put(t, row)
+	missing.Object += "-gone"
+	corrupt := s.put(t, row)
+	corrupt.SHA256 = strings.Repeat("0", 64)
+	// Twice the model's input, its shape claiming as much: more than is read.
+	big := append(append([]byte(nil), row...), row...)
+	for _, tc := range []struct {
+		name  string
+		ref   bus.ImageRef
+		shape []int64
+		want  string
+	}{
+		{"missing", missing, shape, "not found"},
+		{"corrupt", corrupt, shape, "sha256"},
+		{"larger than the input", s.put(t, big), []int64{448, 224, 3}, "limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := s.failed(t, s.submitTensor(t, &bus.TensorSubmitted{Model: "retina-health", Input: "image", Datatype: bus.DatatypeFP32, Shape: tc.shape, Object: tc.ref}))
+			if !strings.Contains(f.Reason, tc.want) {
+				t.Fatalf("failure %q, want one naming %q", f.Reason, tc.want)
+			}
+		})
 	}
 }
