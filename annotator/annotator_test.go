@@ -841,14 +841,17 @@ func TestMongoCheck(t *testing.T) {
 	if _, err := e.db.Collection("annotations").InsertOne(ctx, bson.D{{Key: "_id", Value: "x"}}); err != nil {
 		t.Fatal(err)
 	}
-	check := annotator.MongoCheck(e.mongo.URI(), dbName)
+	// The check's client lives until checkCtx ends.
+	checkCtx, stopCheck := context.WithCancel(context.Background())
+	defer stopCheck()
+	check := annotator.MongoCheck(checkCtx, e.mongo.URI(), dbName)
 	if err := check(ctx); err != nil {
 		t.Fatalf("running FerretDB: %v", err)
 	}
-	if err := annotator.MongoCheck("mongodb://127.0.0.1:1/", "")(ctx); err == nil {
+	if err := annotator.MongoCheck(ctx, "mongodb://127.0.0.1:1/", "")(ctx); err == nil {
 		t.Fatal("closed port reported ready")
 	}
-	if err := annotator.MongoCheck("not a uri", "")(ctx); err == nil {
+	if err := annotator.MongoCheck(ctx, "not a uri", "")(ctx); err == nil {
 		t.Fatal("malformed URI reported ready")
 	}
 	// A store that accepts connections but stops answering (the jammed
@@ -875,6 +878,15 @@ func TestMongoCheck(t *testing.T) {
 			t.Fatal("not ready again after the store answers")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// Once its context ends the client is disconnected (an embedded
+	// store's shutdown waits for open connections).
+	stopCheck()
+	for err := check(context.Background()); !errors.Is(err, mongo.ErrClientDisconnected); err = check(context.Background()) {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("after its context ended, the check's client is still connected (check: %v)", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

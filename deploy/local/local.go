@@ -283,7 +283,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("admin endpoints disabled", "addr", cfg.AdminAddr, "err", err)
 		} else {
 			ep.Admin = "http://" + aln.Addr().String()
-			h := admin.Handler(cfg.Registry, readiness(cfg, urls.admin))
+			h := admin.Handler(cfg.Registry, readiness(svcCtx, cfg, urls.admin))
 			run("admin", func(ctx context.Context) error { return admin.Serve(ctx, aln, h) })
 		}
 	}
@@ -373,11 +373,12 @@ func displayAddr(a net.Addr) string {
 	return a.String()
 }
 
-// readiness checks the three servers the stack depends on.
-func readiness(cfg Config, natsURL string) map[string]admin.Check {
+// readiness checks the three servers the stack depends on, with clients
+// kept until ctx ends.
+func readiness(ctx context.Context, cfg Config, natsURL string) map[string]admin.Check {
 	return map[string]admin.Check{
 		"nats":       admin.NATSCheck(natsURL),
-		"mongo":      annotator.MongoCheck(cfg.MongoURI, annotator.DefaultDatabase),
+		"mongo":      annotator.MongoCheck(ctx, cfg.MongoURI, annotator.DefaultDatabase),
 		"clickhouse": analytics.ClickHouseCheck(cfg.ClickHouseDSN),
 	}
 }

@@ -16,7 +16,7 @@ func main() {
 	cfg, err := annotator.ConfigFromEnv(os.Getenv)
 	admin.Main("annotator", err, cfg.Logger, cfg.AdminAddr,
 		func() map[string]admin.Check {
-			return map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": annotator.MongoCheck(cfg.MongoURI, cfg.Database)}
+			return map[string]admin.Check{"nats": admin.NATSCheck(cfg.NATSURL), "mongo": annotator.MongoCheck(context.Background(), cfg.MongoURI, cfg.Database)}
 		},
 		func(ctx context.Context, reg prometheus.Registerer) error {
 			cfg.Registerer = reg
