@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -52,9 +51,11 @@ func (j *job) failWith(kind string, err error) { j.failKind, j.fail = kind, err 
 // largest preferred batch size (max_batch without preferred sizes), or
 // when its oldest job has waited the model's max_queue_delay: then it
 // cuts the largest preferred size that fits, else what waits up to
-// max_batch. So one model's delay never holds up another's images, and
-// batches of different models run at the same time, up to one ONNX
-// Runtime call per core.
+// max_batch. So one model's delay never holds up another's images.
+// Like a Triton model with one instance, a version runs one batch at a
+// time and its next batch is cut when that one is done (fuller under
+// load); batches of different versions run at the same time, up to one
+// ONNX Runtime call per core.
 type batcher struct {
 	// delay is the max_queue_delay of a model whose manifest sets none.
 	delay time.Duration
@@ -68,11 +69,15 @@ type batcher struct {
 	m          *metrics // nil: none
 	log        *slog.Logger
 
-	loaders, decoders, runs chan struct{}
+	loaders, decoders chan struct{}
+	// runners is how many ONNX Runtime calls run at once (one per core:
+	// a call uses one thread unless RegistryOptions.Threads says more).
+	runners int
 
 	mu      sync.Mutex
 	queues  map[*Model]*queue
-	waiting int
+	waiting int // jobs in queues
+	running int // batches running (at most runners)
 	closed  bool
 }
 
@@ -81,6 +86,10 @@ type queue struct {
 	model *Model
 	jobs  []*job
 	timer *time.Timer
+	// busy: a batch of this version is running. Like a Triton model with
+	// one instance, a version runs one batch at a time, so what arrives
+	// meanwhile makes the next batch fuller instead of a second small one.
+	busy bool
 }
 
 // newBatcher makes a batcher; delay is the default max_queue_delay and
@@ -88,7 +97,7 @@ type queue struct {
 func newBatcher(delay time.Duration, maxWaiting int, m *metrics, log *slog.Logger) *batcher {
 	cores := runtime.GOMAXPROCS(0)
 	return &batcher{delay: delay, maxWaiting: maxWaiting, m: m, log: log,
-		loaders: make(chan struct{}, fetchers), decoders: make(chan struct{}, cores), runs: make(chan struct{}, cores),
+		loaders: make(chan struct{}, fetchers), decoders: make(chan struct{}, cores), runners: cores,
 		queues: map[*Model]*queue{}}
 }
 
@@ -159,7 +168,7 @@ func (b *batcher) prepare(ctx context.Context, j *job, load func(context.Context
 	j.data = nil
 }
 
-// enqueue appends jobs to their model versions' queues and runs the
+// enqueue appends jobs to their model versions' queues and starts the
 // batches that are due. After close, jobs are returned unhandled.
 func (b *batcher) enqueue(jobs []*job) {
 	if len(jobs) == 0 {
@@ -175,37 +184,18 @@ func (b *batcher) enqueue(jobs []*job) {
 		}
 		return
 	}
-	var touched []*queue
 	for _, j := range jobs {
 		q := b.queues[j.model]
 		if q == nil {
 			q = &queue{model: j.model}
 			b.queues[j.model] = q
 		}
-		if !slices.Contains(touched, q) {
-			touched = append(touched, q)
-		}
 		j.queued = now
 		q.jobs = append(q.jobs, j)
 		b.waiting++
 	}
-	var batches [][]*job
-	for _, q := range touched {
-		batches = append(batches, b.cut(q, now, false)...)
-	}
-	for b.maxWaiting > 0 && b.waiting > b.maxWaiting {
-		var oldest *queue
-		for _, q := range b.queues {
-			if oldest == nil || q.jobs[0].queued.Before(oldest.jobs[0].queued) {
-				oldest = q
-			}
-		}
-		batches = append(batches, b.cut(oldest, now, true)...)
-	}
+	b.schedule(now)
 	b.mu.Unlock()
-	for _, batch := range batches {
-		go b.run(batch)
-	}
 }
 
 // fullBatch is the batch size a queue runs as soon as it holds it: the
@@ -226,48 +216,61 @@ func (b *batcher) queueDelay(m *Model) time.Duration {
 	return b.delay
 }
 
-// cut takes the due batches off q (force: at least one) and arms its timer
-// for the oldest job left, or forgets the queue when it is empty. b.mu is
-// held.
-func (b *batcher) cut(q *queue, now time.Time, force bool) [][]*job {
-	md := q.model
-	delay := b.queueDelay(md)
-	var batches [][]*job
-	for len(q.jobs) > 0 && (force || b.eager || len(q.jobs) >= md.fullBatch() || now.Sub(q.jobs[0].queued) >= delay) {
-		n := md.chunk(len(q.jobs))
-		batches = append(batches, q.jobs[:n:n])
-		q.jobs = q.jobs[n:]
-		b.waiting -= n
-		force = false
-	}
+// due reports whether q should run a batch now: it holds a full batch,
+// its oldest job has waited its delay, or more jobs wait than the bound.
+func (b *batcher) due(q *queue, now time.Time) bool {
 	if len(q.jobs) == 0 {
-		if q.timer != nil {
-			q.timer.Stop()
-		}
-		delete(b.queues, md)
-		return batches
+		return false
 	}
-	wait := q.jobs[0].queued.Add(delay).Sub(now)
-	if q.timer == nil {
-		q.timer = time.AfterFunc(wait, func() { b.expire(q) })
-	} else {
-		q.timer.Reset(wait)
-	}
-	return batches
+	return b.eager || len(q.jobs) >= q.model.fullBatch() || now.Sub(q.jobs[0].queued) >= b.queueDelay(q.model) ||
+		(b.maxWaiting > 0 && b.waiting > b.maxWaiting)
 }
 
-// expire runs the batches of q that are due when its timer fires.
+// schedule starts batches while a runner is free, from the due queue whose
+// oldest job is oldest. Like Triton, a batch is cut only when it can run:
+// while every runner is busy, the queues keep filling, so under load the
+// batches grow (up to max_batch, or the preferred size that fits). Queues
+// not due are woken at their oldest job's deadline. b.mu is held.
+func (b *batcher) schedule(now time.Time) {
+	for b.running < b.runners {
+		var next *queue
+		for _, q := range b.queues {
+			if !q.busy && b.due(q, now) && (next == nil || q.jobs[0].queued.Before(next.jobs[0].queued)) {
+				next = q
+			}
+		}
+		if next == nil {
+			break
+		}
+		n := next.model.chunk(len(next.jobs))
+		batch := next.jobs[:n:n]
+		next.jobs = next.jobs[n:]
+		b.waiting -= n
+		next.busy = true
+		b.running++
+		go b.run(next, batch, now)
+	}
+	for _, q := range b.queues {
+		if len(q.jobs) == 0 || b.due(q, now) {
+			continue // nothing waits, or it runs when a runner is free
+		}
+		wait := q.jobs[0].queued.Add(b.queueDelay(q.model)).Sub(now)
+		if q.timer == nil {
+			q.timer = time.AfterFunc(wait, func() { b.expire(q) })
+		} else {
+			q.timer.Reset(wait)
+		}
+	}
+}
+
+// expire starts the batches that are due when a queue's timer fires.
 func (b *batcher) expire(q *queue) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.queues[q.model] != q {
-		b.mu.Unlock()
-		return // emptied and forgotten meanwhile
+		return // forgotten meanwhile
 	}
-	batches := b.cut(q, time.Now(), false)
-	b.mu.Unlock()
-	for _, batch := range batches {
-		go b.run(batch)
-	}
+	b.schedule(time.Now())
 }
 
 // close returns every waiting job unhandled (shutdown) and every job
@@ -294,14 +297,12 @@ func (b *batcher) close() {
 // run makes one ONNX Runtime call for a batch of one model version, sets
 // each job's outcome and tells the jobs, several at a time (publishing is
 // I/O).
-func (b *batcher) run(batch []*job) {
+func (b *batcher) run(q *queue, batch []*job, now time.Time) {
 	md := batch[0].model
-	b.runs <- struct{}{}
 	if b.m != nil {
-		// The queue time ends when the batch is taken in hand, and starts
-		// at the submission (it includes the stream's backlog), or at
-		// the queue for a job without one.
-		now := time.Now()
+		// The queue time ends when the batch is taken in hand (cut, with
+		// a runner free), and starts at the submission (it includes the
+		// stream's backlog), or at the queue for a job without one.
 		for _, j := range batch {
 			since := j.queued
 			if j.ev != nil && !j.ev.Time.IsZero() {
@@ -315,7 +316,17 @@ func (b *batcher) run(batch []*job) {
 		inputs[i] = j.input
 	}
 	preds, err := md.Run(inputs)
-	<-b.runs
+	b.mu.Lock()
+	b.running--
+	q.busy = false
+	if len(q.jobs) == 0 && b.queues[q.model] == q {
+		if q.timer != nil {
+			q.timer.Stop()
+		}
+		delete(b.queues, q.model) // a retired version's queue goes with its last batch
+	}
+	b.schedule(time.Now())
+	b.mu.Unlock()
 	switch {
 	case err != nil:
 		b.log.Error("inference failed; will retry", "model", md.Name, "version", md.Version, "batch", len(batch), "err", err)
