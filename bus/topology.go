@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -450,7 +451,39 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSp
 	return ensureConsumer(ctx, js, spec, slog.Default())
 }
 
+//
+// A JetStream API call that times out (a cluster electing a leader, a
+// server too busy to answer within the client's 5 s) is tried again for
+// up to ensureRetryFor, so a service does not fail its start on it.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, log *slog.Logger) (jetstream.Consumer, error) {
+	start := time.Now()
+	delay := 250 * time.Millisecond
+	for {
+		c, err := ensureConsumerOnce(ctx, js, spec, log)
+		if err == nil || ctx.Err() != nil || !transientAPIError(err) || time.Since(start) > ensureRetryFor {
+			return c, err
+		}
+		log.Warn("consumer not ensured yet; trying again", "consumer", spec.Durable, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// ensureRetryFor bounds how long ensureConsumer tries again.
+const ensureRetryFor = time.Minute
+
+// transientAPIError reports a JetStream API call that got no answer in
+// time, as opposed to one the server refused.
+func transientAPIError(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+func ensureConsumerOnce(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, log *slog.Logger) (jetstream.Consumer, error) {
 	cfg := spec.Config()
 	if cur, err := js.Consumer(ctx, spec.Stream, spec.Durable); err == nil {
 		moved, err := CheckPosition(ctx, js, spec, cur.CachedInfo(), log)
