@@ -451,8 +451,8 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSp
 	return ensureConsumer(ctx, js, spec, slog.Default())
 }
 
-//
-// A JetStream API call that times out (a cluster electing a leader, a
+// ensureConsumer is EnsureConsumer with a logger. A JetStream API call
+// that times out (a cluster electing a leader, a
 // server too busy to answer within the client's 5 s) is tried again for
 // up to ensureRetryFor, so a service does not fail its start on it.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, log *slog.Logger) (jetstream.Consumer, error) {
