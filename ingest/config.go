@@ -42,6 +42,12 @@ type Config struct {
 	SignupCode string
 	// MaxBodyBytes bounds every request body (default 20 MiB).
 	MaxBodyBytes int64
+	// OIPInlineTensorBytes is the largest row of an Open Inference
+	// Protocol request that travels inside its tensor.submitted event;
+	// larger rows go through the object store, as uploaded images do
+	// (default and maximum bus.MaxTensorBytes; lower it for a NATS whose
+	// max_payload is below 1 MiB).
+	OIPInlineTensorBytes int64
 	// GradeWait is how long POST /api/v1/grades waits for the grade before
 	// answering 202 (default 10s).
 	GradeWait time.Duration
@@ -102,6 +108,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.OIPInlineTensorBytes <= 0 || c.OIPInlineTensorBytes > bus.MaxTensorBytes {
+		c.OIPInlineTensorBytes = bus.MaxTensorBytes
 	}
 	if c.GradeWait <= 0 {
 		c.GradeWait = DefaultGradeWait
@@ -214,6 +223,7 @@ var EnvVars = []admin.Var{
 	{Name: "GRADELINE_JWT_AUDIENCE", Default: "`" + DefaultAudience + "`", Meaning: "`aud` claim of the tokens the edge issues and requires"},
 	{Name: "GRADELINE_SIGNUP_CODE", Default: "`" + LocalSignupCode + "` (local mode)", Meaning: "code needed to register; **required** outside local mode"},
 	{Name: "GRADELINE_MAX_BODY_BYTES", Default: fmt.Sprintf("`%d` (20 MiB)", DefaultMaxBodyBytes), Meaning: "largest request body the edge reads (an uploaded image included)"},
+	{Name: "GRADELINE_OIP_INLINE_TENSOR_BYTES", Default: fmt.Sprintf("`%d` (640 KiB, the most)", bus.MaxTensorBytes), Meaning: "largest row of an Open Inference Protocol request carried inside its `tensor.submitted` event; larger rows go through the object store (lower it when NATS `max_payload` is below 1 MiB)"},
 	{Name: "GRADELINE_GRADE_WAIT", Default: "`" + DefaultGradeWait.String() + "`", Meaning: "how long `POST /api/v1/grades` waits for the grade before answering 202 with its `Location` (a request's `?wait=` overrides it)"},
 	{Name: "GRADELINE_TRUSTED_PROXIES", Default: "none", Meaning: "comma-separated CIDRs of the proxies (the ingress) whose `X-Forwarded-For` / `Forwarded` name the client address for login throttling; from any other peer the headers are ignored"},
 	{Name: "GRADELINE_CALLBACK_ALLOW", Default: "none", Meaning: "comma-separated CIDRs a grade's `callback_url` may reach although they are not public (loopback, private, link-local ...); refused otherwise, at submission and again when delivering"},
@@ -226,18 +236,19 @@ var EnvVars = []admin.Var{
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	e := admin.NewEnv(getenv)
 	cfg := Config{
-		Addr:         e.Or("GRADELINE_HTTP_ADDR", DefaultAddr),
-		AdminAddr:    e.Get("GRADELINE_ADMIN_ADDR"),
-		NATSURL:      e.Required("NATS_URL", "e.g. nats://ingest:PASSWORD@nats:4222"),
-		MongoURI:     e.Required("MONGO_URI", "e.g. mongodb://mongo:27017/"),
-		Database:     e.Or("GRADELINE_MONGO_DB", DefaultDatabase),
-		JWTSecret:    e.Secret("GRADELINE_JWT_SECRET", MinSecretBytes, "random bytes, e.g. `openssl rand -hex 32`"),
-		JWTIssuer:    e.Or("GRADELINE_JWT_ISSUER", DefaultIssuer),
-		JWTAudience:  e.Or("GRADELINE_JWT_AUDIENCE", DefaultAudience),
-		SignupCode:   e.Required("GRADELINE_SIGNUP_CODE", "the code new users must present"),
-		MaxBodyBytes: e.Positive("GRADELINE_MAX_BODY_BYTES", DefaultMaxBodyBytes),
-		GradeWait:    e.Duration("GRADELINE_GRADE_WAIT", DefaultGradeWait, 0),
-		Logger:       e.Logger(false),
+		Addr:                 e.Or("GRADELINE_HTTP_ADDR", DefaultAddr),
+		AdminAddr:            e.Get("GRADELINE_ADMIN_ADDR"),
+		NATSURL:              e.Required("NATS_URL", "e.g. nats://ingest:PASSWORD@nats:4222"),
+		MongoURI:             e.Required("MONGO_URI", "e.g. mongodb://mongo:27017/"),
+		Database:             e.Or("GRADELINE_MONGO_DB", DefaultDatabase),
+		JWTSecret:            e.Secret("GRADELINE_JWT_SECRET", MinSecretBytes, "random bytes, e.g. `openssl rand -hex 32`"),
+		JWTIssuer:            e.Or("GRADELINE_JWT_ISSUER", DefaultIssuer),
+		JWTAudience:          e.Or("GRADELINE_JWT_AUDIENCE", DefaultAudience),
+		SignupCode:           e.Required("GRADELINE_SIGNUP_CODE", "the code new users must present"),
+		MaxBodyBytes:         e.Positive("GRADELINE_MAX_BODY_BYTES", DefaultMaxBodyBytes),
+		OIPInlineTensorBytes: e.Positive("GRADELINE_OIP_INLINE_TENSOR_BYTES", bus.MaxTensorBytes),
+		GradeWait:            e.Duration("GRADELINE_GRADE_WAIT", DefaultGradeWait, 0),
+		Logger:               e.Logger(false),
 	}
 	e.Parse("GRADELINE_TRUSTED_PROXIES", "comma-separated CIDRs or addresses, e.g. 10.0.0.0/8", func(v string) (err error) {
 		cfg.TrustedProxies, err = ParseTrustedProxies(v)
@@ -247,6 +258,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		cfg.CallbackAllow, err = ParseTrustedProxies(v)
 		return err
 	})
+	if cfg.OIPInlineTensorBytes > bus.MaxTensorBytes {
+		e.Problem("GRADELINE_OIP_INLINE_TENSOR_BYTES", fmt.Sprintf("more than an event carries (%d bytes)", bus.MaxTensorBytes), fmt.Sprintf("use at most %d", bus.MaxTensorBytes))
+	}
 	var err error
 	cfg.Replicas, err = bus.ParseReplicas(e.Get(bus.EnvReplicas))
 	e.Add(err)

@@ -36,8 +36,14 @@ func TestProductionConfigRefusesInsecureDefaults(t *testing.T) {
 	if err != nil || cfg.Addr != ":9000" || cfg.GradeWait.Seconds() != 3 || cfg.Local {
 		t.Fatalf("%+v %v", cfg, err)
 	}
+	good["GRADELINE_OIP_INLINE_TENSOR_BYTES"] = "1024"
+	if cfg, err := ingest.ConfigFromEnv(env(good)); err != nil || cfg.OIPInlineTensorBytes != 1024 {
+		t.Fatalf("inline tensor bytes: %d %v", cfg.OIPInlineTensorBytes, err)
+	}
+	delete(good, "GRADELINE_OIP_INLINE_TENSOR_BYTES")
 	for k, v := range map[string]string{"GRADELINE_JWT_SECRET": "too-short", "GRADELINE_GRADE_WAIT": "soon", "GRADELINE_MAX_BODY_BYTES": "-1",
-		"GRADELINE_REPLICAS": "x", "GRADELINE_TRUSTED_PROXIES": "10.0.0.0/99", "GRADELINE_LOG_LEVEL": "loud"} {
+		"GRADELINE_REPLICAS": "x", "GRADELINE_TRUSTED_PROXIES": "10.0.0.0/99", "GRADELINE_LOG_LEVEL": "loud",
+		"GRADELINE_OIP_INLINE_TENSOR_BYTES": "655361"} {
 		bad := map[string]string{}
 		for kk, vv := range good {
 			bad[kk] = vv

@@ -68,6 +68,11 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	for k, v := range e.Headers {
 		c.Set(k, v)
 	}
+	if isOIPPath(c.Path()) {
+		// What fails before the protocol's routes see the request (a body
+		// over the limit) still answers in the protocol's shape.
+		return c.Status(e.Status).JSON(fiber.Map{"error": e.Message})
+	}
 	body := map[string]any{"code": e.Status, "message": e.Message}
 	if len(e.Details) > 0 {
 		body["details"] = e.Details

@@ -5,9 +5,10 @@ package ingest
 // metadata, inference with JSON or binary tensors (binary_tensor_data),
 // classification, statistics and the model repository index. Every
 // inference goes through JetStream as a grade does: one event per row of
-// the batch (bus.TensorSubmitted for FP32 tensors, bus.ImageSubmitted for
-// BYTES elements holding encoded images), one grade.completed or
-// grade.failed per row back, so the scores are those of the grade route
+// the batch (bus.TensorSubmitted for FP32 rows, their data inline or, over
+// Config.OIPInlineTensorBytes, in the object store as an uploaded image's;
+// bus.ImageSubmitted for BYTES elements holding encoded images), one
+// grade.completed or grade.failed per row back, so the scores are those of the grade route
 // for the same input and model, and every inference is stored, counted
 // and replayable. Errors on these routes are {"error": "..."}, the
 // protocol's shape, not the house {code, message, details}.
@@ -55,6 +56,9 @@ const (
 
 // oipExtensions are the extensions GET /v2 reports.
 var oipExtensions = []string{"binary_tensor_data", "classification", "statistics", "model_repository"}
+
+// isOIPPath tells the protocol's paths (under oipPrefix) from the rest.
+func isOIPPath(p string) bool { return p == oipPrefix || strings.HasPrefix(p, oipPrefix+"/") }
 
 // oipErrors turns every error of a protocol route (the handler's, the
 // token check's, an unknown path's) into the protocol's {"error": "..."},
@@ -117,13 +121,16 @@ func (s *Server) oipRoutes() []route {
 					"`Inference-Header-Content-Length` bytes followed by binary tensor data (`binary_data_size`); `binary_data` or " +
 					"`binary_data_output` asks for binary outputs, `classification: k` for the top k as BYTES `score:index:label`. " +
 					"An image model takes its input as FP32 already preprocessed, or as BYTES elements holding encoded images " +
-					"(JPEG, PNG, GIF, WebP, BMP), preprocessed as the grade route does. Each row of the batch is one grade through JetStream.",
+					"(JPEG, PNG, GIF, WebP, BMP), preprocessed as the grade route does. Each row of the batch is one grade through JetStream; " +
+					"a row too large for an event (over 640 KiB, or GRADELINE_OIP_INLINE_TENSOR_BYTES) goes through the object store, so any row " +
+					"fits up to the body limit (GRADELINE_MAX_BODY_BYTES, 413 above it).",
 				Body: &reqBody{Required: true, Content: map[string]M{"application/json": oipInferRequestSchema,
 					"application/octet-stream": {"type": "string", "format": "binary", "description": "JSON header, then the binary tensor data."}},
 					// A complete request for the digits model (8x8 grey).
 					Example: M{"id": "42", "inputs": []M{{"name": "pixels", "shape": []int{1, 1, 8, 8}, "datatype": "FP32", "data": make([]float32, 64)}},
 						"outputs": []M{{"name": "probabilities", "parameters": M{"classification": 3}}}}},
-				Responses: errs(map[int]resp{200: infer, 503: {Desc: "JetStream or the inference service did not answer in time.", Schema: oipErrorSchema}})},
+				Responses: errs(map[int]resp{200: infer, 413: {Desc: "The body is over the limit (GRADELINE_MAX_BODY_BYTES): {\"error\": \"...\"}.", Schema: oipErrorSchema},
+					503: {Desc: "JetStream or the inference service did not answer in time.", Schema: oipErrorSchema}})},
 			route{Method: "GET", Path: p("/stats"), Tag: oipTag, Summary: "Model statistics", Auth: true, Handler: s.oipStats,
 				Responses: errs(map[int]resp{200: stats})},
 		)
@@ -501,9 +508,11 @@ func resolveOutputs(req *oipRequest, info bus.ModelInfo) ([]oipWantOutput, error
 
 // oipRow is one row of the batch on its way through JetStream.
 type oipRow struct {
-	ev     bus.Event
-	id     string
-	up     *upload // an encoded image (BYTES), stored before its event
+	ev bus.Event
+	id string
+	// up is stored before the event: an encoded image (BYTES), or an FP32
+	// row larger than an event carries (Config.OIPInlineTensorBytes).
+	up     *upload
 	result chan bus.Event
 }
 
@@ -647,9 +656,6 @@ func (s *Server) oipRows(c *fiber.Ctx, info bus.ModelInfo, req *oipRequest) ([]*
 			return nil, err
 		}
 		rowBytes := len(t.raw) / int(t.Shape[0])
-		if rowBytes > bus.MaxTensorBytes {
-			return nil, badRequest("input %s: a row of %d bytes is more than an event carries (%d); send the images as BYTES instead", t.Name, rowBytes, bus.MaxTensorBytes)
-		}
 		for i := 0; i < len(t.raw); i += 4 {
 			if v := math.Float32frombits(binary.LittleEndian.Uint32(t.raw[i:])); math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 				return nil, badRequest("input %s: element %d is %v; every element must be finite", t.Name, i/4, v)
@@ -657,10 +663,18 @@ func (s *Server) oipRows(c *fiber.Ctx, info bus.ModelInfo, req *oipRequest) ([]*
 		}
 		rows := make([]*oipRow, t.Shape[0])
 		for i := range rows {
+			data := t.raw[i*rowBytes : (i+1)*rowBytes]
 			ev := &bus.TensorSubmitted{Meta: bus.NewMeta(bus.TypeTensorSubmitted), Owner: owner, Model: info.Name,
-				ModelVersion: version, RequestID: req.ID, Input: t.Name, Datatype: bus.DatatypeFP32, Shape: shape,
-				Data: t.raw[i*rowBytes : (i+1)*rowBytes]}
-			rows[i] = &oipRow{ev: ev, id: ev.ID}
+				ModelVersion: version, RequestID: req.ID, Input: t.Name, Datatype: bus.DatatypeFP32, Shape: shape}
+			r := &oipRow{ev: ev, id: ev.ID}
+			if int64(rowBytes) <= s.cfg.OIPInlineTensorBytes {
+				ev.Data = data
+			} else {
+				// Too large for an event: stored first, the event refers to it.
+				sum := sha256.Sum256(data)
+				r.up = &upload{Data: data, ContentType: fiber.MIMEOctetStream, SHA256: hex.EncodeToString(sum[:])}
+			}
+			rows[i] = r
 		}
 		return rows, nil
 	case "BYTES":
@@ -708,6 +722,9 @@ func inspectImage(data []byte, limit int64) (*upload, error) {
 	return &upload{Data: data, ContentType: ct, Width: cfg.Width, Height: cfg.Height, SHA256: hex.EncodeToString(sum[:]), colorModel: cfg.ColorModel}, nil
 }
 
+// oipTensorObject names the object of a row too large for its event.
+func oipTensorObject(id string) string { return "tensors/" + id }
+
 // oipConcurrency bounds the object puts and publishes of one request in
 // flight at once.
 const oipConcurrency = 8
@@ -725,12 +742,21 @@ func (s *Server) oipGrade(c *fiber.Ctx, rows []*oipRow, tm *oipTiming) ([]bus.Ev
 	g.SetLimit(oipConcurrency)
 	for _, r := range rows {
 		g.Go(func() error {
-			if ev, ok := r.ev.(*bus.ImageSubmitted); ok {
+			switch ev := r.ev.(type) {
+			case *bus.ImageSubmitted:
 				ref, err := s.storeImage(gctx, ev.ImageID, r.up)
 				if err != nil {
 					return err
 				}
 				ev.Image = ref
+			case *bus.TensorSubmitted:
+				if r.up != nil {
+					ref, err := s.storeImage(gctx, oipTensorObject(ev.ID), r.up)
+					if err != nil {
+						return err
+					}
+					ev.Object = ref
+				}
 			}
 			return s.publish(gctx, r.ev)
 		})

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -21,9 +22,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/inference"
+	"github.com/gradeline/gradeline/ingest"
 )
 
 // specInput is a request input as the specification writes it; bin, when
@@ -852,5 +855,141 @@ func TestOIPCarriesTraceparent(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// Rows larger than an event carries go through the object store, as
+// uploaded images do: an edge that sends every fashion row (3,136 bytes)
+// that way (GRADELINE_OIP_INLINE_TENSOR_BYTES=1024) answers a batch of 32
+// in binary and in JSON (one up to the body limit) with the scores of an
+// edge that sends them inline, its rows' objects are in the bucket (the
+// other's are not), and a body over the limit is a 413 in the protocol's
+// shape.
+func TestOIPLargeTensorsThroughTheObjectStore(t *testing.T) {
+	needInference(t)
+	const limit = 1 << 20 // the least body limit an edge has
+	inline := startIngest(t)
+	stored := startIngest(t, func(c *ingest.Config) { c.OIPInlineTensorBytes, c.MaxBodyBytes = 1024, limit })
+	c, _ := inline.newUser(t)
+	sc := stored.client(t)
+	sc.token = c.token
+	x, err := fashionModel(t).Preprocess(pngImage(t, 28, 28))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := func(n int) []float32 {
+		var data []float32
+		for i := range n {
+			for _, v := range x {
+				data = append(data, v+float32(i)/64)
+			}
+		}
+		return data
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := bus.ImageStore(t.Context(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		n    int
+		bin  bool
+		pad  bool // to the body limit, with white space after the JSON
+	}{
+		{"binary, 32 rows", 32, true, false},
+		{"JSON, 8 rows", 8, false, false},
+		{"JSON, 32 rows, the body at the limit", 32, false, true},
+		{"JSON, 1 row", 1, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := specInput{Name: "pixels", Shape: []int64{int64(tc.n), 1, 28, 28}, Datatype: "FP32"}
+			if tc.bin {
+				in.bin = fp32Bytes(rows(tc.n))
+			} else {
+				in.Data = rows(tc.n)
+			}
+			req := specRequest{ID: tc.name, Inputs: []specInput{in}}
+			body, hlen := req.encode(t)
+			if tc.pad {
+				body = append(body, bytes.Repeat([]byte{' '}, limit-len(body))...)
+			}
+			if len(body) > limit {
+				t.Fatalf("the request has %d bytes, over the edge's limit", len(body))
+			}
+			h := map[string]string{"Content-Type": "application/json"}
+			if hlen != "" {
+				h["Content-Type"], h["Inference-Header-Content-Length"] = "application/octet-stream", hlen
+			}
+			answers := map[string]specResponse{}
+			for name, cl := range map[string]*client{"inline": c, "stored": sc} {
+				st, res := decodeSpecResponse(t, cl.do("POST", "/v2/models/fashion/infer", bytes.NewReader(body), h))
+				if st != 200 || len(res.Outputs) != 1 {
+					t.Fatalf("%s edge: %d %s", name, st, res.Error)
+				}
+				answers[name] = res
+			}
+			want, got := answers["inline"].Outputs[0].fp32(t), answers["stored"].Outputs[0].fp32(t)
+			if len(got) != 10*tc.n || len(want) != len(got) {
+				t.Fatalf("%d and %d scores, want %d", len(want), len(got), 10*tc.n)
+			}
+			for i := range want {
+				if math.Abs(float64(want[i]-got[i])) > 1e-6 {
+					t.Fatalf("score %d: through the store %v, inline %v", i, got[i], want[i])
+				}
+			}
+			if *answers["stored"].ID != tc.name {
+				t.Fatalf("id %q", *answers["stored"].ID)
+			}
+			// Each row of the storing edge is an object named by its grade;
+			// the inline edge's rows are not.
+			for name, res := range answers {
+				ids := strings.Split(res.Parameters["grade_ids"].(string), ",")
+				if len(ids) != tc.n {
+					t.Fatalf("%s edge: grade ids %v", name, ids)
+				}
+				for _, id := range ids {
+					info, err := store.GetInfo(t.Context(), "tensors/"+id)
+					switch {
+					case name == "stored" && (err != nil || info.Size != 4*28*28):
+						t.Fatalf("row %s of the storing edge: %v %+v", id, err, info)
+					case name == "inline" && !errors.Is(err, jetstream.ErrObjectNotFound):
+						t.Fatalf("row %s of the inline edge is in the store: %v", id, err)
+					}
+				}
+			}
+		})
+	}
+
+	// Over the body limit: 413 with the protocol's {"error": ...}.
+	for _, tc := range []struct {
+		name string
+		in   specInput
+	}{
+		{"JSON, 400 rows", specInput{Name: "pixels", Shape: []int64{400, 1, 28, 28}, Datatype: "FP32", Data: rows(400)}},
+		{"binary, 400 rows", specInput{Name: "pixels", Shape: []int64{400, 1, 28, 28}, Datatype: "FP32", bin: fp32Bytes(rows(400))}},
+	} {
+		t.Run("over the limit, "+tc.name, func(t *testing.T) {
+			body, hlen := specRequest{Inputs: []specInput{tc.in}}.encode(t)
+			if len(body) <= limit {
+				t.Fatalf("the request has %d bytes, not over the limit", len(body))
+			}
+			h := map[string]string{"Content-Type": "application/json"}
+			if hlen != "" {
+				h["Content-Type"], h["Inference-Header-Content-Length"] = "application/octet-stream", hlen
+			}
+			msg := expectOIPError(t, sc.do("POST", "/v2/models/fashion/infer", bytes.NewReader(body), h), http.StatusRequestEntityTooLarge)
+			if !strings.Contains(msg, strconv.Itoa(limit)) {
+				t.Fatalf("error %q does not name the limit", msg)
+			}
+		})
 	}
 }
