@@ -79,7 +79,8 @@ func met(ok bool) string {
 // GRADELINE_BENCH_README=1 (make bench), into the README.
 // GRADELINE_BENCH_ONLY=grades measures only the grade rows (and the OIP
 // rows beside them) on a stack started once, for before/after comparisons
-// of the grade path in a minute; it never touches the README.
+// of the grade path in a minute; GRADELINE_BENCH_ONLY=annotations only the
+// annotation rows, likewise. Neither touches the README.
 func BenchmarkStack(b *testing.B) {
 	began, loadBefore := time.Now(), loadAverage()
 	ctx := context.Background()
@@ -113,9 +114,9 @@ func BenchmarkStack(b *testing.B) {
 	var rows []row
 	only := os.Getenv("GRADELINE_BENCH_ONLY")
 	switch only {
-	case "", "grades":
+	case "", "grades", "annotations":
 	default:
-		b.Fatalf("GRADELINE_BENCH_ONLY=%q: want grades or nothing", only)
+		b.Fatalf("GRADELINE_BENCH_ONLY=%q: want grades, annotations or nothing", only)
 	}
 
 	// The first start after `make install`: the engines' libraries are not
@@ -141,8 +142,12 @@ func BenchmarkStack(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	if only == "grades" {
-		rows = append(rows, measureGrades(b, ctx, st, out)...)
+	if only != "" {
+		if only == "grades" {
+			rows = append(rows, measureGrades(b, ctx, st, out)...)
+		} else {
+			rows = append(rows, measureAnnotations(b, ctx, st, out)...)
+		}
 		stopStack = func() {}
 		if err := st.stop(); err != nil {
 			b.Fatalf("stop: %v (log %s)", err, logPath)

@@ -33,7 +33,8 @@ import (
 //
 // and prints the top functions of each CPU profile.
 // GRADELINE_BENCH_SECONDS (default 10) is the length of each load;
-// GRADELINE_BENCH_ONLY=grades profiles the grade load alone.
+// GRADELINE_BENCH_ONLY=grades profiles the grade load alone,
+// GRADELINE_BENCH_ONLY=annotations the annotation load alone.
 func BenchmarkProfile(b *testing.B) {
 	ctx := context.Background()
 	if err := requireTools(); err != nil {
@@ -107,6 +108,9 @@ func BenchmarkProfile(b *testing.B) {
 	bodyFile := filepath.Join(out, "grade.body")
 	if err := os.WriteFile(bodyFile, buf.Bytes(), 0o644); err != nil {
 		b.Fatal(err)
+	}
+	if only == "annotations" {
+		return
 	}
 	profile(b, dir, "grades", func() string {
 		cpu0 := processCPU()
