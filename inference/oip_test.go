@@ -2,12 +2,17 @@ package inference
 
 import (
 	"encoding/binary"
+	"fmt"
 	"image"
 	"math"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gradeline/gradeline/bus"
+	"github.com/gradeline/gradeline/inference/internal/testenv"
+	"github.com/gradeline/gradeline/inference/onnxpb"
 )
 
 // submitTensor publishes a TensorSubmitted event and returns its id.
@@ -137,5 +142,57 @@ func TestGradeTensorObjects(t *testing.T) {
 				t.Fatalf("failure %q, want one naming %q", f.Reason, tc.want)
 			}
 		})
+	}
+}
+
+// A row larger than a NATS message (3x300x300 FP32, 1.08 MB) is graded
+// from the image bucket by a model that takes it: the scores are those its
+// rule gives (10 * (G-R, R-G) of the mean colour), computed here.
+func TestGradeTensorObjectOverAMessage(t *testing.T) {
+	const side = 300
+	dir := t.TempDir()
+	g := onnxpb.Graph{
+		Name: "redness-large",
+		Nodes: []onnxpb.Node{
+			{OpType: "ReduceMean", Inputs: []string{"image"}, Outputs: []string{"rgb"}, Attrs: []onnxpb.Attr{onnxpb.Ints("axes", 2, 3), onnxpb.Int("keepdims", 0)}},
+			{OpType: "MatMul", Inputs: []string{"rgb", "w"}, Outputs: []string{"logits"}},
+		},
+		Initializers: []onnxpb.Tensor{{Name: "w", Dims: []int64{3, 2}, Float: []float32{-10, 10, 10, -10, 0, 0}}},
+		Inputs: []onnxpb.ValueInfo{{Name: "image", ElemType: onnxpb.Float,
+			Shape: []onnxpb.Dim{{Param: "batch"}, {Value: 3}, {Value: side}, {Value: side}}}},
+		Outputs: []onnxpb.ValueInfo{{Name: "logits", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "batch"}, {Value: 2}}}},
+	}
+	m := onnxpb.Model{ProducerName: "inference-test", Graph: g}
+	writeModelDir(t, filepath.Join(dir, "health-large"), m.Marshal(), fmt.Sprintf(`name: health-large
+input: {name: image, layout: NCHW, width: %d, height: %d, channels: 3, scale: 0.00392156862745098, mean: [0, 0, 0], std: [1, 1, 1]}
+output: {name: logits, kind: logits}
+labels: [healthy, unhealthy]
+max_batch: 2
+`, side, side))
+	s, err := startStack(testenv.ORTLib(t), 20*time.Millisecond, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	for _, tc := range []struct {
+		r, g, b float32
+		label   string
+	}{{0.8, 0.2, 0.1, "unhealthy"}, {0.1, 0.6, 0.3, "healthy"}} {
+		x := make([]float32, 3*side*side)
+		for i := range side * side {
+			x[i], x[side*side+i], x[2*side*side+i] = tc.r, tc.g, tc.b
+		}
+		row := le32(x)
+		if len(row) <= 1<<20 {
+			t.Fatalf("a row of %d bytes fits a message", len(row))
+		}
+		id := s.submitTensor(t, &bus.TensorSubmitted{Model: "health-large", Input: "image", Datatype: bus.DatatypeFP32,
+			Shape: []int64{3, side, side}, Object: s.put(t, row)})
+		got := s.completed(t, id)
+		z := float64(10 * (tc.r - tc.g))
+		want := 1 / (1 + math.Exp(-2*z)) // softmax of (-z, z), unhealthy
+		if got.Label != tc.label || math.Abs(got.Scores["unhealthy"]-want) > 1e-5 {
+			t.Fatalf("colour %v %v %v: %s %v, want %s with unhealthy %v", tc.r, tc.g, tc.b, got.Label, got.Scores, tc.label, want)
+		}
 	}
 }
