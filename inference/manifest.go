@@ -24,15 +24,16 @@ type Manifest struct {
 	// MaxBatch bounds the images of one ONNX Runtime call (Triton's
 	// max_batch_size).
 	MaxBatch int `yaml:"max_batch"`
-	// PreferredBatch are the batch sizes the dynamic batcher cuts a
-	// model version's images into when it has more than one size to
-	// choose from (Triton's preferred_batch_size): the largest that fits
-	// what is waiting, else what is waiting up to MaxBatch. A single
-	// number or a list.
+	// PreferredBatch are the batch sizes the dynamic batcher forms from
+	// a model version's queue (Triton's preferred_batch_size): the queue
+	// runs a batch as soon as it holds the largest; after MaxQueueDelay
+	// it runs the largest that fits what is waiting, else what is
+	// waiting up to MaxBatch. A single number or a list.
 	PreferredBatch BatchSizes `yaml:"preferred_batch,flow,omitempty"`
-	// MaxQueueDelay is how long the consumer waits to fill a batch for
-	// this model (Triton's max_queue_delay_microseconds), as a Go
-	// duration ("2ms"); 0: GRADELINE_MAX_QUEUE_DELAY.
+	// MaxQueueDelay is how long this model version's queue waits for a
+	// fuller batch after its oldest image arrived (Triton's
+	// max_queue_delay_microseconds), as a Go duration ("2ms"); it holds
+	// up no other model. 0: GRADELINE_MAX_QUEUE_DELAY.
 	MaxQueueDelay time.Duration `yaml:"max_queue_delay,omitempty"`
 	// VersionPolicy says which versions of the model's folder are served
 	// (Triton's version_policy; default: the newest one).

@@ -73,7 +73,7 @@ func newMetrics(r prometheus.Registerer, models func() float64) *metrics {
 			Help: "ONNX Runtime calls (batches executed), per model and version (Triton's nv_inference_exec_count).",
 		}, mv)),
 		queue: hist("gradeline_inference_queue_seconds",
-			"Time a grade waited from its submission until its batch was taken in hand, per model and version."),
+			"Time a grade waited from its submission until its batch was taken in hand (cut from its model version's queue to run), per model and version."),
 		compInput: hist("gradeline_inference_compute_input_seconds",
 			"Decoding and preprocessing one image (or checking one submitted tensor), per model and version."),
 		compInfer: hist("gradeline_inference_compute_infer_seconds",
@@ -96,7 +96,7 @@ func newMetrics(r prometheus.Registerer, models func() float64) *metrics {
 		}, []string{"model"})),
 		preprocess: admin.MustRegister(r, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "gradeline_inference_preprocess_seconds",
-			Help:    "Fetching, decoding and preprocessing the images of one consumed batch.",
+			Help:    "Fetching, decoding and preprocessing one submission's image (or the images of one Registry.Grade call), until it is queued.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		})),
 		completed: admin.MustRegister(r, prometheus.NewCounterVec(prometheus.CounterOpts{

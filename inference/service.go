@@ -41,12 +41,14 @@ type Config struct {
 	ModelsPoll time.Duration
 	// ORTLib is the path of libonnxruntime.so.1 (ONNXRUNTIME_LIB).
 	ORTLib string
-	// MaxQueueDelay is how long a batch waits for more images after its
-	// first arrived (default DefaultMaxQueueDelay). Under load, images
-	// that arrive while a batch runs are batched anyway; the delay only
-	// trades latency for batch size when traffic is light.
+	// MaxQueueDelay is how long a model version's queue waits for more
+	// images after its oldest arrived, for models whose model.yaml sets
+	// no max_queue_delay (default DefaultMaxQueueDelay). Under load,
+	// images that arrive while the version's batch runs are batched
+	// anyway; the delay only trades latency for batch size when traffic
+	// is light.
 	MaxQueueDelay time.Duration
-	Logger   *slog.Logger
+	Logger        *slog.Logger
 	// Registerer receives the metrics (nil = prometheus.DefaultRegisterer).
 	Registerer prometheus.Registerer
 	// OnReady, if set, is called once the models are loaded and the
@@ -67,13 +69,15 @@ const DefaultMaxQueueDelay = time.Millisecond
 const MaxImageBytes = 64 << 20
 
 // Bounds of the batcher: images fetched at once; deliveries in hand
-// (fetching, decoding, queued, running or publishing), more than a
-// full batch of the largest max_batch so other models still get in; and
-// of those, the most that may wait in queues.
+// (fetching, decoding, queued, running or publishing: half the
+// consumer's MaxAckPending, so a second replica gets its share); and of
+// those, the most that may wait in queues, beyond which the queues run
+// early, so models with long delays cannot take every delivery and
+// starve the others.
 const (
 	fetchers    = 16
-	maxInFlight = MaxMaxBatch + 256
-	maxWaiting  = MaxMaxBatch
+	maxInFlight = 512
+	maxWaiting  = 384
 )
 
 // Run connects to NATS, waits for its streams and ensures its consumer
