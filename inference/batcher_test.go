@@ -301,3 +301,60 @@ func waitConsumer(t *testing.T, s *stack, ok func(pending uint64, ackPending int
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The batcher's rules without the service: a queue runs the largest
+// preferred batch size at once and keeps the rest for its delay (an hour
+// here: never within the test), close returns what waits, and beyond
+// maxWaiting the queues run early.
+func TestBatcherRules(t *testing.T) {
+	dir := t.TempDir()
+	writeDigitsAs(t, dir, "pref4", "max_batch: 8\npreferred_batch: 4\n")
+	writeDigitsAs(t, dir, "plain", "max_batch: 64\n")
+	r := testRegistry(t, dir)
+	set := heldOutDigits(t)
+	for _, tc := range []struct {
+		name       string
+		model      string
+		maxWaiting int
+		jobs       int
+		runs       []int // the batch sizes run, in order
+	}{
+		{"the largest preferred size runs at once", "pref4", 0, 6, []int{4}},
+		{"two preferred batches and a rest", "pref4", 0, 11, []int{4, 4}},
+		{"nothing full waits for its delay", "plain", 0, 5, nil},
+		{"beyond maxWaiting the queues run early", "plain", 3, 5, []int{5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mustModel(t, r, tc.model)
+			b := newBatcher(time.Hour, tc.maxWaiting, nil, quiet)
+			done := make(chan *job, tc.jobs)
+			jobs := make([]*job, tc.jobs)
+			for i := range jobs {
+				jobs[i] = &job{model: m, input: m.PreprocessImage(set.Image(i)), done: func(j *job) { done <- j }}
+			}
+			b.add(t.Context(), jobs, nil)
+			graded := 0
+			for _, size := range tc.runs {
+				for range size {
+					j := <-done
+					if j.pred == nil || j.pred.BatchSize != size {
+						t.Fatalf("job done with %+v, want a prediction from a batch of %d", j, size)
+					}
+					graded++
+				}
+			}
+			// What is left waits (for an hour): close returns it unhandled.
+			b.close()
+			for range tc.jobs - graded {
+				if j := <-done; !j.shutdown || j.pred != nil {
+					t.Fatalf("job left in the queue done with %+v, want returned at shutdown", j)
+				}
+			}
+			select {
+			case j := <-done:
+				t.Fatalf("a job was done twice: %+v", j)
+			default:
+			}
+		})
+	}
+}
