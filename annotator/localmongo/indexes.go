@@ -136,5 +136,56 @@ func syncIndexes(ctx context.Context, pool *pgxpool.Pool, created func(mirrorInd
 			created(m)
 		}
 	}
+	return idleFerretIndexes(ctx, pool)
+}
+
+// idleFerretIndexes turns FerretDB's own secondary indexes into partial
+// indexes on `false`, which PostgreSQL never has to update. FerretDB 1.24
+// builds a btree on the indexed expressions for every MongoDB index, but
+// its filters are `@>` (only the GIN twins above serve them) and it sorts
+// in Go, so no query ever reads one; each still cost every insert an
+// index update (three of the annotator's insert cost on PostgreSQL, as
+// much as the rest together). The index keeps its name and columns, so
+// FerretDB's metadata stays true: a dropIndexes or a collection drop
+// finds what it expects. Unique indexes (_id and any the application
+// declares unique) are left alone: they enforce uniqueness.
+func idleFerretIndexes(ctx context.Context, pool *pgxpool.Pool) error {
+	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname, pg_get_indexdef(i.indexrelid)
+		FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indexrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_am a ON a.oid = c.relam
+		WHERE a.amname = 'btree' AND NOT i.indisunique AND i.indpred IS NULL AND i.indexprs IS NOT NULL
+		AND n.nspname IN (SELECT table_schema FROM information_schema.tables WHERE table_name = $1)`, metadataTable)
+	if err != nil {
+		return fmt.Errorf("localmongo: list FerretDB indexes: %w", err)
+	}
+	type index struct{ Schema, Name, Def string }
+	idx, err := pgx.CollectRows(rows, pgx.RowToStructByPos[index])
+	if err != nil {
+		return fmt.Errorf("localmongo: list FerretDB indexes: %w", err)
+	}
+	for _, ix := range idx {
+		def, ok := strings.CutPrefix(ix.Def, "CREATE INDEX ")
+		if !ok {
+			continue
+		}
+		// One transaction: the name never goes missing, whatever stops
+		// the mirror. A new collection's index is built on an empty table;
+		// an old store's is rebuilt once, holding the table for that time.
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "DROP INDEX "+pgx.Identifier{ix.Schema, ix.Name}.Sanitize()); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "CREATE INDEX "+def+" WHERE false")
+			return err
+		})
+		if err != nil {
+			if strings.Contains(err.Error(), "does not exist") {
+				continue // dropped meanwhile
+			}
+			return fmt.Errorf("localmongo: idle index %s.%s: %w", ix.Schema, ix.Name, err)
+		}
+	}
 	return nil
 }

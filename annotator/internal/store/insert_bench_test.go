@@ -1,0 +1,110 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gradeline/gradeline/bus"
+)
+
+// benchBody is the annotation make bench posts (140 bytes).
+const benchBody = `{"label":"cat","box":[12,40,128,96],"confidence":0.93,"notes":"left ear partly hidden","by":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`
+
+// BenchmarkInsertAnnotations measures the embedded store's ceiling for
+// annotation writes: batches of 256 annotations by one author (as wrk
+// posts them) through InsertAnnotations, the annotator's write, into a
+// collection whose indexes the mirror has already handled. ns/op is per
+// batch. Besides annotations/s it reports the CPU time per annotation of
+// PostgreSQL (its processes) and of this process (the driver, FerretDB
+// and the store's own work), which a busy machine disturbs less than the
+// rate.
+func BenchmarkInsertAnnotations(b *testing.B) {
+	ctx := context.Background()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := New(client.Database("bench_insert_"+strings.ToLower(bus.NewID()[:8])), m)
+	batch := func() []*bus.AnnotationCreated {
+		evs := make([]*bus.AnnotationCreated, 256)
+		for i := range evs {
+			evs[i] = annotation("bench", "", benchBody)
+		}
+		return evs
+	}
+	for range 4 {
+		mustStore(b)(s.InsertAnnotations(ctx, batch()))
+	}
+	if err := server.SyncIndexes(ctx); err != nil {
+		b.Fatal(err)
+	}
+	pg0, self0 := childrenCPU(server.PostgresPID()), selfCPU()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		evs := batch()
+		b.StartTimer()
+		mustStore(b)(s.InsertAnnotations(ctx, evs))
+	}
+	b.StopTimer()
+	n := float64(256 * b.N)
+	b.ReportMetric(n/b.Elapsed().Seconds(), "annotations/s")
+	b.ReportMetric(float64((childrenCPU(server.PostgresPID())-pg0).Microseconds())/n, "pg-µs/annotation")
+	b.ReportMetric(float64((selfCPU()-self0).Microseconds())/n, "go-µs/annotation")
+}
+
+// mustStore fails b on any error of a write.
+func mustStore(b testing.TB) func([]error, error) {
+	return func(res []error, err error) {
+		b.Helper()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i, e := range res {
+			if e != nil {
+				b.Fatalf("result %d: %v", i, e)
+			}
+		}
+	}
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// childrenCPU is the CPU time of process pid and its children (the
+// PostgreSQL postmaster and its backends), from /proc.
+func childrenCPU(pid int) time.Duration {
+	var ticks int64
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			continue
+		}
+		me, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		parent, _ := strconv.Atoi(f[1])
+		if me != pid && parent != pid {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		k, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + k
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
