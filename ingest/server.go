@@ -396,6 +396,14 @@ func (s *Server) Close() {
 		if s.revoked != nil {
 			s.revoked.Stop()
 		}
+		if s.oip != nil {
+			// Counts whose merge failed would leave with the process.
+			ctx, cancel := context.WithTimeout(context.Background(), oipStatsFlushTimeout)
+			if err := s.oip.flush(ctx, 0); err != nil {
+				s.log.Warn("OIP statistics not merged at close; they are lost", "err", err)
+			}
+			cancel()
+		}
 		if s.nc != nil {
 			_ = s.nc.Drain()
 			// Drain is asynchronous; wait briefly so published acks are not cut.
