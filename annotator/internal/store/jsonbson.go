@@ -3,11 +3,15 @@ package store
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/gradeline/gradeline/bus"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/x/bsonx/bsoncore"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 // maxDepth bounds the nesting of an annotation stored as a document
@@ -20,100 +24,234 @@ const maxDepth = bus.MaxAnnotationDepth
 // or would alter: keys starting with '$' or containing '.', duplicate keys,
 // arrays nested directly in arrays (FerretDB), integers beyond int64, and
 // deep nesting. Such annotations are stored as their JSON text instead.
+//
+// It writes the BSON straight from the JSON text in one pass (what
+// bson.Marshal makes of the equivalent bson.D: int64 for integers, double
+// otherwise): every stored annotation goes through here, and decoding
+// token by token with encoding/json cost more than the rest of preparing
+// the insert.
 func jsonToDoc(raw []byte) (bson.Raw, bool) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil || tok != json.Delim('{') {
+	p := docParser{data: raw, out: make([]byte, 0, len(raw)+len(raw)/2+16)}
+	p.space()
+	if p.i >= len(p.data) || p.data[p.i] != '{' {
 		return nil, false
 	}
-	d, ok := readObject(dec, 1)
-	if !ok {
+	p.i++
+	if !p.object(1) {
 		return nil, false
 	}
-	if _, err := dec.Token(); err == nil { // trailing data
+	if p.space(); p.i != len(p.data) { // trailing data
 		return nil, false
 	}
-	out, err := bson.Marshal(d)
-	if err != nil {
-		return nil, false
-	}
-	return out, true
+	return bson.Raw(p.out), true
 }
 
-func readObject(dec *json.Decoder, depth int) (bson.D, bool) {
+// docParser appends the BSON of the JSON value at data[i:] to out.
+type docParser struct {
+	data []byte
+	i    int
+	out  []byte
+}
+
+func (p *docParser) space() {
+	for p.i < len(p.data) {
+		switch p.data[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// object writes the members of an object whose '{' was read, as a
+// document, and reads its '}'.
+func (p *docParser) object(depth int) bool {
 	if depth > maxDepth {
-		return nil, false
+		return false
 	}
-	d := bson.D{}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, false
-		}
-		key, ok := tok.(string)
-		if !ok || strings.HasPrefix(key, "$") || strings.ContainsAny(key, ".\x00") || seen[key] {
-			return nil, false
-		}
-		seen[key] = true
-		v, ok := readValue(dec, depth, false)
-		if !ok {
-			return nil, false
-		}
-		d = append(d, bson.E{Key: key, Value: v})
+	at, out := bsoncore.ReserveLength(p.out)
+	p.out = out
+	var keys []string // few: a linear search beats a map
+	p.space()
+	if p.i < len(p.data) && p.data[p.i] == '}' {
+		p.i++
+		return p.end(at)
 	}
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return nil, false
+	for {
+		p.space()
+		key, ok := p.str()
+		if !ok || strings.HasPrefix(key, "$") || strings.ContainsAny(key, ".\x00") || slices.Contains(keys, key) {
+			return false
+		}
+		keys = append(keys, key)
+		if p.space(); p.i >= len(p.data) || p.data[p.i] != ':' {
+			return false
+		}
+		p.i++
+		if !p.value(key, depth, false) {
+			return false
+		}
+		p.space()
+		if p.i >= len(p.data) {
+			return false
+		}
+		c := p.data[p.i]
+		p.i++
+		switch c {
+		case ',':
+		case '}':
+			return p.end(at)
+		default:
+			return false
+		}
 	}
-	return d, true
 }
 
-func readValue(dec *json.Decoder, depth int, inArray bool) (any, bool) {
-	tok, err := dec.Token()
+// end closes the document or array begun at at.
+func (p *docParser) end(at int32) bool {
+	p.out = append(p.out, 0)
+	p.out = bsoncore.UpdateLength(p.out, at, int32(len(p.out))-at)
+	return true
+}
+
+// value writes the element key holding the next JSON value.
+func (p *docParser) value(key string, depth int, inArray bool) bool {
+	p.space()
+	if p.i >= len(p.data) {
+		return false
+	}
+	switch c := p.data[p.i]; {
+	case c == '{':
+		p.i++
+		p.out = bsoncore.AppendHeader(p.out, bsoncore.TypeEmbeddedDocument, key)
+		return p.object(depth + 1)
+	case c == '[':
+		if inArray || depth+1 > maxDepth {
+			return false
+		}
+		p.i++
+		p.out = bsoncore.AppendHeader(p.out, bsoncore.TypeArray, key)
+		at, out := bsoncore.ReserveLength(p.out)
+		p.out = out
+		p.space()
+		if p.i < len(p.data) && p.data[p.i] == ']' {
+			p.i++
+			return p.end(at)
+		}
+		for n := 0; ; n++ {
+			if !p.value(strconv.Itoa(n), depth+1, true) {
+				return false
+			}
+			p.space()
+			if p.i >= len(p.data) {
+				return false
+			}
+			c := p.data[p.i]
+			p.i++
+			switch c {
+			case ',':
+			case ']':
+				return p.end(at)
+			default:
+				return false
+			}
+		}
+	case c == '"':
+		s, ok := p.str()
+		if !ok || strings.IndexByte(s, 0) >= 0 {
+			return false
+		}
+		p.out = bsoncore.AppendStringElement(p.out, key, s)
+		return true
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number(key)
+	case p.literal("true"):
+		p.out = bsoncore.AppendBooleanElement(p.out, key, true)
+		return true
+	case p.literal("false"):
+		p.out = bsoncore.AppendBooleanElement(p.out, key, false)
+		return true
+	case p.literal("null"):
+		p.out = bsoncore.AppendNullElement(p.out, key)
+		return true
+	}
+	return false
+}
+
+// literal reads word when it comes next.
+func (p *docParser) literal(word string) bool {
+	if !bytes.HasPrefix(p.data[p.i:], []byte(word)) {
+		return false
+	}
+	p.i += len(word)
+	return true
+}
+
+// number writes a JSON number: an int64 when it has no fraction or
+// exponent, else a double; false for what neither holds exactly enough
+// (an integer beyond int64, a double out of range) or for a number that
+// is not JSON.
+func (p *docParser) number(key string) bool {
+	start := p.i
+	for p.i < len(p.data) {
+		c := p.data[p.i]
+		if (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E' {
+			p.i++
+			continue
+		}
+		break
+	}
+	text := p.data[start:p.i]
+	if !json.Valid(text) {
+		return false
+	}
+	if bytes.ContainsAny(text, ".eE") {
+		f, err := strconv.ParseFloat(string(text), 64)
+		if err != nil {
+			return false
+		}
+		p.out = bsoncore.AppendDoubleElement(p.out, key, f)
+		return true
+	}
+	n, err := strconv.ParseInt(string(text), 10, 64)
 	if err != nil {
-		return nil, false
+		return false
 	}
-	switch t := tok.(type) {
-	case json.Delim:
-		switch t {
-		case '{':
-			return readObject(dec, depth+1)
-		case '[':
-			if inArray || depth+1 > maxDepth {
-				return nil, false
-			}
-			a := bson.A{}
-			for dec.More() {
-				v, ok := readValue(dec, depth+1, true)
-				if !ok {
-					return nil, false
-				}
-				a = append(a, v)
-			}
-			if tok, err := dec.Token(); err != nil || tok != json.Delim(']') {
-				return nil, false
-			}
-			return a, true
-		}
-		return nil, false
-	case json.Number:
-		s := t.String()
-		if strings.ContainsAny(s, ".eE") {
-			f, err := strconv.ParseFloat(s, 64)
-			return f, err == nil
-		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		return n, err == nil
-	case string:
-		if strings.ContainsRune(t, 0) {
-			return nil, false
-		}
-		return t, true
-	case bool, nil:
-		return t, true
+	p.out = bsoncore.AppendInt64Element(p.out, key, n)
+	return true
+}
+
+// str reads a JSON string. One without escapes that is valid UTF-8 (the
+// usual case) is taken as it is; any other is decoded by encoding/json,
+// as before.
+func (p *docParser) str() (string, bool) {
+	if p.i >= len(p.data) || p.data[p.i] != '"' {
+		return "", false
 	}
-	return nil, false
+	start := p.i
+	escaped := false
+	for j := start + 1; j < len(p.data); j++ {
+		switch c := p.data[j]; {
+		case c == '\\':
+			escaped = true
+			j++
+		case c < 0x20:
+			return "", false
+		case c == '"':
+			p.i = j + 1
+			body := p.data[start+1 : j]
+			if !escaped && utf8.Valid(body) {
+				return string(body), true
+			}
+			var s string
+			if err := json.Unmarshal(p.data[start:j+1], &s); err != nil {
+				return "", false
+			}
+			return s, true
+		}
+	}
+	return "", false
 }
 
 // docToJSON renders a stored annotation document as JSON (relaxed
