@@ -3,7 +3,7 @@
 //	gradeline setup [--replicas N] [--max-bytes-scale F]
 //	gradeline streams                          list streams and consumer lag
 //	gradeline replay STREAM [--consumer NAME] [--since 2h | --since 2026-11-25T10:00:00Z]
-//	gradeline regrade --model NAME@VERSION [--since 24h] [--run ID]
+//	gradeline regrade --model NAME@VERSION [--since 24h] [--tag TAG] [--run ID]
 //	gradeline nats-config [--bcrypt]           the nats-server users and permissions
 //	gradeline admin grant|revoke USER          give or take the admin role
 //
@@ -31,7 +31,13 @@
 // GET /api/v1/stats/agreement?model=NAME&a=SERVED&b=VERSION compares the
 // two versions per label; the command prints the same comparison. The
 // model comes from GRADELINE_MODELS_DIR (and the built-in models), with
-// ONNXRUNTIME_LIB, as the inference service loads them.
+// ONNXRUNTIME_LIB, as the inference service loads them. With --tag it
+// runs instead the catalogue images carrying the tag, of every owner
+// (with --since: only those catalogued since then), listed a page at a
+// time by the annotator and read from the image bucket, each compared with
+// the latest completed grade its owner got from the version the inference
+// service serves now; progress is printed page by page, and a tag that no
+// image carries is an error.
 //
 // nats-config prints the authorization block of a nats-server configuration
 // with every NATS user and its permissions, derived from the bus table.
@@ -87,7 +93,7 @@ const usage = `usage:
   gradeline setup [--replicas N] [--max-bytes-scale F]
   gradeline streams
   gradeline replay STREAM [--consumer NAME] [--since DURATION|RFC3339]
-  gradeline regrade --model NAME@VERSION [--since DURATION|RFC3339] [--run ID]
+  gradeline regrade --model NAME@VERSION [--since DURATION|RFC3339] [--tag TAG] [--run ID]
   gradeline nats-config [--bcrypt]
   gradeline admin grant|revoke USER
 environment: NATS_URL (default: the operator URL in $GRADELINE_DATA_DIR/nats/admin.url,

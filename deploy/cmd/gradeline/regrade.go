@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
@@ -21,7 +23,8 @@ import (
 const regradeBatch = 64
 
 // regrade runs `regrade`: the images submitted in a period, read back from
-// the IMAGES stream and the image bucket, graded again by another model
+// the IMAGES stream and the image bucket (or, with --tag, the catalogue
+// images carrying a tag, of every owner), graded again by another model
 // version in this process (the serving replicas are not touched), each
 // result published as a grade.shadow event that analytics stores; at the
 // end, what the served grades said against what the new version says.
@@ -29,10 +32,19 @@ func regrade(ctx context.Context, args []string, out io.Writer, now time.Time) e
 	fs := flag.NewFlagSet("regrade", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	model := fs.String("model", "", "the model version to run: NAME@VERSION (required)")
-	since := fs.String("since", "24h", "the period: images submitted this long ago (2h) or since this time (RFC 3339)")
+	since := fs.String("since", "24h", "the period: images submitted (with --tag: catalogued) this long ago (2h) or since this time (RFC 3339)")
+	tag := fs.String("tag", "", "the catalogue images carrying this tag, of every owner, instead of the period's submissions (with --since: both)")
 	run := fs.String("run", "", "the run's id (default: a new one; the same id again publishes nothing twice)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("regrade: %w\n%s", err, usage)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("regrade: unexpected argument %q\n%s", fs.Arg(0), usage)
+	}
+	sinceSet := false
+	fs.Visit(func(f *flag.Flag) { sinceSet = sinceSet || f.Name == "since" })
+	if *tag != "" && !sinceSet {
+		*since = "" // a tag alone: all its images, whenever catalogued
 	}
 	name, version := bus.SplitModelRef(*model)
 	if name == "" || version == "" {
@@ -59,23 +71,28 @@ func regrade(ctx context.Context, args []string, out io.Writer, now time.Time) e
 		return fmt.Errorf("regrade: models: %w", err)
 	}
 	defer reg.Close()
-	// The registry names a version NAME@VERSION, and its served one NAME.
+	// Any served version, not only the newest: Grade takes NAME@VERSION.
 	key := *model
-	m, ok := reg.Model(key)
-	if !ok {
-		key = name
-		m, ok = reg.Model(key)
+	m, err := reg.Acquire(name, version)
+	if err != nil {
+		return fmt.Errorf("regrade: model %s is not in the repository (%s): set GRADELINE_MODELS_DIR to the folder that holds it: %w",
+			*model, strings.Join(reg.Names(), ", "), err)
 	}
-	if !ok || m.Version != version {
-		return fmt.Errorf("regrade: model %s is not in the repository (%s): set GRADELINE_MODELS_DIR to the folder that holds it", *model, strings.Join(reg.Names(), ", "))
-	}
-	js, closeConn, err := connect(ctx)
+	defer m.Release()
+	url, err := operatorURL()
 	if err != nil {
 		return err
 	}
-	defer closeConn()
+	nc, js, err := bus.Connect(ctx, url, "gradeline-cli", nil)
+	if err != nil {
+		return fmt.Errorf("%w (is the stack running? set NATS_URL)", err)
+	}
+	defer nc.Close()
 	r := &regradeRun{js: js, reg: reg, m: m, key: key, model: *model, name: name, version: version, run: *run, out: out,
 		served: map[string]string{}, changed: map[[2]string]int{}}
+	if *tag != "" {
+		return r.regradeTagged(ctx, nc, *tag, from)
+	}
 	if err := r.readServed(ctx, from); err != nil {
 		return err
 	}
@@ -94,7 +111,8 @@ type regradeRun struct {
 	key                        string // the model's name in reg
 	model, name, version, run  string
 	out                        io.Writer
-	served                     map[string]string // grade id → served label
+	served                     map[string]string // grade id → served label (--since)
+	tag, servedVersion         string            // --tag: the tag, the version serving
 	changed                    map[[2]string]int // (served, new) → count
 	graded, failed, gone, seen int
 }
@@ -240,8 +258,8 @@ func (r *regradeRun) each(ctx context.Context, stream, subject string, from time
 
 // report prints how the new version's labels compare with the served ones.
 func (r *regradeRun) report() {
-	fmt.Fprintf(r.out, "regrade %s (run %s): %d submissions, %d graded, %d failed, %d images gone\n",
-		r.model, r.run, r.seen, r.graded, r.failed, r.gone)
+	fmt.Fprintf(r.out, "regrade %s (run %s): %d %s, %d graded, %d failed, %d images gone\n",
+		r.model, r.run, r.seen, r.unit(), r.graded, r.failed, r.gone)
 	var keys [][2]string
 	var agree, total int
 	for k, n := range r.changed {
@@ -252,7 +270,7 @@ func (r *regradeRun) report() {
 		}
 	}
 	if total == 0 {
-		fmt.Fprintln(r.out, "no served grade of the period to compare with")
+		fmt.Fprintf(r.out, "no served grade of the %s to compare with\n", r.unit())
 		return
 	}
 	sort.Slice(keys, func(i, j int) bool {
@@ -262,5 +280,152 @@ func (r *regradeRun) report() {
 	for _, k := range keys {
 		fmt.Fprintf(r.out, "  served %-12s now %-12s %d\n", k[0], k[1], r.changed[k])
 	}
-	fmt.Fprintf(r.out, "details: GET /api/v1/stats/agreement?model=%s&a=<served version>&b=%s\n", r.name, r.version)
+	a := "<served version>"
+	if r.servedVersion != "" {
+		a = r.servedVersion
+	}
+	fmt.Fprintf(r.out, "details (per owner): GET /api/v1/stats/agreement?model=%s&a=%s&b=%s\n", r.name, a, r.version)
+}
+
+// regradeTagPage is how many images one page of the catalogue query asks for.
+const regradeTagPage = 256
+
+// unit names what a run goes through, for its messages.
+func (r *regradeRun) unit() string {
+	if r.tag != "" {
+		return "images"
+	}
+	return "submissions"
+}
+
+// regradeTagged grades again the catalogue images carrying tag, of every
+// owner (catalogued since from, when set), read a page at a time from the
+// annotator and their bytes from the image bucket, so memory stays the
+// same at any number of images. Each is compared with the latest
+// completed grade its owner got from the version serving now.
+func (r *regradeRun) regradeTagged(ctx context.Context, nc *nats.Conn, tag string, from time.Time) error {
+	r.tag = tag
+	var err error
+	if r.servedVersion, err = r.serving(ctx, nc); err != nil {
+		return err
+	}
+	images, err := bus.ImageStore(ctx, r.js)
+	if err != nil {
+		return fmt.Errorf("regrade: %w", err)
+	}
+	what := fmt.Sprintf("the images tagged %q", tag)
+	if !from.IsZero() {
+		what += " catalogued since " + from.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(r.out, "regrade %s (run %s): %s, of every owner, compared with the grades of %s@%s\n",
+		r.model, r.run, what, r.name, r.servedVersion)
+	q := bus.TaggedImagesQuery{Tag: tag, Since: from, Model: r.name, Version: r.servedVersion, PerPage: regradeTagPage}
+	for {
+		page, err := bus.Request[bus.List[bus.TaggedImage]](ctx, nc, bus.SvcImagesTagged, q)
+		if err != nil {
+			return fmt.Errorf("regrade: the catalogue's images tagged %q: %w", tag, err)
+		}
+		for chunk := range slices.Chunk(page.Data, regradeBatch) {
+			if err := r.gradeTagged(ctx, images, chunk); err != nil {
+				return err
+			}
+		}
+		if len(page.Data) > 0 {
+			fmt.Fprintf(r.out, "regrade %s: %d images, %d graded, %d failed, %d images gone\n", r.model, r.seen, r.graded, r.failed, r.gone)
+		}
+		if page.Next == "" {
+			break
+		}
+		q.Cursor = page.Next
+	}
+	if r.seen == 0 {
+		return fmt.Errorf("regrade: no catalogue image carries the tag %q%s: nothing to regrade", tag,
+			strings.TrimPrefix(what, fmt.Sprintf("the images tagged %q", tag)))
+	}
+	r.report()
+	return nil
+}
+
+// serving is the version of the model the inference service serves now
+// (asked over NATS), or, when no replica answers, the one this process
+// serves from the same models folders.
+func (r *regradeRun) serving(ctx context.Context, nc *nats.Conn) (string, error) {
+	infos, err := bus.Request[[]bus.ModelInfo](ctx, nc, bus.SvcModelsList, bus.ModelsQuery{})
+	if err == nil {
+		for _, info := range infos {
+			if info.Name == r.name {
+				return info.Version, nil
+			}
+		}
+		return "", fmt.Errorf("regrade: the inference service serves no model %s now (it serves %s): nothing was served to compare with",
+			r.name, modelNames(infos))
+	}
+	if !errors.Is(err, bus.ErrUnavailable) {
+		return "", fmt.Errorf("regrade: the served models: %w", err)
+	}
+	m, ok := r.reg.Model(r.name)
+	if !ok {
+		return "", fmt.Errorf("regrade: no inference replica answers and model %s serves no version here: %w", r.name, err)
+	}
+	fmt.Fprintf(r.out, "regrade: no inference replica answers; comparing with version %s, the one served from these models folders\n", m.Version)
+	return m.Version, nil
+}
+
+func modelNames(infos []bus.ModelInfo) string {
+	names := make([]string, len(infos))
+	for i, info := range infos {
+		names[i] = info.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// gradeTagged grades one chunk of catalogue images and publishes each
+// result; the shadow's id derives from the run and the image, so a run
+// repeated with the same id publishes nothing twice. It re-runs the
+// served grade when there is one (Of); otherwise Of names the image.
+func (r *regradeRun) gradeTagged(ctx context.Context, images jetstream.ObjectStore, chunk []bus.TaggedImage) error {
+	var imgs []bus.TaggedImage
+	var data [][]byte
+	for _, img := range chunk {
+		r.seen++
+		b, err := images.GetBytes(ctx, img.Object)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			r.gone++ // deleted since
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("regrade: image %s: %w", img.Object, err)
+		}
+		imgs, data = append(imgs, img), append(data, b)
+	}
+	if len(imgs) == 0 {
+		return nil
+	}
+	preds, err := r.reg.Grade(ctx, r.key, data)
+	if err != nil {
+		return fmt.Errorf("regrade: %w", err)
+	}
+	for i, p := range preds {
+		img := imgs[i]
+		ev := &bus.GradeShadow{Meta: bus.NewMeta(bus.TypeGradeShadow), Run: r.run, Of: img.ID, ImageID: img.ID, Owner: img.Owner,
+			Model: r.name, ModelVersion: r.version}
+		ev.ID = r.run + "/" + img.ID
+		if img.Served != nil {
+			ev.Of = img.Served.GradeID
+		}
+		if p.Err != nil {
+			ev.Reason = p.Err.Error()
+			r.failed++
+		} else {
+			ev.Label, ev.Score, ev.Scores = p.Label, float64(p.Scores[p.Index]), r.m.ScoreMap(p)
+			r.graded++
+			if img.Served != nil {
+				r.changed[[2]string{img.Served.Label, p.Label}]++
+			}
+		}
+		if _, err := bus.Publish(ctx, r.js, ev); err != nil {
+			return fmt.Errorf("regrade: publish: %w", err)
+		}
+	}
+	return nil
 }
