@@ -80,7 +80,8 @@ func met(ok bool) string {
 // GRADELINE_BENCH_ONLY=grades measures only the grade rows (and the OIP
 // rows beside them) on a stack started once, for before/after comparisons
 // of the grade path in a minute; GRADELINE_BENCH_ONLY=annotations only the
-// annotation rows, likewise. Neither touches the README.
+// annotation rows, likewise; GRADELINE_BENCH_ONLY=iris only the iris load
+// and queries. None of them touches the README.
 func BenchmarkStack(b *testing.B) {
 	began, loadBefore := time.Now(), loadAverage()
 	ctx := context.Background()
@@ -114,9 +115,9 @@ func BenchmarkStack(b *testing.B) {
 	var rows []row
 	only := os.Getenv("GRADELINE_BENCH_ONLY")
 	switch only {
-	case "", "grades", "annotations":
+	case "", "grades", "annotations", "iris":
 	default:
-		b.Fatalf("GRADELINE_BENCH_ONLY=%q: want grades, annotations or nothing", only)
+		b.Fatalf("GRADELINE_BENCH_ONLY=%q: want grades, annotations, iris or nothing", only)
 	}
 
 	// The first start after `make install`: the engines' libraries are not
@@ -143,10 +144,13 @@ func BenchmarkStack(b *testing.B) {
 	}
 
 	if only != "" {
-		if only == "grades" {
+		switch only {
+		case "grades":
 			rows = append(rows, measureGrades(b, ctx, st, out)...)
-		} else {
+		case "annotations":
 			rows = append(rows, measureAnnotations(b, ctx, st, out)...)
+		case "iris":
+			rows = append(rows, measureIris(b, ctx, st.ep.HTTP, st.ep.ClickHouse)...)
 		}
 		stopStack = func() {}
 		if err := st.stop(); err != nil {
