@@ -130,6 +130,26 @@ func (u *apiUser) upload(png []byte, tags ...string) string {
 	return img.ID
 }
 
+// waitTagged waits until the user's catalogue lists n images tagged tag
+// (the catalogue is stored asynchronously).
+func (u *apiUser) waitTagged(tag string, n int) {
+	u.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var l struct {
+			Data []json.RawMessage `json:"data"`
+		}
+		u.call("GET", "/api/v1/images?tag="+tag, "", "", &l)
+		if len(l.Data) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			u.t.Fatalf("%d images tagged %s listed, want %d", len(l.Data), tag, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // grade grades a catalogue image with the served fashion model and
 // returns the grade once it is stored.
 func (u *apiUser) grade(imageID string) (id, label string) {
@@ -214,25 +234,8 @@ func TestRegradeTag(t *testing.T) {
 		gradeOf[g.img], served[g.img] = g.u.grade(g.img)
 	}
 	// The catalogue is stored asynchronously: wait for every upload.
-	for _, c := range []struct {
-		u *apiUser
-		n int
-	}{{alice, 3}, {bob, 2}} {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			var l struct {
-				Data []json.RawMessage `json:"data"`
-			}
-			c.u.call("GET", "/api/v1/images?tag=shirts", "", "", &l)
-			if len(l.Data) == c.n {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d tagged images listed, want %d", len(l.Data), c.n)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	alice.waitTagged("shirts", 3)
+	bob.waitTagged("shirts", 2)
 
 	// A tag no image carries: said, and an error (the exit code).
 	err := run(ctx, []string{"regrade", "--model", "fashion@2", "--tag", "nosuch"}, io.Discard, time.Now())
@@ -300,17 +303,13 @@ func TestRegradeTag(t *testing.T) {
 	// the only one; a period after every upload holds none.
 	since := time.Now()
 	late := bob.upload(fixture.DigitPNG(6), "shirts")
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var out bytes.Buffer
-		err := run(ctx, []string{"regrade", "--model", "fashion@2", "--tag", "shirts", "--since", since.UTC().Format(time.RFC3339Nano)}, &out, time.Now())
-		if err == nil && strings.Contains(out.String(), "1 images, 1 graded") {
-			break
-		}
-		if time.Now().After(deadline) || err != nil && !strings.Contains(err.Error(), "no catalogue image carries") {
-			t.Fatalf("--since with --tag (image %s): %v\n%s", late, err, out.String())
-		}
-		time.Sleep(100 * time.Millisecond)
+	bob.waitTagged("shirts", 3)
+	var out bytes.Buffer
+	err = run(ctx, []string{"regrade", "--model", "fashion@2", "--tag", "shirts", "--since", since.UTC().Format(time.RFC3339Nano)}, &out, time.Now())
+	if err != nil || !strings.Contains(out.String(), "1 images, 1 graded") {
+		var l json.RawMessage
+		bob.call("GET", "/api/v1/images?tag=shirts", "", "", &l)
+		t.Fatalf("--since %s with --tag (image %s): %v\n%s\nbob's images: %s", since.UTC().Format(time.RFC3339Nano), late, err, out.String(), l)
 	}
 	err = run(ctx, []string{"regrade", "--model", "fashion@2", "--tag", "shirts", "--since", "1m"}, io.Discard, time.Now().Add(time.Hour))
 	if err == nil || !strings.Contains(err.Error(), `no catalogue image carries the tag "shirts" catalogued since`) {
@@ -323,7 +322,7 @@ func TestRegradeTag(t *testing.T) {
 		u *apiUser
 		n float64
 	}{{alice, 2}, {bob, 1}} {
-		deadline := time.Now().Add(time.Minute)
+		deadline := time.Now().Add(2 * time.Minute)
 		for {
 			var res struct {
 				Data bus.RegradeAgreement `json:"data"`
