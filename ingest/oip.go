@@ -744,9 +744,13 @@ func (s *Server) oipGrade(c *fiber.Ctx, rows []*oipRow, tm *oipTiming) ([]bus.Ev
 		g.Go(func() error {
 			switch ev := r.ev.(type) {
 			case *bus.ImageSubmitted:
-				ref, err := s.storeImage(gctx, ev.ImageID, r.up)
-				if err != nil {
-					return err
+				// A small image travels in its event, as on the grade route.
+				ref, ok := inlineImage(ev.ImageID, r.up)
+				if !ok {
+					var err error
+					if ref, err = s.storeImage(gctx, ev.ImageID, r.up); err != nil {
+						return err
+					}
 				}
 				ev.Image = ref
 			case *bus.TensorSubmitted:
