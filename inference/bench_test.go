@@ -2,7 +2,9 @@ package inference
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,8 +76,30 @@ func BenchmarkBusGrade(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.close()
+	benchBusGrade(b, s, []int{1, 32})
+}
+
+// BenchmarkBusGradeBesideSlowModel is BenchmarkBusGrade while the
+// service also serves an idle model with a max_queue_delay of 20ms: it
+// should cost the fashion grades nothing, since each model version waits
+// for its own batch only.
+func BenchmarkBusGradeBesideSlowModel(b *testing.B) {
+	dir := b.TempDir()
+	yaml := strings.Replace(string(readFile(b, filepath.Join("models", "digits", "model.yaml"))), "name: digits", "name: slow", 1)
+	writeModelDir(b, filepath.Join(dir, "slow"), readFile(b, filepath.Join("models", "digits", "model.onnx")), yaml+"max_queue_delay: 20ms\n")
+	s, err := startStack(testenv.ORTLib(b), DefaultMaxQueueDelay, dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.close()
+	benchBusGrade(b, s, []int{1, 32})
+}
+
+// benchBusGrade grades fashion images through the stack from each number
+// of concurrent clients.
+func benchBusGrade(b *testing.B, s *stack, clientCounts []int) {
 	pngs := fashionPNGs(b, 64)
-	for _, clients := range []int{1, 32} {
+	for _, clients := range clientCounts {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			var mu sync.Mutex
 			var lat []time.Duration
