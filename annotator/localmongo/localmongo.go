@@ -57,6 +57,9 @@ type Server struct {
 	done      chan struct{}
 	mirror    chan struct{}
 	closeOnce sync.Once
+	// syncMu makes mirror runs one at a time: two would convert the same
+	// index at once (see idleFerretIndexes).
+	syncMu sync.Mutex
 }
 
 // Start runs PostgreSQL and FerretDB on Dir and returns once FerretDB
@@ -191,6 +194,8 @@ func (s *Server) mirrorIndexes(ctx context.Context) {
 // SyncIndexes gives every collection the PostgreSQL indexes that serve its
 // MongoDB indexes now, instead of within a second.
 func (s *Server) SyncIndexes(ctx context.Context) error {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
 	return syncIndexes(ctx, s.pool, func(m mirrorIndex) {
 		s.log.Info("index ready", "database", m.Schema, "table", m.Table, "field", m.Field)
 	})
