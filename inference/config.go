@@ -14,6 +14,10 @@ const maxQueueDelayLimit = 10 * time.Second
 // maxModelsPoll bounds GRADELINE_MODELS_POLL.
 const maxModelsPoll = time.Hour
 
+// VarMaxQueueDelay is the batching delay, read by the inference service
+// and by local mode alike.
+var VarMaxQueueDelay = admin.Var{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long a model version's queue waits to fill a batch after its oldest image arrived (Triton's `max_queue_delay`), for models whose `model.yaml` sets no `max_queue_delay`"}
+
 // EnvVars are the environment variables ConfigFromEnv reads (and
 // GRADELINE_MAX_IMAGE_PIXELS, read when the package loads).
 var EnvVars = []admin.Var{
@@ -21,7 +25,7 @@ var EnvVars = []admin.Var{
 	{Name: "ONNXRUNTIME_LIB", Default: "`.cache/onnxruntime/libonnxruntime.so.1` (`make`); **required** by the service binary", Meaning: "another copy of ONNX Runtime (≥ 1.24)"},
 	{Name: "GRADELINE_MODELS_DIR", Meaning: "colon-separated folders of extra model directories"},
 	{Name: "GRADELINE_MODELS_POLL", Default: "`" + DefaultModelsPoll.String() + "`", Meaning: "how often each inference replica scans its models folders for new, changed and removed versions (`off`: never; the repository API still loads and unloads)"},
-	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long a model version's queue waits to fill a batch after its oldest image arrived (Triton's `max_queue_delay`), for models whose `model.yaml` sets no `max_queue_delay`"},
+	VarMaxQueueDelay,
 	{Name: EnvMaxImagePixels, Default: fmt.Sprintf("`%d` (16 MP)", DefaultMaxImagePixels), Meaning: "absolute cap on the pixels inference decodes; below it each model decodes at most `input.max_pixels` of its `model.yaml` (default 64× its input, at least 4 MP); a JPEG much larger than the input is decoded downscaled (libjpeg DCT scaling, up to 1/8) and the limit applies to what is decoded; other larger images fail with a 422 naming the limit"},
 	admin.VarNATSCA, admin.VarAdminAddr, admin.VarLogLevel,
 }

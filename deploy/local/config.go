@@ -31,7 +31,7 @@ var EnvVars = []admin.Var{
 	{Name: "GRADELINE_GRADE_WAIT", Default: "`" + ingest.DefaultGradeWait.String() + "`", Meaning: "how long `POST /api/v1/grades` waits for the grade before answering 202 with its `Location` (a request's `?wait=` overrides it)"},
 	{Name: "GRADELINE_CALLBACK_ALLOW", Default: "none", Meaning: "comma-separated CIDRs a grade's `callback_url` may reach although they are not public (loopback, private, link-local ...); refused otherwise, at submission and again when delivering"},
 	{Name: "GRADELINE_MODELS_DIR", Meaning: "colon-separated folders of extra model directories"},
-	{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + inference.DefaultMaxQueueDelay.String() + "`", Meaning: "how long inference waits to fill a batch (Triton's `max_queue_delay`)"},
+	inference.VarMaxQueueDelay,
 	{Name: natsserver.EnvNATSSync, Default: "server default (`2m`)", Meaning: "local mode: how often the embedded NATS fsyncs its streams (JetStream `sync_interval`); `always` fsyncs every event before it is acknowledged, so a power cut on the single node loses nothing acknowledged, at the cost measured under Performance; or a duration (`1s`). A real NATS server takes `jetstream { sync_interval: always }` in its configuration"},
 	{Name: "ONNXRUNTIME_LIB", Default: "`.cache/onnxruntime/libonnxruntime.so.1`", Meaning: "another copy of ONNX Runtime (≥ 1.24)"},
 	{Name: localch.EnvLauncher, Default: "`.cache/chdb/gradeline-chdb`", Meaning: "the ClickHouse engine launcher built by `make install`"},
