@@ -95,13 +95,15 @@ func (e *AnnotationDeleted) Validate() error {
 }
 
 // MaxInlineImageBytes is the largest image an ImageSubmitted carries inline
-// (ImageRef.Data) instead of in the object store. Inline bytes save the
-// submission two object-store round trips (the edge's put, inference's
-// get), which cost more than grading a small image; the bound keeps the
-// events small (about 11 KiB in JSON at most), so the IMAGES stream still
-// holds about 95,000 inline submissions at the least in its size bound,
-// and a replay still grades them from the stream alone.
-const MaxInlineImageBytes = 8 << 10
+// (ImageRef.Data) instead of in the object store: MNIST-sized images (a
+// 28x28 PNG is a few hundred bytes) and small thumbnails. Inline bytes
+// save the submission two object-store round trips (the edge's put,
+// inference's get), which cost more than grading a small image. The bound
+// keeps events under about 6 KiB in JSON: the IMAGES stream's size bound
+// (limits retention, oldest dropped first) then still holds at least
+// about 180,000 submissions, a backlog of minutes at full load, and a
+// replay grades them from the stream alone.
+const MaxInlineImageBytes = 4 << 10
 
 // ImageRef locates image bytes (claim check): events carry the object name
 // and digest, and the bytes themselves only when the image is small.

@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -29,7 +30,7 @@ func TestImageSubmittedInline(t *testing.T) {
 		{"in the object store (no data)", submitted(nil, 1<<20, false), ""},
 		{"inline, one byte", submitted([]byte{1}, 1, false), ""},
 		{"inline at the bound", submitted(atBound, int64(len(atBound)), false), ""},
-		{"inline one byte over the bound", submitted(over, int64(len(over)), false), "exceeds 8192"},
+		{"inline one byte over the bound", submitted(over, int64(len(over)), false), "exceeds 4096"},
 		{"inline with another size", submitted([]byte{1, 2}, 3, false), "size says 3"},
 		{"a catalogued image inline", submitted([]byte{1}, 1, true), "catalogued image is in the object store"},
 		{"catalogued, in the store", submitted(nil, 10, true), ""},
@@ -78,8 +79,8 @@ func TestImageSubmittedInlineDecode(t *testing.T) {
 		{"before inline images", `{"object":"img","sha256":"` + sum + `","content_type":"image/png","size":3}`, false, ""},
 		{"inline", `{"object":"img","sha256":"` + sum + `","content_type":"image/png","size":3,"data":"AQID"}`, true, ""},
 		{"inline, not base64", `{"object":"img","sha256":"` + sum + `","content_type":"image/png","size":3,"data":"!!"}`, false, "poison"},
-		{"inline over the bound", `{"object":"img","sha256":"` + sum + `","content_type":"image/png","size":8193,"data":"` +
-			strings.Repeat("AAAA", 2731) + `"}`, false, "exceeds"},
+		{"inline over the bound", `{"object":"img","sha256":"` + sum + `","content_type":"image/png","size":4097,"data":"` +
+			base64.StdEncoding.EncodeToString(make([]byte, 4097)) + `"}`, false, "exceeds"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ev, err := bus.Decode([]byte(`{` + meta + `,"image":` + tc.image + `}`))
