@@ -104,7 +104,8 @@ func wantedIndexes(ctx context.Context, pool *pgxpool.Pool) ([]mirrorIndex, erro
 // syncIndexes creates the missing mirror indexes. A build interrupted
 // earlier leaves an invalid index behind; it is dropped and built again.
 // CONCURRENTLY keeps the collection writable while a large table is indexed.
-func syncIndexes(ctx context.Context, pool *pgxpool.Pool, created func(mirrorIndex)) error {
+// idled (may be nil) is told each FerretDB index made idle.
+func syncIndexes(ctx context.Context, pool *pgxpool.Pool, created func(mirrorIndex), idled func(schema, name string)) error {
 	want, err := wantedIndexes(ctx, pool)
 	if err != nil {
 		return err
@@ -136,7 +137,7 @@ func syncIndexes(ctx context.Context, pool *pgxpool.Pool, created func(mirrorInd
 			created(m)
 		}
 	}
-	return idleFerretIndexes(ctx, pool)
+	return idleFerretIndexes(ctx, pool, idled)
 }
 
 // idleFerretIndexes turns FerretDB's own secondary indexes into partial
@@ -149,7 +150,7 @@ func syncIndexes(ctx context.Context, pool *pgxpool.Pool, created func(mirrorInd
 // FerretDB's metadata stays true: a dropIndexes or a collection drop
 // finds what it expects. Unique indexes (_id and any the application
 // declares unique) are left alone: they enforce uniqueness.
-func idleFerretIndexes(ctx context.Context, pool *pgxpool.Pool) error {
+func idleFerretIndexes(ctx context.Context, pool *pgxpool.Pool, idled func(schema, name string)) error {
 	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname, pg_get_indexdef(i.indexrelid)
 		FROM pg_index i
 		JOIN pg_class c ON c.oid = i.indexrelid
@@ -185,6 +186,9 @@ func idleFerretIndexes(ctx context.Context, pool *pgxpool.Pool) error {
 				continue // dropped meanwhile
 			}
 			return fmt.Errorf("localmongo: idle index %s.%s: %w", ix.Schema, ix.Name, err)
+		}
+		if idled != nil {
+			idled(ix.Schema, ix.Name)
 		}
 	}
 	return nil

@@ -198,6 +198,8 @@ func (s *Server) SyncIndexes(ctx context.Context) error {
 	defer s.syncMu.Unlock()
 	return syncIndexes(ctx, s.pool, func(m mirrorIndex) {
 		s.log.Info("index ready", "database", m.Schema, "table", m.Table, "field", m.Field)
+	}, func(schema, name string) {
+		s.log.Info("FerretDB index idle (no query reads it)", "database", schema, "index", name)
 	})
 }
 
