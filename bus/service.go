@@ -92,36 +92,46 @@ type Endpoint struct {
 // the subscription), and encodes the reply or the *Error. Any other error
 // is answered as 500 with a generic message and logged.
 func Handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(context.Context, Req) (Resp, error)) micro.Handler {
+	h := handle(log, timeout, f)
+	return micro.HandlerFunc(func(r micro.Request) { go h(r) })
+}
+
+// HandleInOrder is Handle without the goroutine: the endpoint answers its
+// requests one at a time, in the order they arrived, for actions whose
+// order matters (the model repository's unload then load must not swap).
+func HandleInOrder[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(context.Context, Req) (Resp, error)) micro.Handler {
+	return micro.HandlerFunc(handle(log, timeout, f))
+}
+
+func handle[Req, Resp any](log *slog.Logger, timeout time.Duration, f func(context.Context, Req) (Resp, error)) func(micro.Request) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return micro.HandlerFunc(func(r micro.Request) {
-		go func() {
-			var req Req
-			if err := json.Unmarshal(r.Data(), &req); err != nil {
-				respondError(r, &Error{Code: CodeBadRequest, Message: "malformed request", Details: []string{err.Error()}})
-				return
-			}
-			ctx, cancel := context.WithTimeout(contextFrom(context.Background(), nats.Header(r.Headers())), timeout)
-			defer cancel()
-			resp, err := f(ctx, req)
-			if err != nil {
-				var be *Error
-				if !errors.As(err, &be) {
-					log.Error("query failed", "subject", r.Subject(), "err", err, "request_id", RequestID(ctx))
-					be = &Error{Code: CodeInternal, Message: "query failed"}
-					if errors.Is(err, context.DeadlineExceeded) {
-						be = &Error{Code: CodeUnavailable, Message: "query timed out"}
-					}
+	return func(r micro.Request) {
+		var req Req
+		if err := json.Unmarshal(r.Data(), &req); err != nil {
+			respondError(r, &Error{Code: CodeBadRequest, Message: "malformed request", Details: []string{err.Error()}})
+			return
+		}
+		ctx, cancel := context.WithTimeout(contextFrom(context.Background(), nats.Header(r.Headers())), timeout)
+		defer cancel()
+		resp, err := f(ctx, req)
+		if err != nil {
+			var be *Error
+			if !errors.As(err, &be) {
+				log.Error("query failed", "subject", r.Subject(), "err", err, "request_id", RequestID(ctx))
+				be = &Error{Code: CodeInternal, Message: "query failed"}
+				if errors.Is(err, context.DeadlineExceeded) {
+					be = &Error{Code: CodeUnavailable, Message: "query timed out"}
 				}
-				respondError(r, be)
-				return
 			}
-			if err := r.RespondJSON(resp); err != nil {
-				log.Warn("respond failed", "subject", r.Subject(), "err", err)
-			}
-		}()
-	})
+			respondError(r, be)
+			return
+		}
+		if err := r.RespondJSON(resp); err != nil {
+			log.Warn("respond failed", "subject", r.Subject(), "err", err)
+		}
+	}
 }
 
 func respondError(r micro.Request, e *Error) {

@@ -148,8 +148,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer func() { _ = svc.Stop() }()
 	// Every replica loads and unloads (no queue group): each watches and
-	// serves its own folders.
-	if err := svc.AddEndpoint("models-repository", bus.Handle(log, time.Minute, s.repository),
+	// serves its own folders. In order, so that an unload and the load
+	// after it reach the model state bucket in that order.
+	if err := svc.AddEndpoint("models-repository", bus.HandleInOrder(log, time.Minute, s.repository),
 		micro.WithEndpointSubject(bus.SvcModelsRepository), micro.WithEndpointQueueGroupDisabled()); err != nil {
 		return fmt.Errorf("inference: endpoint models-repository: %w", err)
 	}

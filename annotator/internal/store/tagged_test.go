@@ -11,6 +11,17 @@ import (
 	"github.com/gradeline/gradeline/bus"
 )
 
+// freshStore is newStore on an emptied database, so the test can run
+// again (-count) and decide anew that the store holds no legacy images.
+func freshStore(t *testing.T) *Store {
+	t.Helper()
+	s, _ := newStore(t)
+	if err := s.db.Drop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // taggedAll pages through TaggedImages with pages of limit and returns
 // every image listed, failing on a page above limit plus a shelf.
 func taggedAll(t *testing.T, s *Store, f TaggedFilter, limit int) []bus.TaggedImage {
@@ -49,7 +60,7 @@ func taggedIDs(imgs []bus.TaggedImage) []string {
 // bytes are and its latest completed grade by the asked model version;
 // Since narrows to recent images; a bad cursor is refused.
 func TestTaggedImages(t *testing.T) {
-	s, _ := newStore(t)
+	s := freshStore(t)
 	s.imageShelves.size = 3 // many shelves from a few images
 	ctx := context.Background()
 	start := time.Now().UTC().Truncate(time.Millisecond)
@@ -122,7 +133,7 @@ func TestTaggedImages(t *testing.T) {
 // TestTaggedImagesLegacy: images stored before shelves existed are listed
 // too, after the shelved ones.
 func TestTaggedImagesLegacy(t *testing.T) {
-	s, _ := newStore(t)
+	s := freshStore(t)
 	ctx := context.Background()
 	for i := range 5 {
 		d := imageDoc{ID: fmt.Sprintf("old%d", i), Owner: "olga", Object: "o", Tags: []string{"cats"}, Catalogued: true, CreatedAt: time.Now()}
