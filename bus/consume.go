@@ -19,6 +19,10 @@ type Delivery struct {
 	Subject string
 	// NumDelivered counts deliveries of this message, starting at 1.
 	NumDelivered uint64
+	// NumPending is how many messages were on the server behind this one
+	// for its consumer when it was delivered: 0 means nothing else was
+	// waiting, which a batcher may take as "run now".
+	NumPending uint64
 	// Ctx carries the request id and trace context of the publisher.
 	Ctx context.Context
 
@@ -282,7 +286,7 @@ func (c *consumer) decode(ctx context.Context, m jetstream.Msg) (d *Delivery, md
 		return nil, md
 	}
 	d = &Delivery{
-		Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered,
+		Event: ev, Subject: m.Subject(), NumDelivered: md.NumDelivered, NumPending: md.NumPending,
 		Ctx: contextFrom(ctx, m.Headers()), msg: m, seq: md.Sequence.Stream,
 	}
 	if c.log.Enabled(ctx, slog.LevelDebug) {

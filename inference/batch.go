@@ -37,6 +37,8 @@ type job struct {
 	inputTook time.Duration
 	// queued is when the job entered its model version's queue.
 	queued time.Time
+	// last: nothing was behind its delivery on the server.
+	last bool
 	// done is told the job's outcome, once, by the batcher.
 	done func(*job)
 }
@@ -77,8 +79,10 @@ type batcher struct {
 	mu      sync.Mutex
 	queues  map[*Model]*queue
 	waiting int // jobs in queues
-	running int // batches running (at most runners)
-	closed  bool
+	// preparing counts jobs handed to add and not yet queued or settled.
+	preparing int
+	running   int // batches running (at most runners)
+	closed    bool
 }
 
 // queue is one model version's jobs waiting for a batch, oldest first.
@@ -108,6 +112,9 @@ func newBatcher(delay time.Duration, maxWaiting int, m *metrics, log *slog.Logge
 // are done with ctx's error as their loadErr.
 func (b *batcher) add(ctx context.Context, jobs []*job, load func(context.Context, *job) error) {
 	start := time.Now()
+	b.mu.Lock()
+	b.preparing += len(jobs)
+	b.mu.Unlock()
 	prepared := make([]bool, len(jobs))
 	parallelN(ctx, len(jobs), fetchers, func(i int) {
 		b.prepare(ctx, jobs[i], load)
@@ -131,7 +138,7 @@ func (b *batcher) add(ctx context.Context, jobs []*job, load func(context.Contex
 		}
 		ready = append(ready, j)
 	}
-	b.enqueue(ready)
+	b.enqueue(ready, len(jobs))
 	for _, j := range settled {
 		j.done(j)
 	}
@@ -169,13 +176,20 @@ func (b *batcher) prepare(ctx context.Context, j *job, load func(context.Context
 }
 
 // enqueue appends jobs to their model versions' queues and starts the
-// batches that are due. After close, jobs are returned unhandled.
-func (b *batcher) enqueue(jobs []*job) {
-	if len(jobs) == 0 {
-		return
-	}
+// batches that are due; prepared of the jobs add counted are no longer
+// being prepared. After close, jobs are returned unhandled.
+func (b *batcher) enqueue(jobs []*job, prepared int) {
 	now := time.Now()
 	b.mu.Lock()
+	b.preparing -= prepared
+	if len(jobs) == 0 {
+		// Settled jobs leave the count: a queue may now be due.
+		if !b.closed {
+			b.schedule(now)
+		}
+		b.mu.Unlock()
+		return
+	}
 	if b.closed {
 		b.mu.Unlock()
 		for _, j := range jobs {
@@ -217,13 +231,30 @@ func (b *batcher) queueDelay(m *Model) time.Duration {
 }
 
 // due reports whether q should run a batch now: it holds a full batch,
-// its oldest job has waited its delay, or more jobs wait than the bound.
+// its oldest job has waited its delay, or more jobs wait than the bound;
+// or, for a model whose manifest sets no max_queue_delay, nothing more can
+// come soon: one of its jobs had nothing behind it on the server and no
+// job is on its way through loading and decoding. (Triton waits the delay
+// out; waiting then could only add latency, so a lone client's grade runs
+// at once while a busy queue still batches. A delay the manifest sets is
+// waited out, as in Triton.)
 func (b *batcher) due(q *queue, now time.Time) bool {
 	if len(q.jobs) == 0 {
 		return false
 	}
 	return b.eager || len(q.jobs) >= q.model.fullBatch() || now.Sub(q.jobs[0].queued) >= b.queueDelay(q.model) ||
-		(b.maxWaiting > 0 && b.waiting > b.maxWaiting)
+		(b.maxWaiting > 0 && b.waiting > b.maxWaiting) ||
+		(q.model.MaxQueueDelay == 0 && b.preparing == 0 && q.nothingBehind())
+}
+
+// nothingBehind reports whether a job in q had nothing behind its delivery.
+func (q *queue) nothingBehind() bool {
+	for _, j := range q.jobs {
+		if j.last {
+			return true
+		}
+	}
+	return false
 }
 
 // schedule starts batches while a runner is free, from the due queue whose

@@ -310,6 +310,7 @@ func TestBatcherRules(t *testing.T) {
 	dir := t.TempDir()
 	writeDigitsAs(t, dir, "pref4", "max_batch: 8\npreferred_batch: 4\n")
 	writeDigitsAs(t, dir, "plain", "max_batch: 64\n")
+	writeDigitsAs(t, dir, "delayed", "max_batch: 64\nmax_queue_delay: 10s\n")
 	r := testRegistry(t, dir)
 	set := heldOutDigits(t)
 	for _, tc := range []struct {
@@ -317,12 +318,18 @@ func TestBatcherRules(t *testing.T) {
 		model      string
 		maxWaiting int
 		jobs       int
-		runs       []int // the batch sizes run, in order
+		// nothingBehind: the job at this index (from 1; 0 for none) had
+		// nothing behind its delivery on the server.
+		nothingBehind int
+		runs          []int // the batch sizes run, in order
 	}{
-		{"the largest preferred size runs at once", "pref4", 0, 6, []int{4}},
-		{"two preferred batches and a rest", "pref4", 0, 11, []int{4, 4}},
-		{"nothing full waits for its delay", "plain", 0, 5, nil},
-		{"beyond maxWaiting the queues run early", "plain", 3, 5, []int{5}},
+		{"the largest preferred size runs at once", "pref4", 0, 6, 0, []int{4}},
+		{"two preferred batches and a rest", "pref4", 0, 11, 0, []int{4, 4}},
+		{"nothing full waits for its delay", "plain", 0, 5, 0, nil},
+		{"beyond maxWaiting the queues run early", "plain", 3, 5, 0, []int{5}},
+		{"nothing behind: a model without its own delay runs at once", "plain", 0, 3, 3, []int{3}},
+		{"nothing behind, among others", "plain", 0, 5, 2, []int{5}},
+		{"nothing behind does not cut a delay the manifest sets", "delayed", 0, 3, 3, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := mustModel(t, r, tc.model)
@@ -330,7 +337,7 @@ func TestBatcherRules(t *testing.T) {
 			done := make(chan *job, tc.jobs)
 			jobs := make([]*job, tc.jobs)
 			for i := range jobs {
-				jobs[i] = &job{model: m, input: m.PreprocessImage(set.Image(i)), done: func(j *job) { done <- j }}
+				jobs[i] = &job{model: m, input: m.PreprocessImage(set.Image(i)), done: func(j *job) { done <- j }, last: i+1 == tc.nothingBehind}
 			}
 			b.add(t.Context(), jobs, nil)
 			graded := 0

@@ -16,7 +16,7 @@ const maxModelsPoll = time.Hour
 
 // VarMaxQueueDelay is the batching delay, read by the inference service
 // and by local mode alike.
-var VarMaxQueueDelay = admin.Var{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long a model version's queue waits to fill a batch after its oldest image arrived (Triton's `max_queue_delay`), for models whose `model.yaml` sets no `max_queue_delay`"}
+var VarMaxQueueDelay = admin.Var{Name: "GRADELINE_MAX_QUEUE_DELAY", Default: "`" + DefaultMaxQueueDelay.String() + "`", Meaning: "how long a model version's queue waits to fill a batch after its oldest image arrived (Triton's `max_queue_delay`), for models whose `model.yaml` sets no `max_queue_delay`; such a queue also runs at once when nothing else waits on the server (a lone client does not pay the delay)"}
 
 // EnvVars are the environment variables ConfigFromEnv reads (and
 // GRADELINE_MAX_IMAGE_PIXELS, read when the package loads).

@@ -241,7 +241,7 @@ func (s *server) resolve(j *job, ref, version string) {
 // outcome is settled, so a reload meanwhile closes the old session after
 // it), loaded and decoded, queued and graded; settle publishes its outcome.
 func (s *server) receive(_ context.Context, d *bus.Delivery) {
-	j := &job{d: d, done: s.settle}
+	j := &job{d: d, done: s.settle, last: d.NumPending == 0}
 	switch ev := d.Event.(type) {
 	case *bus.TensorSubmitted:
 		s.tensorJob(j, ev)
