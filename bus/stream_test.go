@@ -100,6 +100,7 @@ func TestConsumeStreamSettlesEachDelivery(t *testing.T) {
 			Backoff: func(uint64) time.Duration { return time.Millisecond }, Logger: quiet()}, h.handle)
 	}()
 	handled := map[string]int{}
+	behind := map[string]uint64{} // NumPending at each author's first delivery
 	// The retried one comes twice, then is dead-lettered.
 	for total := 0; total < len(authors)+1; {
 		ds := h.takeAll(t)
@@ -108,6 +109,9 @@ func TestConsumeStreamSettlesEachDelivery(t *testing.T) {
 		for i := len(ds) - 1; i >= 0; i-- {
 			d := ds[i]
 			a := d.Event.(*bus.AnnotationCreated).Author
+			if handled[a] == 0 {
+				behind[a] = d.NumPending
+			}
 			handled[a]++
 			switch a {
 			case "reject":
@@ -121,6 +125,11 @@ func TestConsumeStreamSettlesEachDelivery(t *testing.T) {
 	waitFor(t, "every message settled", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 0 })
 	if handled["reject"] != 1 || handled["retry"] != 2 || handled["ok-0"] != 1 || handled["ok-29"] != 1 || len(handled) != len(authors) {
 		t.Errorf("handled %v", handled)
+	}
+	// Each delivery says how many messages were behind it: all the others
+	// for the first, none for the last.
+	if behind["reject"] != uint64(len(authors)-1) || behind["ok-29"] != 0 {
+		t.Errorf("NumPending: first %d, last %d; want %d, 0", behind["reject"], behind["ok-29"], len(authors)-1)
 	}
 	if m := h.maxSeen.Load(); m > maxInFlight {
 		t.Errorf("%d deliveries in flight at once, MaxInFlight %d", m, maxInFlight)
