@@ -62,9 +62,6 @@ const (
 	SvcAnnotationsGet   = "gradeline.svc.annotations.get"
 	SvcImagesList       = "gradeline.svc.images.list"
 	SvcImagesGet        = "gradeline.svc.images.get"
-	// SvcImagesTagged lists every owner's images carrying a tag
-	// (TaggedImagesQuery): the operator's `gradeline regrade --tag`.
-	SvcImagesTagged = "gradeline.svc.images.tagged"
 	SvcGradesGet        = "gradeline.svc.grades.get"
 	SvcGradesList       = "gradeline.svc.grades.list"
 	SvcModelsList       = "gradeline.svc.models.list"
@@ -75,6 +72,10 @@ const (
 	SvcStatsReview      = "gradeline.svc.stats.review"
 	SvcStatsAgreement   = "gradeline.svc.stats.agreement"
 	SvcStatsRegrade     = "gradeline.svc.stats.regrade"
+
+	// SvcImagesTagged lists every owner's images carrying a tag
+	// (TaggedImagesQuery): the operator's `gradeline regrade --tag`.
+	SvcImagesTagged = "gradeline.svc.images.tagged"
 )
 
 // SvcModelsRepository loads or unloads a model on every inference replica
