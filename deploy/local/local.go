@@ -292,6 +292,9 @@ func Run(ctx context.Context, cfg Config) error {
 	select {
 	case <-inferenceReady:
 	case err := <-errc:
+		// The edge serves until it is shut down: without this the stack
+		// waited for it forever instead of reporting the failed service.
+		_ = edge.Shutdown(ingest.ShutdownTimeout)
 		stopServices()
 		wg.Wait()
 		return err

@@ -402,3 +402,27 @@ func TestLocalStackEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestRunReportsAServiceFailingAtStart: a service that fails before the
+// stack is up (here inference, given no ONNX Runtime library) ends Run
+// with its error; Run waited for the edge forever before.
+func TestRunReportsAServiceFailingAtStart(t *testing.T) {
+	requireEnv(t, "GRADELINE_CHDB_LAUNCHER")
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(context.Background(), Config{
+			DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", NATSAddr: "127.0.0.1:0",
+			ORTLib: filepath.Join(t.TempDir(), "no-libonnxruntime.so"), ChdbLauncher: os.Getenv("GRADELINE_CHDB_LAUNCHER"),
+			Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+			OnReady: func(Endpoints) { t.Error("the stack said it was up without inference") },
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "inference") {
+			t.Fatalf("Run = %v, want the inference service's error", err)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatal("Run did not return after a service failed at start")
+	}
+}
