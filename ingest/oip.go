@@ -141,7 +141,7 @@ func (s *Server) oipRoutes() []route {
 			Responses: errs(map[int]resp{200: {Desc: "Every version of every model in the inference service's folders: READY, or UNAVAILABLE with the reason (load error, version policy, unloaded).", Schema: arrOf(M{"type": "object", "properties": M{"name": M{"type": "string"}, "version": M{"type": "string"}, "state": M{"type": "string"}, "reason": M{"type": "string"}}})}})},
 		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/load", Tag: oipTag, Summary: "Load a model: every inference replica reads it from its folder again (after an unload, or to retry versions that failed)", Auth: true, Handler: s.oipRepositoryLoad,
 			Responses: errs(map[int]resp{200: {Desc: "The model is served (empty body)."}})},
-		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/unload", Tag: oipTag, Summary: "Unload a model: every inference replica stops serving it (grades in flight finish) until it is loaded", Auth: true, Handler: s.oipRepositoryUnload,
+		route{Method: "POST", Path: oipPrefix + "/repository/models/:model/unload", Tag: oipTag, Summary: "Unload a model: every inference replica stops serving it (grades in flight finish) until it is loaded; remembered across restarts and by new replicas; unloading again is a no-op", Auth: true, Handler: s.oipRepositoryUnload,
 			Responses: errs(map[int]resp{200: {Desc: "The model is no longer served (empty body)."}})},
 	)
 	return rows

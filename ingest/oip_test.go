@@ -797,8 +797,16 @@ func TestOIPRepositoryUnloadAndLoad(t *testing.T) {
 	if r := c.do("GET", "/v2/models/digits/ready", nil, nil); r.Status != 404 {
 		t.Errorf("ready of an unloaded model: %d %s", r.Status, r.Body)
 	}
-	if r := c.do("POST", "/v2/repository/models/digits/unload", nil, nil); r.Status != 404 {
+	// Unloading is remembered (the model state bucket), and again is a
+	// no-op as in Triton; a model the repository does not have is a 404.
+	if r := c.do("POST", "/v2/repository/models/digits/unload", nil, nil); r.Status != 200 {
 		t.Errorf("second unload: %d %s", r.Status, r.Body)
+	}
+	if st := state(); !strings.HasPrefix(st, "UNAVAILABLE unloaded") {
+		t.Errorf("index after the second unload: %s", st)
+	}
+	if r := c.do("POST", "/v2/repository/models/no-such-model/unload", nil, nil); r.Status != 404 {
+		t.Errorf("unload of an unknown model: %d %s", r.Status, r.Body)
 	}
 	if r := c.do("POST", "/v2/repository/models/digits/load", nil, nil); r.Status != 200 {
 		t.Fatalf("load: %d %s", r.Status, r.Body)
