@@ -138,8 +138,7 @@ func (r *regradeRun) gradeSubmissions(ctx context.Context, from time.Time) error
 		return fmt.Errorf("regrade: image bucket: %w", err)
 	}
 	return r.each(ctx, bus.StreamImages, bus.SubjectImageSubmitted, from, func(batch []bus.Event) error {
-		var subs []*bus.ImageSubmitted
-		var data [][]byte
+		var items []shadowOf
 		for _, ev := range batch {
 			s, ok := ev.(*bus.ImageSubmitted)
 			if !ok {
@@ -148,56 +147,82 @@ func (r *regradeRun) gradeSubmissions(ctx context.Context, from time.Time) error
 			if name, _ := bus.SplitModelRef(s.Model); name != r.name {
 				continue
 			}
-			r.seen++
+			it := shadowOf{key: s.ID, of: s.ID, imageID: s.ImageID, owner: s.Owner, object: s.Image.Object}
 			if s.Image.Inline() { // a small image travels in its event
-				subs, data = append(subs, s), append(data, s.Image.Data)
-				continue
+				it.inline = s.Image.Data
 			}
-			b, err := images.GetBytes(ctx, s.Image.Object)
+			it.served, it.wasServed = r.served[s.ID]
+			items = append(items, it)
+		}
+		if err := r.gradeShadows(ctx, images, items); err != nil {
+			return err
+		}
+		if len(items) > 0 {
+			fmt.Fprintf(r.out, "regrade %s: %d graded, %d failed, %d images gone\n", r.model, r.graded, r.failed, r.gone)
+		}
+		return nil
+	})
+}
+
+// shadowOf is one image to grade again: where its bytes are, and what the
+// shadow grade says it re-runs.
+type shadowOf struct {
+	key            string // with the run's id, the shadow's event id
+	of             string // the grade re-run, or the image when none was
+	imageID, owner string
+	object         string // in the image bucket, unless inline
+	inline         []byte
+	served         string // the served label
+	wasServed      bool
+}
+
+// gradeShadows grades items with the run's model version in one call and
+// publishes a shadow grade for each; an image deleted since is counted
+// gone. A run repeated with the same id publishes nothing twice.
+func (r *regradeRun) gradeShadows(ctx context.Context, images jetstream.ObjectStore, items []shadowOf) error {
+	var graded []shadowOf
+	var data [][]byte
+	for _, it := range items {
+		r.seen++
+		b := it.inline
+		if b == nil {
+			var err error
+			b, err = images.GetBytes(ctx, it.object)
 			if errors.Is(err, jetstream.ErrObjectNotFound) {
 				r.gone++ // deleted since
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("regrade: image %s: %w", s.Image.Object, err)
-			}
-			subs, data = append(subs, s), append(data, b)
-		}
-		if len(subs) == 0 {
-			return nil
-		}
-		preds, err := r.reg.Grade(ctx, r.key, data)
-		if err != nil {
-			return fmt.Errorf("regrade: %w", err)
-		}
-		for i, p := range preds {
-			if err := r.publish(ctx, subs[i], p); err != nil {
-				return err
+				return fmt.Errorf("regrade: image %s: %w", it.object, err)
 			}
 		}
-		fmt.Fprintf(r.out, "regrade %s: %d graded, %d failed, %d images gone\n", r.model, r.graded, r.failed, r.gone)
-		return nil
-	})
-}
-
-// publish sends one shadow grade; its id derives from the run and the
-// grade, so a run repeated with the same id publishes nothing twice.
-func (r *regradeRun) publish(ctx context.Context, s *bus.ImageSubmitted, p inference.Prediction) error {
-	ev := &bus.GradeShadow{Meta: bus.NewMeta(bus.TypeGradeShadow), Run: r.run, Of: s.ID, ImageID: s.ImageID, Owner: s.Owner,
-		Model: r.name, ModelVersion: r.version}
-	ev.ID = r.run + "/" + s.ID
-	if p.Err != nil {
-		ev.Reason = p.Err.Error()
-		r.failed++
-	} else {
-		ev.Label, ev.Score, ev.Scores = p.Label, float64(p.Scores[p.Index]), r.m.ScoreMap(p)
-		r.graded++
-		if was, ok := r.served[s.ID]; ok {
-			r.changed[[2]string{was, p.Label}]++
-		}
+		graded, data = append(graded, it), append(data, b)
 	}
-	if _, err := bus.Publish(ctx, r.js, ev); err != nil {
-		return fmt.Errorf("regrade: publish: %w", err)
+	if len(graded) == 0 {
+		return nil
+	}
+	preds, err := r.reg.Grade(ctx, r.key, data)
+	if err != nil {
+		return fmt.Errorf("regrade: %w", err)
+	}
+	for i, p := range preds {
+		it := graded[i]
+		ev := &bus.GradeShadow{Meta: bus.NewMeta(bus.TypeGradeShadow), Run: r.run, Of: it.of, ImageID: it.imageID, Owner: it.owner,
+			Model: r.name, ModelVersion: r.version}
+		ev.ID = r.run + "/" + it.key
+		if p.Err != nil {
+			ev.Reason = p.Err.Error()
+			r.failed++
+		} else {
+			ev.Label, ev.Score, ev.Scores = p.Label, float64(p.Scores[p.Index]), r.m.ScoreMap(p)
+			r.graded++
+			if it.wasServed {
+				r.changed[[2]string{it.served, p.Label}]++
+			}
+		}
+		if _, err := bus.Publish(ctx, r.js, ev); err != nil {
+			return fmt.Errorf("regrade: publish: %w", err)
+		}
 	}
 	return nil
 }
@@ -305,6 +330,9 @@ func (r *regradeRun) unit() string {
 // completed grade its owner got from the version serving now.
 func (r *regradeRun) regradeTagged(ctx context.Context, nc *nats.Conn, tag string, from time.Time) error {
 	r.tag = tag
+	// The catalogue keeps times to the millisecond: an image catalogued in
+	// the same millisecond as a --since given to the nanosecond is in.
+	from = from.Truncate(time.Millisecond)
 	var err error
 	if r.servedVersion, err = r.serving(ctx, nc); err != nil {
 		return err
@@ -380,52 +408,15 @@ func modelNames(infos []bus.ModelInfo) string {
 }
 
 // gradeTagged grades one chunk of catalogue images and publishes each
-// result; the shadow's id derives from the run and the image, so a run
-// repeated with the same id publishes nothing twice. It re-runs the
-// served grade when there is one (Of); otherwise Of names the image.
+// result. The shadow re-runs the served grade when there is one (Of);
+// otherwise Of names the image.
 func (r *regradeRun) gradeTagged(ctx context.Context, images jetstream.ObjectStore, chunk []bus.TaggedImage) error {
-	var imgs []bus.TaggedImage
-	var data [][]byte
-	for _, img := range chunk {
-		r.seen++
-		b, err := images.GetBytes(ctx, img.Object)
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			r.gone++ // deleted since
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("regrade: image %s: %w", img.Object, err)
-		}
-		imgs, data = append(imgs, img), append(data, b)
-	}
-	if len(imgs) == 0 {
-		return nil
-	}
-	preds, err := r.reg.Grade(ctx, r.key, data)
-	if err != nil {
-		return fmt.Errorf("regrade: %w", err)
-	}
-	for i, p := range preds {
-		img := imgs[i]
-		ev := &bus.GradeShadow{Meta: bus.NewMeta(bus.TypeGradeShadow), Run: r.run, Of: img.ID, ImageID: img.ID, Owner: img.Owner,
-			Model: r.name, ModelVersion: r.version}
-		ev.ID = r.run + "/" + img.ID
+	items := make([]shadowOf, len(chunk))
+	for i, img := range chunk {
+		items[i] = shadowOf{key: img.ID, of: img.ID, imageID: img.ID, owner: img.Owner, object: img.Object}
 		if img.Served != nil {
-			ev.Of = img.Served.GradeID
-		}
-		if p.Err != nil {
-			ev.Reason = p.Err.Error()
-			r.failed++
-		} else {
-			ev.Label, ev.Score, ev.Scores = p.Label, float64(p.Scores[p.Index]), r.m.ScoreMap(p)
-			r.graded++
-			if img.Served != nil {
-				r.changed[[2]string{img.Served.Label, p.Label}]++
-			}
-		}
-		if _, err := bus.Publish(ctx, r.js, ev); err != nil {
-			return fmt.Errorf("regrade: publish: %w", err)
+			items[i].of, items[i].served, items[i].wasServed = img.Served.GradeID, img.Served.Label, true
 		}
 	}
-	return nil
+	return r.gradeShadows(ctx, images, items)
 }
