@@ -5,13 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
-	"github.com/gradeline/gradeline/bus/natsserver"
 	"github.com/gradeline/gradeline/deploy/internal/fixture"
 )
 
@@ -19,22 +17,8 @@ import (
 // regraded from the IMAGES stream alone: its object name is in no bucket,
 // and it is not counted gone.
 func TestRegradeInlineImages(t *testing.T) {
-	if os.Getenv("ONNXRUNTIME_LIB") == "" {
-		t.Skip("ONNXRUNTIME_LIB not set: run `make install` (make test sets it)")
-	}
-	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{MaxBytesScale: 0.01}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
-	t.Setenv("NATS_URL", ns.ClientURL())
-	t.Setenv("GRADELINE_MODELS_DIR", "")
 	ctx := context.Background()
-	nc, js, err := bus.Connect(ctx, ns.ClientURL(), "t", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	js := regradeBus(t)
 	png := fixture.DigitPNG(1)
 	sum := sha256.Sum256(png)
 	mustPublish(t, js, &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: "inline-1", Owner: "u", Model: "fashion",

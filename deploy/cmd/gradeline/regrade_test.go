@@ -17,6 +17,28 @@ import (
 	"github.com/gradeline/gradeline/inference"
 )
 
+// regradeBus starts a NATS server with the streams, points the CLI at it
+// (NATS_URL) and connects; it skips without ONNX Runtime.
+func regradeBus(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	if os.Getenv("ONNXRUNTIME_LIB") == "" {
+		t.Skip("ONNXRUNTIME_LIB not set: run `make install` (make test sets it)")
+	}
+	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{MaxBytesScale: 0.01}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	t.Setenv("NATS_URL", ns.ClientURL())
+	t.Setenv("GRADELINE_MODELS_DIR", "")
+	nc, js, err := bus.Connect(context.Background(), ns.ClientURL(), "t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return js
+}
+
 // TestRegrade runs `gradeline regrade` over submissions stored in the
 // streams: each image of the model, graded again in-process by the same
 // production path, becomes one grade.shadow event with the label the
@@ -24,22 +46,8 @@ import (
 // run id publishes nothing twice; an image deleted since is counted gone.
 func TestRegrade(t *testing.T) {
 	lib := os.Getenv("ONNXRUNTIME_LIB")
-	if lib == "" {
-		t.Skip("ONNXRUNTIME_LIB not set: run `make install` (make test sets it)")
-	}
-	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir(), Setup: &bus.TopologyOptions{MaxBytesScale: 0.01}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
-	t.Setenv("NATS_URL", ns.ClientURL())
-	t.Setenv("GRADELINE_MODELS_DIR", "")
 	ctx := context.Background()
-	nc, js, err := bus.Connect(ctx, ns.ClientURL(), "t", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	js := regradeBus(t)
 	images, err := js.ObjectStore(ctx, bus.ImageBucket)
 	if err != nil {
 		t.Fatal(err)
