@@ -2,6 +2,7 @@ package ingest_test
 
 import (
 	"bufio"
+	"context"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -287,5 +288,34 @@ func TestShutdownUnderKeepAliveLoad(t *testing.T) {
 	t.Logf("answered %d, refused before sending %d", ok, refused)
 	if len(bad) > 0 {
 		t.Fatalf("%d requests failed after reaching the edge, e.g. %v", len(bad), bad[0])
+	}
+}
+
+// TestServeAfterShutdown: a Shutdown that comes before Serve (a stack
+// stopping because another service failed at start) makes Serve return
+// at once instead of serving forever.
+func TestServeAfterShutdown(t *testing.T) {
+	srv, err := ingest.New(context.Background(), testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.Shutdown(ingest.ShutdownTimeout); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case <-served:
+	case <-time.After(time.Minute):
+		t.Fatal("Serve after Shutdown is still serving")
+	}
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Fatal("the listener still accepts connections")
 	}
 }

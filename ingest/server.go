@@ -308,6 +308,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lnMu.Lock()
 	s.ln = ol
 	s.lnMu.Unlock()
+	// A Shutdown that began before the listener was set (it closes
+	// stopping, then reads ln) found nothing to close: serving now would
+	// never end.
+	if s.isStopping() {
+		return ol.Close()
+	}
 	return s.app.Listener(ol)
 }
 
