@@ -19,16 +19,7 @@ import (
 // index commands still work on them: dropIndexes, createIndexes again.
 func TestFerretIndexesIdle(t *testing.T) {
 	ctx := context.Background()
-	srv, err := Start(ctx, Options{Dir: t.TempDir(), SharedBuffers: "32MB"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	cl, err := mongo.Connect(options.Client().ApplyURI(srv.URI()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cl.Disconnect(ctx) })
+	srv, cl := startSmall(t)
 	coll := cl.Database("idle").Collection("things")
 	for _, m := range []mongo.IndexModel{
 		{Keys: bson.D{{Key: "kind", Value: 1}, {Key: "at", Value: -1}}},

@@ -13,12 +13,11 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
-// TestFerretDBLayout pins what the index mirror relies on: FerretDB's
-// metadata table, its table naming and the way it pushes an equality
-// filter down. An upgrade that changes any of it fails here first.
-func TestFerretDBLayout(t *testing.T) {
-	ctx := context.Background()
-	srv, err := Start(ctx, Options{Dir: t.TempDir(), SharedBuffers: "32MB"})
+// startSmall starts an embedded store with a small cache and connects a
+// client; both end with the test.
+func startSmall(t *testing.T) (*Server, *mongo.Client) {
+	t.Helper()
+	srv, err := Start(context.Background(), Options{Dir: t.TempDir(), SharedBuffers: "32MB"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +26,16 @@ func TestFerretDBLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cl.Disconnect(ctx) })
+	t.Cleanup(func() { _ = cl.Disconnect(context.Background()) })
+	return srv, cl
+}
+
+// TestFerretDBLayout pins what the index mirror relies on: FerretDB's
+// metadata table, its table naming and the way it pushes an equality
+// filter down. An upgrade that changes any of it fails here first.
+func TestFerretDBLayout(t *testing.T) {
+	ctx := context.Background()
+	srv, cl := startSmall(t)
 	coll := cl.Database("layout").Collection("things")
 	if _, err := coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: bson.D{{Key: "zeta", Value: 1}, {Key: "alpha", Value: -1}}}); err != nil {
 		t.Fatal(err)
