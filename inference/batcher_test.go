@@ -23,8 +23,9 @@ func writeDigitsAs(t testing.TB, dir, name, batching string) {
 	writeModelDir(t, filepath.Join(dir, name), readFile(t, filepath.Join("models", "digits", "model.onnx")), yaml)
 }
 
-// writeNaNModel writes a model whose every score is NaN (sqrt(-1 - x)).
-func writeNaNModel(t testing.TB, dir, name string) {
+// writeNaNModel writes a model whose every score is NaN (sqrt(-1 - x)),
+// with more lines of model.yaml (batching settings) when given.
+func writeNaNModel(t testing.TB, dir, name, more string) {
 	t.Helper()
 	nan := onnxpb.Model{Graph: onnxpb.Graph{
 		Nodes: []onnxpb.Node{
@@ -40,8 +41,7 @@ func writeNaNModel(t testing.TB, dir, name string) {
 input: {name: x, layout: NCHW, width: 2, height: 1, channels: 1}
 output: {name: y, kind: probabilities}
 labels: [a, b]
-max_batch: 4
-`)
+`+more)
 }
 
 // slowDelay is the max_queue_delay of the slow model: long enough that a
@@ -96,7 +96,7 @@ func TestBatcherQueuePerModelVersion(t *testing.T) {
 	writeDigitsAs(t, dir, "slow", fmt.Sprintf("max_batch: 64\nmax_queue_delay: %s\n", slowDelay))
 	writeDigitsAs(t, dir, "pref4", "max_batch: 8\npreferred_batch: 4\nmax_queue_delay: 10s\n")
 	writeDigitsAs(t, dir, "max3", "max_batch: 3\nmax_queue_delay: 10s\n")
-	writeNaNModel(t, dir, "nan")
+	writeNaNModel(t, dir, "nan", "max_batch: 4\n")
 	s, err := startStack(testenv.ORTLib(t), 20*time.Millisecond, dir)
 	if err != nil {
 		t.Fatal(err)

@@ -604,22 +604,7 @@ input: {name: x, layout: NCHW, width: 2, height: 1, channels: 1}
 output: {name: y, kind: logits}
 labels: [a, b, c, d, e, f, g]
 `)
-	// sqrt(-1 - x) is NaN for every pixel.
-	nan := onnxpb.Model{Graph: onnxpb.Graph{
-		Nodes: []onnxpb.Node{
-			{OpType: "Flatten", Inputs: []string{"x"}, Outputs: []string{"f"}, Attrs: []onnxpb.Attr{onnxpb.Int("axis", 1)}},
-			{OpType: "Sub", Inputs: []string{"minus1", "f"}, Outputs: []string{"d"}},
-			{OpType: "Sqrt", Inputs: []string{"d"}, Outputs: []string{"y"}},
-		},
-		Initializers: []onnxpb.Tensor{{Name: "minus1", Dims: []int64{1}, Float: []float32{-1}}},
-		Inputs:       []onnxpb.ValueInfo{{Name: "x", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "N"}, {Value: 1}, {Value: 1}, {Value: 2}}}},
-		Outputs:      []onnxpb.ValueInfo{{Name: "y", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "N"}, {Value: 2}}}},
-	}}
-	writeModelDir(t, filepath.Join(dir, "nan"), nan.Marshal(), `name: nan
-input: {name: x, layout: NCHW, width: 2, height: 1, channels: 1}
-output: {name: y, kind: probabilities}
-labels: [a, b]
-`)
+	writeNaNModel(t, dir, "nan", "")
 	s, err := startStack(testenv.ORTLib(t), 20*time.Millisecond, dir)
 	if err != nil {
 		t.Fatal(err)
