@@ -2,14 +2,27 @@ package inference
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
 )
+
+// checkDigest says, naming what (e.g. `image object "x"`), when data is not
+// what the event's sha256 (hex, any case) describes.
+func checkDigest(what string, data []byte, want string) error {
+	sum := sha256.Sum256(data)
+	if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, want) {
+		return fmt.Errorf("%s has sha256 %s, the event says %s", what, got, want)
+	}
+	return nil
+}
 
 // errTooLarge marks an object over MaxImageBytes.
 var errTooLarge = errors.New("image object too large")

@@ -6,14 +6,11 @@ package inference
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -93,9 +90,8 @@ func (s *server) tensorObject(ctx context.Context, ref bus.ImageRef, limit int64
 	case err != nil:
 		return nil, nil, err
 	}
-	sum := sha256.Sum256(data)
-	if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
-		return nil, fmt.Errorf("tensor object %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256), nil
+	if fail := checkDigest(fmt.Sprintf("tensor object %q", ref.Object), data, ref.SHA256); fail != nil {
+		return nil, fail, nil
 	}
 	return data, nil, nil
 }

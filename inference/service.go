@@ -8,11 +8,9 @@ package inference
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -286,32 +284,27 @@ func (s *server) settle(j *job) {
 // unavailable).
 func (s *server) fetch(ctx context.Context, j *job) error {
 	ref := j.ev.Image
-	if ref.Inline() {
-		sum := sha256.Sum256(ref.Data)
-		if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
-			j.failWith(failChecksum, fmt.Errorf("inline image %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256))
+	data, what := ref.Data, fmt.Sprintf("inline image %q", ref.Object)
+	if !ref.Inline() {
+		what = fmt.Sprintf("image object %q", ref.Object)
+		var err error
+		data, err = s.objects.read(ctx, ref.Object, MaxImageBytes)
+		switch {
+		case errors.Is(err, jetstream.ErrObjectNotFound):
+			j.failWith(failMissingObject, fmt.Errorf("image object %q not found in bucket %s", ref.Object, bus.ImageBucket))
 			return nil
+		case errors.Is(err, errTooLarge):
+			j.failWith(failUndecodable, err)
+			return nil
+		case errors.Is(err, jetstream.ErrDigestMismatch):
+			j.failWith(failChecksum, fmt.Errorf("image object %q is corrupt: %w", ref.Object, err))
+			return nil
+		case err != nil:
+			return fmt.Errorf("object %s: %w", ref.Object, err)
 		}
-		j.data = ref.Data
-		return nil
 	}
-	data, err := s.objects.read(ctx, ref.Object, MaxImageBytes)
-	switch {
-	case errors.Is(err, jetstream.ErrObjectNotFound):
-		j.failWith(failMissingObject, fmt.Errorf("image object %q not found in bucket %s", ref.Object, bus.ImageBucket))
-		return nil
-	case errors.Is(err, errTooLarge):
-		j.failWith(failUndecodable, err)
-		return nil
-	case errors.Is(err, jetstream.ErrDigestMismatch):
-		j.failWith(failChecksum, fmt.Errorf("image object %q is corrupt: %w", ref.Object, err))
-		return nil
-	case err != nil:
-		return fmt.Errorf("object %s: %w", ref.Object, err)
-	}
-	sum := sha256.Sum256(data)
-	if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, ref.SHA256) {
-		j.failWith(failChecksum, fmt.Errorf("image object %q has sha256 %s, the event says %s", ref.Object, got, ref.SHA256))
+	if err := checkDigest(what, data, ref.SHA256); err != nil {
+		j.failWith(failChecksum, err)
 		return nil
 	}
 	j.data = data
