@@ -227,6 +227,7 @@ func startInProcess(dataDir, logPath string) (*runningStack, time.Duration, erro
 		logf.Close()
 		return nil, 0, err
 	}
+	local.SetGC(func(k string) string { return env[k] }) // as main does
 	ready := make(chan local.Endpoints, 1)
 	cfg.OnReady = func(ep local.Endpoints) { ready <- ep }
 	ctx, cancel := context.WithCancel(context.Background())

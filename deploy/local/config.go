@@ -1,6 +1,9 @@
 package local
 
 import (
+	"fmt"
+	"runtime/debug"
+
 	"github.com/gradeline/gradeline/analytics/localch"
 	"github.com/gradeline/gradeline/annotator/localmongo"
 	"github.com/gradeline/gradeline/bus/admin"
@@ -37,6 +40,20 @@ var EnvVars = []admin.Var{
 	{Name: localch.EnvLauncher, Default: "`.cache/chdb/gradeline-chdb`", Meaning: "the ClickHouse engine launcher built by `make install`"},
 	admin.VarAdminAddr,
 	admin.VarLogLevel,
+	{Name: "GOGC", Default: fmt.Sprintf("`%d` in local mode", DefaultGCPercent), Meaning: "Go's garbage collector target (see `runtime/debug.SetGCPercent`): local mode runs every service in one process and trades memory (the heap grows to about 5× its live size, ~300 MB under `make bench`) for less collector CPU; set it to override"},
+}
+
+// DefaultGCPercent is the collector target of local mode when GOGC is not
+// set: all services share one heap of ~65 MB live under load, collected
+// about four times a second at Go's default of 100.
+const DefaultGCPercent = 400
+
+// SetGC applies DefaultGCPercent unless GOGC is set, which the runtime
+// has then read already.
+func SetGC(getenv func(string) string) {
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(DefaultGCPercent)
+	}
 }
 
 // ConfigFromEnv reads the configuration of local mode: every server

@@ -1,6 +1,7 @@
 package local_test
 
 import (
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,29 @@ func TestLocalConfigFromEnv(t *testing.T) {
 	for _, want := range []string{`GRADELINE_NATS_SYNC="sometimes"`, "GRADELINE_JWT_SECRET=(5 bytes, not shown)", `GRADELINE_GRADE_WAIT="soon"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+}
+
+func TestSetGC(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+	for _, tc := range []struct {
+		gogc string
+		want int
+	}{
+		{"", local.DefaultGCPercent},
+		{"150", 100}, // GOGC set: the runtime's own reading stands
+	} {
+		debug.SetGCPercent(100)
+		local.SetGC(func(k string) string {
+			if k == "GOGC" {
+				return tc.gogc
+			}
+			return ""
+		})
+		if got := debug.SetGCPercent(100); got != tc.want {
+			t.Errorf("GOGC=%q: collector target %d, want %d", tc.gogc, got, tc.want)
 		}
 	}
 }

@@ -20,6 +20,7 @@ func main() {
 	cfg, err := local.ConfigFromEnv(os.Getenv)
 	admin.Refuse("gradeline-local", err)
 	slog.SetDefault(cfg.Logger)
+	local.SetGC(os.Getenv)
 	cfg.OnReady = func(ep local.Endpoints) { banner(cfg.DataDir, ep) }
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err = local.Run(ctx, cfg)
