@@ -451,7 +451,7 @@ func withCommas(v float64) string {
 // measureGrades compares hey against the inference batcher in this
 // process (decode, preprocess, ONNX Runtime: inference.Registry.Grade).
 func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out string) []row {
-	img := fixture.DigitPNG(3)
+	img := fixture.DigitPNGSize(3, 28)
 	var buf bytes.Buffer
 	w := multipart.NewWriter(&buf)
 	_ = w.WriteField("model", "fashion")

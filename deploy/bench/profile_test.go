@@ -106,7 +106,7 @@ func BenchmarkProfile(b *testing.B) {
 	mw := multipart.NewWriter(&buf)
 	_ = mw.WriteField("model", "fashion")
 	fw, _ := mw.CreateFormFile("image", "digit.png")
-	_, _ = fw.Write(fixture.DigitPNG(3))
+	_, _ = fw.Write(fixture.DigitPNGSize(3, 28))
 	_ = mw.Close()
 	bodyFile := filepath.Join(out, "grade.body")
 	if err := os.WriteFile(bodyFile, buf.Bytes(), 0o644); err != nil {
