@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/gradeline/gradeline/bus"
@@ -20,35 +19,29 @@ import (
 // (TestGradeSubmissionAndResultAtOnce), and one consumer cannot read both
 // streams. GetGrade is the one place the halves meet, through
 // bus.GradeFrom.
-// Scores are a list, not a map, because labels are free text and MongoDB
-// keys may not contain '.' or start with '$'.
+// Scores are stored as a subdocument keyed by label (see scoreSet).
 type gradeDoc struct {
-	ID           string       `bson:"_id"`
-	Status       string       `bson:"status"`
-	ImageID      string       `bson:"image_id,omitempty"`
-	Owner        string       `bson:"owner,omitempty"`
-	Model        string       `bson:"model,omitempty"`
-	ModelVersion string       `bson:"model_version,omitempty"`
-	Label        string       `bson:"label,omitempty"`
-	Score        float64      `bson:"score,omitempty"`
-	Scores       []labelScore `bson:"scores,omitempty"`
-	InferenceMS  float64      `bson:"inference_ms,omitempty"`
-	BatchSize    int          `bson:"batch_size,omitempty"`
-	Reason       string       `bson:"reason,omitempty"`
-	SubmittedAt  time.Time    `bson:"submitted_at,omitempty"`
-	CompletedAt  time.Time    `bson:"completed_at,omitempty"`
-}
-
-type labelScore struct {
-	Label string  `bson:"label"`
-	Score float64 `bson:"score"`
+	ID           string    `bson:"_id"`
+	Status       string    `bson:"status"`
+	ImageID      string    `bson:"image_id,omitempty"`
+	Owner        string    `bson:"owner,omitempty"`
+	Model        string    `bson:"model,omitempty"`
+	ModelVersion string    `bson:"model_version,omitempty"`
+	Label        string    `bson:"label,omitempty"`
+	Score        float64   `bson:"score,omitempty"`
+	Scores       scoreSet  `bson:"scores,omitempty"`
+	InferenceMS  float64   `bson:"inference_ms,omitempty"`
+	BatchSize    int       `bson:"batch_size,omitempty"`
+	Reason       string    `bson:"reason,omitempty"`
+	SubmittedAt  time.Time `bson:"submitted_at,omitempty"`
+	CompletedAt  time.Time `bson:"completed_at,omitempty"`
 }
 
 // docOf is the stored form of a grade made by bus.GradeFrom.
 func docOf(g bus.Grade) gradeDoc {
 	return gradeDoc{
 		ID: g.ID, Status: g.Status, ImageID: g.ImageID, Owner: g.Owner, Model: g.Model,
-		ModelVersion: g.ModelVersion, Label: g.Label, Score: g.Score, Scores: scoreList(g.Scores),
+		ModelVersion: g.ModelVersion, Label: g.Label, Score: g.Score, Scores: g.Scores,
 		InferenceMS: g.InferenceMS, BatchSize: g.BatchSize, Reason: g.Reason,
 		SubmittedAt: g.SubmittedAt, CompletedAt: g.CompletedAt,
 	}
@@ -66,16 +59,9 @@ func (d gradeDoc) submission() *bus.ImageSubmitted {
 func (d gradeDoc) result() bus.Event {
 	switch d.Status {
 	case bus.GradeStatusCompleted:
-		var scores map[string]float64
-		if len(d.Scores) > 0 {
-			scores = make(map[string]float64, len(d.Scores))
-			for _, ls := range d.Scores {
-				scores[ls.Label] = ls.Score
-			}
-		}
 		return &bus.GradeCompleted{Meta: bus.Meta{Type: bus.TypeGradeCompleted, Time: d.CompletedAt.UTC()},
 			GradeID: d.ID, ImageID: d.ImageID, Owner: d.Owner, Model: d.Model, ModelVersion: d.ModelVersion,
-			Label: d.Label, Score: d.Score, Scores: scores, InferenceMS: d.InferenceMS, BatchSize: d.BatchSize}
+			Label: d.Label, Score: d.Score, Scores: d.Scores, InferenceMS: d.InferenceMS, BatchSize: d.BatchSize}
 	case bus.GradeStatusFailed:
 		return &bus.GradeFailed{Meta: bus.Meta{Type: bus.TypeGradeFailed, Time: d.CompletedAt.UTC()},
 			GradeID: d.ID, ImageID: d.ImageID, Owner: d.Owner, Model: d.Model, Reason: d.Reason}
@@ -175,15 +161,6 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 		}
 	}
 	return out, nil
-}
-
-func scoreList(m map[string]float64) []labelScore {
-	out := make([]labelScore, 0, len(m))
-	for l, v := range m {
-		out = append(out, labelScore{Label: l, Score: v})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
-	return out
 }
 
 // GetGrade returns the grade with id: bus.GradeFrom of its submission and

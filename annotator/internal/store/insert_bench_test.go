@@ -116,3 +116,64 @@ func childrenCPU(pid int) time.Duration {
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
+
+// fashionLabels are the ten classes of the bundled fashion model.
+var fashionLabels = []string{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+
+// BenchmarkStoreGrades measures the embedded store's ceiling for grade
+// history: per grade, its submission (InsertPending) and its result with
+// ten scores (ApplyResults), in batches of 256 as the two consumers write
+// them. ns/op is per batch of both halves; CPU is reported per grade as in
+// BenchmarkInsertAnnotations.
+func BenchmarkStoreGrades(b *testing.B) {
+	ctx := context.Background()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := New(client.Database("bench_grades_"+strings.ToLower(bus.NewID()[:8])), m)
+	batch := func() ([]*bus.ImageSubmitted, []bus.Event) {
+		subs, results := make([]*bus.ImageSubmitted, 256), make([]bus.Event, 256)
+		for i := range subs {
+			id := bus.NewID()
+			subs[i] = submitted(id, "img-"+strconv.Itoa(i%16), "bench")
+			c := completed(id)
+			c.Scores = make(map[string]float64, len(fashionLabels))
+			for k, l := range fashionLabels {
+				c.Scores[l] = float64(k) / 45
+			}
+			results[i] = c
+		}
+		return subs, results
+	}
+	write := func() {
+		subs, results := batch()
+		b.StartTimer()
+		mustStore(b)(s.InsertPending(ctx, subs))
+		mustStore(b)(s.ApplyResults(ctx, results))
+		b.StopTimer()
+	}
+	b.StopTimer()
+	for range 4 {
+		write()
+	}
+	for i := 0; ; i++ {
+		err := server.SyncIndexes(ctx)
+		if err == nil {
+			break
+		}
+		if i == 100 || !strings.Contains(err.Error(), "55P03") {
+			b.Fatal(err)
+		}
+	}
+	pg0, self0 := childrenCPU(server.PostgresPID()), selfCPU()
+	b.ResetTimer()
+	b.StopTimer()
+	for range b.N {
+		write()
+	}
+	n := float64(256 * b.N)
+	b.ReportMetric(n/b.Elapsed().Seconds(), "grades/s")
+	b.ReportMetric(float64((childrenCPU(server.PostgresPID())-pg0).Microseconds())/n, "pg-µs/grade")
+	b.ReportMetric(float64((selfCPU()-self0).Microseconds())/n, "go-µs/grade")
+}

@@ -52,17 +52,16 @@ type Store struct {
 // service can start while MongoDB is still unreachable.
 func New(db *mongo.Database, m *Metrics) *Store {
 	return &Store{
-		db:          db,
-		annotations: db.Collection(CollAnnotations),
-		images:      db.Collection(CollImages),
-		grades:      db.Collection(CollGrades),
-		submissions: db.Collection(CollGradeSubmissions),
-		m:           m,
+		db:           db,
+		annotations:  db.Collection(CollAnnotations),
+		images:       db.Collection(CollImages),
+		grades:       db.Collection(CollGrades),
+		submissions:  db.Collection(CollGradeSubmissions),
+		m:            m,
 		shelves:      newShelves(db.Collection(CollShelves), db.Collection(CollAnnotations)),
 		imageShelves: newShelves(db.Collection(CollImageShelves), db.Collection(CollImages)),
 	}
 }
-
 
 // ItemError is a write the server refused for one document (not a
 // duplicate): a problem of that message, not of the database.
