@@ -78,7 +78,7 @@ func BenchmarkProfile(b *testing.B) {
 	}
 	defer nc.Close()
 	body, _ := json.Marshal(map[string]any{"annotation": benchAnnotation()})
-	script, err := wrkScript(out, token, body)
+	script, err := wrkScript(out, annotationLoad(token, body))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func BenchmarkProfile(b *testing.B) {
 	if only != "grades" {
 		profile(b, dir, "annotations", func() string {
 			cpu0, kids0 := processCPU(), descendantsCPU()
-			w, err := runWrk(ctx, script, st.ep.HTTP+"/api/v1/annotations", d)
+			w, err := runWrk(ctx, script, st.ep.HTTP+"/api/v1/annotations", 64, d)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -108,16 +108,12 @@ func BenchmarkProfile(b *testing.B) {
 	fw, _ := mw.CreateFormFile("image", "digit.png")
 	_, _ = fw.Write(fixture.DigitPNGSize(3, 28))
 	_ = mw.Close()
-	bodyFile := filepath.Join(out, "grade.body")
-	if err := os.WriteFile(bodyFile, buf.Bytes(), 0o644); err != nil {
-		b.Fatal(err)
-	}
 	if only == "annotations" {
 		return
 	}
 	profile(b, dir, "grades", func() string {
-		cpu0 := processCPU()
-		h, err := runHey(ctx, st.ep.HTTP+"/api/v1/grades", token, mw.FormDataContentType(), bodyFile, 32, 0, d)
+		cpu0, kids0 := processCPU(), descendantsCPU()
+		w, err := runWrk32(ctx, out, st.ep.HTTP+"/api/v1/grades", wrkLoad{name: "grade", ctype: mw.FormDataContentType(), body: buf.Bytes()}, d)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -126,9 +122,10 @@ func BenchmarkProfile(b *testing.B) {
 		// As for annotations: the stack's CPU per grade until its
 		// submission and result are stored, steadier than the rate on a
 		// shared machine.
-		perGrade := (processCPU() - cpu0) / time.Duration(max(h.OK, 1))
-		return fmt.Sprintf("hey -c 32: %s graded, p50 %.2f ms; %d µs of the stack's CPU per grade, until stored",
-			rate(h.rate()), ms(h.p50()), perGrade.Microseconds())
+		n := time.Duration(max(w.OK200, 1))
+		perGrade, kids := (processCPU()-cpu0)/n, (descendantsCPU()-kids0)/n
+		return fmt.Sprintf("wrk -t2 -c32: %s graded, p50 %.2f ms; %d µs of the stack's CPU per grade, until stored (and %d µs in its PostgreSQL and ClickHouse processes)",
+			rate(w.rate200()), float64(w.P50US)/1000, perGrade.Microseconds(), kids.Microseconds())
 	})
 }
 

@@ -40,6 +40,8 @@ type wrkResult struct {
 	Write   int64 `json:"write"`
 	Timeout int64 `json:"timeout"`
 	P50US   int64 `json:"p50_us"`
+	// OK200 counts the 200 answers when the load counts them apart.
+	OK200 int64 `json:"ok200"`
 }
 
 // accepted is the number of 2xx answers (the edge answers nothing else
@@ -47,27 +49,60 @@ type wrkResult struct {
 func (r wrkResult) accepted() int64 { return r.Requests - r.Status }
 
 // rate is accepted answers per second of wrk's run.
-func (r wrkResult) rate() float64 {
-	return float64(r.accepted()) / (float64(r.DurationUS) / 1e6)
-}
+func (r wrkResult) rate() float64 { return r.per(r.accepted()) }
+
+// rate200 is 200 answers per second of wrk's run (wrkLoad.count200).
+func (r wrkResult) rate200() float64 { return r.per(r.OK200) }
+
+func (r wrkResult) per(n int64) float64 { return float64(n) / (float64(r.DurationUS) / 1e6) }
 
 const wrkMarker = "WRK_RESULT "
 
-// wrkScript writes the Lua script that POSTs body as JSON with the bearer
-// token and prints the summary as one JSON line.
-func wrkScript(dir, token string, body []byte) (string, error) {
-	script := fmt.Sprintf(`-- written by deploy/bench: POST one annotation per request
+// A wrkLoad is what wrk posts: one body of one content type with the
+// bearer token, from conns connections.
+type wrkLoad struct {
+	name, token, ctype string
+	body               []byte
+	conns              int
+	// count200 counts the 200 answers apart (OK200): a grade answers 200
+	// with its result, or 202 when it is not done within the wait.
+	count200 bool
+}
+
+// annotationLoad is wrk posting one annotation per request from 64
+// connections.
+func annotationLoad(token string, body []byte) wrkLoad {
+	return wrkLoad{name: "annotation", token: token, ctype: "application/json", body: body, conns: 64}
+}
+
+// wrkScript writes the Lua script of l, which prints the summary as one
+// JSON line.
+func wrkScript(dir string, l wrkLoad) (string, error) {
+	count := ""
+	ok200 := "0"
+	if l.count200 {
+		// Per thread; done() sums the threads' counts.
+		count = `local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) ok200 = 0 end
+response = function(status, headers, body) if status == 200 then ok200 = ok200 + 1 end end
+`
+		ok200 = "sum200()"
+		count += `sum200 = function() local n = 0; for _, t in ipairs(threads) do n = n + t:get("ok200") end; return n end
+`
+	}
+	script := fmt.Sprintf(`-- written by deploy/bench: POST one %s per request
 wrk.method = "POST"
 wrk.body = %s
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = %s
 wrk.headers["Authorization"] = "Bearer %s"
-done = function(summary, latency, requests)
+%sdone = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('%s{"requests":%%d,"duration_us":%%d,"status":%%d,"connect":%%d,"read":%%d,"write":%%d,"timeout":%%d,"p50_us":%%d}\n',
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(50)))
+  io.write(string.format('%s{"requests":%%d,"duration_us":%%d,"status":%%d,"connect":%%d,"read":%%d,"write":%%d,"timeout":%%d,"p50_us":%%d,"ok200":%%d}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(50), %s))
 end
-`, luaString(body), token, wrkMarker)
-	path := filepath.Join(dir, "annotation.lua")
+`, l.name, luaString(l.body), luaString([]byte(l.ctype)), l.token, count, wrkMarker, ok200)
+	path := filepath.Join(dir, l.name+".lua")
 	return path, os.WriteFile(path, []byte(script), 0o600)
 }
 
@@ -90,9 +125,10 @@ func luaString(s []byte) string {
 	return b.String()
 }
 
-// wrkCmd is wrk with the bench's settings (2 threads, 64 connections).
-func wrkCmd(ctx context.Context, script, url string, d time.Duration) *exec.Cmd {
-	return exec.CommandContext(ctx, "wrk", "-t2", "-c64", "-d"+strconv.Itoa(int(d.Seconds()))+"s", "--timeout", "30s", "-s", script, url)
+// wrkCmd is wrk with the bench's settings: 2 threads and conns
+// connections.
+func wrkCmd(ctx context.Context, script, url string, conns int, d time.Duration) *exec.Cmd {
+	return exec.CommandContext(ctx, "wrk", "-t2", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(int(d.Seconds()))+"s", "--timeout", "30s", "-s", script, url)
 }
 
 // parseWrk reads the summary line of wrk's output.
@@ -113,9 +149,9 @@ func parseWrk(out []byte) (wrkResult, error) {
 }
 
 // runWrk runs wrk for d and returns its summary.
-func runWrk(ctx context.Context, script, url string, d time.Duration) (wrkResult, error) {
+func runWrk(ctx context.Context, script, url string, conns int, d time.Duration) (wrkResult, error) {
 	var out bytes.Buffer
-	cmd := wrkCmd(ctx, script, url, d)
+	cmd := wrkCmd(ctx, script, url, conns, d)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return wrkResult{}, fmt.Errorf("wrk: %w\n%s", err, out.Bytes())
