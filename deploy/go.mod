@@ -12,8 +12,12 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
-	github.com/valyala/fasthttp v1.51.0
 	go.mongodb.org/mongo-driver/v2 v2.9.3
+)
+
+require (
+	github.com/goccy/go-json v0.10.5 // indirect
+	github.com/valyala/fasthttp v1.51.0 // indirect
 )
 
 require (
