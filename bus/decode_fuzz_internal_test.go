@@ -104,3 +104,45 @@ func BenchmarkDecodeGrade(b *testing.B) {
 		})
 	}
 }
+
+// FuzzValidJSON: validJSON is encoding/json.Valid.
+//
+//	go test -run '^$' -fuzz FuzzValidJSON -fuzztime 2m ./bus/
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range agreeSeeds(f) {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{``, ` `, `0`, `-0`, `01`, `-`, `1.`, `.5`, `1e`, `1e+`, `1E-7`, `2.5e+10`, `-12.0e3x`,
+		`true`, `tru`, `truex`, `null `, `nul`, `"\u12"`, `"\u12G4"`, `"\uABCD"`, `"\x"`, "\"a\tb\"", "\"\x7f\xff\"",
+		`[]`, `[,]`, `[1,]`, `[1 2]`, `{}`, `{,}`, `{"a"}`, `{"a":}`, `{"a":1,}`, `{"a":1 "b":2}`, `{1:2}`,
+		` [ { "a" : [ ] } ] `, `[] []`, "\ufeff{}", strings.Repeat("[", 10000) + strings.Repeat("]", 10000),
+		strings.Repeat("[", 10001) + strings.Repeat("]", 10001), strings.Repeat(`{"a":`, 10000) + "1" + strings.Repeat("}", 10000)} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if got, want := validJSON(data), json.Valid(data); got != want {
+			t.Fatalf("validJSON(%q) = %v, encoding/json.Valid %v", data, got, want)
+		}
+	})
+}
+
+func BenchmarkValidJSON(b *testing.B) {
+	data, err := json.Marshal(&GradeCompleted{Meta: NewMeta(TypeGradeCompleted), GradeID: NewID(), Model: "fashion", Label: "Bag",
+		Scores: map[string]float64{"T-shirt/top": 0.01, "Trouser": 0.02, "Pullover": 0.03, "Dress": 0.04, "Coat": 0.05,
+			"Sandal": 0.06, "Shirt": 0.07, "Sneaker": 0.08, "Bag": 0.6, "Ankle boot": 0.04}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, v := range []struct {
+		name  string
+		valid func([]byte) bool
+	}{{"validJSON", validJSON}, {"encoding-json", json.Valid}} {
+		b.Run(v.name, func(b *testing.B) {
+			for b.Loop() {
+				if !v.valid(data) {
+					b.Fatal("invalid")
+				}
+			}
+		})
+	}
+}
