@@ -115,6 +115,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	const eventBatch, eventBatchDelay = 4096, time.Second // within the consumers' MaxAckPending (8192)
 	consumers := []struct {
 		spec bus.ConsumerSpec
 		opt  bus.ConsumeOptions
@@ -122,9 +123,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}{
 		// An iris event holds up to bus.MaxIrisRows rows: small batches of events.
 		{bus.ConsumerAnalyticsIris, bus.ConsumeOptions{MaxBatch: 32}, s.handleIris},
-		{bus.ConsumerAnalyticsGrades, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleGrades},
-		{bus.ConsumerAnalyticsAnnotations, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleAnnotations},
-		{bus.ConsumerAnalyticsRegrades, bus.ConsumeOptions{MaxBatch: 1024, MaxQueueDelay: 200 * time.Millisecond}, s.handleShadows},
+		// Few large inserts: each makes a part the engine merges later. Under
+		// make profile's grade load, up to 4,096 rows a second instead of
+		// 1,024 per 200 ms took the engine's and PostgreSQL's CPU per grade
+		// from 112–123 to 84–91 µs; statistics lag by up to a second.
+		{bus.ConsumerAnalyticsGrades, bus.ConsumeOptions{MaxBatch: eventBatch, MaxQueueDelay: eventBatchDelay}, s.handleGrades},
+		{bus.ConsumerAnalyticsAnnotations, bus.ConsumeOptions{MaxBatch: eventBatch, MaxQueueDelay: eventBatchDelay}, s.handleAnnotations},
+		{bus.ConsumerAnalyticsRegrades, bus.ConsumeOptions{MaxBatch: eventBatch, MaxQueueDelay: eventBatchDelay}, s.handleShadows},
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(consumers))
