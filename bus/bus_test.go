@@ -1,11 +1,13 @@
 package bus_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -414,6 +416,79 @@ func TestConsumeDeadLettersPoisonAndKeepsGoing(t *testing.T) {
 	if handled["fine"] != 1 || handled["retry-me"] != 3 || handled["reject-me"] != 1 {
 		t.Fatalf("handled %v", handled)
 	}
+}
+
+// A consumer's Wants sees each body before decoding: what it does not
+// want is acked undecoded, even poison (no dead letter), and the handler
+// gets the rest.
+func TestConsumeAcksUnwantedUndecoded(t *testing.T) {
+	nc, js := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_ = nc.Publish(bus.SubjectAnnotationCreated, []byte(`{not json, not wanted`))
+	for _, a := range []string{"skip-1", "keep-1", "skip-2", "keep-2"} {
+		if _, err := bus.Publish(ctx, js, newAnnotation(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var seen []string
+	go bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{
+		Wants: func(data []byte) bool { return bytes.Contains(data, []byte(`"keep-`)) }},
+		func(_ context.Context, b []*bus.Delivery) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, d := range b {
+				seen = append(seen, d.Event.(*bus.AnnotationCreated).Author)
+			}
+			return nil
+		})
+	waitFor(t, "consumer drained", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, []string{"keep-1", "keep-2"}) {
+		t.Fatalf("handled %v, want keep-1 and keep-2", seen)
+	}
+	if n := len(deadLetters(t, js)); n != 0 {
+		t.Fatalf("%d dead letters; an unwanted message is acked, not decoded", n)
+	}
+}
+
+// A batch still gathering (a long MaxQueueDelay, few messages) is
+// handled as soon as the consumer is stopped, not at the end of the delay.
+func TestConsumeShutdownEndsTheGathering(t *testing.T) {
+	_, js := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := bus.Publish(ctx, js, newAnnotation("lone")); err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- bus.Consume(ctx, js, bus.ConsumerAnnotator, bus.ConsumeOptions{MaxBatch: 100, MaxQueueDelay: time.Hour},
+			func(_ context.Context, b []*bus.Delivery) error {
+				for _, d := range b {
+					handled <- d.Event.(*bus.AnnotationCreated).Author
+				}
+				return nil
+			})
+	}()
+	// The message is in hand once it is delivered and not yet acked.
+	waitFor(t, "message in hand", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Consume: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Consume still gathering after being stopped")
+	}
+	if got := <-handled; got != "lone" {
+		t.Fatalf("handled %q", got)
+	}
+	waitFor(t, "acked", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 0 })
 }
 
 func TestConsumeShutdownFinishesBatchInHand(t *testing.T) {

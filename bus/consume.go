@@ -86,7 +86,13 @@ type ConsumeOptions struct {
 	MaxInFlight int
 	// DrainTimeout bounds the handling of the last batch at shutdown.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
+	// Wants, when set, sees each message's body before it is decoded; a
+	// message it answers false for is acked undecoded. A consumer that
+	// acts on few of its stream's events (a callback_url) skips the cost
+	// of decoding the others. It must answer true for every event the
+	// handler needs: a false positive only costs the decode.
+	Wants  func(data []byte) bool
+	Logger *slog.Logger
 }
 
 func (o *ConsumeOptions) defaults() {
@@ -219,17 +225,35 @@ func (c *consumer) collect(ctx context.Context) ([]jetstream.Msg, error) {
 			}
 			continue
 		}
-		batch := []jetstream.Msg{first}
-		if c.opt.MaxBatch > 1 {
-			res, err := c.cons.Fetch(c.opt.MaxBatch-1, jetstream.FetchMaxWait(c.opt.MaxQueueDelay))
-			if err == nil {
-				for m := range res.Messages() {
-					batch = append(batch, m)
-				}
-			}
-		}
-		return batch, nil
+		return c.gather(ctx, first), nil
 	}
+}
+
+// gatherSlice bounds each pull of gather: shutdown waits at most this
+// long for the batch in hand, however long MaxQueueDelay is.
+const gatherSlice = 50 * time.Millisecond
+
+// gather adds to first what arrives within MaxQueueDelay, up to MaxBatch,
+// in pulls of at most gatherSlice that each run to their end: none is
+// left open on the server to deliver into a subscription already gone,
+// where its messages would wait for AckWait.
+func (c *consumer) gather(ctx context.Context, first jetstream.Msg) []jetstream.Msg {
+	batch := []jetstream.Msg{first}
+	deadline := time.Now().Add(c.opt.MaxQueueDelay)
+	for len(batch) < c.opt.MaxBatch && ctx.Err() == nil {
+		wait := min(time.Until(deadline), gatherSlice)
+		if wait < time.Millisecond {
+			break
+		}
+		res, err := c.cons.Fetch(c.opt.MaxBatch-len(batch), jetstream.FetchMaxWait(wait))
+		if err != nil {
+			break
+		}
+		for m := range res.Messages() {
+			batch = append(batch, m)
+		}
+	}
+	return batch
 }
 
 // handle decodes the batch, dead-letters poison, runs the handler and
@@ -268,8 +292,8 @@ func (c *consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 }
 
 // decode turns a message into a Delivery, or dead-letters (or, without
-// metadata, terminates) it and returns nil. md is nil when the message
-// has no metadata.
+// metadata, terminates) it, or acks it unwanted (Wants), and returns nil.
+// md is nil when the message has no metadata.
 func (c *consumer) decode(ctx context.Context, m jetstream.Msg) (d *Delivery, md *jetstream.MsgMetadata) {
 	md, err := m.Metadata()
 	if err != nil {
@@ -279,6 +303,12 @@ func (c *consumer) decode(ctx context.Context, m jetstream.Msg) (d *Delivery, md
 	}
 	if md.NumDelivered > 1 {
 		consumerRedeliveries.WithLabelValues(c.spec.Durable).Inc()
+	}
+	if c.opt.Wants != nil && !c.opt.Wants(m.Data()) {
+		if err := m.Ack(); err != nil {
+			c.log.Warn("ack failed", "subject", m.Subject(), "err", err)
+		}
+		return nil, md
 	}
 	ev, err := Decode(m.Data())
 	if err != nil {

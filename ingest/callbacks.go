@@ -369,7 +369,7 @@ func (cb *callbacker) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := bus.Consume(ctx, cb.s.js, bus.ConsumerIngestCallbacks, bus.ConsumeOptions{
 			MaxBatch: 2 * callbackParallel, MaxDeliveries: callbackAttempts, Backoff: callbackBackoff,
-			DrainTimeout: 2 * callbackTimeout, Logger: cb.log}, cb.handle)
+			DrainTimeout: 2 * callbackTimeout, Logger: cb.log, Wants: mayHaveCallback}, cb.handle)
 		if err == nil || ctx.Err() != nil {
 			return
 		}
@@ -380,6 +380,14 @@ func (cb *callbacker) run(ctx context.Context) {
 		}
 	}
 }
+
+// mayHaveCallback is false for a result that certainly names no callback
+// URL: most carry none, and then need not be decoded. The inference
+// service, the only publisher of results, writes the member as
+// "callback_url" when it is set (encoding/json, omitempty).
+func mayHaveCallback(data []byte) bool { return bytes.Contains(data, callbackMember) }
+
+var callbackMember = []byte(`"callback_url"`)
 
 // callbackOf is the callback URL a result carries, with its grade and owner.
 func callbackOf(ev bus.Event) (u, grade, owner string) {

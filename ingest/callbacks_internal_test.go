@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gradeline/gradeline/bus"
 )
 
 func TestAddrKind(t *testing.T) {
@@ -149,6 +152,35 @@ func TestRetryAfter(t *testing.T) {
 		got, ok := retryAfter(tt.in, now)
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("retryAfter(%q) = %s, %v; want %s, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// mayHaveCallback answers true for every result that names a callback URL,
+// as published (encoding/json), completed or failed.
+func TestMayHaveCallback(t *testing.T) {
+	with := "https://example.com/hook"
+	for _, tc := range []struct {
+		name string
+		ev   bus.Event
+		want bool
+	}{
+		{"completed with", &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: "g", Label: "a", Scores: map[string]float64{"a": 1}, CallbackURL: with}, true},
+		{"failed with", &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: "g", Reason: "r", CallbackURL: with}, true},
+		{"completed without", &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: "g", Label: "a", Scores: map[string]float64{"a": 1}}, false},
+		{"failed without", &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: "g", Reason: "r"}, false},
+		// A false positive only costs a decode.
+		{"a label named like the member", &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: "g", Label: "callback_url", Scores: map[string]float64{"callback_url": 1}}, true},
+	} {
+		data, err := json.Marshal(tc.ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := mayHaveCallback(data); got != tc.want {
+			t.Errorf("%s: mayHaveCallback = %v, want %v (%s)", tc.name, got, tc.want, data)
+		}
+		if u, _, _ := callbackOf(tc.ev); u != "" && !mayHaveCallback(data) {
+			t.Errorf("%s: a result with a callback URL would be skipped", tc.name)
 		}
 	}
 }
