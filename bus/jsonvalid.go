@@ -19,64 +19,8 @@ func validValue(data []byte, i, depth int) (int, bool) {
 		return i, false
 	}
 	switch c := data[i]; {
-	case c == '{':
-		if depth >= maxJSONDepth {
-			return i, false
-		}
-		i = skipSpace(data, i+1)
-		if i < len(data) && data[i] == '}' {
-			return i + 1, true
-		}
-		for {
-			if i >= len(data) || data[i] != '"' {
-				return i, false
-			}
-			var ok bool
-			if i, ok = validString(data, i); !ok {
-				return i, false
-			}
-			i = skipSpace(data, i)
-			if i >= len(data) || data[i] != ':' {
-				return i, false
-			}
-			if i, ok = validValue(data, skipSpace(data, i+1), depth+1); !ok {
-				return i, false
-			}
-			i = skipSpace(data, i)
-			switch {
-			case i >= len(data):
-				return i, false
-			case data[i] == '}':
-				return i + 1, true
-			case data[i] != ',':
-				return i, false
-			}
-			i = skipSpace(data, i+1)
-		}
-	case c == '[':
-		if depth >= maxJSONDepth {
-			return i, false
-		}
-		i = skipSpace(data, i+1)
-		if i < len(data) && data[i] == ']' {
-			return i + 1, true
-		}
-		for {
-			var ok bool
-			if i, ok = validValue(data, i, depth+1); !ok {
-				return i, false
-			}
-			i = skipSpace(data, i)
-			switch {
-			case i >= len(data):
-				return i, false
-			case data[i] == ']':
-				return i + 1, true
-			case data[i] != ',':
-				return i, false
-			}
-			i = skipSpace(data, i+1)
-		}
+	case c == '{' || c == '[':
+		return validContainer(data, i, depth)
 	case c == '"':
 		return validString(data, i)
 	case c == '-' || c >= '0' && c <= '9':
@@ -89,6 +33,50 @@ func validValue(data []byte, i, depth int) (int, bool) {
 		return validLiteral(data, i, "null")
 	}
 	return i, false
+}
+
+// validContainer returns the index after the object or array at data[i].
+func validContainer(data []byte, i, depth int) (int, bool) {
+	if depth >= maxJSONDepth {
+		return i, false
+	}
+	object, end := data[i] == '{', byte(']')
+	if object {
+		end = '}'
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == end {
+		return i + 1, true
+	}
+	for {
+		var ok bool
+		if object {
+			if i >= len(data) || data[i] != '"' {
+				return i, false
+			}
+			if i, ok = validString(data, i); !ok {
+				return i, false
+			}
+			i = skipSpace(data, i)
+			if i >= len(data) || data[i] != ':' {
+				return i, false
+			}
+			i = skipSpace(data, i+1)
+		}
+		if i, ok = validValue(data, i, depth+1); !ok {
+			return i, false
+		}
+		i = skipSpace(data, i)
+		switch {
+		case i >= len(data):
+			return i, false
+		case data[i] == end:
+			return i + 1, true
+		case data[i] != ',':
+			return i, false
+		}
+		i = skipSpace(data, i+1)
+	}
 }
 
 // validString: '"', then bytes of at least 0x20 or escapes, then '"'.

@@ -43,18 +43,8 @@ func BenchmarkInsertAnnotations(b *testing.B) {
 	for range 4 {
 		mustStore(b)(s.InsertAnnotations(ctx, batch()))
 	}
-	// The mirror gives up on a lock it would wait for (55P03) and runs
-	// again, as its background ticks do.
-	for i := 0; ; i++ {
-		err := server.SyncIndexes(ctx)
-		if err == nil {
-			break
-		}
-		if i == 100 || !strings.Contains(err.Error(), "55P03") {
-			b.Fatal(err)
-		}
-	}
-	pg0, self0 := childrenCPU(server.PostgresPID()), selfCPU()
+	syncIndexes(b, ctx)
+	cpu := startCPU()
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
@@ -63,10 +53,35 @@ func BenchmarkInsertAnnotations(b *testing.B) {
 		mustStore(b)(s.InsertAnnotations(ctx, evs))
 	}
 	b.StopTimer()
-	n := float64(256 * b.N)
-	b.ReportMetric(n/b.Elapsed().Seconds(), "annotations/s")
-	b.ReportMetric(float64((childrenCPU(server.PostgresPID())-pg0).Microseconds())/n, "pg-µs/annotation")
-	b.ReportMetric(float64((selfCPU()-self0).Microseconds())/n, "go-µs/annotation")
+	cpu.report(b, 256*b.N, "annotation")
+}
+
+// syncIndexes has the index mirror handle the collections now. It gives
+// up on a lock it would wait for (55P03) and runs again, as its
+// background ticks do.
+func syncIndexes(b *testing.B, ctx context.Context) {
+	for i := 0; ; i++ {
+		err := server.SyncIndexes(ctx)
+		if err == nil {
+			return
+		}
+		if i == 100 || !strings.Contains(err.Error(), "55P03") {
+			b.Fatal(err)
+		}
+	}
+}
+
+// cpuMark is the CPU time PostgreSQL and this process had used at a start.
+type cpuMark struct{ pg, self time.Duration }
+
+func startCPU() cpuMark { return cpuMark{childrenCPU(server.PostgresPID()), selfCPU()} }
+
+// report adds the rate of n items and the CPU per item since the mark.
+func (m cpuMark) report(b *testing.B, n int, item string) {
+	f := float64(n)
+	b.ReportMetric(f/b.Elapsed().Seconds(), item+"s/s")
+	b.ReportMetric(float64((childrenCPU(server.PostgresPID())-m.pg).Microseconds())/f, "pg-µs/"+item)
+	b.ReportMetric(float64((selfCPU()-m.self).Microseconds())/f, "go-µs/"+item)
 }
 
 // mustStore fails b on any error of a write.
@@ -157,23 +172,12 @@ func BenchmarkStoreGrades(b *testing.B) {
 	for range 4 {
 		write()
 	}
-	for i := 0; ; i++ {
-		err := server.SyncIndexes(ctx)
-		if err == nil {
-			break
-		}
-		if i == 100 || !strings.Contains(err.Error(), "55P03") {
-			b.Fatal(err)
-		}
-	}
-	pg0, self0 := childrenCPU(server.PostgresPID()), selfCPU()
+	syncIndexes(b, ctx)
+	cpu := startCPU()
 	b.ResetTimer()
 	b.StopTimer()
 	for range b.N {
 		write()
 	}
-	n := float64(256 * b.N)
-	b.ReportMetric(n/b.Elapsed().Seconds(), "grades/s")
-	b.ReportMetric(float64((childrenCPU(server.PostgresPID())-pg0).Microseconds())/n, "pg-µs/grade")
-	b.ReportMetric(float64((selfCPU()-self0).Microseconds())/n, "go-µs/grade")
+	cpu.report(b, 256*b.N, "grade")
 }
