@@ -443,6 +443,9 @@ func TestConsumeAcksUnwantedUndecoded(t *testing.T) {
 			}
 			return nil
 		})
+	// The consumer's info may not count new messages at once: wait for the
+	// handler first, then for the acks.
+	waitFor(t, "two handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 2 })
 	waitFor(t, "consumer drained", func() bool { p, ack := pending(t, js, bus.ConsumerAnnotator); return p == 0 && ack == 0 })
 	mu.Lock()
 	defer mu.Unlock()
