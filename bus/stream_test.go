@@ -89,6 +89,9 @@ func TestConsumeStreamSettlesEachDelivery(t *testing.T) {
 		authors = append(authors, fmt.Sprint("ok-", i))
 	}
 	publishAnnotations(t, js, authors...)
+	// The server counts a consumer's pending messages a moment after they
+	// are stored; NumPending is asserted below, so start once it has.
+	waitFor(t, "all counted", func() bool { p, _ := pending(t, js, bus.ConsumerAnnotator); return p == uint64(len(authors)) })
 	dead0 := deadLettered()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
