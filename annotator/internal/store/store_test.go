@@ -55,8 +55,13 @@ func newStore(t *testing.T) (*Store, *Metrics) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
-	return New(client.Database(db), m), m
+	// Named after the test and emptied first: a run with -count=N (one
+	// embedded server for the whole binary) starts each time from nothing.
+	db := client.Database(strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+	if err := db.Drop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return New(db, m), m
 }
 
 func annotation(author, image, body string) *bus.AnnotationCreated {
