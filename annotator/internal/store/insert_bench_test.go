@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/gradeline/gradeline/bus"
 )
 
@@ -28,11 +26,7 @@ const benchBody = `{"label":"cat","box":[12,40,128,96],"confidence":0.93,"notes"
 // rate.
 func BenchmarkInsertAnnotations(b *testing.B) {
 	ctx := context.Background()
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := New(client.Database("bench_insert_"+strings.ToLower(bus.NewID()[:8])), m)
+	s, _ := newStore(b)
 	batch := func() []*bus.AnnotationCreated {
 		evs := make([]*bus.AnnotationCreated, 256)
 		for i := range evs {
@@ -41,7 +35,7 @@ func BenchmarkInsertAnnotations(b *testing.B) {
 		return evs
 	}
 	for range 4 {
-		mustStore(b)(s.InsertAnnotations(ctx, batch()))
+		check(b)(s.InsertAnnotations(ctx, batch()))
 	}
 	syncIndexes(b, ctx)
 	cpu := startCPU()
@@ -50,7 +44,7 @@ func BenchmarkInsertAnnotations(b *testing.B) {
 		b.StopTimer()
 		evs := batch()
 		b.StartTimer()
-		mustStore(b)(s.InsertAnnotations(ctx, evs))
+		check(b)(s.InsertAnnotations(ctx, evs))
 	}
 	b.StopTimer()
 	cpu.report(b, 256*b.N, "annotation")
@@ -82,21 +76,6 @@ func (m cpuMark) report(b *testing.B, n int, item string) {
 	b.ReportMetric(f/b.Elapsed().Seconds(), item+"s/s")
 	b.ReportMetric(float64((childrenCPU(server.PostgresPID())-m.pg).Microseconds())/f, "pg-µs/"+item)
 	b.ReportMetric(float64((selfCPU()-m.self).Microseconds())/f, "go-µs/"+item)
-}
-
-// mustStore fails b on any error of a write.
-func mustStore(b testing.TB) func([]error, error) {
-	return func(res []error, err error) {
-		b.Helper()
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i, e := range res {
-			if e != nil {
-				b.Fatalf("result %d: %v", i, e)
-			}
-		}
-	}
 }
 
 func selfCPU() time.Duration {
@@ -142,11 +121,7 @@ var fashionLabels = []string{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coa
 // BenchmarkInsertAnnotations.
 func BenchmarkStoreGrades(b *testing.B) {
 	ctx := context.Background()
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		b.Fatal(err)
-	}
-	s := New(client.Database("bench_grades_"+strings.ToLower(bus.NewID()[:8])), m)
+	s, _ := newStore(b)
 	batch := func() ([]*bus.ImageSubmitted, []bus.Event) {
 		subs, results := make([]*bus.ImageSubmitted, 256), make([]bus.Event, 256)
 		for i := range subs {
@@ -164,8 +139,8 @@ func BenchmarkStoreGrades(b *testing.B) {
 	write := func() {
 		subs, results := batch()
 		b.StartTimer()
-		mustStore(b)(s.InsertPending(ctx, subs))
-		mustStore(b)(s.ApplyResults(ctx, results))
+		check(b)(s.InsertPending(ctx, subs))
+		check(b)(s.ApplyResults(ctx, results))
 		b.StopTimer()
 	}
 	b.StopTimer()

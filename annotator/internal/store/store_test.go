@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func newStore(t *testing.T) (*Store, *Metrics) {
+func newStore(t testing.TB) (*Store, *Metrics) {
 	t.Helper()
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
@@ -68,14 +68,14 @@ func annotation(author, image, body string) *bus.AnnotationCreated {
 	return &bus.AnnotationCreated{Meta: bus.NewMeta(bus.TypeAnnotationCreated), Author: author, ImageID: image, Annotation: json.RawMessage(body)}
 }
 
-func check(t *testing.T) func([]error, error) {
+func check(t testing.TB) func([]error, error) {
 	return func(res []error, err error) {
 		t.Helper()
 		noErrors(t, res, err)
 	}
 }
 
-func noErrors(t *testing.T, res []error, err error) {
+func noErrors(t testing.TB, res []error, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
