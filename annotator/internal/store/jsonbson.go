@@ -92,20 +92,22 @@ func (p *docParser) object(depth int) bool {
 		if !p.value(key, depth, false) {
 			return false
 		}
-		p.space()
-		if p.i >= len(p.data) {
-			return false
-		}
-		c := p.data[p.i]
-		p.i++
-		switch c {
-		case ',':
-		case '}':
-			return p.end(at)
-		default:
-			return false
+		if more, ok := p.next('}'); !more {
+			return ok && p.end(at)
 		}
 	}
+}
+
+// next reads what follows a member or an element: a comma (more) or the
+// closing bracket of its object or array (ok, not more).
+func (p *docParser) next(closing byte) (more, ok bool) {
+	p.space()
+	if p.i >= len(p.data) {
+		return false, false
+	}
+	c := p.data[p.i]
+	p.i++
+	return c == ',', c == closing
 }
 
 // end closes the document or array begun at at.
@@ -143,18 +145,8 @@ func (p *docParser) value(key string, depth int, inArray bool) bool {
 			if !p.value(strconv.Itoa(n), depth+1, true) {
 				return false
 			}
-			p.space()
-			if p.i >= len(p.data) {
-				return false
-			}
-			c := p.data[p.i]
-			p.i++
-			switch c {
-			case ',':
-			case ']':
-				return p.end(at)
-			default:
-				return false
+			if more, ok := p.next(']'); !more {
+				return ok && p.end(at)
 			}
 		}
 	case c == '"':
