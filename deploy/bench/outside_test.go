@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"mime/multipart"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -452,17 +451,12 @@ func withCommas(v float64) string {
 // process (decode, preprocess, ONNX Runtime: inference.Registry.Grade).
 func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out string) []row {
 	img := fixture.DigitPNGSize(3, 28)
-	var buf bytes.Buffer
-	w := multipart.NewWriter(&buf)
-	_ = w.WriteField("model", "fashion")
-	fw, _ := w.CreateFormFile("image", "digit.png")
-	_, _ = fw.Write(img)
-	_ = w.Close()
+	form, ctype := gradeForm(img)
 	bodyFile := filepath.Join(out, "grade.body")
-	if err := os.WriteFile(bodyFile, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(bodyFile, form, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	url, ctype := st.ep.HTTP+"/api/v1/grades", w.FormDataContentType()
+	url := st.ep.HTTP + "/api/v1/grades"
 
 	reg, err := inference.LoadRegistry(inference.RegistryOptions{ORTLib: os.Getenv("ONNXRUNTIME_LIB"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -494,7 +488,7 @@ func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out stri
 		direct = append(direct, time.Since(t0))
 	}
 	d := time.Duration(envInt("GRADELINE_BENCH_SECONDS", 8)) * time.Second
-	many, err := runWrk32(ctx, out, url, wrkLoad{name: "grade", ctype: ctype, body: buf.Bytes()}, d)
+	many, err := runWrk32(ctx, out, url, wrkLoad{name: "grade", ctype: ctype, body: form}, d)
 	if err != nil {
 		b.Fatal(err)
 	}

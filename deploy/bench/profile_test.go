@@ -1,13 +1,11 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime/multipart"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,18 +100,13 @@ func BenchmarkProfile(b *testing.B) {
 		})
 	}
 
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	_ = mw.WriteField("model", "fashion")
-	fw, _ := mw.CreateFormFile("image", "digit.png")
-	_, _ = fw.Write(fixture.DigitPNGSize(3, 28))
-	_ = mw.Close()
+	form, ctype := gradeForm(fixture.DigitPNGSize(3, 28))
 	if only == "annotations" {
 		return
 	}
 	profile(b, dir, "grades", func() string {
 		cpu0, kids0 := processCPU(), descendantsCPU()
-		w, err := runWrk32(ctx, out, st.ep.HTTP+"/api/v1/grades", wrkLoad{name: "grade", ctype: mw.FormDataContentType(), body: buf.Bytes()}, d)
+		w, err := runWrk32(ctx, out, st.ep.HTTP+"/api/v1/grades", wrkLoad{name: "grade", ctype: ctype, body: form}, d)
 		if err != nil {
 			b.Fatal(err)
 		}

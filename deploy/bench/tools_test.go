@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"mime/multipart"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,6 +68,18 @@ type wrkLoad struct {
 	// count200 counts the 200 answers apart (OK200): a grade answers 200
 	// with its result, or 202 when it is not done within the wait.
 	count200 bool
+}
+
+// gradeForm is the multipart body the grade rows post, image img graded
+// by the fashion model, and its content type.
+func gradeForm(img []byte) (body []byte, ctype string) {
+	var buf bytes.Buffer
+	w := multipart.NewWriter(&buf)
+	_ = w.WriteField("model", "fashion")
+	fw, _ := w.CreateFormFile("image", "digit.png")
+	_, _ = fw.Write(img) // writes to memory cannot fail
+	_ = w.Close()
+	return buf.Bytes(), w.FormDataContentType()
 }
 
 // annotationLoad is wrk posting one annotation per request from 64
