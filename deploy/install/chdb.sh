@@ -24,9 +24,12 @@ fi
 lib=$(dirname "$(find "$npmdir/node_modules/$pkg" -name libchdb.so | head -1)")
 [[ -f $lib/libchdb.so ]] || { echo "install: libchdb.so not found in $npmdir" >&2; exit 1; }
 bin=$out/gradeline-chdb
-if [[ ! -x $bin || $src -nt $bin || $lib/libchdb.so -nt $bin ]]; then
+# The launcher finds libchdb.so relative to itself ($ORIGIN), so the cache
+# (and the checkout around it) can move; one built with an absolute path
+# that no longer resolves is rebuilt.
+if [[ ! -x $bin || $src -nt $bin || $lib/libchdb.so -nt $bin ]] || ldd "$bin" | grep -q 'not found'; then
   echo "install: building $bin" >&2
-  gcc -O2 -Wall -o "$bin.tmp" "$src" -L"$lib" -lchdb -Wl,-rpath,"$lib"
+  gcc -O2 -Wall -o "$bin.tmp" "$src" -L"$lib" -lchdb -Wl,-rpath,"\$ORIGIN/${lib#"$out"/}"
   mv "$bin.tmp" "$bin"
 fi
 echo "install: ClickHouse launcher ready at $bin" >&2
