@@ -40,7 +40,7 @@ type Config struct {
 	// NATSURL and ClickHouseDSN are required.
 	NATSURL       string
 	ClickHouseDSN string
-	Logger   *slog.Logger
+	Logger        *slog.Logger
 	// Registerer receives the metrics (nil = prometheus.DefaultRegisterer).
 	Registerer prometheus.Registerer
 	// QueryTimeout bounds one query (default 30s).

@@ -12,7 +12,7 @@ import (
 func TestRequiredEnvironment(t *testing.T) {
 	cases := []struct {
 		nats, dsn string
-		want                []string
+		want      []string
 	}{
 		{"", "", []string{`NATS_URL="": required`, `CLICKHOUSE_DSN="": required`}},
 		{"nats://127.0.0.1:4222", "", []string{"CLICKHOUSE_DSN"}},

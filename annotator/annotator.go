@@ -134,7 +134,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}{
 		{bus.ConsumerAnnotator, a.handleAnnotations},
 		{bus.ConsumerAnnotatorCatalog, a.handleCatalog},
-		{bus.ConsumerAnnotatorSubmissions, a.handleSubmissions},
 		{bus.ConsumerAnnotatorGrades, a.handleGrades},
 		{bus.ConsumerAnnotatorCallbacks, a.handleCallbacks},
 	} {

@@ -554,19 +554,16 @@ func TestGrades(t *testing.T) {
 	done := func(s *bus.ImageSubmitted) *bus.GradeCompleted {
 		return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
 			Model: "fashion", ModelVersion: "1", Label: "bag", Score: 0.8, Scores: map[string]float64{"bag": 0.8, "coat": 0.2},
-			InferenceMS: 2, BatchSize: 3}
+			InferenceMS: 2, BatchSize: 3, SubmittedAt: s.Time}
 	}
 	first, second, pending := sub(), sub(), sub()
-	e.publish(done(first)) // result before the submission
+	e.publish(done(first))           // answered with its result: no pending record
+	e.publish(bus.PendingOf(second)) // answered 202, then its result
 	e.waitIdle(bus.ConsumerAnnotatorGrades)
-	e.publish(first)
-	e.publish(second) // the usual order
-	e.waitIdle(bus.ConsumerAnnotatorSubmissions)
 	e.publish(done(second))
-	e.publish(pending)
+	e.publish(bus.PendingOf(pending))
 	failedID := bus.NewID()
 	e.publish(&bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: failedID, Owner: "frank", Reason: "cannot decode image"})
-	e.waitIdle(bus.ConsumerAnnotatorSubmissions)
 	e.waitIdle(bus.ConsumerAnnotatorGrades)
 
 	for _, s := range []*bus.ImageSubmitted{first, second} {
@@ -596,12 +593,12 @@ func TestGrades(t *testing.T) {
 	// No owner is no grade, never "any owner's".
 	_, err = request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: first.ID})
 	wantCode(t, err, http.StatusUnprocessableEntity)
-	// One result per graded image, one submission per submitted image.
-	if c := e.count("grades", bson.D{}); c != 3 {
-		t.Fatalf("%d grade results, want 3", c)
+	// One document per grade, in the grade history alone.
+	if c := e.count("grade_submissions", bson.D{}); c != 4 {
+		t.Fatalf("%d grades in the history, want 4", c)
 	}
-	if c := e.count("grade_submissions", bson.D{}); c != 3 {
-		t.Fatalf("%d grade submissions, want 3", c)
+	if c := e.count("grades", bson.D{}); c != 0 {
+		t.Fatalf("%d legacy grade results written, want 0", c)
 	}
 }
 
@@ -808,9 +805,10 @@ func TestRunConfigErrors(t *testing.T) {
 	}
 }
 
-// TestGradeSubmissionAndResultAtOnce publishes each submission and its
-// result back to back, so the two consumers write them at the same
-// moment: every grade must still read as completed.
+// TestGradeSubmissionAndResultAtOnce publishes each grade's pending record
+// and its result back to back, in both orders, so both writes of one
+// grade land in the same batch or in batches at the same moment: every
+// grade must still read as completed, with its submission's time.
 func TestGradeSubmissionAndResultAtOnce(t *testing.T) {
 	e := newEnv(t)
 	e.run()
@@ -820,11 +818,21 @@ func TestGradeSubmissionAndResultAtOnce(t *testing.T) {
 		s := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: fmt.Sprint("img", i), Owner: "grace", Model: "digits",
 			Image: bus.ImageRef{Object: "o", SHA256: strings.Repeat("e", 64), ContentType: "image/png", Size: 9}}
 		subs[i] = s
-		e.publish(s)
-		e.publish(&bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
-			Model: "digits", ModelVersion: "1", Label: "7", Score: 0.9, Scores: map[string]float64{"7": 0.9, "1": 0.1}, BatchSize: 1})
+		// Answered 202 and graded at the same moment: the pending
+		// record and the result reach the consumer together, in either
+		// order.
+		pe := bus.PendingOf(s)
+		res := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+			Model: "digits", ModelVersion: "1", Label: "7", Score: 0.9, Scores: map[string]float64{"7": 0.9, "1": 0.1}, BatchSize: 1,
+			SubmittedAt: s.Time}
+		if i%2 == 0 {
+			e.publish(pe)
+			e.publish(res)
+		} else {
+			e.publish(res)
+			e.publish(pe)
+		}
 	}
-	e.waitIdle(bus.ConsumerAnnotatorSubmissions)
 	e.waitIdle(bus.ConsumerAnnotatorGrades)
 	for _, s := range subs {
 		g, err := request[bus.Grade](t, e, bus.SvcGradesGet, bus.GradeGetQuery{ID: s.ID, Owner: "grace"})
@@ -933,36 +941,42 @@ func TestGradeReadYourWrites(t *testing.T) {
 		}
 		return s, ack.Sequence
 	}
+	completed := func(s *bus.ImageSubmitted) bus.Event {
+		return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+			Model: s.Model, ModelVersion: "1", Label: "7", Score: 0.9, Scores: map[string]float64{"7": 0.9, "1": 0.1}, BatchSize: 1,
+			SubmittedAt: s.Time}
+	}
 	for _, tc := range []struct {
-		name   string
-		result func(*bus.ImageSubmitted) bus.Event // nil: no result yet
-		owner  string                              // "" = the submitter
-		// stored: the submission is stored before the result is published,
-		// and the read carries no AfterSeq: only the result is waited for.
+		name string
+		// pending: the edge answered 202 and published the grade.pending
+		// record before the result.
+		pending bool
+		result  func(*bus.ImageSubmitted) bus.Event // nil: no result yet
+		owner   string                              // "" = the submitter
+		// stored: the pending record is read back before the result is
+		// published, and the read of the result carries no AfterSeq
+		// (another edge replica): only the result is waited for.
 		stored bool
 		want   string // status, or "404"
 	}{
-		{name: "submitted", want: bus.GradeStatusPending},
-		{name: "completed", result: func(s *bus.ImageSubmitted) bus.Event {
-			return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
-				Model: s.Model, ModelVersion: "1", Label: "7", Score: 0.9, Scores: map[string]float64{"7": 0.9, "1": 0.1}, BatchSize: 1}
-		}, want: bus.GradeStatusCompleted},
-		{name: "failed", result: func(s *bus.ImageSubmitted) bus.Event {
+		{name: "answered pending", pending: true, want: bus.GradeStatusPending},
+		{name: "answered with its result", result: completed, want: bus.GradeStatusCompleted},
+		{name: "answered failed", result: func(s *bus.ImageSubmitted) bus.Event {
 			return &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
-				Model: s.Model, Reason: "cannot decode image"}
+				Model: s.Model, Reason: "cannot decode image", SubmittedAt: s.Time}
 		}, want: bus.GradeStatusFailed},
-		{name: "completed, submission stored", stored: true, result: func(s *bus.ImageSubmitted) bus.Event {
-			return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
-				Model: s.Model, ModelVersion: "1", Label: "1", Score: 0.6, Scores: map[string]float64{"7": 0.4, "1": 0.6}, BatchSize: 2}
-		}, want: bus.GradeStatusCompleted},
-		{name: "another owner's", owner: "ivan", want: "404"},
+		{name: "pending, then completed", pending: true, stored: true, result: completed, want: bus.GradeStatusCompleted},
+		{name: "another owner's", pending: true, owner: "ivan", want: "404"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Repeated: one lucky read proves little about a race.
 			for range 20 {
 				s, seq := submit(t)
+				if tc.pending {
+					e.publish(bus.PendingOf(s))
+				}
 				if tc.stored {
-					// A read with AfterSeq returns once the submission is stored.
+					// A read with AfterSeq returns once the record is stored.
 					if g, err := bus.Request[bus.Grade](ctx, e.nc, bus.SvcGradesGet, bus.GradeGetQuery{ID: s.ID, Owner: s.Owner, AfterSeq: seq}); err != nil || g.Status != bus.GradeStatusPending {
 						t.Fatalf("submitted grade: %+v %v", g, err)
 					}
@@ -977,8 +991,9 @@ func TestGradeReadYourWrites(t *testing.T) {
 					wantCode(t, err, http.StatusNotFound)
 					continue
 				}
-				if err != nil || g.Status != tc.want || g.ID != s.ID || g.ImageID != s.ImageID || g.Owner != s.Owner || g.SubmittedAt.IsZero() {
-					t.Fatalf("grade read at once: %+v %v; want %s", g, err, tc.want)
+				if err != nil || g.Status != tc.want || g.ID != s.ID || g.ImageID != s.ImageID || g.Owner != s.Owner ||
+					!g.SubmittedAt.Equal(s.Time.Truncate(time.Millisecond)) {
+					t.Fatalf("grade read at once: %+v %v; want %s submitted at %s", g, err, tc.want, s.Time)
 				}
 			}
 		})

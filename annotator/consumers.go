@@ -73,14 +73,10 @@ func (a *app) handleCatalog(ctx context.Context, batch []*bus.Delivery) error {
 	return handle(ctx, batch, anyOf(bus.TypeImageCatalogued, bus.TypeImageTagsSet, bus.TypeImageDeleted, bus.TypeImageSharesSet), a.store.ApplyCatalog, a.storedBy(bus.ConsumerAnnotatorCatalog))
 }
 
-func (a *app) handleSubmissions(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, is[*bus.ImageSubmitted], a.store.InsertPending, a.storedBy(bus.ConsumerAnnotatorSubmissions))
-}
-
 func (a *app) handleCallbacks(ctx context.Context, batch []*bus.Delivery) error {
 	return handle(ctx, batch, is[*bus.GradeCallbackAttempted], a.store.InsertCallbackAttempts, a.storedBy(bus.ConsumerAnnotatorCallbacks))
 }
 
 func (a *app) handleGrades(ctx context.Context, batch []*bus.Delivery) error {
-	return handle(ctx, batch, anyOf(bus.TypeGradeCompleted, bus.TypeGradeFailed), a.store.ApplyResults, a.storedBy(bus.ConsumerAnnotatorGrades))
+	return handle(ctx, batch, anyOf(bus.TypeGradeCompleted, bus.TypeGradeFailed, bus.TypeGradePending), a.store.ApplyGrades, a.storedBy(bus.ConsumerAnnotatorGrades))
 }

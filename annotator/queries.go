@@ -204,12 +204,8 @@ func (a *app) getImage(ctx context.Context, q bus.ImageGetQuery) (bus.Image, err
 	return img, nil
 }
 
-// getGrade answers a grade from the one record the store keeps of it.
-// Read-your-writes: the query waits (together at most
-// bus.ReadYourWritesWait) for the owner's last submission to be stored
-// (AfterSeq), and, when the grade still reads as pending, for the results
-// the GRADES stream holds now: the edge may already have handed the
-// client the result, and the next read must not say pending.
+// getGrade answers a grade from the one record the store keeps of it,
+// read as readGrades says.
 func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, error) {
 	if err := required([2]string{"owner", q.Owner}, [2]string{"id", q.ID}); err != nil {
 		return bus.Grade{}, err
@@ -273,23 +269,32 @@ func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.G
 	return list, nil
 }
 
-// readGrades reads grades once the owner's submissions up to afterSeq are
-// stored; when read finds one pending, it reads again once the results the
-// GRADES stream holds now are stored (both waits bounded by
-// bus.ReadYourWritesWait), so a result the edge has already handed to the
-// client is never read back as pending.
+// readGrades reads grades once the grade history has stored what the
+// GRADES stream holds at the time of the query (bounded by
+// bus.ReadYourWritesWait): at once when the owner submitted a moment ago
+// (afterSeq: the grade the edge answered, with its result or as pending,
+// is recorded there), else only when read finds a grade pending (the edge,
+// any replica, may already have handed the client its result). So a grade
+// just answered is never read back as unknown, nor a result as pending.
 func (a *app) readGrades(ctx context.Context, afterSeq uint64, read func() (pending bool, err error)) error {
 	wctx, cancel := context.WithTimeout(ctx, bus.ReadYourWritesWait)
 	defer cancel()
-	a.applied.wait(wctx, bus.ConsumerAnnotatorSubmissions, afterSeq)
+	catchUp := func() {
+		if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
+			a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
+		}
+	}
+	if afterSeq > 0 {
+		catchUp()
+		_, err := read()
+		return err
+	}
 	pending, err := read()
 	if err != nil || !pending {
 		return err
 	}
-	if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
-		a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
-		_, err = read()
-	}
+	catchUp()
+	_, err = read()
 	return err
 }
 

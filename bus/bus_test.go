@@ -120,6 +120,35 @@ func TestEnsureTopologyIsIdempotent(t *testing.T) {
 	}
 }
 
+// TestEnsureStreamsDeletesRetiredConsumers: a server upgraded in place
+// loses the durables this version no longer reads (their backlog would
+// grow forever in `gradeline streams`), and a second run is content that
+// they are gone.
+func TestEnsureStreamsDeletesRetiredConsumers(t *testing.T) {
+	_, js := startNATS(t)
+	ctx := context.Background()
+	for _, c := range bus.RetiredConsumers {
+		if _, err := js.CreateOrUpdateConsumer(ctx, c.Stream, jetstream.ConsumerConfig{Durable: c.Durable, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if err := bus.EnsureStreams(ctx, js, bus.TopologyOptions{MaxBytesScale: 0.01}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range bus.RetiredConsumers {
+		if _, err := js.Consumer(ctx, c.Stream, c.Durable); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Errorf("retired consumer %s/%s: %v, want it deleted", c.Stream, c.Durable, err)
+		}
+	}
+	for _, c := range bus.Consumers {
+		if _, err := js.Consumer(ctx, c.Stream, c.Durable); err != nil {
+			t.Errorf("consumer %s: %v", c.Durable, err)
+		}
+	}
+}
+
 func TestPublishDeduplicatesByEventID(t *testing.T) {
 	_, js := startNATS(t)
 	ctx := context.Background()

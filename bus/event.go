@@ -142,12 +142,13 @@ func decode(data []byte, unmarshal func([]byte, any) bool) (Event, error) {
 // fastUnmarshal decodes an event with goccy/go-json, three times faster
 // than encoding/json on these events (BenchmarkDecodeGrade 12 → 4 µs, paid
 // by every consumer for every event). It is given only text that
-// encoding/json deems valid (validJSON) and that is valid UTF-8 (encoding/json would
-// replace bad bytes), and a failure or panic in it leaves the event to
-// the encoding/json path: what Decode accepts, and how it words each
+// encoding/json deems valid (validJSON), whose top-level keys are plain
+// (scanJSON) and that is valid UTF-8 (encoding/json would replace bad
+// bytes), and a failure or panic in it leaves the event to the
+// encoding/json path: what Decode accepts, and how it words each
 // refusal, is encoding/json's (FuzzDecodeAgrees).
 func fastUnmarshal(data []byte, v any) (ok bool) {
-	if !validJSON(data) || !utf8.Valid(data) {
+	if valid, plain := scanJSON(data); !valid || !plain || !utf8.Valid(data) {
 		return false
 	}
 	defer func() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 )
 
 // Event type names. The subject of each is fixed in the init below.
@@ -16,6 +17,7 @@ const (
 	TypeImageSubmitted    = "image.submitted"
 	TypeGradeCompleted    = "grade.completed"
 	TypeGradeFailed       = "grade.failed"
+	TypeGradePending      = "grade.pending"
 	TypeImageCatalogued   = "image.catalogued"
 	TypeImageTagsSet      = "image.tags_set"
 	TypeImageDeleted      = "image.deleted"
@@ -31,6 +33,7 @@ func init() {
 	register(TypeImageSubmitted, 1, SubjectImageSubmitted, &ImageSubmitted{})
 	register(TypeGradeCompleted, 1, SubjectGradeCompleted, &GradeCompleted{})
 	register(TypeGradeFailed, 1, SubjectGradeFailed, &GradeFailed{})
+	register(TypeGradePending, 1, SubjectGradePending, &GradePending{})
 	register(TypeImageCatalogued, 1, SubjectImageCatalogued, &ImageCatalogued{})
 	register(TypeImageTagsSet, 1, SubjectImageTagsSet, &ImageTagsSet{})
 	register(TypeImageDeleted, 1, SubjectImageDeleted, &ImageDeleted{})
@@ -198,6 +201,9 @@ type GradeCompleted struct {
 	Catalogued bool `json:"catalogued,omitempty"`
 	// CallbackURL is the submission's: where the result is delivered.
 	CallbackURL string `json:"callback_url,omitempty"`
+	// SubmittedAt is the submission's time: the result is a whole grade,
+	// stored in one write. Zero in events from before it was added.
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
 }
 
 // Validate requires the grade id, model and label, and a score for the label.
@@ -222,6 +228,8 @@ type GradeFailed struct {
 	Reason  string `json:"reason"`
 	// CallbackURL is the submission's: where the result is delivered.
 	CallbackURL string `json:"callback_url,omitempty"`
+	// SubmittedAt is as in GradeCompleted.
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
 }
 
 // Validate requires the grade id and the reason.
@@ -230,6 +238,39 @@ func (e *GradeFailed) Validate() error {
 		return errors.New("grade_id and reason are required")
 	}
 	return nil
+}
+
+// GradePending: the edge answered a submission before its result was
+// known (202: the client did not wait, or stopped waiting), so the grade
+// history records it as pending until the result arrives. A submission
+// answered with its result needs no such record: the result event carries
+// the whole grade. The event id is its own; GradeID is the submission's.
+type GradePending struct {
+	Meta
+	GradeID      string    `json:"grade_id"`
+	ImageID      string    `json:"image_id"`
+	Owner        string    `json:"owner"`
+	Model        string    `json:"model"`
+	ModelVersion string    `json:"model_version,omitempty"`
+	SubmittedAt  time.Time `json:"submitted_at"`
+}
+
+// Validate requires the grade id, image id, owner, model and the time of
+// the submission.
+func (e *GradePending) Validate() error {
+	if e.GradeID == "" || e.ImageID == "" || e.Owner == "" || e.Model == "" {
+		return errors.New("grade_id, image_id, owner and model are required")
+	}
+	if e.SubmittedAt.IsZero() {
+		return errors.New("submitted_at is required")
+	}
+	return nil
+}
+
+// PendingOf is the GradePending event of a submission.
+func PendingOf(s *ImageSubmitted) *GradePending {
+	return &GradePending{Meta: NewMeta(TypeGradePending), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
+		Model: s.Model, ModelVersion: s.ModelVersion, SubmittedAt: s.Time.UTC()}
 }
 
 // ImageCatalogued: a user added an image to the catalogue.

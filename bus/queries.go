@@ -152,8 +152,10 @@ type GradeGetQuery struct {
 	ID    string `json:"id"`
 	Owner string `json:"owner"` // required: another owner's grade is not found
 	// AfterSeq is the IMAGES stream sequence of the owner's last submission
-	// (as in AnnotationsQuery): a grade submitted a moment ago reads as
-	// pending, not as unknown.
+	// (as in AnnotationsQuery). Non-zero, the annotator first stores what
+	// the GRADES stream holds at the time of the query (the results and the
+	// grade.pending records of those submissions), so a grade answered a
+	// moment ago, with its result or as pending, is never read as unknown.
 	AfterSeq uint64 `json:"after_seq,omitempty"`
 }
 
@@ -207,8 +209,9 @@ type GradesQuery struct {
 // GradeFrom is the one conversion of grade events into a Grade: the
 // submission (the grade id is its event id) and its result, a
 // *GradeCompleted or *GradeFailed. Either may be nil: a submission alone is
-// pending; a result alone (stored before its submission was seen) carries
-// no SubmittedAt. Fields the result leaves empty keep the submission's.
+// pending; a result alone is the whole grade (its SubmittedAt is zero only
+// in events from before results carried it). Fields the result leaves
+// empty keep the submission's.
 func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 	var g Grade
 	if submitted != nil {
@@ -235,6 +238,9 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 		g.InferenceMS, g.BatchSize = e.InferenceMS, e.BatchSize
 		g.CompletedAt = e.Time.UTC()
 		g.Catalogued = g.Catalogued || e.Catalogued
+		if g.SubmittedAt.IsZero() && !e.SubmittedAt.IsZero() {
+			g.SubmittedAt = e.SubmittedAt.UTC()
+		}
 	case *GradeFailed:
 		keep(&g.ID, e.GradeID)
 		keep(&g.ImageID, e.ImageID)
@@ -243,6 +249,9 @@ func GradeFrom(submitted *ImageSubmitted, result Event) Grade {
 		g.Status = GradeStatusFailed
 		g.Reason = e.Reason
 		g.CompletedAt = e.Time.UTC()
+		if g.SubmittedAt.IsZero() && !e.SubmittedAt.IsZero() {
+			g.SubmittedAt = e.SubmittedAt.UTC()
+		}
 	}
 	return g
 }

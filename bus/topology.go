@@ -37,6 +37,7 @@ const (
 	SubjectImageSubmitted    = rootImages + "submitted"
 	SubjectGradeCompleted    = rootGrades + "completed"
 	SubjectGradeFailed       = rootGrades + "failed"
+	SubjectGradePending      = rootGrades + "pending"
 	SubjectImageCatalogued   = rootCatalog + "images.catalogued"
 	SubjectImageTagsSet      = rootCatalog + "images.tags_set"
 	SubjectImageDeleted      = rootCatalog + "images.deleted"
@@ -195,14 +196,15 @@ var (
 		[]string{SubjectAnnotationCreated, SubjectAnnotationUpdated, SubjectAnnotationDeleted}, 30 * time.Second, 4096}
 	ConsumerAnnotatorCatalog = ConsumerSpec{StreamCatalog, "annotator-catalog", "stores the image catalogue in MongoDB",
 		under(rootCatalog), 30 * time.Second, 4096}
-	ConsumerAnnotatorSubmissions = ConsumerSpec{StreamImages, "annotator-submissions", "records pending grades in MongoDB",
-		[]string{SubjectImageSubmitted}, 30 * time.Second, 4096}
+	// ConsumerAnnotatorGrades keeps the grade history: one document per
+	// grade, written whole from its result (which carries the submission's
+	// time) or first as pending from a grade.pending event.
 	ConsumerAnnotatorGrades = ConsumerSpec{StreamGrades, "annotator-grades", "stores grade history in MongoDB",
 		under(rootGrades), 30 * time.Second, 4096}
 	ConsumerAnalyticsIris = ConsumerSpec{StreamIris, "analytics-iris", "loads iris measurements into ClickHouse",
 		[]string{SubjectIrisMeasured}, 60 * time.Second, 256}
 	ConsumerAnalyticsGrades = ConsumerSpec{StreamGrades, "analytics-grades", "loads grades into ClickHouse",
-		under(rootGrades), 60 * time.Second, 8192}
+		[]string{SubjectGradeCompleted, SubjectGradeFailed}, 60 * time.Second, 8192}
 	ConsumerAnalyticsRegrades = ConsumerSpec{StreamRegrades, "analytics-regrades", "loads shadow grades into ClickHouse",
 		[]string{SubjectGradeShadow}, 60 * time.Second, 8192}
 	ConsumerAnalyticsAnnotations = ConsumerSpec{StreamAnnotations, "analytics-annotations", "loads annotation counts into ClickHouse",
@@ -219,9 +221,17 @@ var (
 
 // Consumers is the table of durable consumers.
 var Consumers = []ConsumerSpec{
-	ConsumerInference, ConsumerAnnotator, ConsumerAnnotatorCatalog, ConsumerAnnotatorSubmissions,
-	ConsumerAnnotatorGrades, ConsumerAnalyticsIris, ConsumerAnalyticsGrades, ConsumerAnalyticsAnnotations, ConsumerAnalyticsRegrades,
+	ConsumerInference, ConsumerAnnotator, ConsumerAnnotatorCatalog, ConsumerAnnotatorGrades, ConsumerAnalyticsIris, ConsumerAnalyticsGrades, ConsumerAnalyticsAnnotations, ConsumerAnalyticsRegrades,
 	ConsumerIngestCallbacks, ConsumerAnnotatorCallbacks,
+}
+
+// RetiredConsumers are durables earlier versions created and this one no
+// longer reads; EnsureStreams deletes them, so a server upgraded in place
+// does not keep counting a backlog nobody will read.
+var RetiredConsumers = []struct{ Stream, Durable string }{
+	// Recorded every submission as a pending grade; results now carry
+	// the whole grade, and grade.pending the ones answered before it.
+	{StreamImages, "annotator-submissions"},
 }
 
 // Config returns the JetStream configuration of the consumer. MaxDeliver is
@@ -309,7 +319,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, opt TopologyOpt
 }
 
 // EnsureStreams creates or updates every stream of the table and the image
-// bucket, leaving consumers alone: the operator's deploy step (`gradeline
+// bucket, and deletes RetiredConsumers, leaving the other consumers alone: the operator's deploy step (`gradeline
 // setup`, the compose setup service, the Kubernetes Job, the local stack),
 // run before the services start and again after an upgrade that changes
 // the table. Services cannot do it: their NATS users may not create or
@@ -332,6 +342,12 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opt TopologyOpti
 		})
 		if err != nil {
 			return fmt.Errorf("bus: stream %s: %w", s.Name, err)
+		}
+	}
+	for _, c := range RetiredConsumers {
+		err := js.DeleteConsumer(ctx, c.Stream, c.Durable)
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("bus: delete retired consumer %s/%s: %w", c.Stream, c.Durable, err)
 		}
 	}
 	if err := ensureImageBucket(ctx, js, opt.Replicas); err != nil {

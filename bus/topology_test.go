@@ -61,7 +61,7 @@ func TestStreamsNeededBy(t *testing.T) {
 		{bus.UserIngest, []string{bus.StreamAnnotations, bus.StreamImages, bus.StreamCatalog, bus.StreamIris, bus.StreamCallbacks,
 			bus.StreamGrades, bus.StreamDeadLetter, obj}},
 		{bus.UserInference, []string{bus.StreamGrades, bus.StreamImages, bus.StreamDeadLetter, obj}},
-		{bus.UserAnnotator, []string{bus.StreamAnnotations, bus.StreamDeadLetter, bus.StreamCatalog, bus.StreamImages, bus.StreamGrades, bus.StreamCallbacks}},
+		{bus.UserAnnotator, []string{bus.StreamAnnotations, bus.StreamDeadLetter, bus.StreamCatalog, bus.StreamGrades, bus.StreamCallbacks}},
 		{bus.UserAnalytics, []string{bus.StreamIris, bus.StreamDeadLetter, bus.StreamGrades, bus.StreamAnnotations, bus.StreamRegrades}},
 		{bus.UserAdmin, nil},
 		{bus.UserSubscriber, nil},

@@ -322,7 +322,7 @@ func (s *server) publish(j *job) error {
 	case j.fail != nil:
 		ev = &bus.GradeFailed{Meta: outcomeMeta(bus.TypeGradeFailed, j.ev.ID),
 			GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner, Model: j.ev.Model, Reason: j.fail.Error(),
-			CallbackURL: j.ev.CallbackURL}
+			CallbackURL: j.ev.CallbackURL, SubmittedAt: j.ev.Time.UTC()}
 	case j.pred != nil:
 		p := j.pred
 		ev = &bus.GradeCompleted{Meta: outcomeMeta(bus.TypeGradeCompleted, j.ev.ID),
@@ -330,7 +330,7 @@ func (s *server) publish(j *job) error {
 			Model: j.model.Name, ModelVersion: j.model.Version,
 			Label: p.Label, Score: float64(p.Scores[p.Index]), Scores: j.model.ScoreMap(*p),
 			InferenceMS: float64(p.Inference.Microseconds()) / 1000, BatchSize: p.BatchSize, Catalogued: j.ev.Catalogued,
-			CallbackURL: j.ev.CallbackURL}
+			CallbackURL: j.ev.CallbackURL, SubmittedAt: j.ev.Time.UTC()}
 	default:
 		return nil
 	}

@@ -453,6 +453,14 @@ func (s *Server) knownModel(ctx context.Context, model, version string) error {
 func (s *Server) answerGrade(c *fiber.Ctx, ev *bus.ImageSubmitted, ch chan bus.Event, wait time.Duration) error {
 	location := "/api/v1/grades/" + ev.ID
 	pending := func() error {
+		// Answered before its result, the grade is recorded as pending:
+		// a GET of Location must find it. A grade answered with its
+		// result needs no record of its own (the result carries it). A
+		// failed publish only delays the record until the result; the
+		// submission is accepted either way.
+		pe := bus.PendingOf(ev)
+		pe.ID = idFor(c.UserContext(), "grade-pending")
+		_ = s.publish(c.UserContext(), pe)
 		c.Set(fiber.HeaderLocation, location)
 		c.Set(fiber.HeaderRetryAfter, "1")
 		return c.Status(http.StatusAccepted).JSON(bus.GradeFrom(ev, nil))
@@ -492,7 +500,7 @@ func (s *Server) getGrade(c *fiber.Ctx) error {
 		return errorf(http.StatusNotFound, "grade %q not found", id)
 	}
 	g, err := request[bus.Grade](c.UserContext(), s, bus.SvcGradesGet, bus.GradeGetQuery{ID: id, Owner: user,
-		AfterSeq: s.writes.after(user, bus.ConsumerAnnotatorSubmissions.Stream)})
+		AfterSeq: s.writes.after(user, bus.StreamImages)})
 	if err != nil {
 		return err
 	}
@@ -512,7 +520,7 @@ func (s *Server) listGrades(c *fiber.Ctx) error {
 	}
 	user := userOf(c)
 	q := bus.GradesQuery{ImageID: c.Query("image_id"), Owner: user, Cursor: cursor, Page: page, PerPage: perPage,
-		AfterSeq: s.writes.after(user, bus.ConsumerAnnotatorSubmissions.Stream)}
+		AfterSeq: s.writes.after(user, bus.StreamImages)}
 	switch {
 	case q.ImageID == "":
 		return invalid("invalid query", "image_id: required")

@@ -10,15 +10,17 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// gradeDoc is one half of a grade; _id is the ImageSubmitted event id
-// (the grade id). The submission (from image.submitted, in
-// CollGradeSubmissions, written by annotator-submissions) and the result
-// (from the GRADES stream, in CollGrades, written by annotator-grades) may
-// arrive in either order, even at once. Each collection has one writer: two
-// consumers writing one document raced on FerretDB and lost a result
-// (TestGradeSubmissionAndResultAtOnce), and one consumer cannot read both
-// streams. GetGrade is the one place the halves meet, through
-// bus.GradeFrom.
+// gradeDoc is one grade of the grade history (CollGradeHistory); _id is
+// the ImageSubmitted event id (the grade id). A result is inserted whole
+// (its event carries the submission's time); a grade the edge answered
+// before its result is first inserted as pending from its grade.pending
+// event, and its result then fills it in. Both writes come from one
+// consumer (annotator-grades) and neither is an upsert: an insert meets an
+// existing grade as a duplicate key, so a pending record and its result
+// arriving at once cannot lose the result
+// (TestGradeSubmissionAndResultAtOnce). Grades stored before the history
+// was one document are in two halves: the submission here and the result
+// in CollGrades (legacy, read only; see legacyResult).
 // Scores are stored as a subdocument keyed by label (see scoreSet).
 type gradeDoc struct {
 	ID           string    `bson:"_id"`
@@ -78,82 +80,91 @@ func setIf(d bson.D, key, value string) bson.D {
 	return d
 }
 
-// InsertPending records submitted images as pending grades. A submission
-// never changes, so one already stored is simply kept. Results are as for
-// InsertAnnotations.
-func (s *Store) InsertPending(ctx context.Context, evs []*bus.ImageSubmitted) ([]error, error) {
-	docs := make([]any, len(evs))
-	ids := make([]string, len(evs))
-	for i, e := range evs {
-		docs[i] = docOf(bus.GradeFrom(e, nil))
-		ids[i] = e.ID
-	}
-	_, item, err := s.insertMany(ctx, s.submissions, ids, docs)
-	if err != nil {
-		return nil, err
-	}
-	return item, nil
+// grade is the Grade a stored document holds.
+func (d gradeDoc) grade() bus.Grade { return bus.GradeFrom(d.submission(), d.result()) }
+
+// pendingDoc is the stored form of a grade.pending event.
+func pendingDoc(e *bus.GradePending) gradeDoc {
+	return gradeDoc{ID: e.GradeID, Status: bus.GradeStatusPending, ImageID: e.ImageID, Owner: e.Owner,
+		Model: e.Model, ModelVersion: e.ModelVersion, SubmittedAt: e.SubmittedAt.UTC()}
 }
 
-// ApplyResults stores grade.completed and grade.failed events. A completed
-// grade is final: a failure reported later does not replace it. Results
-// are as for InsertAnnotations.
-func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, error) {
+// resultUpdate is the update that fills a stored grade in with the result
+// d: only what the result carries, never the submission's time.
+func resultUpdate(d gradeDoc) bson.D {
+	set := bson.D{{Key: "status", Value: d.Status}}
+	set = setIf(set, "image_id", d.ImageID)
+	set = setIf(set, "owner", d.Owner)
+	set = setIf(set, "model", d.Model)
+	if d.Status == bus.GradeStatusCompleted {
+		set = setIf(set, "model_version", d.ModelVersion)
+		set = append(set,
+			bson.E{Key: "label", Value: d.Label}, bson.E{Key: "score", Value: d.Score},
+			bson.E{Key: "scores", Value: d.Scores},
+			bson.E{Key: "inference_ms", Value: d.InferenceMS}, bson.E{Key: "batch_size", Value: d.BatchSize},
+			bson.E{Key: "completed_at", Value: d.CompletedAt})
+		return bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}}
+	}
+	set = append(set, bson.E{Key: "reason", Value: d.Reason}, bson.E{Key: "completed_at", Value: d.CompletedAt})
+	return bson.D{{Key: "$set", Value: set}}
+}
+
+// ApplyGrades stores the GRADES stream's events in the grade history:
+// grade.completed and grade.failed as whole grades, grade.pending as a
+// pending grade until its result. A pending record never replaces
+// anything; a completed grade is final (a failure reported later does not
+// replace it). Results are as for InsertAnnotations.
+func (s *Store) ApplyGrades(ctx context.Context, evs []bus.Event) ([]error, error) {
 	out := make([]error, len(evs))
 	var (
-		docs []any
-		ids  []string
-		sets []bson.D // the update of a result already there, when this one may replace it
-		idx  []int
+		docs    []any
+		ids     []string
+		updates []bson.D // how a result fills in a grade already there; nil for a pending record
+		idx     []int
 	)
 	for i, ev := range evs {
-		switch ev.(type) {
+		var (
+			d      gradeDoc
+			update bson.D
+		)
+		switch e := ev.(type) {
+		case *bus.GradePending:
+			d = pendingDoc(e)
 		case *bus.GradeCompleted, *bus.GradeFailed:
+			d = docOf(bus.GradeFrom(nil, ev))
+			if d.SubmittedAt.IsZero() {
+				// A result from before results carried the submission's
+				// time (a replay of old events): listed by its own.
+				d.SubmittedAt = d.CompletedAt
+			}
+			update = resultUpdate(d)
 		default:
 			out[i] = fmt.Errorf("store: unexpected grade event %T", ev)
 			continue
 		}
-		d := docOf(bus.GradeFrom(nil, ev))
-		set := bson.D{{Key: "status", Value: d.Status}}
-		set = setIf(set, "image_id", d.ImageID)
-		set = setIf(set, "owner", d.Owner)
-		set = setIf(set, "model", d.Model)
-		var update bson.D
-		if d.Status == bus.GradeStatusCompleted {
-			set = setIf(set, "model_version", d.ModelVersion)
-			set = append(set,
-				bson.E{Key: "label", Value: d.Label}, bson.E{Key: "score", Value: d.Score},
-				bson.E{Key: "scores", Value: d.Scores},
-				bson.E{Key: "inference_ms", Value: d.InferenceMS}, bson.E{Key: "batch_size", Value: d.BatchSize},
-				bson.E{Key: "completed_at", Value: d.CompletedAt})
-			update = bson.D{{Key: "$set", Value: set}, {Key: "$unset", Value: bson.D{{Key: "reason", Value: ""}}}}
-		} else {
-			set = append(set, bson.E{Key: "reason", Value: d.Reason}, bson.E{Key: "completed_at", Value: d.CompletedAt})
-			update = bson.D{{Key: "$set", Value: set}}
-		}
-		docs, ids, sets, idx = append(docs, d), append(ids, d.ID), append(sets, update), append(idx, i)
+		docs, ids, updates, idx = append(docs, d), append(ids, d.ID), append(updates, update), append(idx, i)
 	}
-	// A result is written once: a batch insert, which stays as fast at a
-	// million grades as on an empty store (an upsert per document does
-	// not), failures too (a burst of them, e.g. images gone from the
-	// bucket, must not jam the consumer). A grade already there is a
-	// redelivery or the other result of the same grade: a completed result
-	// replaces anything but a completed result, and nothing replaces it.
-	dup, item, err := s.insertMany(ctx, s.grades, ids, docs)
+	// One batch insert, which stays as fast at a million grades as on an
+	// empty store (an upsert per document does not), failures too (a
+	// burst of them, e.g. images gone from the bucket, must not jam the
+	// consumer). A grade already there is a redelivery, the grade's
+	// pending record or its other result: a result replaces anything but
+	// a completed result; a pending record changes nothing.
+	dup, item, err := s.insertMany(ctx, s.history, ids, docs)
 	if err != nil {
 		return nil, err
 	}
 	for k, i := range idx {
 		out[i] = item[k]
-		if !dup[k] {
+		if !dup[k] || updates[k] == nil {
 			continue
 		}
 		start := time.Now()
-		_, err := s.grades.UpdateOne(ctx,
-			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}}, sets[k])
-		s.m.observe(CollGrades, "update_one", start)
+		_, err := s.history.UpdateOne(ctx,
+			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}}, updates[k])
+		s.m.observe(CollGradeHistory, "update_one", start)
 		if err != nil {
-			item, batch := itemOrBatch(CollGrades, ids[k], err)
+			item, batch := itemOrBatch(CollGradeHistory, ids[k], err)
 			if batch != nil {
 				return nil, batch
 			}
@@ -163,31 +174,41 @@ func (s *Store) ApplyResults(ctx context.Context, evs []bus.Event) ([]error, err
 	return out, nil
 }
 
-// GetGrade returns the grade with id: bus.GradeFrom of its submission and
-// its result, either of which may not be stored yet. false when unknown
-// or, with a non-empty owner, owned by someone else.
+// legacyResult completes a grade stored before the history was one
+// document: its submission is in the history, still pending, and its
+// result, if it came, in CollGrades.
+func (s *Store) legacyResult(ctx context.Context, d gradeDoc) (bus.Grade, error) {
+	res, ok, err := findOne[gradeDoc](ctx, s.legacy, bson.D{{Key: "_id", Value: d.ID}})
+	if err != nil || !ok {
+		return d.grade(), err
+	}
+	return bus.GradeFrom(d.submission(), res.result()), nil
+}
+
+// GetGrade returns the grade with id. false when unknown or, with a
+// non-empty owner, owned by someone else.
 func (s *Store) GetGrade(ctx context.Context, id, owner string) (bus.Grade, bool, error) {
 	filter := bson.D{{Key: "_id", Value: id}}
-	res, hasRes, err := findOne[gradeDoc](ctx, s.grades, filter)
+	d, ok, err := findOne[gradeDoc](ctx, s.history, filter)
 	if err != nil {
 		return bus.Grade{}, false, err
 	}
-	sub, hasSub, err := findOne[gradeDoc](ctx, s.submissions, filter)
-	if err != nil {
-		return bus.Grade{}, false, err
+	var g bus.Grade
+	switch {
+	case ok && d.Status == bus.GradeStatusPending:
+		if g, err = s.legacyResult(ctx, d); err != nil {
+			return bus.Grade{}, false, err
+		}
+	case ok:
+		g = d.grade()
+	default:
+		// A legacy result whose submission was never stored.
+		res, ok, err := findOne[gradeDoc](ctx, s.legacy, filter)
+		if err != nil || !ok {
+			return bus.Grade{}, false, err
+		}
+		g = bus.GradeFrom(nil, res.result())
 	}
-	if !hasRes && !hasSub {
-		return bus.Grade{}, false, nil
-	}
-	var submitted *bus.ImageSubmitted
-	if hasSub {
-		submitted = sub.submission()
-	}
-	var result bus.Event
-	if hasRes {
-		result = res.result()
-	}
-	g := bus.GradeFrom(submitted, result)
 	if owner != "" && g.Owner != owner {
 		return bus.Grade{}, false, nil
 	}
@@ -200,37 +221,33 @@ const submittedAt = "submitted_at"
 func (d gradeDoc) key() Cursor { return Cursor{At: d.SubmittedAt, ID: d.ID} }
 
 // ListGrades returns one page of owner's grades of image imageID (every
-// owner's when owner is empty), newest submission first, each with its
-// result when stored. A grade is listed once its submission is stored (a
-// result alone is not listed).
+// owner's when owner is empty), newest submission first.
 func (s *Store) ListGrades(ctx context.Context, imageID, owner string, p Page) (bus.List[bus.Grade], error) {
 	filter := bson.D{{Key: "image_id", Value: imageID}}
 	if owner != "" {
 		filter = append(filter, bson.E{Key: "owner", Value: owner})
 	}
-	subs, next, total, err := findPage[gradeDoc](ctx, s.submissions, filter, submittedAt, p)
+	docs, next, total, err := findPage[gradeDoc](ctx, s.history, filter, submittedAt, p)
 	if err != nil {
 		return bus.List[bus.Grade]{}, err
 	}
-	// The results, each by _id: an indexed lookup apiece, a few at once.
-	results := make([]bus.Event, len(subs))
+	out := bus.List[bus.Grade]{Data: make([]bus.Grade, len(docs)), Next: next, Total: total, PerPage: int(p.Limit)}
+	// A pending grade may be a legacy one whose result is in CollGrades:
+	// an indexed lookup apiece, a few at once.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
-	for i, sub := range subs {
-		g.Go(func() error {
-			res, ok, err := findOne[gradeDoc](gctx, s.grades, bson.D{{Key: "_id", Value: sub.ID}})
-			if ok {
-				results[i] = res.result()
-			}
+	for i, d := range docs {
+		if d.Status != bus.GradeStatusPending {
+			out.Data[i] = d.grade()
+			continue
+		}
+		g.Go(func() (err error) {
+			out.Data[i], err = s.legacyResult(gctx, d)
 			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return bus.List[bus.Grade]{}, err
-	}
-	out := bus.List[bus.Grade]{Data: make([]bus.Grade, len(subs)), Next: next, Total: total, PerPage: int(p.Limit)}
-	for i, sub := range subs {
-		out.Data[i] = bus.GradeFrom(sub.submission(), results[i])
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gradeline/gradeline/bus"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"golang.org/x/sync/errgroup"
 )
@@ -489,13 +490,22 @@ func (s *Store) withServed(ctx context.Context, f TaggedFilter, docs []imageDoc)
 			continue
 		}
 		g.Go(func() error {
-			got, err := findSorted[gradeDoc](gctx, s.grades, bson.D{{Key: "image_id", Value: d.ID}, {Key: "owner", Value: d.Owner},
-				{Key: "status", Value: bus.GradeStatusCompleted}, {Key: "model", Value: f.Model}, {Key: "model_version", Value: f.Version}},
-				completedAt, 0, 1)
-			if err != nil || len(got) == 0 {
-				return err
+			filter := bson.D{{Key: "image_id", Value: d.ID}, {Key: "owner", Value: d.Owner},
+				{Key: "status", Value: bus.GradeStatusCompleted}, {Key: "model", Value: f.Model}, {Key: "model_version", Value: f.Version}}
+			// The latest of the history's and the legacy results'.
+			var latest *gradeDoc
+			for _, coll := range []*mongo.Collection{s.history, s.legacy} {
+				got, err := findSorted[gradeDoc](gctx, coll, filter, completedAt, 0, 1)
+				if err != nil {
+					return err
+				}
+				if len(got) > 0 && (latest == nil || got[0].CompletedAt.After(latest.CompletedAt)) {
+					latest = &got[0]
+				}
 			}
-			out[i].Served = &bus.ServedGrade{GradeID: got[0].ID, ModelVersion: got[0].ModelVersion, Label: got[0].Label, CompletedAt: got[0].CompletedAt.UTC()}
+			if latest != nil {
+				out[i].Served = &bus.ServedGrade{GradeID: latest.ID, ModelVersion: latest.ModelVersion, Label: latest.Label, CompletedAt: latest.CompletedAt.UTC()}
+			}
 			return nil
 		})
 	}

@@ -115,32 +115,31 @@ func childrenCPU(pid int) time.Duration {
 var fashionLabels = []string{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
 
 // BenchmarkStoreGrades measures the embedded store's ceiling for grade
-// history: per grade, its submission (InsertPending) and its result with
-// ten scores (ApplyResults), in batches of 256 as the two consumers write
-// them. ns/op is per batch of both halves; CPU is reported per grade as in
+// history: per grade, its result with ten scores (ApplyGrades, the whole
+// grade in one document), in batches of 256 as the consumer writes them.
+// ns/op is per batch; CPU is reported per grade as in
 // BenchmarkInsertAnnotations.
 func BenchmarkStoreGrades(b *testing.B) {
 	ctx := context.Background()
 	s, _ := newStore(b)
-	batch := func() ([]*bus.ImageSubmitted, []bus.Event) {
-		subs, results := make([]*bus.ImageSubmitted, 256), make([]bus.Event, 256)
-		for i := range subs {
-			id := bus.NewID()
-			subs[i] = submitted(id, "img-"+strconv.Itoa(i%16), "bench")
-			c := completed(id)
+	batch := func() []bus.Event {
+		results := make([]bus.Event, 256)
+		for i := range results {
+			c := completed(bus.NewID())
+			c.ImageID = "img-" + strconv.Itoa(i%16)
+			c.SubmittedAt = time.Now().UTC()
 			c.Scores = make(map[string]float64, len(fashionLabels))
 			for k, l := range fashionLabels {
 				c.Scores[l] = float64(k) / 45
 			}
 			results[i] = c
 		}
-		return subs, results
+		return results
 	}
 	write := func() {
-		subs, results := batch()
+		results := batch()
 		b.StartTimer()
-		check(b)(s.InsertPending(ctx, subs))
-		check(b)(s.ApplyResults(ctx, results))
+		check(b)(s.ApplyGrades(ctx, results))
 		b.StopTimer()
 	}
 	b.StopTimer()

@@ -33,12 +33,22 @@ func TestQueriesUseIndexes(t *testing.T) {
 		grades = append(grades, g)
 	}
 	check(t)(s.ApplyCatalog(ctx, cat))
-	check(t)(s.ApplyResults(ctx, grades))
+	check(t)(s.ApplyGrades(ctx, grades))
 	var subs []*bus.ImageSubmitted
 	for i := range 2000 {
 		subs = append(subs, submitted(bus.NewID(), fmt.Sprintf("im%04d", i), "o1"))
 	}
-	check(t)(s.InsertPending(ctx, subs))
+	check(t)(s.recordPending(ctx, subs))
+	// Results stored before the history was one document (CollGrades).
+	var legacy []any
+	for i := range 2000 {
+		legacy = append(legacy, bson.D{{Key: "_id", Value: bus.NewID()}, {Key: "status", Value: bus.GradeStatusCompleted},
+			{Key: "image_id", Value: fmt.Sprintf("im%04d", i)}, {Key: "owner", Value: "erin"}, {Key: "model", Value: "fashion"},
+			{Key: "model_version", Value: "1"}, {Key: "label", Value: "bag"}, {Key: "completed_at", Value: time.Now().UTC()}})
+	}
+	if _, err := s.legacy.InsertMany(ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
 	// As many shelf counters as authors at scale make a scan the costlier plan.
 	var counters []any
 	for i := range 3000 {
@@ -90,15 +100,17 @@ func TestQueriesUseIndexes(t *testing.T) {
 		{"images by owner", CollImages, []eq{{"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}}},
 		{"images by owner and tag", CollImages, []eq{{"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}, {"tags", `"t7"`}}},
 		{"image by id", CollImages, []eq{{"_id", `"im0007"`}, {"owner", `"o7"`}, {"catalogued", `true`}, {"deleted", `false`}}},
-		{"grade result by id", CollGrades, []eq{{"_id", `"` + grades[3].(*bus.GradeCompleted).GradeID + `"`}}},
-		{"grade results by image", CollGrades, []eq{{"image_id", `"im0007"`}}},
-		{"grade submissions by image and owner", CollGradeSubmissions, []eq{{"image_id", `"im0007"`}, {"owner", `"o1"`}}},
-		{"grade submission by id", CollGradeSubmissions, []eq{{"_id", `"` + subs[3].ID + `"`}}},
+		{"grade by id", CollGradeHistory, []eq{{"_id", `"` + grades[3].(*bus.GradeCompleted).GradeID + `"`}}},
+		{"pending grade by id", CollGradeHistory, []eq{{"_id", `"` + subs[3].ID + `"`}}},
+		{"grades by image and owner", CollGradeHistory, []eq{{"image_id", `"im0007"`}, {"owner", `"o1"`}}},
+		{"legacy result by id", CollGrades, []eq{{"_id", `"` + legacy[3].(bson.D)[0].Value.(string) + `"`}}},
 		// TaggedImages: each shelf of every owner, and each image's served
 		// grade. (Its owners come from the shelf counters, read whole:
 		// one small document per owner, which no equality can page.)
 		{"tagged images on a shelf", CollImages, []eq{{"shelf", `"1:o7"`}, {"catalogued", `true`}, {"deleted", `false`}, {"tags", `"t7"`}}},
-		{"served grade of an image by model version", CollGrades, []eq{{"image_id", `"im0007"`}, {"owner", `"erin"`},
+		{"served grade of an image by model version", CollGradeHistory, []eq{{"image_id", `"im0007"`}, {"owner", `"erin"`},
+			{"status", `"completed"`}, {"model", `"fashion"`}, {"model_version", `"1"`}}},
+		{"served legacy grade of an image by model version", CollGrades, []eq{{"image_id", `"im0007"`}, {"owner", `"erin"`},
 			{"status", `"completed"`}, {"model", `"fashion"`}, {"model_version", `"1"`}}},
 	}
 	for _, tc := range cases {

@@ -49,11 +49,11 @@ func TestStoredScores(t *testing.T) {
 	want := map[string]float64{"bag": 0.9, "coat": 0.1, "a.b": 0.05, "$x": 0.01, "": 0.02, "100%": 0.03}
 	c := completed(bus.NewID())
 	c.Scores = want
-	check(t)(s.InsertPending(ctx, []*bus.ImageSubmitted{submitted(c.GradeID, "img", "erin")}))
-	check(t)(s.ApplyResults(ctx, []bus.Event{c}))
+	check(t)(s.recordPending(ctx, []*bus.ImageSubmitted{submitted(c.GradeID, "img", "erin")}))
+	check(t)(s.ApplyGrades(ctx, []bus.Event{c}))
 
 	var raw bson.Raw
-	if err := s.grades.FindOne(ctx, bson.D{{Key: "_id", Value: c.GradeID}}).Decode(&raw); err != nil {
+	if err := s.history.FindOne(ctx, bson.D{{Key: "_id", Value: c.GradeID}}).Decode(&raw); err != nil {
 		t.Fatal(err)
 	}
 	doc, ok := raw.Lookup("scores").DocumentOK()
@@ -71,10 +71,10 @@ func TestStoredScores(t *testing.T) {
 		t.Errorf("scores read back %v, want %v", g.Scores, want)
 	}
 
-	// The earlier form, written as it was.
+	// The earlier form, written as it was (in the legacy results).
 	old := bus.NewID()
-	check(t)(s.InsertPending(ctx, []*bus.ImageSubmitted{submitted(old, "img", "erin")}))
-	if _, err := s.grades.InsertOne(ctx, bson.D{{Key: "_id", Value: old}, {Key: "status", Value: bus.GradeStatusCompleted},
+	check(t)(s.recordPending(ctx, []*bus.ImageSubmitted{submitted(old, "img", "erin")}))
+	if _, err := s.legacy.InsertOne(ctx, bson.D{{Key: "_id", Value: old}, {Key: "status", Value: bus.GradeStatusCompleted},
 		{Key: "image_id", Value: "img"}, {Key: "owner", Value: "erin"}, {Key: "model", Value: "fashion"},
 		{Key: "label", Value: "bag"}, {Key: "score", Value: 0.9},
 		{Key: "scores", Value: bson.A{bson.D{{Key: "label", Value: "a.b"}, {Key: "score", Value: 0.1}}, bson.D{{Key: "label", Value: "bag"}, {Key: "score", Value: 0.9}}}},

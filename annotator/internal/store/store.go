@@ -23,12 +23,13 @@ import (
 const (
 	CollAnnotations = "annotations"
 	CollImages      = "images"
-	CollGrades      = "grades"
-	// CollGradeSubmissions holds the pending record of every submitted
-	// image, apart from the results in CollGrades: each collection has one
-	// writer, so a submission and its result arriving at the same moment
-	// never race on one document.
-	CollGradeSubmissions = "grade_submissions"
+	// CollGradeHistory holds the grade history, one document per grade
+	// (gradeDoc). Its name is from when it held only the submissions.
+	CollGradeHistory = "grade_submissions"
+	// CollGrades holds the results of grades stored before the history
+	// was one document (their submissions are in CollGradeHistory). It is
+	// read, never written.
+	CollGrades = "grades"
 )
 
 // Store writes and reads the annotator's collections.
@@ -36,8 +37,8 @@ type Store struct {
 	db          *mongo.Database
 	annotations *mongo.Collection
 	images      *mongo.Collection
-	grades      *mongo.Collection
-	submissions *mongo.Collection
+	history     *mongo.Collection
+	legacy      *mongo.Collection // CollGrades
 	m           *Metrics
 
 	// An author's annotations and an owner's images are listed from
@@ -55,8 +56,8 @@ func New(db *mongo.Database, m *Metrics) *Store {
 		db:           db,
 		annotations:  db.Collection(CollAnnotations),
 		images:       db.Collection(CollImages),
-		grades:       db.Collection(CollGrades),
-		submissions:  db.Collection(CollGradeSubmissions),
+		legacy:       db.Collection(CollGrades),
+		history:      db.Collection(CollGradeHistory),
 		m:            m,
 		shelves:      newShelves(db.Collection(CollShelves), db.Collection(CollAnnotations)),
 		imageShelves: newShelves(db.Collection(CollImageShelves), db.Collection(CollImages)),
@@ -95,8 +96,8 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 	}{
 		{s.annotations, []string{"image_id", "author", "shelf"}, createdAt},
 		{s.images, []string{"owner", "tags", "shelf"}, createdAt},
-		{s.grades, []string{"image_id"}, ""},
-		{s.submissions, []string{"image_id"}, submittedAt},
+		{s.legacy, []string{"image_id"}, ""},
+		{s.history, []string{"image_id"}, submittedAt},
 	}
 	for _, sp := range specs {
 		// One index per call: FerretDB 1.24 drops the connection when a

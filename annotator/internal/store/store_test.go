@@ -188,10 +188,10 @@ func TestUnreachableIsBatchError(t *testing.T) {
 	if _, err := s.ApplyCatalog(ctx, []bus.Event{tagsSet("i", "o", "a")}); err == nil {
 		t.Fatal("catalogue: want a batch error")
 	}
-	if _, err := s.ApplyResults(ctx, []bus.Event{failed("g", "boom")}); err == nil {
+	if _, err := s.ApplyGrades(ctx, []bus.Event{failed("g", "boom")}); err == nil {
 		t.Fatal("grades: want a batch error")
 	}
-	if _, err := s.InsertPending(ctx, []*bus.ImageSubmitted{submitted("g", "i", "o")}); err == nil {
+	if _, err := s.recordPending(ctx, []*bus.ImageSubmitted{submitted("g", "i", "o")}); err == nil {
 		t.Fatal("pending: want a batch error")
 	}
 }
@@ -429,14 +429,18 @@ func submitted(id, img, owner string) *bus.ImageSubmitted {
 		Image: bus.ImageRef{Object: "o", SHA256: strings.Repeat("b", 64), ContentType: "image/png", Size: 1}}
 }
 
+// completed and failed are results as inference publishes them: with the
+// submission's image, owner, model and time.
 func completed(id string) *bus.GradeCompleted {
 	return &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: id, ImageID: "img", Owner: "erin",
 		Model: "fashion", ModelVersion: "1", Label: "bag", Score: 0.9,
-		Scores: map[string]float64{"bag": 0.9, "coat": 0.1, "a.b": 0}, InferenceMS: 1.5, BatchSize: 4}
+		Scores: map[string]float64{"bag": 0.9, "coat": 0.1, "a.b": 0}, InferenceMS: 1.5, BatchSize: 4,
+		SubmittedAt: time.Now().UTC().Add(-time.Second)}
 }
 
 func failed(id, reason string) *bus.GradeFailed {
-	return &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: id, Reason: reason, Model: "fashion"}
+	return &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: id, ImageID: "img", Owner: "erin",
+		Reason: reason, Model: "fashion", SubmittedAt: time.Now().UTC().Add(-time.Second)}
 }
 
 func TestGradesOrderIndependent(t *testing.T) {
@@ -444,11 +448,11 @@ func TestGradesOrderIndependent(t *testing.T) {
 	ctx := context.Background()
 	type step func(id string) error
 	pend := func(id string) error {
-		res, err := s.InsertPending(ctx, []*bus.ImageSubmitted{submitted(id, "img", "erin")})
+		res, err := s.recordPending(ctx, []*bus.ImageSubmitted{submitted(id, "img", "erin")})
 		return firstErr(res, err)
 	}
-	done := func(id string) error { return firstErr(s.ApplyResults(ctx, []bus.Event{completed(id)})) }
-	fail := func(id string) error { return firstErr(s.ApplyResults(ctx, []bus.Event{failed(id, "bad image")})) }
+	done := func(id string) error { return firstErr(s.ApplyGrades(ctx, []bus.Event{completed(id)})) }
+	fail := func(id string) error { return firstErr(s.ApplyGrades(ctx, []bus.Event{failed(id, "bad image")})) }
 	cases := []struct {
 		name   string
 		steps  []step
@@ -799,10 +803,12 @@ func TestListGrades(t *testing.T) {
 		subs = append(subs, sub, submitted(bus.NewID(), "img-1", "mallory"), submitted(bus.NewID(), "img-2", "erin"))
 		want = append(want, sub.ID)
 	}
-	check(t)(s.InsertPending(ctx, subs))
+	check(t)(s.recordPending(ctx, subs))
 	done := completed(want[6])
 	done.ImageID, done.Owner = "img-1", "erin"
-	check(t)(s.ApplyResults(ctx, []bus.Event{done, failed(want[5], "undecodable image")}))
+	fail := failed(want[5], "undecodable image")
+	fail.ImageID = "img-1"
+	check(t)(s.ApplyGrades(ctx, []bus.Event{done, fail}))
 	slices.Reverse(want)
 
 	var got []bus.Grade
@@ -888,8 +894,8 @@ func TestResultsInOneBatch(t *testing.T) {
 	ctx := context.Background()
 	done := func(id string) bus.Event { return completed(id) }
 	fail := func(id string) bus.Event { return failed(id, "undecodable image") }
-	check(t)(s.ApplyResults(ctx, []bus.Event{fail("g1"), done("g1"), done("g2"), fail("g2"), fail("g3"), fail("g3")}))
-	check(t)(s.ApplyResults(ctx, []bus.Event{fail("g1"), fail("g4")}))
+	check(t)(s.ApplyGrades(ctx, []bus.Event{fail("g1"), done("g1"), done("g2"), fail("g2"), fail("g3"), fail("g3")}))
+	check(t)(s.ApplyGrades(ctx, []bus.Event{fail("g1"), fail("g4")}))
 	for id, want := range map[string]string{"g1": bus.GradeStatusCompleted, "g2": bus.GradeStatusCompleted, "g3": bus.GradeStatusFailed, "g4": bus.GradeStatusFailed} {
 		g, ok, err := s.GetGrade(ctx, id, "")
 		if err != nil || !ok || g.Status != want {
@@ -974,4 +980,14 @@ func TestImageShelves(t *testing.T) {
 	if err != nil || !ok || d.Shelf != "4:olga" {
 		t.Fatalf("placeholder catalogued: shelf %q, %v %v; want 4:olga (kept on replay)", d.Shelf, ok, err)
 	}
+}
+
+// recordPending records submissions as the edge does when it answers them
+// before their result: one grade.pending event each.
+func (s *Store) recordPending(ctx context.Context, subs []*bus.ImageSubmitted) ([]error, error) {
+	evs := make([]bus.Event, len(subs))
+	for i, sub := range subs {
+		evs[i] = bus.PendingOf(sub)
+	}
+	return s.ApplyGrades(ctx, evs)
 }

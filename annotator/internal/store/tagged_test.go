@@ -97,7 +97,7 @@ func TestTaggedImages(t *testing.T) {
 		return g
 	}
 	newest := grade("owner1", "1", "newest", 3*time.Second)
-	check(t)(s.ApplyResults(ctx, []bus.Event{grade("owner1", "1", "older", time.Second), newest,
+	check(t)(s.ApplyGrades(ctx, []bus.Event{grade("owner1", "1", "older", time.Second), newest,
 		grade("owner1", "2", "v2", 5*time.Second), grade("mallory", "1", "not the owner's", 9*time.Second)}))
 
 	for _, limit := range []int{1, 2, 5, 1000} {
