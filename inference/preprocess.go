@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"image"
 	"image/draw"
-	"io"
 	_ "image/gif" // registered decoders: the formats the service accepts
 	_ "image/jpeg"
 	_ "image/png"
+	"io"
 
 	"golang.org/x/sync/errgroup"
 
@@ -70,6 +70,13 @@ func decodeImage(data []byte, budget int64, tw, th int) (image.Image, string, er
 		return nil, "", err
 	}
 	defer acquireDecode(int64(cfg.Width) * int64(cfg.Height))()
+	if format == "png" {
+		// The common small 8-bit PNGs without image/png's per-image zlib
+		// reader; on any error image/png decides, with its own message.
+		if img, err := decodePNG(data, cfg.Width, cfg.Height); err == nil {
+			return img, format, nil
+		}
+	}
 	img, _, err := image.Decode(newPeekReader(data))
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %s: %v", ErrUndecodable, format, err)
