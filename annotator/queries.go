@@ -269,32 +269,26 @@ func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.G
 	return list, nil
 }
 
-// readGrades reads grades once the grade history has stored what the
-// GRADES stream holds at the time of the query (bounded by
-// bus.ReadYourWritesWait): at once when the owner submitted a moment ago
-// (afterSeq: the grade the edge answered, with its result or as pending,
-// is recorded there), else only when read finds a grade pending (the edge,
-// any replica, may already have handed the client its result). So a grade
-// just answered is never read back as unknown, nor a result as pending.
+// readGrades reads grades once the grade history has stored the owner's
+// last grade the edge answered (afterSeq, its GRADES stream sequence:
+// the result handed out, or the grade.pending record of a 202), and when
+// read then finds a grade pending, once more after the results the GRADES
+// stream holds at that moment are stored: the edge, any replica, may
+// already have handed the client its result. Both waits are bounded
+// together by bus.ReadYourWritesWait. So a grade just answered is never
+// read back as unknown, nor a result as pending.
 func (a *app) readGrades(ctx context.Context, afterSeq uint64, read func() (pending bool, err error)) error {
 	wctx, cancel := context.WithTimeout(ctx, bus.ReadYourWritesWait)
 	defer cancel()
-	catchUp := func() {
-		if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
-			a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
-		}
-	}
-	if afterSeq > 0 {
-		catchUp()
-		_, err := read()
-		return err
-	}
+	a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, afterSeq)
 	pending, err := read()
 	if err != nil || !pending {
 		return err
 	}
-	catchUp()
-	_, err = read()
+	if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
+		a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, last)
+		_, err = read()
+	}
 	return err
 }
 

@@ -56,10 +56,11 @@ type ServiceAccess struct {
 	User string
 	// PublishesTo lists the streams whose subjects the service publishes events on.
 	PublishesTo []string
-	// Follows lists streams whose subjects the service reads with plain
-	// (non-JetStream) subscriptions, as the edge does to answer a grade
-	// request as soon as its result arrives.
-	Follows []string
+	// Emits lists single subjects the service publishes events on in a
+	// stream whose other subjects it must not: the edge records the grades
+	// it answers before their result (grade.pending) in GRADES, where only
+	// inference publishes results.
+	Emits []string
 	// Answers lists the query subjects the service answers (wildcards allowed).
 	Answers []string
 	// Calls lists the query subjects the service sends requests to.
@@ -86,7 +87,7 @@ var Access = []ServiceAccess{
 	{
 		User:        UserIngest,
 		PublishesTo: []string{StreamAnnotations, StreamImages, StreamCatalog, StreamIris, StreamCallbacks},
-		Follows:     []string{StreamGrades},
+		Emits:       []string{SubjectGradePending},
 		Tails:       []string{StreamGrades},
 		Calls:       []string{svcPrefix + ">"},
 		Objects:     ObjectsReadWrite,
@@ -240,6 +241,7 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	for _, s := range a.PublishesTo {
 		pub = append(pub, streamSubjects(s)...)
 	}
+	pub = append(pub, a.Emits...)
 	pub = append(pub, a.Calls...)
 	switch a.Objects {
 	case ObjectsReadWrite:
@@ -272,9 +274,6 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	p.Publish.Allow, p.Publish.Deny = pub, deny
 
 	sub := []string{inbox + ".>"}
-	for _, s := range a.Follows {
-		sub = append(sub, streamSubjects(s)...)
-	}
 	sub = append(sub, a.Answers...)
 	if len(a.Answers) > 0 {
 		// Service discovery of nats.go/micro ($SRV.PING, $SRV.INFO.annotator, ...).

@@ -329,10 +329,18 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 		t.Fatalf("ingest deletes its ordered consumer: %v", err)
 	}
 	for _, subj := range []string{"$JS.API.CONSUMER.MSG.NEXT.GRADES." + bus.ConsumerAnnotatorGrades.Durable,
-		"$JS.API.CONSUMER.DELETE.GRADES." + bus.ConsumerAnalyticsGrades.Durable} {
+		"$JS.API.CONSUMER.DELETE.GRADES." + bus.ConsumerAnalyticsGrades.Durable,
+		// Results are inference's to publish.
+		bus.SubjectGradeCompleted, bus.SubjectGradeFailed} {
 		if st.publishAllowed(t, bus.UserIngest, subj) {
 			t.Errorf("ingest may publish %s", subj)
 		}
+	}
+	// It records the grades it answers before their result.
+	pend := &bus.GradePending{Meta: bus.NewMeta(bus.TypeGradePending), GradeID: "g2", ImageID: "img-1", Owner: "ann",
+		Model: "m", SubmittedAt: time.Now()}
+	if _, err := bus.Publish(ctx, jss[bus.UserIngest], pend); err != nil {
+		t.Fatalf("ingest publishes grade.pending: %v", err)
 	}
 
 	// annotator and analytics consume their own consumers and dead-letter.

@@ -8,7 +8,19 @@ package bus
 // The decoded event's own type is compared with it afterwards, which covers
 // what encoding/json does differently (the last of duplicate members wins,
 // keys match case-insensitively).
-func peekType(data []byte) (string, bool) {
+func peekType(data []byte) (string, bool) { return peekMember(data, "type") }
+
+// PeekGradeID returns the grade_id of a grade result event without
+// decoding it, or false when it cannot tell (as peekType): a reader that
+// wants only some grades skips the others undecoded. Results come from
+// inference alone; a text that encoding/json would read differently
+// (duplicate or case-variant keys) may be skipped by mistake, never
+// accepted.
+func PeekGradeID(data []byte) (string, bool) { return peekMember(data, "grade_id") }
+
+// peekMember returns the string value of the first top-level member key
+// of a JSON object, by scanning the text.
+func peekMember(data []byte, key string) (string, bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return "", false
@@ -19,7 +31,7 @@ func peekType(data []byte) (string, bool) {
 		if i >= len(data) || data[i] != '"' {
 			return "", false
 		}
-		key, next, ok := plainString(data, i)
+		k, next, ok := plainString(data, i)
 		if !ok {
 			return "", false
 		}
@@ -28,7 +40,7 @@ func peekType(data []byte) (string, bool) {
 			return "", false
 		}
 		i = skipSpace(data, i+1)
-		if key == "type" {
+		if k == key {
 			if i >= len(data) || data[i] != '"' {
 				return "", false
 			}
@@ -40,7 +52,7 @@ func peekType(data []byte) (string, bool) {
 		}
 		i = skipSpace(data, i)
 		if i >= len(data) || data[i] != ',' {
-			return "", false // '}' (no "type") or not JSON
+			return "", false // '}' (no such member) or not JSON
 		}
 		i++
 	}

@@ -36,6 +36,34 @@ func TestPeekType(t *testing.T) {
 	}
 }
 
+// TestPeekGradeID reads a result's grade id where the text is plain and
+// gives up otherwise; a real result's id always reads.
+func TestPeekGradeID(t *testing.T) {
+	res, err := json.Marshal(&GradeCompleted{Meta: NewMeta(TypeGradeCompleted), GradeID: "01a2-g", ImageID: "img",
+		Model: "m", Label: "Bag", Scores: map[string]float64{"Bag": 1, "grade_id": 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, data, want string
+		ok               bool
+	}{
+		{"published result", string(res), "01a2-g", true},
+		{"nested member of that name", `{"scores":{"grade_id":"no"},"grade_id":"yes"}`, "yes", true},
+		{"none", `{"type":"grade.completed"}`, "", false},
+		{"escaped", `{"grade_id":"a\u0062"}`, "", false},
+		{"not a string", `{"grade_id":1}`, "", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := PeekGradeID([]byte(tc.data))
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("PeekGradeID(%s) = %q, %v; want %q, %v", tc.data, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
 // TestDecodeOnePassAgreesWithTheCarefulPath: the fast path never decides
 // differently from the member-by-member reading encoding/json does.
 func TestDecodeOnePassAgreesWithTheCarefulPath(t *testing.T) {

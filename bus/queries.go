@@ -151,11 +151,10 @@ type ServedGrade struct {
 type GradeGetQuery struct {
 	ID    string `json:"id"`
 	Owner string `json:"owner"` // required: another owner's grade is not found
-	// AfterSeq is the IMAGES stream sequence of the owner's last submission
-	// (as in AnnotationsQuery). Non-zero, the annotator first stores what
-	// the GRADES stream holds at the time of the query (the results and the
-	// grade.pending records of those submissions), so a grade answered a
-	// moment ago, with its result or as pending, is never read as unknown.
+	// AfterSeq is the GRADES stream sequence of the owner's last grade the
+	// edge answered: the result it handed out, or the grade.pending record
+	// of a 202 (as in AnnotationsQuery). A grade answered a moment ago is
+	// never read as unknown, nor its result as pending.
 	AfterSeq uint64 `json:"after_seq,omitempty"`
 }
 

@@ -119,7 +119,7 @@ func (src *exportSource) fill(ctx context.Context, it *exportItem) error {
 	if src.predictions {
 		it.predictions, err = allPages[bus.Grade](ctx, src.s, bus.SvcGradesList, func(cursor string) any {
 			return bus.GradesQuery{Viewer: src.user, ImageID: it.image.ID, Cursor: cursor, PerPage: bus.MaxPerPage,
-				AfterSeq: src.s.writes.after(src.user, bus.StreamImages)}
+				AfterSeq: src.s.writes.after(src.user, bus.StreamGrades)}
 		})
 	}
 	return err

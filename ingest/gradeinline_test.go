@@ -34,11 +34,11 @@ func paddedPNG(t *testing.T, data []byte, size int) []byte {
 	return out
 }
 
-// submission reads the image.submitted event of a grade from the IMAGES
-// stream, as a replay or any downstream reader sees it.
-func submission(t *testing.T, js jetstream.JetStream, gradeID string) *bus.ImageSubmitted {
+// streamEvents decodes every event of stream on subject, as a replay or
+// any downstream reader sees them.
+func streamEvents(t *testing.T, js jetstream.JetStream, stream, subject string) []bus.Event {
 	t.Helper()
-	cons, err := js.OrderedConsumer(t.Context(), bus.StreamImages, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectImageSubmitted}})
+	cons, err := js.OrderedConsumer(t.Context(), stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,27 +46,35 @@ func submission(t *testing.T, js jetstream.JetStream, gradeID string) *bus.Image
 	if err != nil {
 		t.Fatal(err)
 	}
+	if info.NumPending == 0 {
+		return nil
+	}
 	batch, err := cons.FetchNoWait(int(info.NumPending))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var found *bus.ImageSubmitted
+	var out []bus.Event
 	for m := range batch.Messages() {
-		if !bytes.Contains(m.Data(), []byte(gradeID)) {
-			continue
-		}
 		ev, err := bus.Decode(m.Data())
 		if err != nil {
 			t.Fatal(err)
 		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// submission reads the image.submitted event of a grade from the IMAGES
+// stream.
+func submission(t *testing.T, js jetstream.JetStream, gradeID string) *bus.ImageSubmitted {
+	t.Helper()
+	for _, ev := range streamEvents(t, js, bus.StreamImages, bus.SubjectImageSubmitted) {
 		if s, ok := ev.(*bus.ImageSubmitted); ok && s.ID == gradeID {
-			found = s
+			return s
 		}
 	}
-	if found == nil {
-		t.Fatalf("no image.submitted with id %s in the IMAGES stream", gradeID)
-	}
-	return found
+	t.Fatalf("no image.submitted with id %s in the IMAGES stream", gradeID)
+	return nil
 }
 
 // An upload of at most bus.MaxInlineImageBytes travels in its event and

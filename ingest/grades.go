@@ -15,47 +15,71 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
 )
 
-// gradeWaiters dispatches grade results from one core NATS subscription
-// to the requests waiting for them, keyed by grade id. It holds nothing
-// else: a grade is read from the annotator's record, never from here.
+// gradeWaiters dispatches grade results to the requests waiting for
+// them, keyed by grade id. It reads the GRADES stream through one ordered
+// consumer per server rather than a plain subscription: a result arrives
+// only once the stream has stored it, with its stream sequence, so the
+// edge hands out nothing the annotator cannot be asked to wait for
+// (GradeGetQuery.AfterSeq). It holds nothing else: a grade is read from
+// the annotator's record, never from here.
 type gradeWaiters struct {
 	mu      sync.Mutex
-	waiting map[string]chan bus.Event
-	subs    []*nats.Subscription
+	waiting map[string]chan gradeResult
+	stop    func()
+}
+
+// gradeResult is a result event and its GRADES stream sequence.
+type gradeResult struct {
+	ev  bus.Event
+	seq uint64
 }
 
 func newGradeWaiters() *gradeWaiters {
-	return &gradeWaiters{waiting: map[string]chan bus.Event{}}
+	return &gradeWaiters{waiting: map[string]chan gradeResult{}}
 }
 
-func (g *gradeWaiters) subscribe(nc *nats.Conn, log *slog.Logger) error {
-	for _, subj := range []string{bus.SubjectGradeCompleted, bus.SubjectGradeFailed} {
-		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
-			ev, err := bus.Decode(m.Data)
-			if err != nil {
-				log.Warn("undecodable grade result", "subject", m.Subject, "err", err)
-				return
-			}
-			g.deliver(ev)
-		})
-		if err != nil {
-			return fmt.Errorf("subscribe %s: %w", subj, err)
-		}
-		// Results of a burst must not be dropped as a slow consumer.
-		_ = sub.SetPendingLimits(1<<16, 256<<20)
-		g.subs = append(g.subs, sub)
+// subscribe starts reading the results stored from now on.
+func (g *gradeWaiters) subscribe(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
+	cons, err := js.OrderedConsumer(ctx, bus.StreamGrades, jetstream.OrderedConsumerConfig{
+		FilterSubjects:    []string{bus.SubjectGradeCompleted, bus.SubjectGradeFailed},
+		DeliverPolicy:     jetstream.DeliverNewPolicy,
+		InactiveThreshold: 30 * time.Second,
+		NamePrefix:        "ingest-waiters-" + randomHex(8),
+	})
+	if err != nil {
+		return fmt.Errorf("grade results: %w", err)
 	}
-	return nc.Flush()
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		meta, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		// Only a result someone waits for is decoded.
+		if id, ok := bus.PeekGradeID(m.Data()); ok && !g.waits(id) {
+			return
+		}
+		ev, err := bus.Decode(m.Data())
+		if err != nil {
+			log.Warn("undecodable grade result", "subject", m.Subject(), "err", err)
+			return
+		}
+		g.deliver(gradeResult{ev, meta.Sequence.Stream})
+	}, jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("grade results: %w", err)
+	}
+	g.stop = cc.Stop
+	return nil
 }
 
 func (g *gradeWaiters) unsubscribe() {
-	for _, s := range g.subs {
-		_ = s.Unsubscribe()
+	if g.stop != nil {
+		g.stop()
 	}
 }
 
@@ -69,8 +93,16 @@ func gradeIDOf(ev bus.Event) string {
 	return ""
 }
 
-func (g *gradeWaiters) deliver(ev bus.Event) {
-	id := gradeIDOf(ev)
+// waits reports whether a request waits for grade id.
+func (g *gradeWaiters) waits(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.waiting[id]
+	return ok
+}
+
+func (g *gradeWaiters) deliver(r gradeResult) {
+	id := gradeIDOf(r.ev)
 	if id == "" {
 		return
 	}
@@ -78,7 +110,7 @@ func (g *gradeWaiters) deliver(ev bus.Event) {
 	defer g.mu.Unlock()
 	if ch, ok := g.waiting[id]; ok {
 		select {
-		case ch <- ev:
+		case ch <- r:
 		default:
 		}
 	}
@@ -86,10 +118,10 @@ func (g *gradeWaiters) deliver(ev bus.Event) {
 
 // add registers a waiter before the event is published, so a result that
 // comes back at once is not missed.
-func (g *gradeWaiters) add(id string) chan bus.Event {
+func (g *gradeWaiters) add(id string) chan gradeResult {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ch := make(chan bus.Event, 1)
+	ch := make(chan gradeResult, 1)
 	g.waiting[id] = ch
 	return ch
 }
@@ -303,7 +335,7 @@ func (s *Server) submitGrade(c *fiber.Ctx) error {
 	ev := &bus.ImageSubmitted{Meta: bus.NewMeta(bus.TypeImageSubmitted), ImageID: imageID, Owner: userOf(c), Model: f.model, ModelVersion: f.version, Image: ref,
 		Catalogued: f.up == nil, CallbackURL: f.callbackURL}
 	ev.ID = idFor(ctx, "grade")
-	var ch chan bus.Event
+	var ch chan gradeResult
 	if wait > 0 {
 		ch = s.grades.add(ev.ID)
 		defer s.grades.remove(ev.ID)
@@ -450,7 +482,7 @@ func (s *Server) knownModel(ctx context.Context, model, version string) error {
 
 // answerGrade waits up to wait for the result on ch: 200 with it (or the
 // failure), else 202 with the pending grade and its Location.
-func (s *Server) answerGrade(c *fiber.Ctx, ev *bus.ImageSubmitted, ch chan bus.Event, wait time.Duration) error {
+func (s *Server) answerGrade(c *fiber.Ctx, ev *bus.ImageSubmitted, ch chan gradeResult, wait time.Duration) error {
 	location := "/api/v1/grades/" + ev.ID
 	pending := func() error {
 		// Answered before its result, the grade is recorded as pending:
@@ -472,7 +504,9 @@ func (s *Server) answerGrade(c *fiber.Ctx, ev *bus.ImageSubmitted, ch chan bus.E
 	defer timer.Stop()
 	select {
 	case out := <-ch:
-		r := bus.GradeFrom(ev, out)
+		// The owner's next read waits for this result to be stored.
+		s.writes.note(ev.Owner, bus.StreamGrades, out.seq)
+		r := bus.GradeFrom(ev, out.ev)
 		if r.Status == bus.GradeStatusFailed {
 			return failedGrade(r)
 		}
@@ -500,7 +534,7 @@ func (s *Server) getGrade(c *fiber.Ctx) error {
 		return errorf(http.StatusNotFound, "grade %q not found", id)
 	}
 	g, err := request[bus.Grade](c.UserContext(), s, bus.SvcGradesGet, bus.GradeGetQuery{ID: id, Owner: user,
-		AfterSeq: s.writes.after(user, bus.StreamImages)})
+		AfterSeq: s.writes.after(user, bus.StreamGrades)})
 	if err != nil {
 		return err
 	}
@@ -520,7 +554,7 @@ func (s *Server) listGrades(c *fiber.Ctx) error {
 	}
 	user := userOf(c)
 	q := bus.GradesQuery{ImageID: c.Query("image_id"), Owner: user, Cursor: cursor, Page: page, PerPage: perPage,
-		AfterSeq: s.writes.after(user, bus.StreamImages)}
+		AfterSeq: s.writes.after(user, bus.StreamGrades)}
 	switch {
 	case q.ImageID == "":
 		return invalid("invalid query", "image_id: required")

@@ -401,3 +401,52 @@ func TestListGradesOfImage(t *testing.T) {
 		}
 	}
 }
+
+// TestGradePendingOnlyWhenAnsweredBefore: a grade answered with its result
+// leaves no grade.pending behind (its grade.completed is the whole grade,
+// with the submission's time); a grade answered 202 has exactly one,
+// published before the answer, naming the submission.
+func TestGradePendingOnlyWhenAnsweredBefore(t *testing.T) {
+	needInference(t)
+	s := startIngest(t)
+	c, _ := s.newUser(t)
+	_, js, err := bus.Connect(context.Background(), natsURL, "grade-pending-test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grade := func(query string, want int) string {
+		r := c.multipart("POST", "/api/v1/grades"+query, [][2]string{{"model", "fashion"}}, filePart{"image", "x.png", pngImage(t, 28, 28)})
+		if r.Status != want {
+			t.Fatalf("POST %s: %d %s, want %d", query, r.Status, r.Body, want)
+		}
+		return r.JSON(t)["id"].(string)
+	}
+	answered, accepted := grade("", http.StatusOK), grade("?wait=0", http.StatusAccepted)
+
+	pending := map[string][]*bus.GradePending{}
+	for _, ev := range streamEvents(t, js, bus.StreamGrades, bus.SubjectGradePending) {
+		p := ev.(*bus.GradePending)
+		pending[p.GradeID] = append(pending[p.GradeID], p)
+	}
+	if n := len(pending[answered]); n != 0 {
+		t.Errorf("a grade answered with its result has %d grade.pending events, want none", n)
+	}
+	sub := submission(t, js, accepted)
+	if got := pending[accepted]; len(got) != 1 || got[0].Owner != sub.Owner || got[0].ImageID != sub.ImageID ||
+		got[0].Model != "fashion" || !got[0].SubmittedAt.Equal(sub.Time) {
+		t.Fatalf("grade.pending of the 202: %+v, want one naming %+v", got, sub)
+	}
+	// The result reaches the edge as the stream stores it: wait for it.
+	want := submission(t, js, answered).Time
+	eventually(t, "the answered grade's result in the GRADES stream", 5*time.Second, func() bool {
+		for _, ev := range streamEvents(t, js, bus.StreamGrades, bus.SubjectGradeCompleted) {
+			if g, ok := ev.(*bus.GradeCompleted); ok && g.GradeID == answered {
+				if !g.SubmittedAt.Equal(want) {
+					t.Fatalf("grade.completed submitted_at %s, want the submission's %s", g.SubmittedAt, want)
+				}
+				return true
+			}
+		}
+		return false
+	})
+}

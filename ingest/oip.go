@@ -513,7 +513,7 @@ type oipRow struct {
 	// up is stored before the event: an encoded image (BYTES), or an FP32
 	// row larger than an event carries (Config.OIPInlineTensorBytes).
 	up     *upload
-	result chan bus.Event
+	result chan gradeResult
 }
 
 // oipTiming is what one request spent where, for its statistics.
@@ -773,7 +773,9 @@ func (s *Server) oipGrade(c *fiber.Ctx, rows []*oipRow, tm *oipTiming) ([]bus.Ev
 	results := make([]bus.Event, len(rows))
 	for i, r := range rows {
 		select {
-		case results[i] = <-r.result:
+		case out := <-r.result:
+			results[i] = out.ev
+			s.writes.note(userOf(c), bus.StreamGrades, out.seq)
 		case <-timer.C:
 			return nil, errorf(http.StatusServiceUnavailable, "the inference service did not answer within %s (%d of %d rows graded); the grades are accepted and will complete",
 				s.cfg.GradeWait, i, len(rows))

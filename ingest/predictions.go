@@ -26,7 +26,7 @@ func (s *Server) listPredictions(c *fiber.Ctx) error {
 		return errorf(http.StatusNotFound, "image %q not found", id)
 	}
 	return listReply[bus.Grade](c, s, bus.SvcGradesList, bus.GradesQuery{ImageID: id, Viewer: user,
-		Cursor: cursor, Page: page, PerPage: perPage, AfterSeq: s.writes.after(user, bus.StreamImages)})
+		Cursor: cursor, Page: page, PerPage: perPage, AfterSeq: s.writes.after(user, bus.StreamGrades)})
 }
 
 // fromPredictionRequest names the grade to accept.
@@ -57,7 +57,7 @@ func (s *Server) annotateFromPrediction(c *fiber.Ctx) error {
 		return errorf(http.StatusNotFound, "grade %q not found", req.GradeID)
 	}
 	g, err := request[bus.Grade](ctx, s, bus.SvcGradesGet, bus.GradeGetQuery{ID: req.GradeID, Owner: user,
-		AfterSeq: s.writes.after(user, bus.StreamImages)})
+		AfterSeq: s.writes.after(user, bus.StreamGrades)})
 	if err != nil {
 		return err
 	}

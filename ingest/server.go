@@ -209,9 +209,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	s.models = newModelCache(5*time.Second, s.log)
-	// One subscription per server for all grade results; requests wait on
-	// it by grade id.
-	if err := s.grades.subscribe(s.nc, s.log); err != nil {
+	// One reader per server for all grade results; requests wait on it
+	// by grade id.
+	if err := s.grades.subscribe(ctx, s.js, s.log); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
 

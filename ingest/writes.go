@@ -80,8 +80,9 @@ func writerOf(ev bus.Event) string {
 		return e.Owner
 	case *bus.ImageDeleted:
 		return e.Owner
-	case *bus.ImageSubmitted:
-		// The grade it opens is read as the owner's (GradeGetQuery.AfterSeq).
+	case *bus.GradePending:
+		// The grade answered 202 is read as the owner's (GradeGetQuery.AfterSeq);
+		// a grade answered with its result notes the result's sequence.
 		return e.Owner
 	}
 	return ""
