@@ -171,6 +171,45 @@ func TestPublishDeduplicatesByEventID(t *testing.T) {
 	}
 }
 
+// TestPublishAll stores a batch in one go: each event once (a retried
+// batch is all duplicates), with its own request id, and an event that
+// cannot be published fails alone.
+func TestPublishAll(t *testing.T) {
+	_, js := startNATS(t)
+	var (
+		ctxs []context.Context
+		evs  []bus.Event
+	)
+	for i := range 50 {
+		ctxs = append(ctxs, bus.WithRequestID(context.Background(), fmt.Sprint("req-", i)))
+		evs = append(evs, newAnnotation("ada"))
+	}
+	bad := &bus.AnnotationCreated{Meta: bus.Meta{ID: bus.NewID(), Type: "no.such.type"}}
+	ctxs, evs = append(ctxs, context.Background()), append(evs, bad)
+	for round := range 2 {
+		errs := bus.PublishAll(ctxs, js, evs)
+		for i, err := range errs {
+			if (err != nil) != (evs[i] == bus.Event(bad)) {
+				t.Fatalf("round %d, event %d: %v", round, i, err)
+			}
+		}
+	}
+	st, err := js.Stream(context.Background(), bus.StreamAnnotations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.CachedInfo().State.Msgs; n != 50 {
+		t.Fatalf("stream holds %d messages after a batch and its retry, want 50", n)
+	}
+	m, err := st.GetMsg(context.Background(), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get(bus.HeaderRequestID); got != "req-6" {
+		t.Fatalf("7th message carries request id %q, want req-6", got)
+	}
+}
+
 func TestPublishHonoursDeadline(t *testing.T) {
 	ns, err := natsserver.Start(natsserver.Config{Dir: t.TempDir()})
 	if err != nil {

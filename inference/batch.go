@@ -70,6 +70,9 @@ type batcher struct {
 	maxWaiting int
 	m          *metrics // nil: none
 	log        *slog.Logger
+	// settleBatch, when set, is told the outcomes of a run batch together
+	// (the service publishes them in one round trip); else each job's done.
+	settleBatch func([]*job)
 
 	loaders, decoders chan struct{}
 	// runners is how many ONNX Runtime calls run at once (one per core:
@@ -384,6 +387,10 @@ func (b *batcher) run(q *queue, batch []*job, now time.Time) {
 			}
 			j.pred = &preds[i]
 		}
+	}
+	if b.settleBatch != nil {
+		b.settleBatch(batch)
+		return
 	}
 	parallelN(context.Background(), len(batch), fetchers, func(i int) { batch[i].done(batch[i]) })
 }

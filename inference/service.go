@@ -159,6 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// Deliveries stream in and wait in a queue per model version, each
 	// batched by its own max_batch, preferred_batch and max_queue_delay.
 	s.batcher = newBatcher(cfg.MaxQueueDelay, maxWaiting, m, log)
+	s.batcher.settleBatch = s.settleAll
 	stopped := context.AfterFunc(ctx, s.batcher.close)
 	defer stopped()
 	if cfg.OnReady != nil {
@@ -259,22 +260,44 @@ func (s *server) receive(_ context.Context, d *bus.Delivery) {
 // after its event is published, naked with backoff when the publish or
 // the image's load failed (no delivery limit: a dependency is down),
 // retried on a failure of the runtime, returned at shutdown.
-func (s *server) settle(j *job) {
-	if j.model != nil {
-		defer j.model.Release()
+func (s *server) settle(j *job) { s.settleAll([]*job{j}) }
+
+// settleAll settles jobs as settle does, their events published together:
+// one round trip to the stream for a whole batch.
+func (s *server) settleAll(jobs []*job) {
+	errs := make([]error, len(jobs))
+	var (
+		ctxs []context.Context
+		evs  []bus.Event
+		idx  []int
+	)
+	for i, j := range jobs {
+		switch {
+		case j.shutdown:
+			errs[i] = bus.ErrShutdown
+		case j.loadErr != nil:
+			errs[i] = fmt.Errorf("inference: fetch image: %w", j.loadErr)
+		case j.retry != nil:
+			j.d.Retry(j.retry)
+		default:
+			if ev := outcome(j); ev != nil {
+				ctxs, evs, idx = append(ctxs, j.d.Ctx), append(evs, ev), append(idx, i)
+			}
+		}
 	}
-	var err error
-	switch {
-	case j.shutdown:
-		err = bus.ErrShutdown
-	case j.loadErr != nil:
-		err = fmt.Errorf("inference: fetch image: %w", j.loadErr)
-	case j.retry != nil:
-		j.d.Retry(j.retry)
-	default:
-		err = s.publish(j)
+	if len(evs) > 0 {
+		for k, err := range bus.PublishAll(ctxs, s.js, evs) {
+			if errs[idx[k]] = err; err == nil {
+				s.published(jobs[idx[k]])
+			}
+		}
 	}
-	j.d.Done(err)
+	for i, j := range jobs {
+		j.d.Done(errs[i])
+		if j.model != nil {
+			j.model.Release()
+		}
+	}
 }
 
 // fetch reads the image bytes named by the event and checks their digest:
@@ -311,43 +334,42 @@ func (s *server) fetch(ctx context.Context, j *job) error {
 	return nil
 }
 
-// publish sends the event of a graded or failed image. A failure is
-// returned: the submission is redelivered and the event republished under
-// the same id, which the stream's duplicate window drops.
-func (s *server) publish(j *job) error {
-	var ev bus.Event
+// outcome is the event of a graded or failed image; nil for a job that
+// publishes nothing. A failed publish is returned by settleAll: the
+// submission is redelivered and the event republished under the same id,
+// which the stream's duplicate window drops.
+func outcome(j *job) bus.Event {
 	switch {
 	case j.skip:
 		return nil
 	case j.fail != nil:
-		ev = &bus.GradeFailed{Meta: outcomeMeta(bus.TypeGradeFailed, j.ev.ID),
+		return &bus.GradeFailed{Meta: outcomeMeta(bus.TypeGradeFailed, j.ev.ID),
 			GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner, Model: j.ev.Model, Reason: j.fail.Error(),
 			CallbackURL: j.ev.CallbackURL, SubmittedAt: j.ev.Time.UTC()}
 	case j.pred != nil:
 		p := j.pred
-		ev = &bus.GradeCompleted{Meta: outcomeMeta(bus.TypeGradeCompleted, j.ev.ID),
+		return &bus.GradeCompleted{Meta: outcomeMeta(bus.TypeGradeCompleted, j.ev.ID),
 			GradeID: j.ev.ID, ImageID: j.ev.ImageID, Owner: j.ev.Owner,
 			Model: j.model.Name, ModelVersion: j.model.Version,
 			Label: p.Label, Score: float64(p.Scores[p.Index]), Scores: j.model.ScoreMap(*p),
 			InferenceMS: float64(p.Inference.Microseconds()) / 1000, BatchSize: p.BatchSize, Catalogued: j.ev.Catalogued,
 			CallbackURL: j.ev.CallbackURL, SubmittedAt: j.ev.Time.UTC()}
-	default:
-		return nil
 	}
-	if _, err := bus.Publish(j.d.Ctx, s.js, ev); err != nil {
-		return err
-	}
+	return nil
+}
+
+// published counts and logs a job whose outcome the stream stored.
+func (s *server) published(j *job) {
 	if j.fail != nil {
 		s.m.failed.WithLabelValues(j.failKind).Inc()
 		if j.model != nil {
 			s.m.failure.WithLabelValues(j.model.Name, j.model.Version, j.failKind).Inc()
 		}
 		s.log.Info("grade failed", "grade_id", j.ev.ID, "model", j.ev.Model, "reason", j.fail.Error(), "request_id", bus.RequestID(j.d.Ctx))
-	} else {
-		s.m.completed.WithLabelValues(j.model.Name).Inc()
-		s.m.success.WithLabelValues(j.model.Name, j.model.Version).Inc()
+		return
 	}
-	return nil
+	s.m.completed.WithLabelValues(j.model.Name).Inc()
+	s.m.success.WithLabelValues(j.model.Name, j.model.Version).Inc()
 }
 
 // outcomeMeta gives the outcome event of a grade an id derived from the
