@@ -584,6 +584,36 @@ func TestInsertManyItemErrors(t *testing.T) {
 	}
 }
 
+// TestInsertManyAcrossCommands: a batch larger than one insert command
+// holds is split, and each write error still names its own document.
+func TestInsertManyAcrossCommands(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	coll := s.db.Collection("big")
+	if _, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "old"}}); err != nil {
+		t.Fatal(err)
+	}
+	pad := strings.Repeat("x", 3<<20)
+	ids := []string{"a", "b", "old", "c", "bad"}
+	var docs []any
+	for _, id := range ids[:4] {
+		docs = append(docs, bson.D{{Key: "_id", Value: id}, {Key: "pad", Value: pad}})
+	}
+	docs = append(docs, bson.D{{Key: "_id", Value: "bad"}, {Key: "$refused", Value: 1}})
+	dup, item, err := s.insertMany(ctx, coll, ids, docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ie *ItemError
+	if !dup[2] || dup[0] || dup[1] || dup[3] || item[0] != nil || item[1] != nil || item[3] != nil ||
+		!errors.As(item[4], &ie) || ie.ID != "bad" {
+		t.Fatalf("dup %v item %v: want old (third, in the second command) a duplicate and bad (in the last) refused", dup, item)
+	}
+	if n, _ := coll.CountDocuments(ctx, bson.D{}); n != 4 {
+		t.Fatalf("%d documents, want old, a, b and c", n)
+	}
+}
+
 func TestAnnotationChanges(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
