@@ -202,7 +202,11 @@ func message(ctx context.Context, ev Event, buf *bytes.Buffer) (*nats.Msg, error
 	if m.Type == TypeDeadLetter {
 		subject = SubjectDeadLetterPrefix + ev.(*DeadLetter).Consumer
 	}
-	if err := json.NewEncoder(buf).Encode(ev); err != nil {
+	// The hot event types without reflection (appendEvent, the same
+	// bytes); the others through encoding/json.
+	if b, ok := appendEvent(buf.AvailableBuffer(), ev); ok {
+		buf.Write(b)
+	} else if err := json.NewEncoder(buf).Encode(ev); err != nil {
 		return nil, fmt.Errorf("bus: encode %s: %w", m.Type, err)
 	}
 	msg := nats.NewMsg(subject)
