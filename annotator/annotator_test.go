@@ -961,9 +961,13 @@ func TestGradeReadYourWrites(t *testing.T) {
 		// published, and the read of the result carries no AfterSeq
 		// (another edge replica): only the result is waited for.
 		stored bool
-		want   string // status, or "404"
+		// elsewhere: read through another edge replica, which noted no
+		// sequence for the owner.
+		elsewhere bool
+		want      string // status, or "404"
 	}{
 		{name: "answered pending", pending: true, want: bus.GradeStatusPending},
+		{name: "answered with its result, read elsewhere", result: completed, elsewhere: true, want: bus.GradeStatusCompleted},
 		{name: "answered with its result", result: completed, want: bus.GradeStatusCompleted},
 		{name: "answered failed", result: func(s *bus.ImageSubmitted) bus.Event {
 			return &bus.GradeFailed{Meta: bus.NewMeta(bus.TypeGradeFailed), GradeID: s.ID, ImageID: s.ImageID, Owner: s.Owner,
@@ -989,7 +993,7 @@ func TestGradeReadYourWrites(t *testing.T) {
 				if tc.result != nil {
 					seq = publish(t, tc.result(s))
 				}
-				if tc.stored {
+				if tc.stored || tc.elsewhere {
 					seq = 0
 				}
 				owner := cmp.Or(tc.owner, s.Owner)

@@ -214,9 +214,11 @@ func (a *app) getGrade(ctx context.Context, q bus.GradeGetQuery) (bus.Grade, err
 		g  bus.Grade
 		ok bool
 	)
-	err := a.readGrades(ctx, q.AfterSeq, func() (pending bool, err error) {
+	err := a.readGrades(ctx, q.AfterSeq, func() (incomplete bool, err error) {
 		g, ok, err = a.store.GetGrade(ctx, q.ID, q.Owner)
-		return ok && g.Status == bus.GradeStatusPending, err
+		// Unknown may be a result another edge replica handed out a
+		// moment ago, not stored yet.
+		return !ok || g.Status == bus.GradeStatusPending, err
 	})
 	if err != nil {
 		return bus.Grade{}, a.dbError(ctx, err)
@@ -252,7 +254,7 @@ func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.G
 		}
 	}
 	var list bus.List[bus.Grade]
-	err = a.readGrades(ctx, q.AfterSeq, func() (pending bool, err error) {
+	err = a.readGrades(ctx, q.AfterSeq, func() (incomplete bool, err error) {
 		list, err = a.store.ListGrades(ctx, q.ImageID, q.Owner, p)
 		return slices.ContainsFunc(list.Data, func(g bus.Grade) bool { return g.Status == bus.GradeStatusPending }), err
 	})
@@ -272,17 +274,18 @@ func (a *app) listGrades(ctx context.Context, q bus.GradesQuery) (bus.List[bus.G
 // readGrades reads grades once the grade history has stored the owner's
 // last grade the edge answered (afterSeq, its GRADES stream sequence:
 // the result handed out, or the grade.pending record of a 202), and when
-// read then finds a grade pending, once more after the results the GRADES
-// stream holds at that moment are stored: the edge, any replica, may
-// already have handed the client its result. Both waits are bounded
-// together by bus.ReadYourWritesWait. So a grade just answered is never
-// read back as unknown, nor a result as pending.
-func (a *app) readGrades(ctx context.Context, afterSeq uint64, read func() (pending bool, err error)) error {
+// read then finds the answer incomplete (a grade pending, or unknown), once
+// more after the results the GRADES stream holds at that moment are
+// stored: the edge, any replica, may already have handed the client its
+// result. Both waits are bounded together by bus.ReadYourWritesWait. So a
+// grade just answered is never read back as unknown, nor a result as
+// pending.
+func (a *app) readGrades(ctx context.Context, afterSeq uint64, read func() (incomplete bool, err error)) error {
 	wctx, cancel := context.WithTimeout(ctx, bus.ReadYourWritesWait)
 	defer cancel()
 	a.applied.wait(wctx, bus.ConsumerAnnotatorGrades, afterSeq)
-	pending, err := read()
-	if err != nil || !pending {
+	incomplete, err := read()
+	if err != nil || !incomplete {
 		return err
 	}
 	if last := a.streamLast(wctx, bus.ConsumerAnnotatorGrades.Stream); last > 0 {
