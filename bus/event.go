@@ -147,12 +147,14 @@ func decode(data []byte, unmarshal func([]byte, any) bool) (Event, error) {
 // bytes), and a failure or panic in it leaves the event to the
 // encoding/json path: what Decode accepts, and how it words each
 // refusal, is encoding/json's (FuzzDecodeAgrees).
-func fastUnmarshal(data []byte, v any) (ok bool) {
+func fastUnmarshal(data []byte, v any) bool {
 	// What the pipeline publishes (appendEvent) is read without goccy;
 	// a decline leaves v untouched.
-	if decodeCanonical(data, v) {
-		return true
-	}
+	return decodeCanonical(data, v) || goccyUnmarshal(data, v)
+}
+
+// goccyUnmarshal is goccy/go-json behind the checks fastUnmarshal names.
+func goccyUnmarshal(data []byte, v any) (ok bool) {
 	if valid, plain := scanJSON(data); !valid || !plain || !utf8.Valid(data) {
 		return false
 	}

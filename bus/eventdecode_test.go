@@ -9,9 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
-
-	gojson "github.com/goccy/go-json"
 )
 
 // canonicalTypes are fresh values of the types decodeCanonical covers.
@@ -57,20 +54,6 @@ func checkCanonical(t testing.TB, name string, data []byte) (accepted []string) 
 		accepted = append(accepted, typ.Name())
 	}
 	return accepted
-}
-
-// goccyUnmarshal is the one-pass decoder as it was before decodeCanonical:
-// goccy/go-json behind the same checks.
-func goccyUnmarshal(data []byte, v any) (ok bool) {
-	if valid, plain := scanJSON(data); !valid || !plain || !utf8.Valid(data) {
-		return false
-	}
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	return gojson.Unmarshal(data, v) == nil
 }
 
 // checkDecodeUnchanged asserts that Decode returns for data what it
