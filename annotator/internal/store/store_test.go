@@ -877,6 +877,69 @@ func TestListGrades(t *testing.T) {
 	}
 }
 
+// TestLegacyGrades: grades stored before the history was one document
+// (the submission in the history, the result in CollGrades) read whole,
+// in listings too; a result alone in CollGrades is found; a legacy
+// submission whose result arrives now is completed in the history.
+func TestLegacyGrades(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	var subs []*bus.ImageSubmitted
+	for i := range 3 {
+		sub := submitted(bus.NewID(), "img-l", "erin")
+		sub.Time = at.Add(time.Duration(i) * time.Second)
+		subs = append(subs, sub)
+	}
+	// The old submissions consumer stored exactly what recordPending does.
+	check(t)(s.recordPending(ctx, subs))
+	legacy := func(id, label string) {
+		t.Helper()
+		c := completed(id)
+		c.ImageID, c.Label, c.SubmittedAt = "img-l", label, time.Time{}
+		c.Scores = map[string]float64{label: 1}
+		if _, err := s.legacy.InsertOne(ctx, docOf(bus.GradeFrom(nil, c))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	legacy(subs[0].ID, "old")
+	alone := bus.NewID()
+	legacy(alone, "alone")
+	// subs[1]'s result comes now; subs[2] stays pending.
+	now := completed(subs[1].ID)
+	now.ImageID, now.Label, now.SubmittedAt = "img-l", "new", time.Time{}
+	now.Scores = map[string]float64{"new": 1}
+	check(t)(s.ApplyGrades(ctx, []bus.Event{now}))
+
+	l, err := s.ListGrades(ctx, "img-l", "erin", Page{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct{ id, status, label string }
+	var got []row
+	for _, g := range l.Data {
+		got = append(got, row{g.ID, g.Status, g.Label})
+		if g.SubmittedAt.IsZero() {
+			t.Errorf("grade %s listed without its submission's time", g.ID)
+		}
+	}
+	want := []row{{subs[2].ID, bus.GradeStatusPending, ""}, {subs[1].ID, bus.GradeStatusCompleted, "new"}, {subs[0].ID, bus.GradeStatusCompleted, "old"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+	g, ok, err := s.GetGrade(ctx, alone, "erin")
+	if err != nil || !ok || g.Status != bus.GradeStatusCompleted || g.Label != "alone" {
+		t.Fatalf("a legacy result alone: %+v %v %v", g, ok, err)
+	}
+	if _, ok, _ := s.GetGrade(ctx, alone, "mallory"); ok {
+		t.Fatal("a legacy result visible to another owner")
+	}
+	g, ok, err = s.GetGrade(ctx, subs[0].ID, "erin")
+	if err != nil || !ok || g.Status != bus.GradeStatusCompleted || g.Label != "old" || !g.SubmittedAt.Equal(subs[0].Time) {
+		t.Fatalf("a legacy grade in two halves: %+v %v %v", g, ok, err)
+	}
+}
+
 // TestShelvesAfterRestart: a restarted annotator goes on filling the
 // author's newest shelf while it has room, instead of leaving short
 // shelves behind at every restart.

@@ -96,9 +96,14 @@ func TestTaggedImages(t *testing.T) {
 		g.ImageID, g.Owner, g.ModelVersion, g.Label, g.Time = "img01", owner, version, label, start.Add(at)
 		return g
 	}
-	newest := grade("owner1", "1", "newest", 3*time.Second)
-	check(t)(s.ApplyGrades(ctx, []bus.Event{grade("owner1", "1", "older", time.Second), newest,
+	check(t)(s.ApplyGrades(ctx, []bus.Event{grade("owner1", "1", "older", time.Second), grade("owner1", "1", "newer", 3*time.Second),
 		grade("owner1", "2", "v2", 5*time.Second), grade("mallory", "1", "not the owner's", 9*time.Second)}))
+	// The newest is a result stored before the history was one document
+	// (in CollGrades): the served grade is the latest of both.
+	newest := grade("owner1", "1", "newest", 4*time.Second)
+	if _, err := s.legacy.InsertOne(ctx, docOf(bus.GradeFrom(nil, newest))); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, limit := range []int{1, 2, 5, 1000} {
 		got := taggedAll(t, s, TaggedFilter{Tag: "cats", Model: "fashion", Version: "1"}, limit)
