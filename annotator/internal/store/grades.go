@@ -117,16 +117,12 @@ func resultUpdate(d gradeDoc) bson.D {
 func (s *Store) ApplyGrades(ctx context.Context, evs []bus.Event) ([]error, error) {
 	out := make([]error, len(evs))
 	var (
-		docs    []any
-		ids     []string
-		updates []bson.D // how a result fills in a grade already there; nil for a pending record
-		idx     []int
+		docs []any
+		ids  []string
+		idx  []int
 	)
 	for i, ev := range evs {
-		var (
-			d      gradeDoc
-			update bson.D
-		)
+		var d gradeDoc
 		switch e := ev.(type) {
 		case *bus.GradePending:
 			d = pendingDoc(e)
@@ -137,12 +133,11 @@ func (s *Store) ApplyGrades(ctx context.Context, evs []bus.Event) ([]error, erro
 				// time (a replay of old events): listed by its own.
 				d.SubmittedAt = d.CompletedAt
 			}
-			update = resultUpdate(d)
 		default:
 			out[i] = fmt.Errorf("store: unexpected grade event %T", ev)
 			continue
 		}
-		docs, ids, updates, idx = append(docs, d), append(ids, d.ID), append(updates, update), append(idx, i)
+		docs, ids, idx = append(docs, d), append(ids, d.ID), append(idx, i)
 	}
 	// One batch insert, which stays as fast at a million grades as on an
 	// empty store (an upsert per document does not), failures too (a
@@ -156,12 +151,13 @@ func (s *Store) ApplyGrades(ctx context.Context, evs []bus.Event) ([]error, erro
 	}
 	for k, i := range idx {
 		out[i] = item[k]
-		if !dup[k] || updates[k] == nil {
+		d := docs[k].(gradeDoc)
+		if !dup[k] || d.Status == bus.GradeStatusPending {
 			continue
 		}
 		start := time.Now()
 		_, err := s.history.UpdateOne(ctx,
-			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}}, updates[k])
+			bson.D{{Key: "_id", Value: ids[k]}, {Key: "status", Value: bson.D{{Key: "$ne", Value: bus.GradeStatusCompleted}}}}, resultUpdate(d))
 		s.m.observe(CollGradeHistory, "update_one", start)
 		if err != nil {
 			item, batch := itemOrBatch(CollGradeHistory, ids[k], err)
