@@ -66,6 +66,76 @@ func appendEvent(dst []byte, ev Event) (out []byte, ok bool) {
 	return w.b, true
 }
 
+// AppendJSON appends encoding/json.Marshal(v) to dst for the values this
+// package encodes without reflection: the hot events (appendEvent) and a
+// Grade (or *Grade) without callback attempts, which the edge answers
+// for every graded image. ok is false, dst unchanged, for anything else
+// or anything encoding/json would refuse; the caller then uses
+// encoding/json. TestAppendJSONMatchesMarshal holds the bytes equal.
+func AppendJSON(dst []byte, v any) (out []byte, ok bool) {
+	switch g := v.(type) {
+	case Grade:
+		return appendGrade(dst, &g)
+	case *Grade:
+		if g == nil {
+			return append(dst, "null"...), true
+		}
+		return appendGrade(dst, g)
+	case Event:
+		return appendEvent(dst, g)
+	}
+	return dst, false
+}
+
+// appendGrade writes a Grade as encoding/json does, its omitempty and
+// omitzero fields left out when empty; callbacks are declined.
+func appendGrade(dst []byte, g *Grade) ([]byte, bool) {
+	if len(g.Callbacks) > 0 {
+		return dst, false
+	}
+	w := eventWriter{b: dst, ok: true}
+	w.str(`{"id":`, g.ID)
+	w.str(`,"status":`, g.Status)
+	w.str(`,"image_id":`, g.ImageID)
+	w.str(`,"owner":`, g.Owner)
+	w.str(`,"model":`, g.Model)
+	if g.ModelVersion != "" {
+		w.str(`,"model_version":`, g.ModelVersion)
+	}
+	if g.Label != "" {
+		w.str(`,"label":`, g.Label)
+	}
+	if g.Score != 0 {
+		w.float(`,"score":`, g.Score)
+	}
+	if len(g.Scores) > 0 {
+		w.scores(`,"scores":`, g.Scores)
+	}
+	if g.InferenceMS != 0 {
+		w.float(`,"inference_ms":`, g.InferenceMS)
+	}
+	if g.BatchSize != 0 {
+		w.integer(`,"batch_size":`, int64(g.BatchSize))
+	}
+	if g.Reason != "" {
+		w.str(`,"reason":`, g.Reason)
+	}
+	if !g.SubmittedAt.IsZero() {
+		w.timestamp(`,"submitted_at":`, g.SubmittedAt)
+	}
+	if !g.CompletedAt.IsZero() {
+		w.timestamp(`,"completed_at":`, g.CompletedAt)
+	}
+	if g.Catalogued {
+		w.b = append(w.b, `,"catalogued":true`...)
+	}
+	w.b = append(w.b, '}')
+	if !w.ok {
+		return dst, false
+	}
+	return w.b, true
+}
+
 // eventWriter appends one event; ok turns false at the first value
 // encoding/json would refuse, and the result is then dropped. Keys are
 // constants with the punctuation before them ("{" or ",") and the colon.

@@ -41,7 +41,7 @@ func FuzzAppendEventMatchesMarshal(f *testing.F) {
 			scores = map[string]float64{s1: f1, s2: f2, s1 + s2: f1 * f2}
 		}
 		m := Meta{ID: s1, Type: s2, SchemaVersion: int(sec), Time: t1}
-		evs := []Event{
+		evs := []any{
 			&GradeCompleted{Meta: m, GradeID: s1, ImageID: s2, Owner: s1, Model: s2, ModelVersion: s1, Label: s2,
 				Score: f1, Scores: scores, InferenceMS: f2, BatchSize: int(nsec), Catalogued: flags&16 != 0, CallbackURL: s2, SubmittedAt: t2},
 			&GradeFailed{Meta: m, GradeID: s2, ImageID: s1, Owner: s2, Model: s1, Reason: s2, CallbackURL: s1, SubmittedAt: t2},
@@ -52,9 +52,13 @@ func FuzzAppendEventMatchesMarshal(f *testing.F) {
 		for _, raw := range fuzzAnnotations(s1, s2, f1, b, flags) {
 			evs = append(evs, &AnnotationCreated{Meta: m, ImageID: s2, Author: s1, Annotation: raw})
 		}
+		// The edge's answer, by value as it is handed to Fiber.
+		evs = append(evs, Grade{ID: s1, Status: s2, ImageID: s1, Owner: s2, Model: s1, ModelVersion: s2, Label: s1,
+			Score: f1, Scores: scores, InferenceMS: f2, BatchSize: int(nsec), Reason: s2, SubmittedAt: t1, CompletedAt: t2,
+			Catalogued: flags&16 != 0})
 		for _, ev := range evs {
 			want, err := json.Marshal(ev)
-			got, ok := appendEvent(nil, ev)
+			got, ok := AppendJSON(nil, ev)
 			switch {
 			case err != nil && ok:
 				t.Fatalf("%T: wrote %s; json.Marshal fails: %v", ev, got, err)

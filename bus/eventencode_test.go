@@ -14,14 +14,14 @@ import (
 	"unicode/utf8"
 )
 
-// checkAppendEvent asserts that appendEvent writes exactly json.Marshal's
+// checkAppendEvent asserts that AppendJSON (appendEvent for an event) writes exactly json.Marshal's
 // bytes for ev, declines exactly where json.Marshal fails, keeps what dst
 // held, and that json.Marshal's bytes are what Publish's encoder writes
 // today (so switching Publish changes nothing on the wire).
-func checkAppendEvent(t *testing.T, name string, ev Event) {
+func checkAppendEvent(t *testing.T, name string, ev any) {
 	t.Helper()
 	want, err := json.Marshal(ev)
-	got, ok := appendEvent(nil, ev)
+	got, ok := AppendJSON(nil, ev)
 	switch {
 	case err != nil && ok:
 		t.Errorf("%s: appendEvent wrote %s, json.Marshal fails: %v", name, got, err)
@@ -52,7 +52,7 @@ func checkAppendEvent(t *testing.T, name string, ev Event) {
 	// leaves dst as it was.
 	prefix := make([]byte, 3, 8)
 	copy(prefix, "abc")
-	got2, ok2 := appendEvent(prefix, ev)
+	got2, ok2 := AppendJSON(prefix, ev)
 	if ok2 != ok || string(got2[:3]) != "abc" {
 		t.Errorf("%s: after a prefix: ok %v, %q", name, ok2, got2)
 	}
@@ -289,6 +289,43 @@ func TestAppendEventMatchesMarshal(t *testing.T) {
 	checkAppendEvent(t, "pending", PendingOf(sub))
 	for _, ev := range benchEvents() {
 		checkAppendEvent(t, "bench "+ev.EventMeta().Type, ev)
+	}
+}
+
+// TestAppendJSONGrade: the edge's answer to a grade, by value and by
+// pointer, with each optional field set and unset, matches json.Marshal;
+// a grade with callback attempts and values of other types are declined.
+func TestAppendJSONGrade(t *testing.T) {
+	now := time.Date(2025, 3, 14, 15, 9, 26, 535897932, time.UTC)
+	full := Grade{ID: "g1", Status: GradeStatusCompleted, ImageID: "i1", Owner: "alice", Model: "fashion",
+		ModelVersion: "2", Label: "Ankle boot", Score: 0.93, Scores: map[string]float64{"Ankle boot": 0.93, "Bag": 0.07},
+		InferenceMS: 0.41, BatchSize: 32, Reason: "r", SubmittedAt: now, CompletedAt: now.Add(time.Millisecond), Catalogued: true}
+	cases := map[string]Grade{
+		"zero":              {},
+		"full":              full,
+		"pending":           {ID: "g", Status: GradeStatusPending, ImageID: "i", Owner: "o", Model: "m", SubmittedAt: now},
+		"failed":            {ID: "g", Status: GradeStatusFailed, Model: "m", Reason: "bad <image> & \u2028\x00", CompletedAt: now},
+		"empty scores":      {Scores: map[string]float64{}},
+		"negative score":    {Score: -1e-7, InferenceMS: 1e21, BatchSize: -1},
+		"zoned times":       {SubmittedAt: now.In(time.FixedZone("x", 19800)), CompletedAt: now.In(time.FixedZone("y", -3600))},
+		"nan score":         {Score: math.NaN()},
+		"inf in scores":     {Scores: map[string]float64{"a": math.Inf(1)}},
+		"year beyond 9999":  {CompletedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
+		"html in every key": {ID: "<", Status: ">", ImageID: "&", Owner: "\u2029", Model: "\xff", Label: "\"", ModelVersion: "\n"},
+	}
+	for name, g := range cases {
+		checkAppendEvent(t, name, g)
+		checkAppendEvent(t, name+" pointer", &g)
+	}
+	checkAppendEvent(t, "nil pointer", (*Grade)(nil))
+
+	for _, v := range []any{
+		Grade{ID: "g", Callbacks: []CallbackAttempt{{Attempt: 1, At: now, URL: "https://x", Outcome: "delivered"}}},
+		List[Grade]{}, "text", 1, nil,
+	} {
+		if got, ok := AppendJSON([]byte("p"), v); ok || string(got) != "p" {
+			t.Errorf("%T: ok %v, %q", v, ok, got)
+		}
 	}
 }
 

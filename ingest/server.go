@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -272,6 +273,7 @@ func (s *Server) newApp() *fiber.App {
 		WriteTimeout:          2 * time.Minute,
 		IdleTimeout:           2 * time.Minute,
 		ReadBufferSize:        16 << 10,
+		JSONEncoder:           encodeJSON,
 	})
 	// Answers given while shutting down close their connection, so a
 	// keep-alive client reconnects (to another replica) instead of sending
@@ -453,4 +455,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	<-errc
 	return nil
+}
+
+// encodeJSON is Fiber's JSON encoder: encoding/json's bytes, written
+// without reflection for the answer every graded image gets (a
+// bus.Grade; about 2% of the stack's CPU per grade through reflection).
+func encodeJSON(v any) ([]byte, error) {
+	if b, ok := bus.AppendJSON(nil, v); ok {
+		return b, nil
+	}
+	return json.Marshal(v)
 }

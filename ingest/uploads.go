@@ -10,7 +10,7 @@ import (
 	"image/color"
 	_ "image/gif" // register decoders for DecodeConfig
 	_ "image/jpeg"
-	_ "image/png"
+	"image/png"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -102,7 +102,7 @@ func readUpload(form *multipart.Form, field string, limit int64) (*upload, error
 		return nil, &apiError{Status: http.StatusUnsupportedMediaType, Message: "not a supported image type",
 			Details: []string{fmt.Sprintf("%s: detected %s; accepted: image/jpeg, image/png, image/gif, image/webp, image/bmp", field, ct)}}
 	}
-	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+	cfg, err := decodeConfig(data, ct)
 	if err != nil {
 		return nil, &apiError{Status: http.StatusUnprocessableEntity, Message: "invalid image",
 			Details: []string{fmt.Sprintf("%s: the %s header cannot be decoded", field, ct)}, Cause: err}
@@ -113,6 +113,17 @@ func readUpload(form *multipart.Form, field string, limit int64) (*upload, error
 	sum := sha256.Sum256(data)
 	return &upload{Data: data, ContentType: ct, Filename: cleanFilename(fh.Filename),
 		Width: cfg.Width, Height: cfg.Height, SHA256: hex.EncodeToString(sum[:]), colorModel: cfg.ColorModel}, nil
+}
+
+// decodeConfig reads the image header. A PNG, the usual upload, goes
+// straight to image/png: image.DecodeConfig would first copy the data
+// through a new 4 KiB bufio.Reader to sniff a format already detected.
+func decodeConfig(data []byte, contentType string) (image.Config, error) {
+	if contentType == "image/png" {
+		return png.DecodeConfig(bytes.NewReader(data))
+	}
+	cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+	return cfg, err
 }
 
 // maxValidateBytes bounds the memory of validating one catalogue image by
