@@ -74,7 +74,8 @@ func post(url, ctype string, body []byte) (int, []byte, error) {
 // everything published so far.
 func waitDrained(b *testing.B, js jetstream.JetStream, stream string) {
 	b.Helper()
-	deadline := time.Now().Add(10 * time.Minute)
+	start := time.Now()
+	deadline, nextReport := start.Add(10*time.Minute), start.Add(10*time.Second)
 	for _, spec := range bus.ConsumersOf(stream) {
 		for {
 			c, err := js.Consumer(context.Background(), spec.Stream, spec.Durable)
@@ -89,7 +90,16 @@ func waitDrained(b *testing.B, js jetstream.JetStream, stream string) {
 				break
 			}
 			if time.Now().After(deadline) {
-				b.Fatalf("consumer %s still has %d pending", spec.Durable, info.NumPending)
+				b.Fatalf("consumer %s still has %d pending, %d unacknowledged", spec.Durable, info.NumPending, info.NumAckPending)
+			}
+			// A wait this long is worth saying: which consumer, and whether
+			// it is behind or holding unacknowledged messages.
+			if now := time.Now(); now.After(nextReport) {
+				nextReport = now.Add(15 * time.Second)
+				if now.Sub(start) > 10*time.Second {
+					fmt.Printf("waiting for consumer %s: %d pending, %d unacknowledged, %d redelivered (%s so far)\n",
+						spec.Durable, info.NumPending, info.NumAckPending, info.NumRedelivered, now.Sub(start).Round(time.Second))
+				}
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

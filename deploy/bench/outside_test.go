@@ -69,8 +69,9 @@ func met(ok bool) string {
 //     publisher to a stream of its own) and against raw publishes into the
 //     annotations stream while its consumers run, in alternating rounds;
 //     the consumers' stored rate against the accepted rate;
-//   - grade p50 at concurrency 1 and images/s at 32 clients (hey) against
-//     the inference batcher in this process;
+//   - grade p50 at concurrency 1 (hey) and images/s at 32 clients (wrk)
+//     against the inference batcher in this process, the latter in
+//     alternating rounds;
 //   - iris range and mean through HTTP against the same SQL;
 //   - a clean stop under load (nothing lost) and a restart on that data.
 //
@@ -487,11 +488,10 @@ func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out stri
 		}
 		direct = append(direct, time.Since(t0))
 	}
-	d := time.Duration(envInt("GRADELINE_BENCH_SECONDS", 8)) * time.Second
-	many, err := runWrk32(ctx, out, url, wrkLoad{name: "grade", ctype: ctype, body: form}, d)
-	if err != nil {
-		b.Fatal(err)
-	}
+	// Throughput in alternating rounds, the median of each side reported:
+	// on a shared machine one 8-second run swings by a third.
+	d := time.Duration(envInt("GRADELINE_BENCH_GRADE_SECONDS", 5)) * time.Second
+	rounds := envInt("GRADELINE_BENCH_ROUNDS", 3)
 	// The batcher at 32 clients forms batches of at most 32 (or the
 	// model's max_batch); two workers keep both cores busy.
 	batch := min(32, model.Info().MaxBatch)
@@ -499,28 +499,37 @@ func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out stri
 	for i := range images {
 		images[i] = img
 	}
-	var graded atomic.Int64
-	t0 := time.Now()
-	rawRate, err := publishFor(ctx, 2, d/2, func() error {
-		_, err := reg.Grade(ctx, "fashion", images)
-		graded.Add(int64(batch))
-		return err
-	})
-	if err != nil {
-		b.Fatal(err)
+	var viaHTTP, inProcess []float64
+	for r := range rounds {
+		many, err := runWrk32(ctx, out, url, wrkLoad{name: "grade", ctype: ctype, body: form}, d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var graded atomic.Int64
+		t0 := time.Now()
+		if _, err := publishFor(ctx, 2, d/2, func() error {
+			_, err := reg.Grade(ctx, "fashion", images)
+			graded.Add(int64(batch))
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		viaHTTP = append(viaHTTP, many.rate200())
+		inProcess = append(inProcess, float64(graded.Load())/time.Since(t0).Seconds())
+		fmt.Printf("  grades round %d: %.0f/s at 32 clients, %.0f/s in-process\n", r+1, viaHTTP[r], inProcess[r])
 	}
-	rawRate = float64(graded.Load()) / time.Since(t0).Seconds()
+	graded, rawRate := median(viaHTTP), median(inProcess)
 	p1, pd := one.p50(), p50(direct)
-	fmt.Printf("  grades: p50 %.2f ms through HTTP vs %.2f ms in-process; %.0f/s at 32 clients vs %.0f/s in-process\n",
-		ms(p1), ms(pd), many.rate200(), rawRate)
-	oip := measureOIP(b, ctx, st, out, model, img, d, p1, pd, many.rate200(), rawRate)
+	fmt.Printf("  grades: p50 %.2f ms through HTTP vs %.2f ms in-process; %.0f/s at 32 clients vs %.0f/s in-process (medians)\n",
+		ms(p1), ms(pd), graded, rawRate)
+	oip := measureOIP(b, ctx, st, out, model, img, d, p1, pd, graded, rawRate)
 	return append([]row{
 		{What: "grade p50 at concurrency 1 (hey, 28×28 PNG, `fashion`)", Measured: fmt.Sprintf("%.2f ms", ms(p1)),
 			Baseline: fmt.Sprintf("%.2f ms decode + preprocess + ONNX Runtime in-process (`Registry.Grade`, the service's batcher)", ms(pd)),
 			Ratio:    fmt.Sprintf("+%.2f ms", ms(p1-pd)), Target: "≤ +2 ms", Met: met(p1-pd <= 2*time.Millisecond)},
-		{What: "images graded/s (200 answers), wrk -t2 -c32", Measured: rate(many.rate200()),
+		{What: fmt.Sprintf("images graded/s (200 answers), wrk -t2 -c32 (median of %d alternating rounds)", rounds), Measured: rate(graded),
 			Baseline: rate(rawRate) + fmt.Sprintf(" in-process batcher, batches of %d", batch),
-			Ratio:    fmt.Sprintf("%.3f", many.rate200()/rawRate), Target: "≥ 4,797 /s (3× 1,599)", Met: met(many.rate200() >= 3*1599)},
+			Ratio:    fmt.Sprintf("%.3f", graded/rawRate), Target: "≥ 4,797 /s (3× 1,599)", Met: met(graded >= 3*1599)},
 	}, oip...)
 }
 
