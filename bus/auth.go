@@ -96,8 +96,11 @@ var Access = []ServiceAccess{
 	{
 		User:        UserInference,
 		PublishesTo: []string{StreamGrades},
-		Answers:     []string{svcPrefix + "models.>"},
-		Objects:     ObjectsRead,
+		// Results due at a callback_url, in CALLBACKS beside the edge's
+		// delivery attempts.
+		Emits:   []string{SubjectGradeCallbackDue},
+		Answers: []string{svcPrefix + "models.>"},
+		Objects: ObjectsRead,
 		// What the repository API unloaded, shared by every replica
 		// (created by `gradeline setup`).
 		Buckets: []string{ModelStateBucket},
@@ -173,6 +176,30 @@ func ConsumersOfUser(user string) []ConsumerSpec {
 	return out
 }
 
+// consumersReadBy is what user reads: its consumers and its draining ones
+// (DrainingConsumers), which it reads but no longer creates.
+func consumersReadBy(user string) []ConsumerSpec {
+	out := ConsumersOfUser(user)
+	for _, c := range DrainingConsumers {
+		if c.Owner() == user {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// durablesOf is every service durable on stream s, draining ones included:
+// those another user must not pull from, change or delete.
+func durablesOf(s string) []ConsumerSpec {
+	out := ConsumersOf(s)
+	for _, c := range DrainingConsumers {
+		if c.Stream == s {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Owner is the service (NATS user) the durable consumer belongs to: the
 // durable's name up to the first "-". Only its owner pulls from it and
 // ensures its settings (EnsureConsumers).
@@ -229,7 +256,7 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	// It creates, updates, reads, resets (CheckPosition), pulls from, acks
 	// on and dead-letters for its own consumers only: another service's
 	// consumer settings are that service's to set.
-	for _, c := range ConsumersOfUser(a.User) {
+	for _, c := range consumersReadBy(a.User) {
 		pub = append(pub, consumerCreate(c.Stream, c.Durable)...)
 		pub = append(pub,
 			jsAPI+"CONSUMER.INFO."+c.Stream+"."+c.Durable,
@@ -263,7 +290,7 @@ func servicePermissions(a ServiceAccess) UserPermissions {
 	for _, s := range a.Tails {
 		pub = append(pub, jsAPI+"CONSUMER.CREATE."+s+".*", jsAPI+"CONSUMER.CREATE."+s+".*.>",
 			jsAPI+"CONSUMER.MSG.NEXT."+s+".*", jsAPI+"CONSUMER.DELETE."+s+".*", jsAPI+"CONSUMER.INFO."+s+".*")
-		for _, c := range ConsumersOf(s) {
+		for _, c := range durablesOf(s) {
 			if c.Owner() != a.User {
 				deny = append(deny, consumerCreate(c.Stream, c.Durable)...)
 				deny = append(deny, jsAPI+"CONSUMER.MSG.NEXT."+c.Stream+"."+c.Durable,
@@ -300,7 +327,7 @@ func subscriberPermissions() UserPermissions {
 			jsAPI+"CONSUMER.INFO."+s+".*", jsAPI+"CONSUMER.NAMES."+s, jsAPI+"CONSUMER.LIST."+s,
 			jsAPI+"CONSUMER.MSG.NEXT."+s+".*", jsAPI+"CONSUMER.DELETE."+s+".*",
 			"$JS.ACK."+s+".>", "$JS.FC."+s+".>")
-		for _, c := range ConsumersOf(s) {
+		for _, c := range durablesOf(s) {
 			deny = append(deny, consumerCreate(c.Stream, c.Durable)...)
 			deny = append(deny,
 				jsAPI+"CONSUMER.MSG.NEXT."+c.Stream+"."+c.Durable,
@@ -336,7 +363,7 @@ func StreamsNeededBy(user string) []string {
 	for _, s := range a.PublishesTo {
 		add(s)
 	}
-	for _, c := range ConsumersOfUser(user) {
+	for _, c := range consumersReadBy(user) {
 		add(c.Stream)
 		add(StreamDeadLetter)
 	}

@@ -312,6 +312,33 @@ func TestServicesWithTheirOwnUsers(t *testing.T) {
 	if _, err := bus.Publish(ctx, jss[bus.UserInference], grade); err != nil {
 		t.Fatalf("inference publishes a grade: %v", err)
 	}
+	// A result due at a callback_url: inference publishes it in GRADES and
+	// on gradeline.callbacks.due, and the edge reads it from its consumer
+	// there, and from the draining one an older edge left in GRADES.
+	withURL := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: "g2", Model: "m", Label: "cat",
+		Scores: map[string]float64{"cat": 1}, CallbackURL: "https://receiver.example/hook"}
+	inGrades, due := bus.SplitCallback(withURL)
+	if errs := bus.PublishAll([]context.Context{ctx, ctx}, jss[bus.UserInference], []bus.Event{inGrades, due}); errs[0] != nil || errs[1] != nil {
+		t.Fatalf("inference publishes a result due at a callback: %v", errs)
+	}
+	_, adminJS := st.connect(t, bus.UserAdmin)
+	legacy := bus.ConsumerIngestCallbacksLegacy
+	if _, err := adminJS.CreateOrUpdateConsumer(ctx, legacy.Stream, legacy.Config()); err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []bus.ConsumerSpec{bus.ConsumerIngestCallbacks, legacy} {
+		cons, err := jss[bus.UserIngest].Consumer(ctx, spec.Stream, spec.Durable)
+		if err != nil {
+			t.Fatalf("ingest finds %s/%s: %v", spec.Stream, spec.Durable, err)
+		}
+		m, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatalf("ingest reads %s/%s: %v", spec.Stream, spec.Durable, err)
+		}
+		if err := m.Ack(); err != nil {
+			t.Fatalf("ingest acks on %s/%s: %v", spec.Stream, spec.Durable, err)
+		}
+	}
 
 	// ingest tails the grades with an ordered consumer (Server-Sent
 	// Events) from a sequence, and deletes it; it cannot pull from, or

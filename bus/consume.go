@@ -91,8 +91,13 @@ type ConsumeOptions struct {
 	// acts on few of its stream's events (a callback_url) skips the cost
 	// of decoding the others. It must answer true for every event the
 	// handler needs: a false positive only costs the decode.
-	Wants  func(data []byte) bool
-	Logger *slog.Logger
+	Wants func(data []byte) bool
+	// Existing reads the durable only if it is there, and never creates,
+	// changes or repositions it: a draining consumer (DrainingConsumers).
+	// Consume then returns an error wrapping jetstream.ErrConsumerNotFound
+	// when it is missing, or jetstream.ErrConsumerDeleted once it is gone.
+	Existing bool
+	Logger   *slog.Logger
 }
 
 func (o *ConsumeOptions) defaults() {
@@ -135,8 +140,15 @@ func Backoff(n uint64) time.Duration {
 func Consume(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, opt ConsumeOptions, h Handler) error {
 	opt.defaults()
 	log := opt.Logger.With("consumer", spec.Durable)
-	cons, err := ensureConsumer(ctx, js, spec, log)
-	if err != nil {
+	var (
+		cons jetstream.Consumer
+		err  error
+	)
+	if opt.Existing {
+		if cons, err = js.Consumer(ctx, spec.Stream, spec.Durable); err != nil {
+			return fmt.Errorf("bus: consume %s/%s: %w", spec.Stream, spec.Durable, err)
+		}
+	} else if cons, err = ensureConsumer(ctx, js, spec, log); err != nil {
 		return err
 	}
 	c := &consumer{js: js, cons: cons, spec: spec, opt: opt, log: log, h: h, checked: time.Now()}
@@ -212,10 +224,14 @@ func (c *consumer) collect(ctx context.Context) ([]jetstream.Msg, error) {
 			case ctx.Err() != nil:
 				return nil, ctx.Err()
 			case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-				c.checkPosition(ctx) // idle: nothing to deliver, or nothing deliverable
+				if !c.opt.Existing {
+					c.checkPosition(ctx) // idle: nothing to deliver, or nothing deliverable
+				}
 				continue
 			case errors.Is(err, nats.ErrConnectionClosed):
 				return nil, fmt.Errorf("bus: consume %s: %w", c.spec.Durable, err)
+			case c.opt.Existing && (errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound)):
+				return nil, fmt.Errorf("bus: consume %s/%s: %w", c.spec.Stream, c.spec.Durable, err)
 			}
 			c.log.Warn("fetch failed; retrying", "err", err)
 			select {

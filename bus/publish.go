@@ -191,13 +191,48 @@ func PublishAll(ctxs []context.Context, js jetstream.JetStream, evs []Event) (er
 	return errs
 }
 
+// SplitCallback returns what is published of a result (a *GradeCompleted
+// or *GradeFailed): the result for GRADES without its callback_url, and,
+// when it has one, the result as it is for SubjectGradeCallbackDue (due is
+// nil otherwise). Publish and PublishAll send due there, under the
+// result's id. The URL stays out of GRADES, which every downstream
+// subscriber reads: the edge reads only the results it delivers, and a
+// URL with a token in it is not broadcast.
+func SplitCallback(result Event) (grades, due Event) {
+	switch e := result.(type) {
+	case *GradeCompleted:
+		if e.CallbackURL != "" {
+			c := *e
+			c.CallbackURL = ""
+			return &c, callbackDue{e}
+		}
+	case *GradeFailed:
+		if e.CallbackURL != "" {
+			c := *e
+			c.CallbackURL = ""
+			return &c, callbackDue{e}
+		}
+	}
+	return result, nil
+}
+
+// callbackDue is a result to publish on SubjectGradeCallbackDue.
+type callbackDue struct{ Event }
+
 // message is the NATS message of ev, encoded into buf: on its subject,
 // with its id as Nats-Msg-Id and the tracing headers of ctx.
 func message(ctx context.Context, ev Event, buf *bytes.Buffer) (*nats.Msg, error) {
+	due, isDue := ev.(callbackDue)
+	if isDue {
+		ev = due.Event
+	}
 	m := ev.EventMeta()
 	subject, err := SubjectOf(m.Type)
 	if err != nil {
 		return nil, err
+	}
+	if isDue {
+		subject = SubjectGradeCallbackDue
 	}
 	if m.Type == TypeDeadLetter {
 		subject = SubjectDeadLetterPrefix + ev.(*DeadLetter).Consumer

@@ -49,6 +49,11 @@ const (
 	// SubjectGradeCallbackAttempted: one attempt to deliver a grade's
 	// result to its callback_url.
 	SubjectGradeCallbackAttempted = rootCallbacks + "attempted"
+	// SubjectGradeCallbackDue: a result (grade.completed or grade.failed)
+	// whose submission named a callback_url, with that URL; inference
+	// publishes it beside the result in GRADES, which carries no URL. The
+	// edge delivers from here, so it reads only the results it delivers.
+	SubjectGradeCallbackDue = rootCallbacks + "due"
 	// SubjectDeadLetterPrefix is followed by the durable name of the
 	// consumer that gave up on the message.
 	SubjectDeadLetterPrefix = "gradeline.deadletter."
@@ -172,7 +177,7 @@ var Streams = []StreamSpec{
 	{StreamIris, "iris measurement batches", under(rootIris), 30 * 24 * time.Hour, 8 << 30},
 	{StreamDeadLetter, "messages consumers gave up on, with the reason", under(SubjectDeadLetterPrefix), 90 * 24 * time.Hour, 1 << 30},
 	{StreamRegrades, "shadow grades of regrade runs", under(rootRegrades), 90 * 24 * time.Hour, 512 << 20},
-	{StreamCallbacks, "attempts to deliver grade results to their callback_url", under(rootCallbacks), 90 * 24 * time.Hour, 256 << 20},
+	{StreamCallbacks, "grade results due at their callback_url and the attempts to deliver them", under(rootCallbacks), 90 * 24 * time.Hour, 256 << 20},
 }
 
 // ConsumerSpec is one row of the durable consumer table.
@@ -209,11 +214,16 @@ var (
 		[]string{SubjectGradeShadow}, 60 * time.Second, 8192}
 	ConsumerAnalyticsAnnotations = ConsumerSpec{StreamAnnotations, "analytics-annotations", "loads annotation counts into ClickHouse",
 		[]string{SubjectAnnotationCreated}, 60 * time.Second, 8192}
-	// ConsumerIngestCallbacks reads every result and delivers those whose
-	// submission named a callback_url; a failed delivery is naked with the
+	// ConsumerIngestCallbacks delivers the results due at a callback_url
+	// (SubjectGradeCallbackDue); a failed delivery is naked with the
 	// retry's delay, so retries survive a restart of the edge. Results in
 	// retry stay pending: MaxAckPending bounds them.
-	ConsumerIngestCallbacks = ConsumerSpec{StreamGrades, "ingest-callbacks", "delivers grade results to their callback_url",
+	ConsumerIngestCallbacks = ConsumerSpec{StreamCallbacks, "ingest-callbacks-due", "delivers grade results to their callback_url",
+		[]string{SubjectGradeCallbackDue}, 60 * time.Second, 16384}
+	// ConsumerIngestCallbacksLegacy is where callbacks were delivered from
+	// before SubjectGradeCallbackDue: every result in GRADES, the few with
+	// a callback_url delivered. It is draining (DrainingConsumers).
+	ConsumerIngestCallbacksLegacy = ConsumerSpec{StreamGrades, "ingest-callbacks", "delivers grade results to their callback_url (results from before gradeline.callbacks.due; draining)",
 		[]string{SubjectGradeCompleted, SubjectGradeFailed}, 60 * time.Second, 16384}
 	ConsumerAnnotatorCallbacks = ConsumerSpec{StreamCallbacks, "annotator-callbacks", "stores callback attempts in MongoDB",
 		[]string{SubjectGradeCallbackAttempted}, 30 * time.Second, 4096}
@@ -233,6 +243,13 @@ var RetiredConsumers = []struct{ Stream, Durable string }{
 	// the whole grade, and grade.pending the ones answered before it.
 	{StreamImages, "annotator-submissions"},
 }
+
+// DrainingConsumers are durables an earlier version created that their
+// owner still reads, so that nothing they hold is lost, but never creates:
+// results published by an older inference (with their callback_url in
+// GRADES) are still delivered after an upgrade. EnsureStreams deletes
+// one once it holds nothing, pending or unacknowledged.
+var DrainingConsumers = []ConsumerSpec{ConsumerIngestCallbacksLegacy}
 
 // Config returns the JetStream configuration of the consumer. MaxDeliver is
 // unlimited on the server: Consume applies the delivery limit itself, so a
@@ -350,10 +367,39 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opt TopologyOpti
 			return fmt.Errorf("bus: delete retired consumer %s/%s: %w", c.Stream, c.Durable, err)
 		}
 	}
+	for _, c := range DrainingConsumers {
+		if err := deleteDrained(ctx, js, c, opt.Logger); err != nil {
+			return err
+		}
+	}
 	if err := ensureImageBucket(ctx, js, opt.Replicas); err != nil {
 		return err
 	}
 	return ensureModelStateBucket(ctx, js, opt.Replicas)
+}
+
+// deleteDrained deletes the draining consumer c if it exists and holds
+// nothing; one that still holds messages is left to its owner.
+func deleteDrained(ctx context.Context, js jetstream.JetStream, c ConsumerSpec, log *slog.Logger) error {
+	cons, err := js.Consumer(ctx, c.Stream, c.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bus: draining consumer %s/%s: %w", c.Stream, c.Durable, err)
+	}
+	info := cons.CachedInfo()
+	if info.NumPending > 0 || info.NumAckPending > 0 {
+		log.Info("draining consumer still holds messages; it is deleted by a later setup once its owner has read them",
+			"stream", c.Stream, "consumer", c.Durable, "pending", info.NumPending, "unacknowledged", info.NumAckPending)
+		return nil
+	}
+	err = js.DeleteConsumer(ctx, c.Stream, c.Durable)
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("bus: delete drained consumer %s/%s: %w", c.Stream, c.Durable, err)
+	}
+	log.Info("drained consumer deleted", "stream", c.Stream, "consumer", c.Durable)
+	return nil
 }
 
 // EnsureConsumers creates or updates the durable consumers that belong to

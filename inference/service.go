@@ -269,7 +269,7 @@ func (s *server) settleAll(jobs []*job) {
 	var (
 		ctxs []context.Context
 		evs  []bus.Event
-		idx  []int
+		idx  []int // the job of each event
 	)
 	for i, j := range jobs {
 		switch {
@@ -281,14 +281,26 @@ func (s *server) settleAll(jobs []*job) {
 			j.d.Retry(j.retry)
 		default:
 			if ev := outcome(j); ev != nil {
+				// A result due at a callback_url is published twice: in
+				// GRADES without the URL, and with it for the edge to
+				// deliver; the submission is acked once both are stored.
+				ev, due := bus.SplitCallback(ev)
 				ctxs, evs, idx = append(ctxs, j.d.Ctx), append(evs, ev), append(idx, i)
+				if due != nil {
+					ctxs, evs, idx = append(ctxs, j.d.Ctx), append(evs, due), append(idx, i)
+				}
 			}
 		}
 	}
 	if len(evs) > 0 {
 		for k, err := range bus.PublishAll(ctxs, s.js, evs) {
-			if errs[idx[k]] = err; err == nil {
-				s.published(jobs[idx[k]])
+			if err != nil && errs[idx[k]] == nil {
+				errs[idx[k]] = err
+			}
+		}
+		for k, i := range idx {
+			if errs[i] == nil && (k == 0 || idx[k-1] != i) { // once per job
+				s.published(jobs[i])
 			}
 		}
 	}

@@ -29,8 +29,11 @@ import (
 
 // Callbacks: a grade submitted with a callback_url has its result POSTed
 // there, signed with its owner's webhook secret. The submission carries
-// the URL and inference copies it onto the result, so the edge's durable
-// consumer ingest-callbacks (GRADES) only acks results without one. A
+// the URL and inference publishes the result with it on
+// gradeline.callbacks.due (CALLBACKS), beside the result in GRADES
+// without it; the edge's durable consumer ingest-callbacks-due reads only
+// those. (Results from an older inference carry the URL in GRADES: the
+// draining consumer ingest-callbacks there delivers them.) A
 // failed attempt is naked with the next retry's delay (the backoff, or
 // the receiver's Retry-After on a 429 or 503): the schedule lives on the
 // server and survives a restart of the edge. Every attempt is
@@ -363,17 +366,36 @@ func (s *Server) startCallbacks() {
 	}()
 }
 
-// run consumes ingest-callbacks until ctx ends, starting over after a
-// failure of the consumer itself (a lost connection).
+// run consumes ingest-callbacks-due until ctx ends, and beside it the
+// draining consumer of results from before gradeline.callbacks.due while
+// it exists; each starts over after a failure of the consumer itself (a
+// lost connection).
 func (cb *callbacker) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cb.consume(ctx, bus.ConsumerIngestCallbacks, false)
+	}()
+	cb.consume(ctx, bus.ConsumerIngestCallbacksLegacy, true)
+	wg.Wait()
+}
+
+// consume delivers the callbacks of spec until ctx ends; a draining
+// consumer (existing) until it is gone.
+func (cb *callbacker) consume(ctx context.Context, spec bus.ConsumerSpec, existing bool) {
 	for ctx.Err() == nil {
-		err := bus.Consume(ctx, cb.s.js, bus.ConsumerIngestCallbacks, bus.ConsumeOptions{
+		err := bus.Consume(ctx, cb.s.js, spec, bus.ConsumeOptions{
 			MaxBatch: 2 * callbackParallel, MaxDeliveries: callbackAttempts, Backoff: callbackBackoff,
-			DrainTimeout: 2 * callbackTimeout, Logger: cb.log, Wants: mayHaveCallback}, cb.handle)
+			DrainTimeout: 2 * callbackTimeout, Logger: cb.log, Wants: mayHaveCallback, Existing: existing}, cb.handle)
 		if err == nil || ctx.Err() != nil {
 			return
 		}
-		cb.log.Error("callback consumer stopped; restarting", "err", err)
+		if existing && (errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)) {
+			cb.log.Debug("no draining callback consumer (any more)", "stream", spec.Stream, "consumer", spec.Durable)
+			return
+		}
+		cb.log.Error("callback consumer stopped; restarting", "stream", spec.Stream, "err", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(5 * time.Second):
@@ -382,9 +404,9 @@ func (cb *callbacker) run(ctx context.Context) {
 }
 
 // mayHaveCallback is false for a result that certainly names no callback
-// URL: most carry none, and then need not be decoded. The inference
-// service, the only publisher of results, writes the member as
-// "callback_url" when it is set (encoding/json, omitempty).
+// URL: in the draining consumer, most carry none, and then need not be
+// decoded. The inference service, the only publisher of results, writes
+// the member as "callback_url" when it is set (encoding/json, omitempty).
 func mayHaveCallback(data []byte) bool { return bytes.Contains(data, callbackMember) }
 
 var callbackMember = []byte(`"callback_url"`)

@@ -1,6 +1,7 @@
 package ingest_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/ingest"
@@ -382,3 +386,53 @@ func TestCallbackRetryAfter(t *testing.T) {
 
 // callbackCeiling is the bound of a Retry-After (the backoff's ceiling).
 const callbackCeiling = 30 * time.Minute
+
+// TestCallbackFromOlderInference: a result an older inference published
+// with its callback_url in GRADES (before gradeline.callbacks.due) is
+// still delivered, through the draining consumer an older edge left; a
+// result of this inference, whose URL is not in GRADES, is delivered once.
+func TestCallbackFromOlderInference(t *testing.T) {
+	needInference(t)
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	legacy := bus.ConsumerIngestCallbacksLegacy
+	if _, err := js.CreateOrUpdateConsumer(ctx, legacy.Stream, legacy.Config()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = js.DeleteConsumer(ctx, legacy.Stream, legacy.Durable) })
+
+	s := startIngest(t, allowLoopback)
+	c, name := s.newUser(t)
+	secret := webhookSecret(t, c, "GET")
+	rc := newReceiver(t, http.StatusOK)
+
+	old := &bus.GradeCompleted{Meta: bus.NewMeta(bus.TypeGradeCompleted), GradeID: bus.NewID(), ImageID: bus.NewID(),
+		Owner: name, Model: "fashion", Label: "Bag", Score: 1, Scores: map[string]float64{"Bag": 1},
+		CallbackURL: rc.URL + "/old", SubmittedAt: time.Now().UTC()}
+	if _, err := bus.Publish(ctx, js, old); err != nil {
+		t.Fatal(err)
+	}
+	first := rc.waitRequests(t, 1)[0]
+	if err := bus.VerifyCallback(secret, first.header.Get(bus.HeaderCallbackSignature), first.body, time.Now(), 5*time.Minute); err != nil {
+		t.Fatalf("older result's callback: %v", err)
+	}
+	if a := gradeCallbacks(t, c, old.GradeID, 1)[0]; a.Outcome != bus.CallbackDelivered || a.URL != rc.URL+"/old" {
+		t.Fatalf("older result's attempt %+v", a)
+	}
+
+	id := submitWithCallback(t, c, rc.URL+"/new")
+	if a := gradeCallbacks(t, c, id, 1)[0]; a.Outcome != bus.CallbackDelivered || a.URL != rc.URL+"/new" {
+		t.Fatalf("attempt %+v", a)
+	}
+	if got := rc.got(); len(got) != 2 {
+		t.Fatalf("receiver got %d requests, want 2 (one per result)", len(got))
+	}
+}
