@@ -179,21 +179,21 @@ func ConsumersOfUser(user string) []ConsumerSpec {
 // consumersReadBy is what user reads: its consumers and its draining ones
 // (DrainingConsumers), which it reads but no longer creates.
 func consumersReadBy(user string) []ConsumerSpec {
-	out := ConsumersOfUser(user)
-	for _, c := range DrainingConsumers {
-		if c.Owner() == user {
-			out = append(out, c)
-		}
-	}
-	return out
+	return durables(func(c ConsumerSpec) bool { return c.Owner() == user })
 }
 
 // durablesOf is every service durable on stream s, draining ones included:
 // those another user must not pull from, change or delete.
 func durablesOf(s string) []ConsumerSpec {
-	out := ConsumersOf(s)
-	for _, c := range DrainingConsumers {
-		if c.Stream == s {
+	return durables(func(c ConsumerSpec) bool { return c.Stream == s })
+}
+
+// durables is every durable of Consumers and DrainingConsumers that keep
+// accepts.
+func durables(keep func(ConsumerSpec) bool) []ConsumerSpec {
+	var out []ConsumerSpec
+	for _, c := range slices.Concat(Consumers, DrainingConsumers) {
+		if keep(c) {
 			out = append(out, c)
 		}
 	}

@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/gradeline/gradeline/bus"
 	"github.com/gradeline/gradeline/ingest"
 )
@@ -393,15 +390,7 @@ const callbackCeiling = 30 * time.Minute
 // result of this inference, whose URL is not in GRADES, is delivered once.
 func TestCallbackFromOlderInference(t *testing.T) {
 	needInference(t)
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := testJS(t)
 	ctx := context.Background()
 	legacy := bus.ConsumerIngestCallbacksLegacy
 	if _, err := js.CreateOrUpdateConsumer(ctx, legacy.Stream, legacy.Config()); err != nil {

@@ -22,7 +22,8 @@ import (
 
 // idemBucket opens the edge's idempotency bucket, to simulate what a crash
 // leaves behind.
-func idemBucket(t *testing.T) jetstream.KeyValue {
+// testJS is a JetStream client of the tests' NATS server, closed with the test.
+func testJS(t *testing.T) jetstream.JetStream {
 	t.Helper()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -33,7 +34,12 @@ func idemBucket(t *testing.T) jetstream.KeyValue {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(context.Background(), bus.IdempotencyBucket)
+	return js
+}
+
+func idemBucket(t *testing.T) jetstream.KeyValue {
+	t.Helper()
+	kv, err := testJS(t).KeyValue(context.Background(), bus.IdempotencyBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -894,16 +894,7 @@ func TestOIPLargeTensorsThroughTheObjectStore(t *testing.T) {
 		}
 		return data
 	}
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := bus.ImageStore(t.Context(), js)
+	store, err := bus.ImageStore(t.Context(), testJS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
