@@ -71,7 +71,8 @@ func appendEvent(dst []byte, ev Event) (out []byte, ok bool) {
 // Grade (or *Grade) without callback attempts, which the edge answers
 // for every graded image. ok is false, dst unchanged, for anything else
 // or anything encoding/json would refuse; the caller then uses
-// encoding/json. TestAppendJSONMatchesMarshal holds the bytes equal.
+// encoding/json. TestAppendJSONGrade, TestAppendEventMatchesMarshal and
+// FuzzAppendEventMatchesMarshal hold the bytes equal.
 func AppendJSON(dst []byte, v any) (out []byte, ok bool) {
 	switch g := v.(type) {
 	case Grade:

@@ -384,10 +384,14 @@ func (cb *callbacker) run(ctx context.Context) {
 // consume delivers the callbacks of spec until ctx ends; a draining
 // consumer (existing) until it is gone.
 func (cb *callbacker) consume(ctx context.Context, spec bus.ConsumerSpec, existing bool) {
+	opt := bus.ConsumeOptions{MaxBatch: 2 * callbackParallel, MaxDeliveries: callbackAttempts, Backoff: callbackBackoff,
+		DrainTimeout: 2 * callbackTimeout, Logger: cb.log, Existing: existing}
+	if existing {
+		// Only the draining consumer reads results without a URL.
+		opt.Wants = mayHaveCallback
+	}
 	for ctx.Err() == nil {
-		err := bus.Consume(ctx, cb.s.js, spec, bus.ConsumeOptions{
-			MaxBatch: 2 * callbackParallel, MaxDeliveries: callbackAttempts, Backoff: callbackBackoff,
-			DrainTimeout: 2 * callbackTimeout, Logger: cb.log, Wants: mayHaveCallback, Existing: existing}, cb.handle)
+		err := bus.Consume(ctx, cb.s.js, spec, opt, cb.handle)
 		if err == nil || ctx.Err() != nil {
 			return
 		}
