@@ -5,7 +5,9 @@ import (
 	"compress/zlib"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"hash/crc32"
+	"math/rand/v2"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -95,22 +97,27 @@ func TestLoginThrottleDoesNotLockOwnerOut(t *testing.T) {
 	a := startIngest(t, behindIngress)
 	b := startIngest(t, behindIngress, func(c *ingest.Config) { c.Database = a.Cfg.Database })
 	ca, cb := a.client(t), b.client(t)
-	if r := ca.json("POST", "/api/v1/auth/register", map[string]string{"username": "owner-t1", "password": "longenough", "signupCode": "letmein"}); r.Status != 201 {
+	// A name of its own: the throttle outlives the test (in NATS KV), and
+	// -count=2 must not meet the first run's.
+	name := "owner-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if r := ca.json("POST", "/api/v1/auth/register", map[string]string{"username": name, "password": "longenough", "signupCode": "letmein"}); r.Status != 201 {
 		t.Fatalf("register: %d %s", r.Status, r.Body)
 	}
-	const attacker, owner = "198.51.100.10", "198.51.100.11"
+	// Addresses of its own too, for the same reason.
+	subnet := fmt.Sprintf("10.%d.%d.", rand.IntN(256), rand.IntN(256))
+	attacker, owner := subnet+"10", subnet+"11"
 	for i := range 5 {
-		expectError(t, loginFrom(ca, attacker, "owner-t1", "guess"+strconv.Itoa(i)), 401)
+		expectError(t, loginFrom(ca, attacker, name, "guess"+strconv.Itoa(i)), 401)
 	}
 	// The other replica knows: even the right password waits.
-	r := loginFrom(cb, attacker, "owner-t1", "longenough")
+	r := loginFrom(cb, attacker, name, "longenough")
 	expectError(t, r, 429)
 	if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 15*60 {
 		t.Fatalf("Retry-After %q", r.Header.Get("Retry-After"))
 	}
 	// The owner from another address gets in, on both replicas.
 	for _, c := range []*client{ca, cb} {
-		if r := loginFrom(c, owner, "owner-t1", "longenough"); r.Status != 200 {
+		if r := loginFrom(c, owner, name, "longenough"); r.Status != 200 {
 			t.Fatalf("owner locked out: %d %s", r.Status, r.Body)
 		}
 	}
@@ -118,12 +125,12 @@ func TestLoginThrottleDoesNotLockOwnerOut(t *testing.T) {
 	// (Checked on the rule itself in TestThrottleDelayGrows.)
 
 	// Spraying many accounts from one address throttles the address.
-	const sprayer = "198.51.100.12"
+	sprayer := subnet + "12"
 	for i := range 20 {
 		expectError(t, loginFrom(ca, sprayer, "spray-"+strconv.Itoa(i), "wrongwrong"), 401)
 	}
 	expectError(t, loginFrom(cb, sprayer, "someone-else", "wrongwrong"), 429)
-	if r := loginFrom(ca, owner, "owner-t1", "longenough"); r.Status != 200 {
+	if r := loginFrom(ca, owner, name, "longenough"); r.Status != 200 {
 		t.Fatalf("owner throttled by a sprayer: %d %s", r.Status, r.Body)
 	}
 
@@ -132,11 +139,11 @@ func TestLoginThrottleDoesNotLockOwnerOut(t *testing.T) {
 	direct := startIngest(t, func(c *ingest.Config) { c.Database = a.Cfg.Database })
 	cd := direct.client(t)
 	for i := range 5 {
-		r := cd.do("POST", "/api/v1/auth/login", strings.NewReader(`{"username":"owner-t1","password":"nope`+strconv.Itoa(i)+`"}`),
+		r := cd.do("POST", "/api/v1/auth/login", strings.NewReader(`{"username":"`+name+`","password":"nope`+strconv.Itoa(i)+`"}`),
 			map[string]string{"Content-Type": "application/json", "X-Forwarded-For": "203.0.113." + strconv.Itoa(i)})
 		expectError(t, r, 401)
 	}
-	r = cd.do("POST", "/api/v1/auth/login", strings.NewReader(`{"username":"owner-t1","password":"longenough"}`),
+	r = cd.do("POST", "/api/v1/auth/login", strings.NewReader(`{"username":"`+name+`","password":"longenough"}`),
 		map[string]string{"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.99"})
 	expectError(t, r, 429)
 }
