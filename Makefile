@@ -13,7 +13,7 @@ export GRADELINE_POSTGRES_BIN ?= $(CACHE)/postgresql/bin
 TEST_FLAGS ?= -count=1 -timeout=25m
 PKGS := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 
-.PHONY: install run test bench profile bench-scale vet fmt build clean-cache
+.PHONY: install run test bench profile bench-against bench-scale vet fmt build clean-cache
 
 ## install: fetch ONNX Runtime, the ClickHouse engine and the datasets into .cache (idempotent)
 install:
@@ -39,6 +39,13 @@ bench: install
 profile: install
 	@bash deploy/install/loadgen.sh
 	go test -run='^$$' -bench='^BenchmarkProfile$$' -benchtime=1x -timeout=30m ./deploy/bench/
+
+## bench-against: images graded/s at 32 clients of this tree against revision REV's, both as
+## shipped, in alternating rounds (default REV: dde4cf2, the code of issue 13's 1,599/s)
+REV ?= dde4cf2
+bench-against: install
+	@bash deploy/install/loadgen.sh
+	GRADELINE_BENCH_AGAINST=$(REV) go test -run='^$$' -bench='^BenchmarkAgainst$$' -benchtime=1x -timeout=30m ./deploy/bench/
 
 ## bench-scale: the record store at a million records (about 15 minutes; GRADELINE_BENCH_SCALE=0.05 for 5%)
 bench-scale: install

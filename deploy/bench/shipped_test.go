@@ -88,8 +88,50 @@ func stackEnv(dataDir, httpAddr, adminAddr string) []string {
 }
 
 // startShipped runs bin on dataDir with its output appended to logPath and
-// returns once the admin address answers /readyz, with the time that took.
+// returns once the admin address answers /readyz and the banner is out,
+// with the time to /readyz.
 func startShipped(bin, dataDir, logPath string) (*runningStack, time.Duration, error) {
+	p, ready, err := startBinary(bin, dataDir, logPath)
+	if err != nil {
+		return nil, 0, err
+	}
+	st := p.st
+	// The banner follows once every service answers on the bus; it names
+	// the ClickHouse DSN.
+	for st.ep.ClickHouse == "" {
+		st.ep.ClickHouse = bannerValue(logPath, p.logFrom, "ClickHouse")
+		if st.ep.ClickHouse != "" {
+			break
+		}
+		select {
+		case err := <-p.exited:
+			return nil, 0, fmt.Errorf("the stack exited before it was up (%v); its log: %s", err, logPath)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if st.ep.NATSAdmin, err = natscreds.AdminURL(dataDir); err != nil {
+		_ = st.stop()
+		return nil, 0, err
+	}
+	if st.ep.Mongo, err = mongouri.Read(dataDir); err != nil {
+		_ = st.stop()
+		return nil, 0, err
+	}
+	return st, ready, nil
+}
+
+// A process is a stack binary started by startBinary.
+type process struct {
+	st      *runningStack // its HTTP and admin endpoints filled in
+	logFrom int64         // the log's size before this start
+	exited  <-chan error
+}
+
+// startBinary runs bin, any revision's gradeline-local, on dataDir with its
+// output appended to logPath, and returns once its admin address answers
+// /readyz, with the time that took. It relies only on what every revision
+// reads: GRADELINE_DATA_DIR, GRADELINE_HTTP_ADDR and GRADELINE_ADMIN_ADDR.
+func startBinary(bin, dataDir, logPath string) (*process, time.Duration, error) {
 	httpAddr, err := freeAddr()
 	if err != nil {
 		return nil, 0, err
@@ -102,7 +144,7 @@ func startShipped(bin, dataDir, logPath string) (*runningStack, time.Duration, e
 	if err != nil {
 		return nil, 0, err
 	}
-	// The banner looked for below is this start's: what the log held before is skipped.
+	// What the log held before is not this start's.
 	var from int64
 	if fi, err := logf.Stat(); err == nil {
 		from = fi.Size()
@@ -149,29 +191,8 @@ func startShipped(bin, dataDir, logPath string) (*runningStack, time.Duration, e
 		}
 	}
 	ready := time.Since(start)
-	// The banner follows once every service answers on the bus; it names
-	// the ClickHouse DSN.
-	for st.ep.ClickHouse == "" {
-		st.ep.ClickHouse = bannerValue(logPath, from, "ClickHouse")
-		if st.ep.ClickHouse != "" {
-			break
-		}
-		select {
-		case err := <-exited:
-			return nil, 0, fmt.Errorf("the stack exited before it was up (%v); its log: %s", err, logPath)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 	st.ep.HTTP, st.ep.Admin = "http://"+httpAddr, "http://"+adminAddr
-	if st.ep.NATSAdmin, err = natscreds.AdminURL(dataDir); err != nil {
-		_ = st.stop()
-		return nil, 0, err
-	}
-	if st.ep.Mongo, err = mongouri.Read(dataDir); err != nil {
-		_ = st.stop()
-		return nil, 0, err
-	}
-	return st, ready, nil
+	return &process{st: st, logFrom: from, exited: exited}, ready, nil
 }
 
 // bannerValue returns the value the banner printed after name, from the
