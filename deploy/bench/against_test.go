@@ -30,14 +30,7 @@ func BenchmarkAgainst(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	root, err := repoRoot()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := benchOut(root)
-	if err != nil {
-		b.Fatal(err)
-	}
+	root, out := benchDirs(b)
 	out = filepath.Join(out, "against")
 	if err := os.RemoveAll(out); err != nil {
 		b.Fatal(err)

@@ -34,6 +34,19 @@ import (
 	"github.com/gradeline/gradeline/inference"
 )
 
+// benchDirs returns the repository's root and the output folder, or stops b.
+func benchDirs(b *testing.B) (root, out string) {
+	b.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if out, err = benchOut(root); err != nil {
+		b.Fatal(err)
+	}
+	return root, out
+}
+
 // benchOut is the output folder of make bench and make profile (the
 // stack's log, the wrk script, profiles, results.md); git ignores it.
 func benchOut(root string) (string, error) {
@@ -93,14 +106,7 @@ func BenchmarkStack(b *testing.B) {
 			b.Fatalf("%s is not set: run `make bench`", n)
 		}
 	}
-	root, err := repoRoot()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := benchOut(root)
-	if err != nil {
-		b.Fatal(err)
-	}
+	root, out := benchDirs(b)
 	bin, err := buildLocal(ctx, root, out)
 	if err != nil {
 		b.Fatal(err)

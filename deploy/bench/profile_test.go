@@ -40,14 +40,7 @@ func BenchmarkProfile(b *testing.B) {
 	if err := requireTools(); err != nil {
 		b.Fatal(err)
 	}
-	root, err := repoRoot()
-	if err != nil {
-		b.Fatal(err)
-	}
-	out, err := benchOut(root)
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, out := benchDirs(b)
 	dir := filepath.Join(out, "profile")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
