@@ -127,20 +127,13 @@ func gradeLoad(ctx context.Context, base, dir string, form []byte, ctype string,
 	if err != nil {
 		return 0, err
 	}
-	script, err := wrkScript(dir, wrkLoad{name: "grade", token: tok, ctype: ctype, body: form, conns: 32, count200: true})
+	url, l := base+"/api/v1/grades", wrkLoad{name: "grade", token: tok, ctype: ctype, body: form}
+	if _, err := runWrk32(ctx, dir, url, l, time.Second); err != nil { // warm-up
+		return 0, err
+	}
+	w, err := runWrk32(ctx, dir, url, l, d)
 	if err != nil {
 		return 0, err
-	}
-	url := base + "/api/v1/grades"
-	if _, err := runWrk(ctx, script, url, 32, time.Second); err != nil { // warm-up
-		return 0, err
-	}
-	w, err := runWrk(ctx, script, url, 32, d)
-	if err != nil {
-		return 0, err
-	}
-	if w.Requests > w.OK200 {
-		fmt.Printf("  %d answers other than 200 of %d\n", w.Requests-w.OK200, w.Requests)
 	}
 	return w.rate200(), nil
 }

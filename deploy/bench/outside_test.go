@@ -507,7 +507,7 @@ func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out stri
 	}
 	var viaHTTP, inProcess []float64
 	for r := range rounds {
-		many, err := runWrk32(ctx, out, url, wrkLoad{name: "grade", ctype: ctype, body: form}, d)
+		many, err := runWrk32(ctx, out, url, wrkLoad{name: "grade", token: token, ctype: ctype, body: form}, d)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -539,12 +539,12 @@ func measureGrades(b *testing.B, ctx context.Context, st *runningStack, out stri
 	}, oip...)
 }
 
-// runWrk32 posts l's body with the bench token from 32 connections for d
+// runWrk32 posts l's body with l's token from 32 connections for d
 // and counts the 200 answers: the throughput rows use wrk, whose CPU per
 // request is a fraction of hey's (~86 µs a grade request, a quarter of a
 // core at 3,000/s) on a machine the stack shares with it.
 func runWrk32(ctx context.Context, out, url string, l wrkLoad, d time.Duration) (wrkResult, error) {
-	l.token, l.conns, l.count200 = token, 32, true
+	l.conns, l.count200 = 32, true
 	script, err := wrkScript(out, l)
 	if err != nil {
 		return wrkResult{}, err
@@ -583,7 +583,7 @@ func measureOIP(b *testing.B, ctx context.Context, st *runningStack, out string,
 	if err != nil {
 		b.Fatal(err)
 	}
-	many, err := runWrk32(ctx, out, url, wrkLoad{name: "oip", ctype: "application/json", body: body}, d)
+	many, err := runWrk32(ctx, out, url, wrkLoad{name: "oip", token: token, ctype: "application/json", body: body}, d)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func BenchmarkProfile(b *testing.B) {
 	}
 	profile(b, dir, "grades", func() string {
 		cpu0, kids0 := processCPU(), descendantsCPU()
-		w, err := runWrk32(ctx, out, st.ep.HTTP+"/api/v1/grades", wrkLoad{name: "grade", ctype: ctype, body: form}, d)
+		w, err := runWrk32(ctx, out, st.ep.HTTP+"/api/v1/grades", wrkLoad{name: "grade", token: token, ctype: ctype, body: form}, d)
 		if err != nil {
 			b.Fatal(err)
 		}
