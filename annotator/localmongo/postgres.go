@@ -101,6 +101,9 @@ func startPostgres(ctx context.Context, o pgOptions) (*postgres, error) {
 		return nil, fmt.Errorf("localmongo: postgres log: %w", err)
 	}
 	defer logf.Close()
+	if err := waitPreviousServer(ctx, o.dir, o.log, previousServerWait); err != nil {
+		return nil, err
+	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
@@ -140,6 +143,61 @@ func startPostgres(ctx context.Context, o pgOptions) (*postgres, error) {
 		}
 	}
 	return nil, fmt.Errorf("localmongo: postgres did not start: %w (see %s)", lastErr, logPath)
+}
+
+// previousServerWait bounds how long a start waits for the server of the
+// previous run to finish shutting down.
+const previousServerWait = 60 * time.Second
+
+// waitPreviousServer waits until the PostgreSQL server that dir's
+// postmaster.pid names has exited. A stack killed with -9 leaves its
+// server to Pdeathsig's SIGINT, and that fast shutdown (a checkpoint of
+// what the load wrote) can outlast the restart; PostgreSQL refuses a data
+// directory whose lock file names a live server, so starting at once
+// failed every attempt (seen in TestCrashesLoseAndDoubleNothing). A pid
+// that is no postgres process any more, or a wait past limit, is left to
+// PostgreSQL's own check, which says what is wrong.
+func waitPreviousServer(ctx context.Context, dir string, log *slog.Logger, limit time.Duration) error {
+	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return nil // none: the last server stopped cleanly, or never ran
+	}
+	first, _, _ := strings.Cut(string(data), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(limit)
+	for said := false; isPostgres(pid); said = true {
+		if !said {
+			log.Info("waiting for the PostgreSQL server of the previous run to finish shutting down", "pid", pid, "dir", dir)
+		}
+		if time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// isPostgres reports whether process pid is a running PostgreSQL server
+// (not a zombie waiting to be reaped).
+func isPostgres(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": comm may hold spaces and parentheses.
+	s := string(stat)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open || len(s) < end+3 {
+		return false
+	}
+	return s[open+1:end] == "postgres" && s[end+2] != 'Z'
 }
 
 // pgCommand runs a PostgreSQL program, as runAs when this process is root.
