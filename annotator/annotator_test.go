@@ -45,6 +45,9 @@ type env struct {
 	mongoDir string
 	db       *mongo.Database
 	reg      *prometheus.Registry
+
+	mu        sync.Mutex
+	published map[string]uint64 // stream -> the last sequence publish stored there
 }
 
 func newEnv(t testing.TB) *env {
@@ -118,9 +121,21 @@ func (e *env) run() (stop func()) {
 
 func (e *env) publish(ev bus.Event) {
 	e.t.Helper()
-	if _, err := bus.Publish(context.Background(), e.js, ev); err != nil {
+	ack, err := bus.Publish(context.Background(), e.js, ev)
+	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.stored(ack)
+}
+
+// stored notes what a publish stored, for waitIdle.
+func (e *env) stored(ack *jetstream.PubAck) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.published == nil {
+		e.published = map[string]uint64{}
+	}
+	e.published[ack.Stream] = max(e.published[ack.Stream], ack.Sequence)
 }
 
 // publishRaw stores data on subject with its own Nats-Msg-Id, bypassing the
@@ -130,9 +145,11 @@ func (e *env) publishRaw(subject string, data []byte) {
 	msg := nats.NewMsg(subject)
 	msg.Data = data
 	msg.Header.Set(jetstream.MsgIDHeader, "raw-"+bus.NewID())
-	if _, err := e.js.PublishMsg(context.Background(), msg); err != nil {
+	ack, err := e.js.PublishMsg(context.Background(), msg)
+	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.stored(ack)
 }
 
 // waitFor polls cond until it holds; it fails the test after a generous
@@ -165,8 +182,15 @@ func (e *env) waitIdle(spec bus.ConsumerSpec) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return info.NumPending == 0 && info.NumAckPending == 0,
-			fmt.Sprintf("pending=%d ack_pending=%d redelivered=%d", info.NumPending, info.NumAckPending, info.NumRedelivered)
+		// The server tells a consumer of new messages asynchronously: right
+		// after a publish its info may still say nothing is pending, so
+		// idle also means it has got past what this env published.
+		e.mu.Lock()
+		want := e.published[spec.Stream]
+		e.mu.Unlock()
+		return info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= want,
+			fmt.Sprintf("pending=%d ack_pending=%d redelivered=%d delivered up to %d of %d",
+				info.NumPending, info.NumAckPending, info.NumRedelivered, info.Delivered.Stream, want)
 	})
 }
 

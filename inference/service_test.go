@@ -461,20 +461,25 @@ func TestRedeliveryPublishesOneOutcome(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Raw publishes without Nats-Msg-Id, so the IMAGES stream keeps both.
+	var last uint64
 	for range 2 {
-		if _, err := s.js.Publish(t.Context(), bus.SubjectImageSubmitted, data); err != nil {
+		ack, err := s.js.Publish(t.Context(), bus.SubjectImageSubmitted, data)
+		if err != nil {
 			t.Fatal(err)
 		}
+		last = ack.Sequence
 	}
 	first := s.completed(t, ev.ID)
-	// Wait until the consumer has handled both copies.
+	// Wait until the consumer has handled both copies (past the second:
+	// the server tells a consumer of new messages asynchronously, so its
+	// info alone may not count it yet).
 	for {
 		info, err := s.js.Consumer(t.Context(), bus.StreamImages, bus.ConsumerInference.Durable)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ci := info.CachedInfo()
-		if ci.NumPending == 0 && ci.NumAckPending == 0 {
+		if ci.NumPending == 0 && ci.NumAckPending == 0 && ci.Delivered.Stream >= last {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
